@@ -1,0 +1,1 @@
+"""smartyd: the IPTV/ISP integration daemon."""

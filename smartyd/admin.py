@@ -1,0 +1,297 @@
+"""
+``smartyd-admin``: the operator's command line.
+
+Every command prints one JSON object on stdout and exits 0, or prints one
+line ``smartyd-admin: <reason>`` on stderr and exits non-zero.  It works
+beside a running daemon on the same database: with the embedded default it
+uses the cluster the daemon runs (starting it, and stopping it again, only when
+no daemon runs).  Database work goes through the same async db layer as the
+daemon, on a reactor run by ``task.react``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from smartyd import catalog, config as configmod, ledger, payments
+from smartyd.db import Database, DatabaseUnavailable
+from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
+from smartyd.db.migrate import current_version, migrate
+
+
+class AdminError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smartyd-admin", description="Administer smartyd.")
+    p.add_argument("--config", "-c", default=os.environ.get("SMARTYD_CONFIG"),
+                   help="TOML configuration (default: $SMARTYD_CONFIG or built-in defaults)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("migrate", help="apply pending schema migrations")
+
+    acc = sub.add_parser("account", help="accounts").add_subparsers(dest="action", required=True)
+    c = acc.add_parser("create")
+    c.add_argument("--login", required=True)
+    c.add_argument("--password")
+    c.add_argument("--id", type=int)
+    c.add_argument("--name", default="", help="customer name")
+    c.add_argument("--phone")
+    c.add_argument("--email")
+    for action in ("show", "block", "unblock"):
+        a = acc.add_parser(action)
+        a.add_argument("id", type=int)
+
+    ch = sub.add_parser("channel", help="channels").add_subparsers(dest="action", required=True)
+    c = ch.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--url-mask", required=True)
+
+    tr = sub.add_parser("tariff", help="tariffs").add_subparsers(dest="action", required=True)
+    c = tr.add_parser("create")
+    c.add_argument("--name", required=True)
+    c.add_argument("--price", required=True)
+    c.add_argument("--channel", type=int, action="append", default=[])
+    c.add_argument("--kind", choices=("tv", "svod", "tvod"), default="tv")
+    c.add_argument("--period-days", type=int, default=30)
+    for action in ("assign", "remove"):
+        a = tr.add_parser(action)
+        a.add_argument("account", type=int)
+        a.add_argument("tariff", type=int)
+
+    pay = sub.add_parser("payment", help="payments").add_subparsers(dest="action", required=True)
+    s = pay.add_parser("show")
+    s.add_argument("--provider", required=True)
+    s.add_argument("--txn-id", required=True)
+
+    lg = sub.add_parser("logs", help="print the daemon's JSON log readably")
+    lg.add_argument("--follow", "-f", action="store_true")
+    lg.add_argument("--grep", action="append", default=[], metavar="KEY=VALUE")
+    lg.add_argument("--file", help="log file (default: [log] file of the config)")
+    lg.add_argument("--json", action="store_true", help="print matching records as JSON lines")
+    return p
+
+
+# -- commands over the database --------------------------------------------------------------
+async def cmd_migrate(db: Database, args) -> dict:
+    applied = await migrate(db)
+    return {"applied": applied, "version": await current_version(db)}
+
+
+async def cmd_account(db: Database, args) -> dict:
+    if args.action == "create":
+        password_hash = ledger.hash_password(args.password) if args.password else ""
+
+        async def create(tx):
+            customer = await ledger.create_customer(tx, args.name, args.phone, args.email)
+            return await ledger.create_account(
+                tx, args.login, password_hash, account_id=args.id, customer_id=customer
+            )
+
+        return (await db.run(create)).to_json()
+    if args.action == "show":
+
+        async def show(tx):
+            account = await ledger.get_account(tx, args.id)
+            if account is None:
+                raise AdminError(f"no account {args.id}")
+            out = account.to_json()
+            out["ledger_sum"] = str(await ledger.ledger_sum(tx, args.id))
+            out["tariffs"] = [
+                r[0] for r in await tx.fetchall(
+                    "SELECT tariff_id FROM subscriptions WHERE account_id = %s ORDER BY 1",
+                    (args.id,),
+                )
+            ]
+            out["channels"] = await catalog.account_channels(tx, args.id)
+            return out
+
+        return await db.run(show)
+    status = "blocked" if args.action == "block" else "active"
+    account = await db.run(ledger.set_status, args.id, status)
+    return account.to_json()
+
+
+async def cmd_channel(db: Database, args) -> dict:
+    return await db.run(catalog.create_channel, args.name, args.url_mask)
+
+
+async def cmd_tariff(db: Database, args) -> dict:
+    if args.action == "create":
+        return await db.run(
+            catalog.create_tariff, args.name, args.price, args.channel, args.kind,
+            args.period_days,
+        )
+    if args.action == "assign":
+        changed = await db.run(catalog.assign_tariff, args.account, args.tariff)
+    else:
+        changed = await db.run(catalog.remove_tariff, args.account, args.tariff)
+    return {"account": args.account, "tariff": args.tariff, "action": args.action,
+            "changed": changed}
+
+
+async def cmd_payment(db: Database, args) -> dict:
+    async def show(tx):
+        payment = await payments.get(tx, args.provider, args.txn_id)
+        if payment is None:
+            raise AdminError(f"no {args.provider} payment {args.txn_id}")
+        out = payment.to_json()
+        entry = await ledger.get_entry_by_id(tx, payment.ledger_id) if payment.ledger_id else None
+        out["ledger_entry"] = entry.to_json() if entry else None
+        return out
+
+    return await db.run(show)
+
+
+DB_COMMANDS = {
+    "migrate": cmd_migrate,
+    "account": cmd_account,
+    "channel": cmd_channel,
+    "tariff": cmd_tariff,
+    "payment": cmd_payment,
+}
+
+
+# -- logs ----------------------------------------------------------------------------------------
+def cmd_logs(cfg: configmod.Config, args, out=sys.stdout) -> int:
+    from smartyd import logs
+
+    path = args.file or cfg.log.file
+    grep = logs.parse_grep(args.grep)
+
+    def emit(record: dict) -> None:
+        if logs.matches(record, grep):
+            out.write((json.dumps(record, ensure_ascii=False) if args.json
+                       else logs.render(record)) + "\n")
+            out.flush()
+
+    try:
+        f = open(path, encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        if not args.follow:
+            raise AdminError(f"{path}: no such log file")
+        f = None
+    if f is not None:
+        for record in logs.read_records(f):
+            emit(record)
+    if not args.follow:
+        return 0
+    from twisted.internet import task
+
+    tail = _Tail(path, f, emit)
+    task.react(lambda reactor: tail.run(reactor))
+    return 0
+
+
+class _Tail:
+    """Follow a file across rotation (a new inode or a shrunk file is reopened)."""
+
+    def __init__(self, path, f, emit):
+        self.path, self.f, self.emit = path, f, emit
+        self.partial = ""
+
+    def run(self, reactor) -> Deferred:
+        from twisted.internet import task
+
+        loop = task.LoopingCall(self.poll)
+        loop.clock = reactor
+        return loop.start(0.25)
+
+    def poll(self) -> None:
+        from smartyd import logs
+
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if self.f is None or os.fstat(self.f.fileno()).st_ino != st.st_ino \
+                or st.st_size < self.f.tell():
+            if self.f is not None:
+                self._drain(logs)
+                self.f.close()
+            self.f = open(self.path, encoding="utf-8", errors="replace")
+            self.partial = ""
+        self._drain(logs)
+
+    def _drain(self, logs) -> None:
+        chunk = self.f.read()
+        if not chunk:
+            return
+        data = self.partial + chunk
+        lines = data.split("\n")
+        self.partial = lines.pop()
+        for record in logs.read_records(lines):
+            self.emit(record)
+
+
+# -- running -------------------------------------------------------------------------------------
+def _database_dsn(cfg: configmod.Config) -> tuple[str, EmbeddedCluster | None]:
+    """The DSN to use, and the cluster to stop afterwards if we started it."""
+    if cfg.database.dsn:
+        return cfg.database.dsn, None
+    cluster = EmbeddedCluster.in_state_dir(cfg.state.dir)
+    was_running = cluster.running() is not None
+    dsn = cluster.ensure_running()
+    return dsn, (None if was_running else cluster)
+
+
+def run(argv: list[str] | None = None, out=sys.stdout) -> int:
+    args = _parser().parse_args(argv)
+    cfg = configmod.load(args.config)
+    if args.command == "logs":
+        return cmd_logs(cfg, args, out)
+    dsn, started = _database_dsn(cfg)
+    result: dict[str, Any] = {}
+    try:
+        from twisted.internet import task
+
+        async def main(reactor):
+            db = Database(dsn, reactor, size=1, timeout=cfg.database.timeout)
+            try:
+                if args.command != "migrate":
+                    await migrate(db)
+                result["out"] = await DB_COMMANDS[args.command](db, args)
+            finally:
+                db.close()
+
+        failure: list = []
+
+        def react_main(reactor):
+            d = Deferred.fromCoroutine(main(reactor))
+            d.addErrback(lambda f: failure.append(f))
+            return d
+
+        try:
+            task.react(react_main)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                raise
+        if failure:
+            failure[0].raiseException()
+    finally:
+        if started is not None:
+            started.stop()
+    out.write(json.dumps(result["out"], default=str, ensure_ascii=False) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except (AdminError, configmod.ConfigError, ledger.LedgerError, EmbeddedError,
+            DatabaseUnavailable, ValueError) as e:
+        sys.stderr.write(f"smartyd-admin: {e}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # one line, never a traceback wall
+        sys.stderr.write(f"smartyd-admin: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
+        sys.exit(1)
+    sys.exit(code)

@@ -1,0 +1,104 @@
+"""
+Channels, tariffs and subscriptions (what an account may watch).
+
+Changes here fire ``NOTIFY smartyd_entitlements`` through triggers, so every
+instance's token checker reloads its snapshot.
+"""
+
+from __future__ import annotations
+
+import re
+
+from smartyd.db import Tx
+from smartyd.ledger import AccountNotFound, LedgerError, money
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class CatalogError(LedgerError):
+    pass
+
+
+async def create_channel(tx: Tx, name: str, url_mask: str) -> dict:
+    if not NAME_RE.match(name or ""):
+        raise CatalogError("channel name must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if not url_mask.startswith(("http://", "https://", "udp://", "rtmp://", "rtsp://", "srt://")):
+        raise CatalogError("url mask must be a stream URL (http://, https://, udp://, ...)")
+    if await tx.fetchval("SELECT 1 FROM channels WHERE name = %s", (name,)):
+        raise CatalogError(f"channel {name!r} exists already")
+    return await tx.fetchdict(
+        "INSERT INTO channels (name, url_mask) VALUES (%s, %s) RETURNING id, name, url_mask",
+        (name, url_mask),
+    )
+
+
+async def get_channel(tx: Tx, ref: str | int) -> dict | None:
+    """A channel by id (digits) or by name."""
+    ref = str(ref)
+    if ref.isdigit():
+        return await tx.fetchdict(
+            "SELECT id, name, url_mask FROM channels WHERE id = %s", (int(ref),)
+        )
+    return await tx.fetchdict("SELECT id, name, url_mask FROM channels WHERE name = %s", (ref,))
+
+
+async def create_tariff(
+    tx: Tx, name: str, price: object, channel_ids: list[int] = (), kind: str = "tv",
+    period_days: int = 30, hidden: bool = False,
+) -> dict:
+    if not name or len(name) > 128:
+        raise CatalogError("tariff name must be 1-128 characters")
+    price = money(price)
+    if price < 0:
+        raise CatalogError("tariff price must not be negative")
+    if await tx.fetchval("SELECT 1 FROM tariffs WHERE name = %s", (name,)):
+        raise CatalogError(f"tariff {name!r} exists already")
+    tariff = await tx.fetchdict(
+        "INSERT INTO tariffs (name, price, kind, period_days, hidden) VALUES (%s, %s, %s, %s, %s)"
+        " RETURNING id, name, price, kind, period_days, hidden",
+        (name, price, kind, period_days, hidden),
+    )
+    for cid in channel_ids:
+        if not await tx.fetchval("SELECT 1 FROM channels WHERE id = %s", (cid,)):
+            raise CatalogError(f"no channel {cid}")
+        await tx.execute(
+            "INSERT INTO tariff_channels (tariff_id, channel_id) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (tariff["id"], cid),
+        )
+    tariff["price"] = str(tariff["price"])
+    tariff["channels"] = list(channel_ids)
+    return tariff
+
+
+async def assign_tariff(tx: Tx, account_id: int, tariff_id: int) -> bool:
+    """Subscribe the account; False when it was subscribed already."""
+    if not await tx.fetchval("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
+        raise AccountNotFound(f"no account {account_id}")
+    if not await tx.fetchval("SELECT 1 FROM tariffs WHERE id = %s", (tariff_id,)):
+        raise CatalogError(f"no tariff {tariff_id}")
+    row = await tx.fetchone(
+        "INSERT INTO subscriptions (account_id, tariff_id) VALUES (%s, %s)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        (account_id, tariff_id),
+    )
+    return row is not None
+
+
+async def remove_tariff(tx: Tx, account_id: int, tariff_id: int) -> bool:
+    """Unsubscribe the account; False when it was not subscribed."""
+    row = await tx.fetchone(
+        "DELETE FROM subscriptions WHERE account_id = %s AND tariff_id = %s RETURNING 1",
+        (account_id, tariff_id),
+    )
+    return row is not None
+
+
+async def account_channels(tx: Tx, account_id: int) -> list[int]:
+    rows = await tx.fetchall(
+        "SELECT DISTINCT tc.channel_id FROM subscriptions s"
+        " JOIN tariff_channels tc ON tc.tariff_id = s.tariff_id"
+        " WHERE s.account_id = %s ORDER BY 1",
+        (account_id,),
+    )
+    return [r[0] for r in rows]

@@ -1,0 +1,260 @@
+"""
+The database layer: a small, non-blocking PostgreSQL pool on txpostgres.
+
+Everything that talks to PostgreSQL goes through L{Database}: transactions
+are ``async def`` functions that receive a L{Tx}; the pool hands out one
+connection per transaction, reconnects dead connections lazily and turns every
+connection-level failure into L{DatabaseUnavailable} so callers can answer
+"retry later" (OSMP result 1, HTTP 503) instead of crashing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Awaitable, Callable, TypeVar
+
+import psycopg2
+import psycopg2.errors
+from attrs import define, field
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from txpostgres import txpostgres
+
+log = Logger()
+T = TypeVar("T")
+
+# Connection-level failures: the server went away, the socket broke, the
+# server is shutting down, or we gave up waiting.  Anything else (a constraint
+# violation, a syntax error) is a bug or a business outcome, not an outage.
+_CONNECTION_ERRORS = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    txpostgres.RollbackFailed,
+    defer.CancelledError,
+    defer.TimeoutError,
+)
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached right now; the operation may be retried."""
+
+
+class Tx:
+    """One transaction's cursor, with small typed helpers."""
+
+    def __init__(self, cursor: txpostgres.Cursor):
+        self._cursor = cursor
+
+    async def execute(self, sql: str, params: Any = None) -> None:
+        await self._cursor.execute(sql, params)
+
+    async def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
+        await self._cursor.execute(sql, params)
+        return self._cursor.fetchall()
+
+    async def fetchone(self, sql: str, params: Any = None) -> tuple | None:
+        await self._cursor.execute(sql, params)
+        return self._cursor.fetchone()
+
+    async def fetchval(self, sql: str, params: Any = None) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def fetchdicts(self, sql: str, params: Any = None) -> list[dict]:
+        await self._cursor.execute(sql, params)
+        names = [c.name for c in self._cursor.description]
+        return [dict(zip(names, row)) for row in self._cursor.fetchall()]
+
+    async def fetchdict(self, sql: str, params: Any = None) -> dict | None:
+        rows = await self.fetchdicts(sql, params)
+        return rows[0] if rows else None
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+
+class _Conn(txpostgres.Connection):
+    """A txpostgres connection that tells its owner when the socket is lost."""
+
+    on_lost: Callable[[], None] | None = None
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self.on_lost is not None:
+            self.on_lost()
+
+
+def _dead(conn: _Conn | None) -> bool:
+    return conn is None or conn._connection is None or conn._connection.closed
+
+
+@define
+class Database:
+    """
+    A pool of ``size`` txpostgres connections to ``dsn``.
+
+    @ivar acquire_timeout: seconds a transaction waits for a free connection.
+    @ivar timeout: seconds one transaction may take before it is cancelled.
+    """
+
+    dsn: str
+    reactor: Any
+    size: int = 8
+    timeout: float = 15.0
+    acquire_timeout: float = 10.0
+    connect_timeout: int = 3
+    _free: deque = field(factory=deque)
+    _waiters: deque = field(factory=deque)
+    _all: list = field(factory=list)
+    _closed: bool = False
+
+    def __attrs_post_init__(self):
+        self._free.extend([None] * self.size)
+
+    def _connect_kwargs(self) -> dict:
+        return {
+            "dsn": self.dsn,
+            "connect_timeout": self.connect_timeout,
+            "options": f"-c statement_timeout={int(self.timeout * 1000)} "
+            f"-c lock_timeout={int(self.timeout * 1000)} "
+            "-c idle_in_transaction_session_timeout=60000",
+            "application_name": "smartyd",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+
+    async def _connect(self) -> _Conn:
+        conn = _Conn(reactor=self.reactor)
+        d = conn.connect(**self._connect_kwargs())
+        d.addTimeout(self.connect_timeout + 2, self.reactor)
+        try:
+            await d
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        return conn
+
+    # -- the pool -----------------------------------------------------------
+    async def _acquire(self) -> _Conn | None:
+        if self._closed:
+            raise DatabaseUnavailable("database pool is closed")
+        if self._free:
+            return self._free.popleft()
+        waiter: Deferred = Deferred()
+        self._waiters.append(waiter)
+        waiter.addTimeout(self.acquire_timeout, self.reactor)
+        try:
+            return await waiter
+        except defer.TimeoutError:
+            raise DatabaseUnavailable("no database connection free in time")
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def _release(self, conn: _Conn | None) -> None:
+        if conn is not None and _dead(conn):
+            _close_quietly(conn)
+            conn = None
+        if self._closed:
+            _close_quietly(conn)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.called:
+                waiter.callback(conn)
+                return
+        self._free.append(conn)
+
+    def run(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> "Deferred[T]":
+        """
+        Run ``await fn(tx, *args, **kwargs)`` in one transaction.
+
+        Commits when ``fn`` returns, rolls back when it raises.  Connection
+        failures and time-outs fail with L{DatabaseUnavailable}.
+        """
+        return Deferred.fromCoroutine(self._run(fn, args, kwargs))
+
+    async def _run(self, fn, args, kwargs):
+        conn = await self._acquire()
+        try:
+            if _dead(conn):
+                conn = None
+                try:
+                    conn = await self._connect()
+                except _CONNECTION_ERRORS as e:
+                    raise DatabaseUnavailable(f"cannot connect: {_first_line(e)}") from e
+            d = conn.runInteraction(
+                lambda cursor: Deferred.fromCoroutine(fn(Tx(cursor), *args, **kwargs))
+            )
+            d.addTimeout(self.timeout, self.reactor)
+            try:
+                return await d
+            except _CONNECTION_ERRORS as e:
+                _close_quietly(conn)
+                conn = None
+                raise DatabaseUnavailable(_first_line(e)) from e
+            except psycopg2.errors.QueryCanceled as e:
+                raise DatabaseUnavailable(f"statement timed out: {_first_line(e)}") from e
+        finally:
+            self._release(conn)
+
+    # -- conveniences ---------------------------------------------------------
+    def fetchall(self, sql: str, params: Any = None) -> "Deferred[list[tuple]]":
+        async def q(tx: Tx):
+            return await tx.fetchall(sql, params)
+
+        return self.run(q)
+
+    def fetchval(self, sql: str, params: Any = None) -> "Deferred[Any]":
+        async def q(tx: Tx):
+            return await tx.fetchval(sql, params)
+
+        return self.run(q)
+
+    def execute(self, sql: str, params: Any = None) -> "Deferred[None]":
+        async def q(tx: Tx):
+            await tx.execute(sql, params)
+
+        return self.run(q)
+
+    async def ping(self) -> bool:
+        try:
+            return (await self.fetchval("SELECT 1")) == 1
+        except DatabaseUnavailable:
+            return False
+
+    def stats(self) -> dict:
+        return {
+            "size": self.size,
+            "idle": sum(1 for c in self._free if c is not None),
+            "free": len(self._free),
+            "waiting": len(self._waiters),
+        }
+
+    def close(self) -> None:
+        self._closed = True
+        while self._free:
+            _close_quietly(self._free.popleft())
+        while self._waiters:
+            w = self._waiters.popleft()
+            if not w.called:
+                w.errback(DatabaseUnavailable("database pool is closed"))
+
+
+def _close_quietly(conn: _Conn | None) -> None:
+    if conn is None:
+        return
+    conn.on_lost = None
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

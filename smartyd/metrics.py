@@ -1,0 +1,83 @@
+"""
+Prometheus metrics, one registry per daemon (tests build their own).
+
+Metric names are interface for dashboards: add, never rename.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "smartyd_http_requests", "HTTP requests answered", ["route", "code"], registry=r
+        )
+        self.payments = Counter(
+            "smartyd_payments", "Payments credited", ["provider"], registry=r
+        )
+        self.payment_amount = Counter(
+            "smartyd_payment_amount", "Sum of credited payments", ["provider"], registry=r
+        )
+        self.osmp_answers = Counter(
+            "smartyd_osmp_answers", "OSMP answers by command and result code",
+            ["command", "result"], registry=r,
+        )
+        self.osmp_refused = Counter(
+            "smartyd_osmp_refused_requests", "OSMP requests refused before the protocol (403/401)",
+            ["reason"], registry=r,
+        )
+        self.token_checks = Counter(
+            "smartyd_token_checks", "Stream token checks by outcome and reason",
+            ["listener", "outcome", "reason"], registry=r,
+        )
+        self.tokens_minted = Counter(
+            "smartyd_tokens_minted", "Stream URLs minted", registry=r
+        )
+        self.entitlement_reloads = Counter(
+            "smartyd_entitlement_reloads", "Entitlement snapshot reloads", registry=r
+        )
+        self.poller_runs = Counter(
+            "smartyd_poller_runs", "Poller runs by job and outcome", ["job", "outcome"], registry=r
+        )
+        self.poller_duration = Histogram(
+            "smartyd_poller_duration_seconds", "Poller run time", ["job"], registry=r
+        )
+        self.partner_requests = Counter(
+            "smartyd_partner_requests", "Requests to partner APIs by partner and outcome",
+            ["partner", "outcome"], registry=r,
+        )
+        self.receipts = Counter(
+            "smartyd_receipts", "Fiscal receipt jobs by final state", ["state"], registry=r
+        )
+        self.db_up = Gauge("smartyd_db_up", "1 when the last database probe succeeded", registry=r)
+        self._db = None
+
+    def watch_db(self, db) -> None:
+        """Expose the pool's size/idle/waiting as gauges at scrape time."""
+        self._db = db
+        metrics = self
+
+        class _PoolCollector:
+            def collect(self):
+                if metrics._db is None:
+                    return []
+                stats = metrics._db.stats()
+                g = GaugeMetricFamily("smartyd_db_pool", "Database pool", labels=["state"])
+                g.add_metric(["size"], stats["size"])
+                g.add_metric(["idle"], stats["idle"])
+                g.add_metric(["waiting"], stats["waiting"])
+                return [g]
+
+            def describe(self):
+                return []
+
+        self.registry.register(_PoolCollector())
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,127 @@
+"""
+Payments from every source, each credited exactly once.
+
+``(provider, external_id)`` is the source's own idempotency key (OSMP
+``txn_id``, an ASSIST bill number, a Payture order id).  L{accept} inserts the
+payment and its ledger credit in the caller's transaction; a repeat returns
+the original payment and credits nothing, also when copies race on different
+connections or instances (the unique index makes the second wait for the
+first, then find its row).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Callable
+
+from attrs import frozen
+
+from smartyd import ledger
+from smartyd.db import Tx
+
+
+class PaymentConflict(ledger.LedgerError):
+    """The external id was accepted already with another account or amount."""
+
+    def __init__(self, existing: "Payment"):
+        super().__init__(
+            f"{existing.provider} payment {existing.external_id} exists for account"
+            f" {existing.account_id} amount {existing.amount}"
+        )
+        self.existing = existing
+
+
+@frozen
+class Payment:
+    id: int
+    provider: str
+    external_id: str
+    account_id: int
+    amount: Decimal
+    status: str
+    ledger_id: int | None
+    external_date: object
+    details: dict
+    created: object
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "provider": self.provider,
+            "external_id": self.external_id,
+            "account_id": self.account_id,
+            "amount": str(self.amount),
+            "status": self.status,
+            "ledger_id": self.ledger_id,
+            "external_date": self.external_date.isoformat() if self.external_date else None,
+            "details": self.details,
+            "created": self.created.isoformat(),
+        }
+
+
+_COLUMNS = (
+    "id, provider, external_id, account_id, amount, status, ledger_id, external_date,"
+    " details, created"
+)
+
+# Hooks run inside the accepting transaction for each new payment (e.g. the
+# fiscal receipt queue).  Each is ``async hook(tx, payment)``.
+AcceptHook = Callable[[Tx, Payment], object]
+
+
+async def get(tx: Tx, provider: str, external_id: str) -> Payment | None:
+    row = await tx.fetchone(
+        f"SELECT {_COLUMNS} FROM payments WHERE provider = %s AND external_id = %s",
+        (provider, external_id),
+    )
+    return None if row is None else Payment(*row)
+
+
+async def accept(
+    tx: Tx,
+    provider: str,
+    external_id: str,
+    account_id: int,
+    amount: object,
+    details: dict | None = None,
+    external_date=None,
+    hooks: tuple[AcceptHook, ...] = (),
+) -> tuple[Payment, bool]:
+    """
+    Record and credit a payment once.  Returns ``(payment, created)``.
+
+    Raises L{PaymentConflict} when ``external_id`` exists with another account
+    or amount, L{ledger.AccountNotFound} for an unknown account.
+    """
+    amount = ledger.money(amount)
+    if amount <= 0:
+        raise ledger.LedgerError("a payment is positive")
+    if not await tx.fetchval("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
+        raise ledger.AccountNotFound(f"no account {account_id}")
+    row = await tx.fetchone(
+        f"INSERT INTO payments (provider, external_id, account_id, amount, details, external_date)"
+        f" VALUES (%s, %s, %s, %s, %s, %s)"
+        f" ON CONFLICT (provider, external_id) DO NOTHING RETURNING {_COLUMNS}",
+        (provider, external_id, account_id, amount, json.dumps(details or {}), external_date),
+    )
+    if row is None:
+        existing = await get(tx, provider, external_id)
+        if existing.account_id != account_id or existing.amount != amount:
+            raise PaymentConflict(existing)
+        return existing, False
+    payment = Payment(*row)
+    entry, _ = await ledger.credit(
+        tx,
+        account_id,
+        amount,
+        kind="payment",
+        cause=f"{provider}:{external_id}",
+        idem_key=f"payment:{provider}:{external_id}",
+    )
+    await tx.execute("UPDATE payments SET ledger_id = %s WHERE id = %s", (entry.id, payment.id))
+    payment = Payment(*(await tx.fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s",
+                                          (payment.id,))))
+    for hook in hooks:
+        await hook(tx, payment)
+    return payment, True

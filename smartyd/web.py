@@ -1,0 +1,188 @@
+"""
+HTTP plumbing shared by every endpoint: the root resource that mounts one
+Klein app per concern, a Site that caps request bodies, the client address
+(``X-Forwarded-For`` trusted only from configured proxies), shielding of
+money-moving work from client disconnects, and ``/health`` + ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any, Iterable
+
+from klein import Klein
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from smartyd.metrics import CONTENT_TYPE
+
+log = Logger()
+
+
+# -- the root resource -----------------------------------------------------------------
+class Root(Resource):
+    """
+    Routes a request by path prefix to the resource of the concern that owns
+    it, without consuming path segments: each Klein app routes absolute paths.
+    """
+
+    isLeaf = True
+
+    def __init__(self, mounts: Iterable[tuple[str, Resource]] = ()):
+        super().__init__()
+        self._mounts: list[tuple[bytes, Resource]] = []
+        for prefix, resource in mounts:
+            self.mount(prefix, resource)
+
+    def mount(self, prefix: str, resource: Resource) -> None:
+        self._mounts.append((prefix.rstrip("/").encode(), resource))
+        self._mounts.sort(key=lambda m: -len(m[0]))
+
+    def render(self, request: Request):
+        if getattr(request, "body_too_large", False):
+            request.setResponseCode(413)
+            request.setHeader(b"content-type", b"application/json")
+            return b'{"error": "request body too large"}'
+        path = request.path
+        for prefix, resource in self._mounts:
+            if path == prefix or path.startswith(prefix + b"/"):
+                return resource.render(request)
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"error": "not found"}'
+
+
+class CappedRequest(Request):
+    """A request whose body is dropped past ``max_body`` bytes (then answered 413)."""
+
+    max_body = 1024 * 1024
+    body_too_large = False
+    _body_seen = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_seen += len(data)
+        if self.body_too_large or self._body_seen > self.max_body:
+            self.body_too_large = True
+            return
+        super().handleContentChunk(data)
+
+
+def make_site(root: Resource, max_body: int, reactor=None) -> Site:
+    request_class = type("Request", (CappedRequest,), {"max_body": max_body})
+    site = Site(root, requestFactory=request_class, reactor=reactor)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+# -- addresses ---------------------------------------------------------------------------
+def peer_ip(request: Request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None) or "0.0.0.0"
+
+
+def client_ip(request: Request, trusted_proxies: tuple = ()) -> str:
+    """
+    The client's address: the peer, or -- when the peer is a trusted proxy --
+    the nearest untrusted address in ``X-Forwarded-For``.
+    """
+    ip = peer_ip(request)
+    if not trusted_proxies or not in_networks(ip, trusted_proxies):
+        return ip
+    header = request.getHeader(b"x-forwarded-for")
+    if not header:
+        return ip
+    hops = [h.strip() for h in header.split(",") if h.strip()]
+    for hop in reversed(hops):
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return ip  # garbage in the header: do not trust any of it
+        if not in_networks(hop, trusted_proxies):
+            return hop
+    return hops[0] if hops else ip
+
+
+def in_networks(ip: str, networks: tuple) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks if net.version == addr.version)
+
+
+# -- cancellation --------------------------------------------------------------------------
+def shielded(coro, on_error_log: str = "shielded work failed") -> Deferred:
+    """
+    Run ``coro`` to completion even if the caller's Deferred is cancelled.
+
+    Klein cancels a handler's Deferred when the client disconnects; work that
+    moves money must then still finish (or roll back) as a whole.  The
+    returned Deferred may be cancelled; the inner work goes on and its outcome
+    is logged if nobody is left to receive it.
+    """
+    inner = ensureDeferred(coro)
+    outer: Deferred = Deferred(lambda d: None)
+
+    def deliver(result):
+        if not outer.called:
+            outer.callback(result)
+        elif isinstance(result, Exception) or hasattr(result, "raiseException"):
+            log.failure(on_error_log, result)
+        return None
+
+    inner.addBoth(deliver)
+    return outer
+
+
+def json_body(request: Request, status: int, payload: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(payload).encode()
+
+
+# -- /health and /metrics ----------------------------------------------------------------
+class Health:
+    """``GET /health`` (200 / 503 by a live DB probe) and ``GET /metrics``."""
+
+    app = Klein()
+
+    def __init__(self, db, metrics, reactor, started: float, extra=None):
+        self.db = db
+        self.metrics = metrics
+        self.reactor = reactor
+        self.started = started
+        self.extra = extra or (lambda: {})
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    async def health(self, request):
+        ok = self.db is not None and await self.db.ping()
+        self.metrics.db_up.set(1 if ok else 0)
+        payload = {
+            "status": "ok" if ok else "unavailable",
+            "db": "ok" if ok else "down",
+            "uptime": round(self.reactor.seconds() - self.started, 3),
+        }
+        payload.update(self.extra())
+        self.metrics.http_requests.labels("health", "200" if ok else "503").inc()
+        return json_body(request, 200 if ok else 503, payload)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return self.metrics.render()
