@@ -8,6 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
+    package_dir={"": "."},
     packages=find_packages(include=["smartyd", "smartyd.*"]) + ["twisted.plugins"],
     package_data={"smartyd.db": ["migrations/*.sql"]},
     install_requires=[
