@@ -1,0 +1,200 @@
+"""
+Periodic jobs: a L{Poller} runs ``work()`` every ``interval`` seconds.
+
+Semantics (after buildbot's ``util/poll.py`` and txacme's service):
+  - no overlapping runs: a run requested while one is in flight is folded
+    into one more run right after it;
+  - L{Poller.force} runs now (the immediate-run hook for admins and webhooks);
+  - a run never raises out: failures are logged and counted, and the next run
+    backs off exponentially (``interval * 2**failures``, capped);
+  - cluster-wide once: with a database, a run first takes the job's
+    PostgreSQL advisory lock on a connection of its own (another instance
+    holding it means "skip"), then checks ``job_runs.last_started`` so that N
+    instances together never run the job more often than ``interval``;
+  - ``stopService`` cancels the timer and waits for the run in flight.
+
+The clock is injected: tests drive it with ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Awaitable, Callable
+
+from attrs import define, field
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from smartyd.db import Database, DatabaseUnavailable, _close_quietly, _first_line
+from smartyd.partners import PartnerError
+
+log = Logger()
+
+# Leaves a little slack so that a run scheduled exactly ``interval`` after
+# the last one is not refused for a few milliseconds of clock skew.
+PACING_SLACK = 0.98
+
+
+def job_lock_key(job: str) -> int:
+    """A stable advisory-lock key for ``job`` (namespace 0x5D in the high bits)."""
+    return (0x5D << 32) | zlib.crc32(job.encode("utf-8"))
+
+
+@define(eq=False)
+class Poller(Service):
+    job: str
+    interval: float
+    work: Callable[[], Awaitable[Any]]
+    clock: Any
+    db: Database | None = None
+    metrics: Any = None
+    max_backoff: float = 3600.0
+    initial_delay: float = 0.0
+    failures: int = 0
+    last_outcome: str | None = None
+    _call: Any = None
+    _inflight: Deferred | None = None
+    _again: bool = False
+    _waiters: list = field(factory=list)
+    _stopped: bool = True
+
+    def __attrs_post_init__(self):
+        self.name = f"poller:{self.job}"
+
+    # -- lifecycle ----------------------------------------------------------------
+    def startService(self):
+        Service.startService(self)
+        self._stopped = False
+        self._schedule(self.initial_delay)
+
+    def stopService(self):
+        Service.stopService(self)
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._inflight is None:
+            return defer.succeed(None)
+        done: Deferred = Deferred()
+        self._waiters.append(done)
+        return done
+
+    # -- scheduling ---------------------------------------------------------------------
+    def next_delay(self) -> float:
+        if self.failures == 0:
+            return self.interval
+        return min(self.interval * 2 ** min(self.failures, 16), max(self.max_backoff, self.interval))
+
+    def _schedule(self, delay: float) -> None:
+        if self._stopped:
+            return
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = self.clock.callLater(delay, self._fire)
+
+    def force(self) -> Deferred:
+        """Run now (or right after the run in flight); fires when that run ends."""
+        done: Deferred = Deferred()
+        self._waiters.append(done)
+        if self._inflight is not None:
+            self._again = True
+        else:
+            if self._call is not None and self._call.active():
+                self._call.cancel()
+            self._fire()
+        return done
+
+    def _fire(self) -> None:
+        self._call = None
+        if self._inflight is not None:
+            self._again = True
+            return
+        self._inflight = Deferred.fromCoroutine(self._run())
+        self._inflight.addBoth(self._finished)
+
+    def _finished(self, result) -> None:
+        self._inflight = None
+        if hasattr(result, "getTraceback"):  # _run never raises; belt and braces
+            log.failure("poller {job} crashed", result, job=self.job)
+        if self._again and not self._stopped:
+            self._again = False
+            self._fire()
+            return
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            w.callback(self.last_outcome)
+        self._schedule(self.next_delay())
+
+    # -- one run ------------------------------------------------------------------------
+    async def _run(self) -> None:
+        started = self.clock.seconds()
+        outcome = "ok"
+        error: str | None = None
+        conn = None
+        try:
+            if self.db is not None:
+                try:
+                    conn = await self.db._connect()
+                except Exception as e:
+                    raise DatabaseUnavailable(f"cannot connect: {_first_line(e)}") from e
+                if not await self._take_lock(conn):
+                    outcome = "skipped"
+                    return
+            await self.work()
+        except (PartnerError, DatabaseUnavailable) as e:
+            outcome, error = "error", _first_line(e)
+            log.warn("{job} run failed: {error}", job=self.job, error=error)
+        except Exception as e:
+            outcome, error = "error", f"{type(e).__name__}: {_first_line(e)}"
+            log.failure("{job} run failed unexpectedly", job=self.job)
+        finally:
+            if conn is not None:
+                if outcome != "skipped":
+                    await self._record(conn, outcome == "ok", error)
+                _close_quietly(conn)  # releases the session advisory lock too
+            self._account(outcome, self.clock.seconds() - started)
+
+    async def _take_lock(self, conn) -> bool:
+        rows = await conn.runQuery(
+            "SELECT pg_try_advisory_lock(%s)", (job_lock_key(self.job),)
+        )
+        if not rows[0][0]:
+            log.debug("{job}: another instance is running it", job=self.job)
+            return False
+        rows = await conn.runQuery(
+            "INSERT INTO job_runs AS j (job, last_started, runs) VALUES (%s, now(), 1)"
+            " ON CONFLICT (job) DO UPDATE SET last_started = now(), runs = j.runs + 1"
+            " WHERE j.last_started IS NULL"
+            "    OR j.last_started <= now() - make_interval(secs => %s)"
+            " RETURNING 1",
+            (self.job, self.interval * PACING_SLACK),
+        )
+        if not rows:
+            log.debug("{job}: ran less than {interval}s ago on some instance",
+                      job=self.job, interval=self.interval)
+            return False
+        return True
+
+    async def _record(self, conn, ok: bool, error: str | None) -> None:
+        try:
+            await conn.runOperation(
+                "UPDATE job_runs SET last_finished = now(), last_ok = %s, last_error = %s,"
+                " failures = failures + %s WHERE job = %s",
+                (ok, error, 0 if ok else 1, self.job),
+            )
+        except Exception as e:
+            log.warn("{job}: could not record the run: {error}", job=self.job,
+                     error=_first_line(e))
+
+    def _account(self, outcome: str, duration: float) -> None:
+        self.last_outcome = outcome
+        if outcome == "error":
+            self.failures += 1
+        elif outcome == "ok":
+            self.failures = 0
+        if self.metrics is not None:
+            self.metrics.poller_runs.labels(self.job, outcome).inc()
+            if outcome != "skipped":
+                self.metrics.poller_duration.labels(self.job).observe(duration)
