@@ -19,12 +19,12 @@ class Work:
 
     async def __call__(self):
         self.calls += 1
-        started, self.started = self.started, defer.Deferred()
-        started.callback(self.calls)
         if self.fail_with is not None:
             raise self.fail_with
         d = defer.Deferred()
         self.pending.append(d)
+        started, self.started = self.started, defer.Deferred()
+        started.callback(self.calls)
         await d
 
     def finish(self):
