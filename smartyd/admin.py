@@ -29,6 +29,23 @@ class AdminError(Exception):
     pass
 
 
+# Commands contributed by feature modules: a feature module may define
+# ``admin_commands(subparsers) -> {command name: async handler(db, args, cfg)}``.
+EXTENSION_COMMANDS: dict = {}
+
+
+def _extension_handlers(sub):
+    import importlib
+
+    from smartyd import features
+
+    for name in features.FEATURES:
+        module = importlib.import_module(name)
+        register = getattr(module, "admin_commands", None)
+        if register is not None:
+            yield register(sub)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smartyd-admin", description="Administer smartyd.")
     p.add_argument("--config", "-c", default=os.environ.get("SMARTYD_CONFIG"),
@@ -70,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     s = pay.add_parser("show")
     s.add_argument("--provider", required=True)
     s.add_argument("--txn-id", required=True)
+
+    for handlers in _extension_handlers(sub):
+        EXTENSION_COMMANDS.update(handlers)
 
     lg = sub.add_parser("logs", help="print the daemon's JSON log readably")
     lg.add_argument("--follow", "-f", action="store_true")
@@ -257,7 +277,10 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
             try:
                 if args.command != "migrate":
                     await migrate(db)
-                result["out"] = await DB_COMMANDS[args.command](db, args)
+                if args.command in DB_COMMANDS:
+                    result["out"] = await DB_COMMANDS[args.command](db, args)
+                else:
+                    result["out"] = await EXTENSION_COMMANDS[args.command](db, args, cfg)
             finally:
                 db.close()
 
@@ -295,3 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"smartyd-admin: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}\n")
         sys.exit(1)
     sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

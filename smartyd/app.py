@@ -38,6 +38,9 @@ class Parts:
     services: list = field(factory=list)
     mounts: list = field(factory=list)
     health_extra: list = field(factory=list)
+    # async hook(tx, payment) run inside every accepted payment's transaction
+    # (pass this list itself as ``hooks=`` to smartyd.payments.accept).
+    payment_hooks: list = field(factory=list)
 
 
 def build_parts(cfg: Config, reactor, db: Database, metrics: Metrics | None = None) -> Parts:

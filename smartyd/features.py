@@ -1,7 +1,9 @@
 """
 The feature registry: each feature module has ``install(parts)``, which adds
 its HTTP mounts (``parts.mounts``), its services (``parts.services``, started
-once the schema is in place) and health fields (``parts.health_extra``).
+once the schema is in place) and health fields (``parts.health_extra``), and may add
+``parts.payment_hooks`` (run inside every payment's accepting transaction)
+and ``admin_commands(subparsers)`` for ``smartyd-admin``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import importlib
 FEATURES = (
     "smartyd.osmp",
     "smartyd.streams",
+    "smartyd.gateways",
+    "smartyd.fiscal",
 )
 
 

@@ -1,0 +1,5 @@
+"""Dreamkas fiscalization -- placeholder until issue 6 lands."""
+
+
+def install(parts) -> None:
+    pass
