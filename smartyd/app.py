@@ -41,6 +41,8 @@ class Parts:
     # async hook(tx, payment) run inside every accepted payment's transaction
     # (pass this list itself as ``hooks=`` to smartyd.payments.accept).
     payment_hooks: list = field(factory=list)
+    # False while the daemon is starting (migrations, caches): /health says 503.
+    ready: bool = True
 
 
 def build_parts(cfg: Config, reactor, db: Database, metrics: Metrics | None = None) -> Parts:
@@ -60,6 +62,7 @@ def build_root(parts: Parts) -> Root:
         parts.metrics,
         parts.reactor,
         parts.started,
+        ready=lambda: parts.ready,
         extra=lambda: {k: v for fn in parts.health_extra for k, v in fn().items()},
     )
     root = Root([("/health", health.resource()), ("/metrics", health.resource())])
@@ -80,6 +83,7 @@ class Daemon(MultiService):
             dsn, reactor, size=cfg.database.pool_size, timeout=cfg.database.timeout
         )
         self.parts = build_parts(cfg, reactor, self.db)
+        self.parts.ready = False
         self.root = build_root(self.parts)
         self.site = make_site(self.root, cfg.http.max_body, reactor=reactor)
         self.ready: Deferred = Deferred()
@@ -114,6 +118,7 @@ class Daemon(MultiService):
         log.info("schema up to date ({count} migrations applied)", count=len(applied))
         for svc in self.parts.services:
             svc.setServiceParent(self)
+        self.parts.ready = True
         self.ready.callback(None)
         log.info("smartyd ready")
 

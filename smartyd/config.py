@@ -126,9 +126,12 @@ def endpoint(optional: bool = False) -> Callable[[Any], str]:
         from twisted.internet.endpoints import serverFromString
 
         try:
-            serverFromString(None, v)
+            ep = serverFromString(None, v)
         except Exception as e:
             raise ValueError(f"bad endpoint string {v!r}: {e}")
+        port = getattr(ep, "_port", None)
+        if isinstance(port, int) and not 0 <= port <= 65535:
+            raise ValueError(f"bad endpoint string {v!r}: port must be 0-65535")
         return v
 
     return check

@@ -59,7 +59,7 @@ def event_to_dict(event: dict) -> dict:
         "time": datetime.datetime.fromtimestamp(
             event.get("log_time", 0), datetime.timezone.utc
         ).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "level": level.name if isinstance(level, LogLevel) else "info",
+        "level": getattr(level, "name", None) or ("error" if event.get("isError") else "info"),
         "ns": event.get("log_namespace", ""),
         "event": _safe_format(event),
     }

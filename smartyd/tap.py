@@ -37,7 +37,18 @@ class Options(usage.Options):
 
 
 def fail(message: str) -> SystemExit:
-    return SystemExit(f"smartyd: {message}")
+    """
+    Report a start-up failure as one line on the real stderr (twistd has
+    redirected sys.stderr into the log by the time services start) and
+    return the SystemExit to raise.
+    """
+    try:
+        sys.__stderr__.write(f"smartyd: {message}\n")
+        sys.__stderr__.flush()
+    except (AttributeError, OSError):
+        pass
+    log.critical("start-up failed: {message}", message=message)
+    return SystemExit(1)
 
 
 def preflight_dsn(cfg: configmod.Config) -> tuple[str, embedded.EmbeddedCluster | None, int]:
@@ -110,9 +121,7 @@ class SmartyService(MultiService):
 
     def fatal(self, message: str) -> None:
         """An unrecoverable start-up failure after the reactor started: exit non-zero."""
-        sys.stderr.write(f"smartyd: {message}\n")
-        sys.stderr.flush()
-        log.critical("fatal: {message}", message=message)
+        fail(message)
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if self.reactor.running:
             self.reactor.stop()

@@ -118,6 +118,11 @@ def client_ip(request: Request, trusted_proxies: tuple = ()) -> str:
     header = request.getHeader(b"x-forwarded-for")
     if not header:
         return ip
+    if isinstance(header, bytes):
+        try:
+            header = header.decode("ascii")
+        except UnicodeDecodeError:
+            return ip
     hops = [h.strip() for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
         try:
@@ -176,8 +181,9 @@ class Health:
 
     app = Klein()
 
-    def __init__(self, db, metrics, reactor, started: float, extra=None):
+    def __init__(self, db, metrics, reactor, started: float, extra=None, ready=None):
         self.db = db
+        self.ready = ready or (lambda: True)
         self.metrics = metrics
         self.reactor = reactor
         self.started = started
@@ -188,11 +194,13 @@ class Health:
 
     @app.route("/health", methods=["GET", "HEAD"])
     async def health(self, request):
-        ok = self.db is not None and await self.db.ping()
-        self.metrics.db_up.set(1 if ok else 0)
+        db_ok = self.db is not None and await self.db.ping()
+        self.metrics.db_up.set(1 if db_ok else 0)
+        ready = self.ready()
+        ok = db_ok and ready
         payload = {
-            "status": "ok" if ok else "unavailable",
-            "db": "ok" if ok else "down",
+            "status": "ok" if ok else ("starting" if db_ok else "unavailable"),
+            "db": "ok" if db_ok else "down",
             "uptime": round(self.reactor.seconds() - self.started, 3),
         }
         payload.update(self.extra())

@@ -1,5 +1,105 @@
-"""Dreamkas fiscalization -- placeholder until issue 6 lands."""
+"""
+Dreamkas fiscalization: every accepted payment gets its fiscal receipt exactly once.
+
+Operators under 54-FZ print a receipt on their cash device for each payment;
+a missed receipt is a fine, a double receipt a tax error.  When
+``[dreamkas] enabled``:
+
+  - each accepted payment (with ``always_fiscalize = false``: each payment an
+    admin marks, ``smartyd-admin receipts fiscalize --payment ID``) gets a
+    job in ``receipt_jobs``, inserted by a payment hook inside the payment's
+    own transaction (L{jobs});
+  - a L{Poller} runs the L{ReceiptWorker} every ``poll_interval`` seconds:
+    it POSTs receipts and follows their operations to SUCCESS or ERROR;
+  - ``POST /webhooks/dreamkas/<webhook_secret>`` applies operation updates
+    as they happen (L{DreamkasWebhook}); the webhook URL is registered in the
+    Dreamkas Kabinet (or ``POST /api/webhooks``) with ``operations`` on;
+  - devices and positions are cached for ``cache_lifetime`` seconds
+    (L{Catalog}); ``smartyd-admin receipts refresh-cache`` refetches them.
+"""
+
+from __future__ import annotations
+
+from attrs import define
+
+from smartyd.fiscal import jobs
+from smartyd.fiscal.api import PARTNER, DreamkasAPI, Operation
+from smartyd.fiscal.catalog import Catalog
+from smartyd.fiscal.webhook import DreamkasWebhook
+from smartyd.fiscal.worker import ReceiptWorker
+from smartyd.partners import HTTPClientService
+
+__all__ = [
+    "Catalog", "DreamkasAPI", "DreamkasWebhook", "Operation", "ReceiptWorker",
+    "admin_commands", "enqueue_receipt", "install",
+]
+
+POLLER_JOB = "dreamkas-receipts"
+
+
+async def enqueue_receipt(tx, payment) -> None:
+    """The payment hook: queue the payment's receipt in its own transaction."""
+    await jobs.enqueue(tx, payment.id, payment.provider, payment.external_id)
 
 
 def install(parts) -> None:
-    pass
+    cfg = parts.cfg.dreamkas
+    if not cfg.enabled:
+        return
+    from smartyd.config import ConfigError
+    from smartyd.partners import PartnerHTTP
+    from smartyd.poller import Poller
+
+    if not cfg.token:
+        raise ConfigError("[dreamkas] token: required when enabled = true")
+    http = _client_service(parts.reactor)
+    api = DreamkasAPI(
+        PartnerHTTP(PARTNER, http.client, parts.reactor, metrics=parts.metrics),
+        cfg.api_url, cfg.token,
+    )
+    worker = ReceiptWorker(
+        parts.db, api, Catalog(parts.db, api, parts.reactor, cfg.cache_lifetime),
+        parts.reactor, device_id=cfg.device_id, tax_mode=cfg.tax_mode,
+        poll_interval=cfg.poll_interval, metrics=parts.metrics,
+    )
+    # No cluster-wide lock: the queue is safe for every instance to work at
+    # once (claims skip each other's rows).
+    poller = Poller(POLLER_JOB, cfg.poll_interval, worker.run, parts.reactor,
+                    metrics=parts.metrics)
+    parts.services.extend([http, poller])
+    webhook = DreamkasWebhook(parts.db, cfg.webhook_secret, parts.reactor,
+                              cfg.poll_interval, parts.metrics)
+    parts.mounts.append(("/webhooks/dreamkas", webhook.resource()))
+    if cfg.always_fiscalize:
+        parts.payment_hooks.append(enqueue_receipt)
+
+
+def _client_service(reactor) -> HTTPClientService:
+    """
+    An L{HTTPClientService}.  Until smartyd.partners builds its client from
+    ``treq.client.HTTPClient`` (it names ``treq.HTTPClient``, which treq does
+    not export, so the service cannot be built), the same pool and client are
+    built by L{_PooledClientService}.  Remove the fallback once that is fixed.
+    """
+    try:
+        return HTTPClientService(reactor)
+    except AttributeError:
+        return _PooledClientService(reactor)
+
+
+@define(eq=False)
+class _PooledClientService(HTTPClientService):
+    def __attrs_post_init__(self):
+        from treq.client import HTTPClient
+        from twisted.web.client import Agent, HTTPConnectionPool
+
+        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+        self.pool.maxPersistentPerHost = self.max_per_host
+        self.pool.retryAutomatically = False  # never resend a receipt silently
+        self.client = HTTPClient(Agent(self.reactor, pool=self.pool))
+
+
+def admin_commands(subparsers) -> dict:
+    from smartyd.fiscal.admin import register
+
+    return register(subparsers)

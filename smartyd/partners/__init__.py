@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import treq
+from treq.client import HTTPClient
 from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -80,7 +81,7 @@ class PartnerHTTP:
     """
 
     partner: str
-    client: treq.HTTPClient
+    client: HTTPClient
     clock: Any
     metrics: Any = None
     timeout: float = 30.0
@@ -144,7 +145,7 @@ class PartnerHTTP:
 
     async def _exchange(self, method: str, url: str, kwargs: dict) -> PartnerResponse:
         response = await self.client.request(method, url, **kwargs)
-        if response.length is not None and response.length > self.max_body:
+        if isinstance(response.length, int) and response.length > self.max_body:
             response.deliverBody(_Discard())
             raise _TooLarge()
         chunks: list[bytes] = []
@@ -196,7 +197,7 @@ class HTTPClientService(Service):
     reactor: Any
     max_per_host: int = 8
     pool: HTTPConnectionPool = field(init=False)
-    client: treq.HTTPClient = field(init=False)
+    client: HTTPClient = field(init=False)
 
     def __attrs_post_init__(self):
         from twisted.web.client import Agent
@@ -204,7 +205,7 @@ class HTTPClientService(Service):
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = self.max_per_host
         self.pool.retryAutomatically = False  # never resend a payment call silently
-        self.client = treq.HTTPClient(Agent(self.reactor, pool=self.pool))
+        self.client = HTTPClient(Agent(self.reactor, pool=self.pool))
 
     def stopService(self):
         Service.stopService(self)

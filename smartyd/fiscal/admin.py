@@ -1,0 +1,76 @@
+"""
+``smartyd-admin receipts``: the operator's view of the receipt queue.
+
+  receipts [--state S] [--payment ID] [--limit N]   jobs, newest first, and counts per state
+  receipts fiscalize --payment ID                   queue a receipt for a payment (idempotent)
+  receipts refresh-cache                            fetch devices and positions now
+"""
+
+from __future__ import annotations
+
+from smartyd.fiscal import jobs
+from smartyd.partners import PartnerError
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("receipts", help="fiscal receipts (Dreamkas)")
+    p.add_argument("--state", choices=jobs.STATES)
+    p.add_argument("--payment", type=int, help="only the job of this payment id")
+    p.add_argument("--limit", type=int, default=100)
+    actions = p.add_subparsers(dest="action")
+    f = actions.add_parser("fiscalize", help="queue a receipt for a payment")
+    f.add_argument("--payment", type=int, required=True, help="payment id")
+    actions.add_parser("refresh-cache", help="fetch Dreamkas devices and positions now")
+    return {"receipts": cmd_receipts}
+
+
+async def cmd_receipts(db, args, cfg) -> dict:
+    action = getattr(args, "action", None)
+    if action == "fiscalize":
+        try:
+            job, created = await db.run(jobs.enqueue_payment_id, args.payment)
+        except LookupError as e:
+            raise ValueError(str(e))
+        out = {"created": created, "job": job.to_json()}
+        if not cfg.dreamkas.enabled:
+            out["warning"] = "[dreamkas] enabled is false: the job waits until it is enabled"
+        return out
+    if action == "refresh-cache":
+        return await refresh_cache(db, cfg)
+
+    async def listing(tx):
+        found = await jobs.list_jobs(tx, args.state, max(1, min(args.limit, 10000)),
+                                     args.payment)
+        return {"counts": await jobs.counts(tx), "jobs": [j.to_json() for j in found]}
+
+    return await db.run(listing)
+
+
+async def refresh_cache(db, cfg) -> dict:
+    from twisted.internet import reactor
+
+    from smartyd.fiscal import _client_service
+    from smartyd.fiscal.api import PARTNER, DreamkasAPI
+    from smartyd.fiscal.catalog import Catalog
+    from smartyd.partners import PartnerHTTP
+
+    d = cfg.dreamkas
+    if not d.token:
+        raise ValueError("[dreamkas] token is not set")
+    service = _client_service(reactor)
+    try:
+        api = DreamkasAPI(PartnerHTTP(PARTNER, service.client, reactor), d.api_url, d.token)
+        snapshot = await Catalog(db, api, reactor, d.cache_lifetime).refresh()
+    except PartnerError as e:
+        raise ValueError(str(e))
+    finally:
+        await service.pool.closeCachedConnections()
+    return summary(snapshot)
+
+
+def summary(snapshot) -> dict:
+    return {
+        "devices": [{"id": d.get("id"), "name": d.get("name")} for d in snapshot.devices],
+        "products": [{"id": p.get("id"), "name": p.get("name"), "tax": p.get("tax")}
+                     for p in snapshot.products],
+    }

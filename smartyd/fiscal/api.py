@@ -1,0 +1,185 @@
+"""
+The Dreamkas Kabinet API client (``https://kabinet.dreamkas.ru/api``).
+
+JSON over HTTPS, ``Authorization: Bearer <token>``.  What we use:
+
+  - ``POST /receipts`` a receipt body (L{smartyd.fiscal.receipt}) -> an
+    Operation ``{id, externalId, createdAt, status, data}``; fiscalization
+    itself is asynchronous;
+  - ``GET /operations/{id}`` -> the Operation; ``status`` is PENDING,
+    IN_PROGRESS, SUCCESS or ERROR; on SUCCESS ``data.receiptId``, on ERROR
+    ``data.error{code, message}``;
+  - ``GET /operations?externalId=...`` -> operations, filtered here again by
+    ``externalId`` (the crash-recovery look-up; see L{DreamkasAPI.find_operation});
+  - ``GET /devices`` and ``GET /v2/products``: cash devices and positions.
+
+The HTTP rules (time-outs, body caps, typed errors) are L{PartnerHTTP}'s.
+The token travels in a header only and never reaches a log event.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+from attrs import define, frozen
+
+from smartyd.partners import PartnerHTTP, PartnerProtocolError, PartnerRefused
+
+PARTNER = "dreamkas"
+STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "ERROR")
+TERMINAL = ("SUCCESS", "ERROR")
+# Dreamkas answers a created receipt operation 202 Accepted; tolerate 200/201.
+CREATED = (200, 201, 202)
+
+
+def _text(v: Any, limit: int = 200) -> str | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, (int, str)):
+        s = str(v).strip()
+        return s[:limit] if s else None
+    return None
+
+
+@frozen
+class Operation:
+    """A Dreamkas operation, parsed defensively from untrusted JSON."""
+
+    id: str
+    status: str
+    external_id: str | None = None
+    receipt_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def error(self) -> str:
+        code = self.error_code or "?"
+        return f"Dreamkas operation {self.id} ERROR {code}: {self.error_message or 'no message'}"
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Operation":
+        """Raise ValueError unless ``obj`` is an operation we understand."""
+        if not isinstance(obj, dict):
+            raise ValueError("an operation is a JSON object")
+        op_id = _text(obj.get("id"), 128)
+        if op_id is None:
+            raise ValueError("operation without an id")
+        status = obj.get("status")
+        status = status.upper() if isinstance(status, str) else None
+        if status not in STATUSES:
+            raise ValueError(f"operation {op_id}: unknown status {obj.get('status')!r}")
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        error = data.get("error") if isinstance(data.get("error"), dict) else {}
+        return cls(
+            id=op_id,
+            status=status,
+            external_id=_text(obj.get("externalId"), 128),
+            receipt_id=_text(data.get("receiptId"), 128),
+            error_code=_text(error.get("code"), 64),
+            error_message=_text(error.get("message"), 500),
+        )
+
+
+def _json(response, what: str) -> Any:
+    try:
+        return json.loads(response.body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise PartnerProtocolError(PARTNER, f"{what}: the answer is not JSON")
+
+
+def _items(payload: Any, what: str) -> list:
+    """A list answer: a bare array, or an object carrying it in ``data``/``items``."""
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict):
+        for key in ("data", "items", "result"):
+            if isinstance(payload.get(key), list):
+                return payload[key]
+    raise PartnerProtocolError(PARTNER, f"{what}: expected a list")
+
+
+def refusal_reason(e: PartnerRefused) -> str:
+    return f"refused by Dreamkas: {e.message}"
+
+
+@define
+class DreamkasAPI:
+    http: PartnerHTTP
+    base_url: str
+    token: str
+
+    def _url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+    def _headers(self) -> dict:
+        return {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+
+    def _operation(self, response, what: str) -> Operation:
+        try:
+            return Operation.from_json(_json(response, what))
+        except ValueError as e:
+            raise PartnerProtocolError(PARTNER, f"{what}: {e}")
+
+    async def create_receipt(self, body: dict) -> Operation:
+        """
+        POST a receipt.  L{PartnerRefused} (code "409" for an ``externalId``
+        Dreamkas has seen) means no new operation was created;
+        L{PartnerUnavailable}/L{PartnerProtocolError} mean we do not know.
+        """
+        response = await self.http.request(
+            "POST", self._url("/receipts"), json=body, headers=self._headers(), ok_codes=CREATED
+        )
+        return self._operation(response, "POST /receipts")
+
+    async def operation(self, op_id: str) -> Operation:
+        response = await self.http.request(
+            "GET", self._url("/operations/" + quote(op_id, safe="")), headers=self._headers()
+        )
+        op = self._operation(response, "GET /operations/{id}")
+        if op.id != op_id:
+            raise PartnerProtocolError(PARTNER, f"asked for operation {op_id}, got {op.id}")
+        return op
+
+    async def find_operation(self, external_id: str) -> Operation | None:
+        """
+        The operation created for ``external_id``, or None when Dreamkas shows none.
+
+        The public docs do not promise a server-side ``externalId`` filter on
+        the operation list, so the answer is filtered here as well; an
+        operation that is not in the (first page of the) list is "not found"
+        and the caller re-POSTs with the same ``externalId``.
+        """
+        response = await self.http.request(
+            "GET", self._url("/operations"), params={"externalId": external_id},
+            headers=self._headers(),
+        )
+        found = None
+        for item in _items(_json(response, "GET /operations"), "GET /operations"):
+            if isinstance(item, dict) and item.get("externalId") == external_id:
+                try:
+                    op = Operation.from_json(item)
+                except ValueError:
+                    continue
+                # A SUCCESS beats anything else; otherwise the first one listed.
+                if found is None or op.status == "SUCCESS":
+                    found = op
+        return found
+
+    async def devices(self) -> list[dict]:
+        response = await self.http.request("GET", self._url("/devices"), headers=self._headers())
+        return [d for d in _items(_json(response, "GET /devices"), "GET /devices")
+                if isinstance(d, dict)]
+
+    async def products(self) -> list[dict]:
+        response = await self.http.request(
+            "GET", self._url("/v2/products"), headers=self._headers()
+        )
+        return [p for p in _items(_json(response, "GET /v2/products"), "GET /v2/products")
+                if isinstance(p, dict)]

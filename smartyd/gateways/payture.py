@@ -1,0 +1,337 @@
+"""
+Payture (InPay): order sessions, and notifications verified before crediting.
+
+Wire format: form-encoded POSTs, answers are one XML element named after the
+command with attributes (``<GetState Success="True" OrderId=".." State="Charged"
+Amount="12480" .../>``); amounts in kopecks.
+
+  - ``/apim/Init`` (``Key``, ``Data="SessionType=Pay;OrderId=..;Amount=..;IP=.."``)
+    -> ``SessionId``; the payer goes to ``/apim/Pay?SessionId=..``.
+  - ``/apim/GetState`` (``Key``, ``OrderId``; the older ``/apim/PayStatus``
+    answers the same attributes) -> ``State``: New, PreAuthorized3DS,
+    Authorized, Voided, Charged, Refunded, Rejected, Error, ...
+
+A notification (``Notification=EngineChargeSuccess&OrderId=..&Amount=..&Success=True...``)
+is unsigned: anybody can post one.  So it only tells us which order to look
+at.  An order is credited when, and only when, GetState for our Key says
+``Success="True"``, the same OrderId, ``State="Charged"`` and exactly the
+order's amount.  Payture repeats a notification until it gets ``200 OK``
+(when the merchant asked for retries): we answer 200 once the notification is
+dealt with for good (credited, duplicate, forged, not ours) and 503 while
+the answer depends on something that may recover (Payture or our database
+unreachable, the payment still in progress).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.logger import Logger
+
+from smartyd.db import Database, DatabaseUnavailable, Tx
+from smartyd.gateways import events, orders
+from smartyd.gateways.untrusted_xml import parse_untrusted_xml
+from smartyd.partners import PartnerError, PartnerHTTP, PartnerProtocolError, PartnerRefused
+
+log = Logger()
+
+PARTNER = "payture"
+
+# Notifications that claim money was charged: these are verified and may credit.
+PAY_NOTIFICATIONS = frozenset({
+    "EnginePaySuccess", "EngineChargeSuccess", "CustomerPaySuccess", "CustomerChargeSuccess",
+})
+CHARGED = "Charged"
+# States after which a "paid" notification may still come true: answer 503.
+IN_PROGRESS = frozenset({"New", "PreAuthorized3DS", "Authorized"})
+DECLINED = frozenset({"Rejected", "Error", "Obsolete", "AuthorizationClosed"})
+REVERSED = frozenset({"Voided", "Refunded", "Chargeback"})
+
+_ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,50}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+def kopecks(amount: Decimal) -> int:
+    return int((amount * 100).to_integral_value())
+
+
+# -- wire format ---------------------------------------------------------------------------------
+@frozen
+class Answer:
+    """A Payture answer: the element's name and its attributes."""
+
+    command: str
+    attrs: dict
+
+    @property
+    def success(self) -> bool:
+        return self.attrs.get("Success", "").strip().lower() == "true"
+
+    def get(self, name: str) -> str | None:
+        v = self.attrs.get(name)
+        return v.strip() if isinstance(v, str) else None
+
+
+def parse_answer(body: bytes, commands: tuple[str, ...]) -> Answer:
+    """The answer element; HTML, garbage or another element -> L{PartnerProtocolError}."""
+    root = parse_untrusted_xml(body)
+    if root is None:
+        raise PartnerProtocolError(PARTNER, f"{commands[0]}: not XML (or XML with a DTD)")
+    if not isinstance(root.tag, str) or root.tag not in commands:
+        raise PartnerProtocolError(PARTNER, f"{commands[0]}: unexpected answer element")
+    if root.get("Success") is None:
+        raise PartnerProtocolError(PARTNER, f"{commands[0]}: answer without Success")
+    return Answer(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
+
+
+@frozen
+class State:
+    """What GetState says about an order."""
+
+    success: bool
+    order_id: str | None
+    state: str | None
+    amount_kop: int | None
+    err_code: str | None
+
+    @classmethod
+    def from_answer(cls, answer: Answer) -> "State":
+        amount = answer.get("Amount")
+        return cls(
+            success=answer.success,
+            order_id=answer.get("OrderId"),
+            state=answer.get("State"),
+            amount_kop=int(amount) if amount is not None and amount.isdigit() else None,
+            err_code=answer.get("ErrCode"),
+        )
+
+
+@frozen
+class Notification:
+    notification: str
+    order_id: str
+    success: bool
+    amount_kop: int | None
+    err_code: str | None
+    merchant_contract: str | None
+
+    @property
+    def claims_payment(self) -> bool:
+        return self.success and self.notification in PAY_NOTIFICATIONS
+
+
+class BadNotification(ValueError):
+    pass
+
+
+def parse_notification(form: dict[str, str]) -> Notification:
+    """A notification from its form fields; L{BadNotification} when it is not one."""
+    kind = (form.get("Notification") or "").strip()
+    order_id = (form.get("OrderId") or "").strip()
+    if not _NAME_RE.match(kind):
+        raise BadNotification("Notification is missing or malformed")
+    if not _ORDER_ID_RE.match(order_id):
+        raise BadNotification("OrderId is missing or malformed")
+    amount = (form.get("Amount") or "").strip()
+    if amount and not (amount.isdigit() and len(amount) <= 15):
+        raise BadNotification("Amount is not a number of kopecks")
+    err = (form.get("ErrCode") or "").strip()[:64] or None
+    contract = (form.get("MerchantContract") or "").strip()[:64] or None
+    return Notification(
+        notification=kind,
+        order_id=order_id,
+        success=(form.get("Success") or "").strip().lower() == "true",
+        amount_kop=int(amount) if amount else None,
+        err_code=err,
+        merchant_contract=contract,
+    )
+
+
+# -- the client -------------------------------------------------------------------------------------
+@define
+class PaytureClient:
+    http: PartnerHTTP
+    host: str
+    key: str = field(repr=False)
+    status_path: str = "/apim/GetState"
+
+    async def get_state(self, order_id: str) -> State:
+        response = await self.http.request(
+            "POST", self.host + self.status_path,
+            data=[("Key", self.key), ("OrderId", order_id)],
+        )
+        return State.from_answer(parse_answer(response.body, ("GetState", "PayStatus")))
+
+    async def init(self, order_id: str, amount_kop: int, ip: str, url: str | None = None,
+                   session_type: str = "Pay") -> str:
+        """Open a payment session; its SessionId (L{PartnerRefused} with Payture's ErrCode)."""
+        data = [f"SessionType={session_type}", f"OrderId={order_id}",
+                f"Amount={amount_kop}", f"IP={ip}"]
+        if url:
+            data.append(f"Url={url}")
+        response = await self.http.request(
+            "POST", self.host + "/apim/Init",
+            data=[("Key", self.key), ("Data", ";".join(data))],
+        )
+        answer = parse_answer(response.body, ("Init",))
+        if not answer.success:
+            code = answer.get("ErrCode") or "UNKNOWN"
+            raise PartnerRefused(PARTNER, f"Init refused: {code}", code=code)
+        session = answer.get("SessionId")
+        if not session:
+            raise PartnerProtocolError(PARTNER, "Init: no SessionId")
+        return session
+
+    def pay_url(self, session_id: str) -> str:
+        from urllib.parse import urlencode
+
+        return f"{self.host}/apim/Pay?{urlencode({'SessionId': session_id})}"
+
+
+# -- our side -----------------------------------------------------------------------------------------
+@frozen
+class Handled:
+    """What became of a notification: the HTTP answer and the outcome recorded."""
+
+    code: int
+    outcome: str
+    body: bytes = b"OK"
+
+
+async def _record(tx: Tx, n: Notification, outcome: str, state: State | None) -> None:
+    await tx.execute(
+        "INSERT INTO payture_notifications (order_number, notification, success, amount_kop,"
+        " err_code, outcome, gateway_state) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (n.order_id, n.notification, n.success, n.amount_kop, n.err_code, outcome,
+         state.state if state else None),
+    )
+
+
+@define
+class PaytureService:
+    db: Database
+    client: PaytureClient
+    metrics: Any = None
+    hooks: list = field(factory=list)
+
+    async def create_order(self, account_id: int, amount: object, ip: str,
+                           return_url: str | None = None) -> tuple[orders.Order, str]:
+        order = await self.db.run(orders.create, PARTNER, account_id, amount)
+        session = await self.client.init(order.order_number, kopecks(order.amount), ip,
+                                         return_url)
+        log.info("Payture order {order} for {amount} to account {account}",
+                 order=order.order_number, amount=order.amount, account=account_id,
+                 provider=PARTNER)
+        return order, self.client.pay_url(session)
+
+    async def handle(self, n: Notification) -> Handled:
+        """Deal with one notification; never raises (503 when it should be retried)."""
+        try:
+            return await self._handle(n)
+        except DatabaseUnavailable as e:
+            log.warn("Payture notification for order {order} not processed: database"
+                     " unavailable ({error})", order=n.order_id, error=str(e),
+                     provider=PARTNER, reason="db_unavailable")
+            return Handled(503, "db_unavailable", b"RETRY")
+
+    async def _handle(self, n: Notification) -> Handled:
+        order = await self.db.run(orders.get, PARTNER, n.order_id)
+        if order is None:
+            events.count(self.metrics, PARTNER, "unknown_order")
+            log.warn("Payture notification {notification} for order {order}, which is not"
+                     " ours: ignored", notification=n.notification, order=n.order_id,
+                     provider=PARTNER, reason="unknown_order")
+            return Handled(200, "unknown_order")
+        if not n.claims_payment:
+            await self.db.run(_record, n, "noted", None)
+            log.info("Payture notification {notification} (Success={success}) for order"
+                     " {order}: noted", notification=n.notification, success=n.success,
+                     order=n.order_id, err_code=n.err_code, provider=PARTNER)
+            return Handled(200, "noted")
+        if order.credited:
+            await self.db.run(_record, n, "duplicate", None)
+            return Handled(200, "duplicate")
+        want = kopecks(order.amount)
+        if n.amount_kop is not None and n.amount_kop != want:
+            await self.db.run(_record, n, "amount_mismatch", None)
+            events.count(self.metrics, PARTNER, "amount_mismatch")
+            log.error("Payture notification for order {order} claims {claimed} kopecks, the"
+                      " order is {want}: NOT credited", order=n.order_id,
+                      claimed=n.amount_kop, want=want, account=order.account_id,
+                      provider=PARTNER, reason="amount_mismatch")
+            return Handled(200, "amount_mismatch")
+        return await self.verify_and_credit(order.order_number, n)
+
+    async def verify_and_credit(self, number: str, n: Notification | None = None) -> Handled:
+        """Ask GetState; credit the order if Payture says Charged for exactly its amount."""
+        try:
+            state = await self.client.get_state(number)
+        except PartnerError as e:
+            events.count(self.metrics, PARTNER, "gateway_error")
+            log.warn("Payture GetState for order {order} failed: {error}; not credited, the"
+                     " notification should be retried", order=number, error=e.message,
+                     provider=PARTNER, reason="gateway_error")
+            return Handled(503, "gateway_error", b"RETRY")
+        handled, credited = await self.db.run(self._apply, number, state, n)
+        if credited is not None:
+            events.credited(self.metrics, PARTNER, credited)
+        return handled
+
+    async def _apply(self, tx: Tx, number: str, state: State, n: Notification | None):
+        order = await orders.get(tx, PARTNER, number, lock=True)
+        outcome, handled = self._judge(order, state)
+        credited = None
+        if outcome == "credited":
+            order, payment, created = await orders.credit(
+                tx, order, self.hooks,
+                details={"state": state.state, "notification": n.notification if n else None},
+                gateway_status=state.state,
+            )
+            if created:
+                log.info("credited {amount} to account {account}: Payture order {order}"
+                         " Charged", amount=order.amount, account=order.account_id,
+                         order=number, provider=PARTNER, payment=payment.id)
+                credited = order.amount
+            else:
+                outcome, handled = "duplicate", Handled(200, "duplicate")
+        elif not order.credited:
+            status = ("declined" if state.state in DECLINED else
+                      "reversed" if state.state in REVERSED else
+                      "mismatch" if outcome == "amount_mismatch" else None)
+            if status is not None and (order.status, order.gateway_status) != (status,
+                                                                                state.state):
+                await orders.set_state(tx, order, status, state.state)
+        if n is not None:
+            await _record(tx, n, outcome, state)
+        return handled, credited
+
+    def _judge(self, order: orders.Order, state: State) -> tuple[str, Handled]:
+        number = order.order_number
+        if order.credited:
+            return "duplicate", Handled(200, "duplicate")
+        if not state.success or state.order_id != number:
+            events.count(self.metrics, PARTNER, "forged")
+            log.warn("Payture does not confirm order {order} (ErrCode {err_code}): a forged"
+                     " or stale notification, not credited", order=number,
+                     err_code=state.err_code, provider=PARTNER, reason="forged")
+            return "forged", Handled(200, "forged")
+        if state.state != CHARGED:
+            events.count(self.metrics, PARTNER, "not_charged")
+            retry = state.state in IN_PROGRESS
+            log.warn("Payture says order {order} is {state}, not Charged: not credited",
+                     order=number, state=state.state, provider=PARTNER,
+                     reason="not_charged", retry=retry)
+            if retry:
+                return "in_progress", Handled(503, "in_progress", b"RETRY")
+            return "not_charged", Handled(200, "not_charged")
+        if state.amount_kop != kopecks(order.amount):
+            events.count(self.metrics, PARTNER, "amount_mismatch")
+            log.error("Payture charged {charged} kopecks for order {order} of {want}: NOT"
+                      " credited, an operator must look", charged=state.amount_kop,
+                      order=number, want=kopecks(order.amount), account=order.account_id,
+                      provider=PARTNER, reason="amount_mismatch")
+            return "amount_mismatch", Handled(200, "amount_mismatch")
+        return "credited", Handled(200, "credited")

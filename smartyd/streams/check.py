@@ -1,0 +1,255 @@
+"""
+The token check, shared by the Klein route and the fast listener.
+
+L{Checker.check} takes what a streamer sends -- query parameters and two
+headers -- and answers from the token alone plus the in-memory entitlement
+snapshot: no database, no I/O, no Deferreds.  It accepts three dialects:
+
+- plain: C{token}, C{ip}, C{name} (the channel name) in the query;
+- Flussonic's auth backend: C{name}, C{ip}, C{token}, C{session_id}, C{proto},
+  C{referer} in the query (the last three are not needed to decide);
+- nginx C{auth_request}: the viewer's original URI in C{X-Original-URI} (the
+  token in its query string) and the viewer's address in C{X-Real-IP}; the
+  channel name may be added to the subrequest's own query as C{name}.
+
+The viewer's address is the C{ip} parameter, else C{X-Real-IP}, else the
+address of whoever asked (a viewer asking directly).  A request that names no
+channel is checked against the channel the token was minted for.
+
+Counting is part of the check: each outcome/reason pair has one pre-resolved
+counter object with an C{inc()} method (a Prometheus child in the daemon, a
+plain L{Tally} in a worker process), so the hot path does one attribute call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+from urllib.parse import unquote_plus
+
+from twisted.logger import Logger
+
+from smartyd.streams import entitlements, tokens
+
+log = Logger()
+
+# -- outcomes and reasons ---------------------------------------------------------------
+ALLOWED = "allowed"
+DENIED = "denied"
+UNAVAILABLE = "unavailable"
+
+OK = tokens.OK
+MALFORMED = tokens.MALFORMED
+UNKNOWN_KEY = tokens.UNKNOWN_KEY
+BAD_SIGNATURE = tokens.BAD_SIGNATURE
+EXPIRED = tokens.EXPIRED
+IP_MISMATCH = tokens.IP_MISMATCH
+CHANNEL_MISMATCH = "channel_mismatch"
+UNKNOWN_ACCOUNT = entitlements.UNKNOWN_ACCOUNT
+BLOCKED = entitlements.BLOCKED
+NOT_ENTITLED = entitlements.NOT_ENTITLED
+NOT_READY = "not_ready"
+
+#: Every reason a check can give, with its outcome (the metric labels).
+REASONS: dict[str, str] = {
+    OK: ALLOWED,
+    MALFORMED: DENIED,
+    UNKNOWN_KEY: DENIED,
+    BAD_SIGNATURE: DENIED,
+    EXPIRED: DENIED,
+    IP_MISMATCH: DENIED,
+    CHANNEL_MISMATCH: DENIED,
+    UNKNOWN_ACCOUNT: DENIED,
+    BLOCKED: DENIED,
+    NOT_ENTITLED: DENIED,
+    NOT_READY: UNAVAILABLE,
+}
+
+#: Seconds a streamer may cache an allowed answer (X-AuthDuration): short, so
+#: that a block reaches running sessions quickly; never past the token's expiry.
+AUTH_DURATION = 60
+#: Seconds a streamer may cache a refusal.
+DENY_DURATION = 10
+
+
+class Verdict(NamedTuple):
+    """
+    The answer to one check.
+
+    @ivar allowed: play or not.
+    @ivar account_id: the token's account once its signature is verified, else None.
+    @ivar reason: C{"ok"} or the refusal reason (C{"not_ready"}: no snapshot yet).
+    @ivar duration: seconds the streamer may cache this answer (X-AuthDuration).
+    """
+
+    allowed: bool
+    account_id: int | None
+    reason: str
+    duration: int
+
+
+class Tally:
+    """A plain counter with Prometheus' C{inc()} shape, for single-threaded hot paths."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class Tallies:
+    """One L{Tally} per (outcome, reason); L{take} returns and resets what was counted."""
+
+    def __init__(self) -> None:
+        self.counts = {reason: Tally() for reason in REASONS}
+
+    def __call__(self, outcome: str, reason: str) -> Tally:
+        return self.counts[reason]
+
+    def take(self) -> list[tuple[str, str, int]]:
+        out = []
+        for reason, tally in self.counts.items():
+            if tally.value:
+                out.append((REASONS[reason], reason, tally.value))
+                tally.value = 0
+        return out
+
+
+def prometheus_counters(metrics: Any, listener: str) -> Callable[[str, str], Any]:
+    """Counter children of C{smartyd_token_checks} for one listener label."""
+    return lambda outcome, reason: metrics.token_checks.labels(listener, outcome, reason)
+
+
+def add_counts(metrics: Any, listener: str, counts: Any) -> None:
+    """
+    Add C{[(outcome, reason, n), ...]} (from L{Tallies.take}, maybe from a
+    worker process) to C{smartyd_token_checks}; anything malformed is ignored.
+    """
+    if not isinstance(counts, (list, tuple)):
+        return
+    for item in counts:
+        if (
+            isinstance(item, (list, tuple))
+            and len(item) == 3
+            and REASONS.get(item[1]) == item[0]
+            and isinstance(item[2], int)
+            and item[2] > 0
+        ):
+            metrics.token_checks.labels(listener, item[0], item[1]).inc(item[2])
+
+
+# -- query strings ------------------------------------------------------------------------
+def parse_query(query: str) -> dict[str, str]:
+    """
+    C{a=1&b=2} -> C{{"a": "1", "b": "2"}}: the first value of each name,
+    percent-decoded only where needed.  Never raises on a string.
+    """
+    params: dict[str, str] = {}
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if "%" in name or "+" in name:
+            name = unquote_plus(name)
+        if name in params:
+            continue
+        if "%" in value or "+" in value:
+            value = unquote_plus(value)
+        params[name] = value
+    return params
+
+
+def token_from_uri(uri: str) -> str | None:
+    """The C{token} query parameter of an original request URI (nginx C{auth_request})."""
+    _, sep, query = uri.partition("?")
+    if not sep:
+        return None
+    query, _, _ = query.partition("#")
+    return parse_query(query).get("token")
+
+
+# -- the check ----------------------------------------------------------------------------
+class Checker:
+    """
+    Decides token checks for one listener.
+
+    @param codec: the L{tokens.TokenCodec}.
+    @param holder: anything with a C{snapshot} attribute: an
+        L{entitlements.Snapshot}, or None before the first load.
+    @param clock: C{seconds()} is "now".
+    @param counter: C{counter(outcome, reason)} -> an object with C{inc()}.
+    @param listener: the listener's name, for the log.
+    @param log_refusals: log each refusal at debug level (set it only when the
+        log level is debug: the event costs even when it is filtered out).
+    """
+
+    def __init__(
+        self,
+        codec: tokens.TokenCodec,
+        holder: Any,
+        clock: Any,
+        counter: Callable[[str, str], Any],
+        listener: str = "http",
+        log_refusals: bool = False,
+        auth_duration: int = AUTH_DURATION,
+        deny_duration: int = DENY_DURATION,
+    ):
+        self._codec = codec
+        self._holder = holder
+        self._clock = clock
+        self._counts = {reason: counter(outcome, reason) for reason, outcome in REASONS.items()}
+        self._ok = self._counts[OK]
+        self.listener = listener
+        self._log_refusals = log_refusals
+        self._auth_duration = auth_duration
+        self._deny_duration = deny_duration
+        self._not_ready = Verdict(False, None, NOT_READY, 0)
+
+    def check(
+        self, params: Mapping[str, str], headers: Mapping[str, str], peer: str | None = None
+    ) -> Verdict:
+        """
+        Decide one check.  C{params}: query parameters (first values);
+        C{headers}: lower-case names -> values (only C{x-original-uri} and
+        C{x-real-ip} are read); C{peer}: the caller's address.  Never raises
+        on any input of these types.
+        """
+        snapshot = self._holder.snapshot
+        if snapshot is None:
+            self._counts[NOT_READY].inc()
+            return self._not_ready
+        token = params.get("token")
+        if not token:
+            uri = headers.get("x-original-uri")
+            token = token_from_uri(uri) if uri else None
+        ip = params.get("ip") or headers.get("x-real-ip") or peer
+        now = self._clock.seconds()
+        reason, claims = self._codec.verify(token, ip, now)
+        if reason == OK:
+            name = params.get("name")
+            if name and snapshot.channels.get(name) != claims.channel:
+                reason = CHANNEL_MISMATCH
+            else:
+                reason = snapshot.entitlement(claims.account, claims.channel)
+            if reason == OK:
+                self._ok.inc()
+                left = claims.expires - now
+                return Verdict(
+                    True,
+                    claims.account,
+                    OK,
+                    self._auth_duration if left >= self._auth_duration else max(1, int(left)),
+                )
+        self._counts[reason].inc()
+        account_id = None if claims is None else claims.account
+        if self._log_refusals:
+            log.debug(
+                "token check refused: {reason}",
+                reason=reason,
+                listener=self.listener,
+                account=account_id,
+                channel=None if claims is None else claims.channel,
+                name=params.get("name"),
+                ip=ip,
+            )
+        return Verdict(False, account_id, reason, self._deny_duration)

@@ -1,0 +1,1 @@
+"""In-process fakes of partner APIs, speaking their real wire formats."""

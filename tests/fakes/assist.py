@@ -1,0 +1,325 @@
+"""
+A fake ASSIST gateway (Klein, in-process), both generations, in their wire formats.
+
+Legacy (``secure.assist.ru``):
+  POST /results/results.cfm     Shop_ID, Login, PASSWORD, Header1=1 -> ``;``-separated
+                                CSV, cp1251, CRLF, header row, every bill; ``UNKNOWN``
+                                for unknown values; wrong credentials -> an ERROR line
+  POST /postauths/postauth.cfm  Billnumber of a Preauthorized bill -> a new Captured bill,
+                                one ``name:value;`` line; else ``ERROR:AS400;``
+  POST /rvr/rvr.cfm             Billnumber -> a new Voided (of Preauthorized) or Refunded
+                                bill; else ``ERROR:AS400;``
+Current (``payments.paysecure.ru``):
+  POST /orderstate/orderstate.cfm  Ordernumber, Merchant_ID, Login, Password, Format=3 ->
+                                ``<result firstcode="0" secondcode="0" count=".."><order>..``;
+                                no such order -> firstcode 5 / secondcode 104 (the fake's pick:
+                                the public docs do not list the codes); bad login -> 5/103
+  POST /charge/charge.cfm       Billnumber of a Delayed bill -> it becomes Approved
+  POST /cancel/wscancel.cfm     Billnumber -> Canceled
+
+Knobs: ``modes`` (a queue of "500", "hang" -- never answers --, "html", "garbage",
+"empty"; each request takes one), ``credentials``.  ``requests`` lists the paths asked.
+L{in_memory_client} is a StubTreq that pumps answers given later.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import itertools
+from decimal import Decimal
+from xml.sax.saxutils import escape
+
+from klein import Klein
+from treq.testing import StubTreq
+from twisted.internet import defer, reactor
+from twisted.web.resource import Resource
+
+LEGACY_COLUMNS = (
+    "Order Number", "Result Code", "Recommendation", "Message", "Comment", "Order Date",
+    "Order Total", "Currency Code", "Card Type", "Card Number", "Lastname", "Firstname",
+    "Middlename", "Address", "E-mail", "Country Code", "Currency rate", "Approval Code",
+    "Mean Subtype", "CVC2 Exist", "Cardholder", "IP-address", "Protocol Type", "Payment No.",
+    "Bank issuer", "Order State", "Processing System Response Code",
+    "Processing System Response Code Description", "Paket date", "Processing System Name",
+    "Payment Type",
+)
+
+HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Service temporarily unavailable</title>"
+             b"</head><body><h1>\xd0\xe0\xe1\xee\xf2\xfb</h1></body></html>")
+
+
+class _Pumping(Resource):
+    isLeaf = True
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.stub: StubTreq | None = None
+
+    def render(self, request):
+        result = self.inner.render(request)
+        if not request.finished:  # answered later: pump once it is written
+            request.notifyFinish().addCallbacks(
+                lambda _: reactor.callLater(0, self.stub.flush), lambda _: None
+            )
+        return result
+
+
+def in_memory_client(resource) -> StubTreq:
+    """A treq client wired to ``resource`` in memory (no sockets)."""
+    pumping = _Pumping(resource)
+    stub = StubTreq(pumping)
+    pumping.stub = stub
+    return stub
+
+
+def sized(handler):
+    """
+    Answer with a Content-Length, as the real gateways do.  (PartnerHTTP
+    cannot read a chunked answer yet: it compares UNKNOWN_LENGTH, a str, with
+    an int -- see the report of issue 5.)
+    """
+    @functools.wraps(handler)
+    def wrapper(self, request, *args, **kwargs):
+        result = handler(self, request, *args, **kwargs)
+        if isinstance(result, bytes):
+            request.setHeader(b"content-length", str(len(result)).encode())
+        return result
+
+    return wrapper
+
+
+def _arg(request, name: str) -> str:
+    values = request.args.get(name.encode())
+    return values[0].decode("utf-8") if values else ""
+
+
+class FakeAssist:
+    app = Klein()
+
+    def __init__(self, shop_id="111111", login="shoplogin", password="shoppass1"):
+        self.credentials = (shop_id, login, password)
+        self.bills: list[dict] = []
+        self.modes: list[str] = []
+        self.requests: list[str] = []
+        self.hung: list[defer.Deferred] = []
+        self._arrivals: list[defer.Deferred] = []
+        self._bill_numbers = itertools.count(5431001)
+        self.now = datetime.datetime(2026, 11, 20, 12, 0, 0)
+
+    def client(self) -> StubTreq:
+        return in_memory_client(self.app.resource())
+
+    # -- what tests set up and look at ---------------------------------------------------------
+    def pay(self, order_number: str, amount, state: str = "Authorized",
+            currency: str = "RUB", date="now", comment: str = "") -> dict:
+        """A payer's attempt on ``order_number``: a new bill in ``state`` (date None: UNKNOWN)."""
+        self.now += datetime.timedelta(minutes=1)
+        bill = {
+            "bill": str(next(self._bill_numbers)), "order": order_number, "state": state,
+            "amount": Decimal(str(amount)), "currency": currency,
+            "date": self.now if date == "now" else date, "comment": comment,
+            "type": "2" if state.lower().endswith("preauthorized") else "1",
+        }
+        self.bills.append(bill)
+        return bill
+
+    def bills_of(self, order_number: str) -> list[dict]:
+        return [b for b in self.bills if b["order"] == order_number]
+
+    def arrival(self) -> defer.Deferred:
+        """Fires (next reactor turn) when the next request arrives."""
+        d = defer.Deferred()
+        self._arrivals.append(d)
+        return d
+
+    def release_hung(self) -> None:
+        hung, self.hung = self.hung, []
+        for d in hung:
+            if not d.called:
+                d.callback(b"")
+
+    def _arrived(self, path: str) -> str:
+        self.requests.append(path)
+        waiters, self._arrivals = self._arrivals, []
+        for d in waiters:
+            reactor.callLater(0, d.callback, path)
+        return self.modes.pop(0) if self.modes else "ok"
+
+    def _fault(self, request, mode: str):
+        """The answer for a fault mode, or None to answer normally."""
+        if mode == "500":
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/html")
+            return b"<html><body>500 Internal Server Error</body></html>"
+        if mode == "hang":
+            d = defer.Deferred(lambda _: None)
+            self.hung.append(d)
+            return d
+        if mode == "html":
+            request.setHeader(b"content-type", b"text/html; charset=windows-1251")
+            return HTML_PAGE
+        if mode == "garbage":
+            request.setHeader(b"content-type", b"text/plain")
+            return b"\x00\xff\xfe garbage \x00;;;\r\n\x00"
+        if mode == "empty":
+            return b""
+        return None
+
+    # -- legacy --------------------------------------------------------------------------------------
+    def _legacy_auth(self, request) -> bool:
+        return (_arg(request, "Shop_ID"), _arg(request, "Login"),
+                _arg(request, "PASSWORD")) == self.credentials
+
+    @staticmethod
+    def _fmt_date(d) -> str:
+        return d.strftime("%d.%m.%Y %H:%M:%S") if d else "UNKNOWN"
+
+    def legacy_report(self, header: bool = True) -> bytes:
+        lines = [";".join(LEGACY_COLUMNS)] if header else []
+        for b in self.bills:
+            values = dict.fromkeys(LEGACY_COLUMNS, "UNKNOWN")
+            values.update({
+                "Order Number": b["order"], "Payment No.": b["bill"], "Order State": b["state"],
+                "Order Total": f"{b['amount']:.2f}", "Currency Code": b["currency"],
+                "Order Date": self._fmt_date(b["date"]),
+                "Paket date": self._fmt_date(self.now),
+                "Result Code": "AS000" if not b["state"].lower().startswith("not")
+                else "AS100",
+                "Comment": b["comment"] or "UNKNOWN", "Card Type": "VISA",
+                "Card Number": "411111******1111", "Lastname": "Иванов",
+                "Firstname": "Иван", "Payment Type": b["type"],
+            })
+            lines.append(";".join(values[c] for c in LEGACY_COLUMNS))
+        return ("\r\n".join(lines) + "\r\n").encode("cp1251")
+
+    @app.route("/results/results.cfm", methods=["POST"])
+    @sized
+    def results(self, request):
+        fault = self._fault(request, self._arrived("/results/results.cfm"))
+        if fault is not None:
+            return fault
+        request.setHeader(b"content-type", b"text/plain")
+        if not self._legacy_auth(request):
+            return b"ERROR:Authorization failed;"
+        return self.legacy_report(header=_arg(request, "Header1") == "1")
+
+    def _new_bill(self, of: dict, state: str, kind: str) -> dict:
+        self.now += datetime.timedelta(minutes=1)
+        bill = dict(of, bill=str(next(self._bill_numbers)), state=state, date=self.now,
+                    type=kind)
+        self.bills.append(bill)
+        return bill
+
+    def _bill(self, number: str) -> dict | None:
+        for b in self.bills:
+            if b["bill"] == number:
+                return b
+        return None
+
+    @app.route("/postauths/postauth.cfm", methods=["POST"])
+    @sized
+    def postauth(self, request):
+        fault = self._fault(request, self._arrived("/postauths/postauth.cfm"))
+        if fault is not None:
+            return fault
+        request.setHeader(b"content-type", b"text/plain")
+        if not self._legacy_auth(request):
+            return b"ERROR:Authorization failed;"
+        bill = self._bill(_arg(request, "Billnumber"))
+        if bill is None or bill["state"] != "Preauthorized":
+            return b"ERROR:AS400;"
+        amount = Decimal(_arg(request, "Subtotal_P") or "0")
+        if amount <= 0 or amount > bill["amount"]:
+            return b"ERROR:AS101;"
+        new = self._new_bill(dict(bill, amount=amount), "Captured", "3")
+        return (f"Order Number:{new['order']};Payment No.:{new['bill']};"
+                f"Order State:Captured;Result Code:AS000;").encode("cp1251")
+
+    @app.route("/rvr/rvr.cfm", methods=["POST"])
+    @sized
+    def rvr(self, request):
+        fault = self._fault(request, self._arrived("/rvr/rvr.cfm"))
+        if fault is not None:
+            return fault
+        request.setHeader(b"content-type", b"text/plain")
+        if not self._legacy_auth(request):
+            return b"ERROR:Authorization failed;"
+        bill = self._bill(_arg(request, "Billnumber"))
+        if bill is None or bill["state"] not in ("Preauthorized", "Authorized", "Captured"):
+            return b"ERROR:AS400;"
+        if bill["state"] == "Preauthorized":
+            new = self._new_bill(bill, "Voided", "7")
+        else:
+            new = self._new_bill(bill, "Refunded", "4")
+        return (f"Order Number:{new['order']};Payment No.:{new['bill']};"
+                f"Order State:{new['state']};Result Code:AS000;").encode("cp1251")
+
+    # -- current ---------------------------------------------------------------------------------
+    def _current_auth(self, request) -> bool:
+        return (_arg(request, "Merchant_ID"), _arg(request, "Login"),
+                _arg(request, "Password")) == self.credentials
+
+    def _xml(self, request, bills: list[dict], first: str = "0", second: str = "0") -> bytes:
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        orders = "".join(
+            "<order>"
+            f"<ordernumber>{escape(b['order'])}</ordernumber>"
+            f"<billnumber>{escape(b['bill'])}</billnumber>"
+            f"<orderstate>{escape(b['state'])}</orderstate>"
+            f"<orderamount>{b['amount']:.2f}</orderamount>"
+            f"<ordercurrency>{escape(b['currency'])}</ordercurrency>"
+            f"<orderdate>{self._fmt_date(b['date'])}</orderdate>"
+            f"<packetdate>{self._fmt_date(self.now)}</packetdate>"
+            f"<responsecode>AS000</responsecode><message>ok</message>"
+            f"<ordercomment>{escape(b['comment'])}</ordercomment>"
+            "<meantypename>VISA</meantypename><meannumber>411111******1111</meannumber>"
+            "</order>"
+            for b in bills
+        )
+        return (f"<?xml version='1.0' encoding='utf-8' standalone='yes'?>"
+                f'<result firstcode="{first}" secondcode="{second}" count="{len(bills)}">'
+                f"<orders>{orders}</orders></result>").encode("utf-8")
+
+    @app.route("/orderstate/orderstate.cfm", methods=["POST"])
+    @sized
+    def orderstate(self, request):
+        fault = self._fault(request, self._arrived("/orderstate/orderstate.cfm"))
+        if fault is not None:
+            return fault
+        if not self._current_auth(request):
+            return self._xml(request, [], "5", "103")
+        bills = self.bills_of(_arg(request, "Ordernumber"))
+        if not bills:
+            return self._xml(request, [], "5", "104")
+        return self._xml(request, bills)
+
+    @app.route("/charge/charge.cfm", methods=["POST"])
+    @sized
+    def charge(self, request):
+        fault = self._fault(request, self._arrived("/charge/charge.cfm"))
+        if fault is not None:
+            return fault
+        if not self._current_auth(request):
+            return self._xml(request, [], "5", "103")
+        bill = self._bill(_arg(request, "Billnumber"))
+        if bill is None or bill["state"] != "Delayed":
+            return self._xml(request, [], "5", "104")
+        bill["state"] = "Approved"
+        self.now += datetime.timedelta(minutes=1)
+        return self._xml(request, [bill])
+
+    @app.route("/cancel/wscancel.cfm", methods=["POST"])
+    @sized
+    def cancel(self, request):
+        fault = self._fault(request, self._arrived("/cancel/wscancel.cfm"))
+        if fault is not None:
+            return fault
+        if not self._current_auth(request):
+            return self._xml(request, [], "5", "103")
+        bill = self._bill(_arg(request, "Billnumber"))
+        if bill is None or bill["state"] not in ("Delayed", "Approved"):
+            return self._xml(request, [], "5", "104")
+        bill["state"] = "Canceled"
+        return self._xml(request, [bill])

@@ -1,0 +1,181 @@
+"""
+The daemon as operators run it: ``twistd -n smartyd --config F`` in a
+separate process, on its own embedded PostgreSQL under a temporary state dir.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from smartyd.db.embedded import EmbeddedCluster, PostmasterInfo
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=60.0, what="condition"):
+    """Poll ``predicate`` until true (readiness of another process), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def health(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+    except OSError:
+        return None
+
+
+class Daemon:
+    def __init__(self, workdir: Path, state: Path, port: int, extra: str = ""):
+        self.workdir, self.state, self.port = workdir, state, port
+        self.config = workdir / f"smartyd-{port}.toml"
+        self.log_file = state / "log" / "smartyd.jsonl"
+        self.config.write_text(
+            f'[http]\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
+            f'[state]\ndir = "{state}"\n[log]\nfile = "{self.log_file}"\n'
+            f'[tokens]\nfast_listen = ""\n{extra}'
+        )
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "smartyd", "--config", str(self.config)],
+            cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        return self
+
+    def wait_healthy(self):
+        def ok():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.proc.communicate()}")
+            h = health(self.port)
+            return h if h and h[0] == 200 else None
+
+        return wait_until(ok, what="a healthy daemon")
+
+    def run_to_exit(self, timeout=60):
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.communicate(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    base = tmp_path_factory.mktemp("daemon")
+    yield base / "var"
+    EmbeddedCluster.in_state_dir(base / "var").stop(mode="immediate")
+
+
+def test_start_kill_restart_reuses_the_cluster_and_stop_stops_it(state, tmp_path):
+    d = Daemon(tmp_path, state, free_port()).start()
+    try:
+        code, body = d.wait_healthy()
+        assert body["status"] == "ok" and body["db"] == "ok"
+        first = PostmasterInfo.read(state / "pgdata")
+        assert first is not None and first.alive()
+
+        # SIGKILL: nothing cleans up, the cluster keeps running.
+        d.proc.kill()
+        d.proc.wait()
+        assert PostmasterInfo.read(state / "pgdata").alive()
+
+        d2 = Daemon(tmp_path, state, free_port()).start()
+        try:
+            d2.wait_healthy()
+            again = PostmasterInfo.read(state / "pgdata")
+            assert again.pid == first.pid  # reused, not re-initialised or restarted
+            records = [json.loads(l) for l in open(d2.log_file)]
+            assert any(r["event"] == "smartyd ready" for r in records)
+        finally:
+            d2.stop()
+        # twistd re-raises the signal it stopped on (systemd counts it as a clean stop)
+        assert d2.proc.returncode in (0, -signal.SIGTERM)
+        assert EmbeddedCluster(state / "pgdata").running() is None  # stopped with the daemon
+    finally:
+        d.stop()
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused(state, tmp_path):
+    d = Daemon(tmp_path, state, free_port()).start()
+    try:
+        d.wait_healthy()
+        code, out, err = Daemon(tmp_path, state, free_port()).start().run_to_exit()
+        assert code != 0
+        assert "another smartyd daemon is running with state dir" in err
+        assert "Traceback" not in err
+        assert health(d.port)[0] == 200  # the first one is untouched
+    finally:
+        d.stop()
+
+
+def test_port_in_use_is_one_line(state, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code, out, err = Daemon(tmp_path, state, port).start().run_to_exit()
+    assert code != 0
+    assert f"smartyd: [http] listen tcp:{port}:interface=127.0.0.1:" in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_and_unreachable_dsn_are_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[http]\nlisten = 'tcp:99999999'\n")
+    proc = subprocess.run([TWISTD, "-n", "--pidfile=", "smartyd", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "smartyd: config: [http] listen: bad endpoint string" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    port = free_port()  # nothing listens there
+    unreachable = tmp_path / "dsn.toml"
+    unreachable.write_text(
+        f'[database]\ndsn = "postgresql://nobody@127.0.0.1:{port}/x"\n'
+        f'[state]\ndir = "{tmp_path}/var2"\n'
+    )
+    proc = subprocess.run([TWISTD, "-n", "--pidfile=", "smartyd", "--config", str(unreachable)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "smartyd: [database] dsn: cannot connect:" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") <= 2
+
+
+def test_sigusr1_reopens_the_log(state, tmp_path):
+    d = Daemon(tmp_path, state, free_port()).start()
+    try:
+        d.wait_healthy()
+        rotated = Path(str(d.log_file) + ".1")
+        os.rename(d.log_file, rotated)
+        d.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: d.log_file.exists(), what="a reopened log file")
+        wait_until(lambda: "log file reopened" in d.log_file.read_text(), what="reopen event")
+    finally:
+        d.stop()

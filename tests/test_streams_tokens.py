@@ -1,0 +1,220 @@
+"""
+The stream token codec: format, round trips, every codec refusal, key
+rotation, IP binding, and Hypothesis on the decoder (no input crashes it, no
+altered token passes).
+"""
+
+import base64
+import hashlib
+import hmac
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from smartyd.streams import tokens
+from smartyd.streams.tokens import Claims, TokenCodec, derive_key, key_id, pack_ip
+
+NOW = 1_700_000_000
+EXPIRES = NOW + 3600
+NONCE = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+
+
+def decode(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def test_round_trip_bound_token():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    token = codec.mint(42, 7, EXPIRES, ip="203.0.113.9")
+    assert len(token) == 74
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    reason, claims = codec.verify(token, "203.0.113.9", NOW)
+    assert reason == "ok"
+    assert (claims.account, claims.channel, claims.expires, claims.bound) == (42, 7, EXPIRES, True)
+
+
+def test_round_trip_unbound_token_needs_no_ip():
+    codec = TokenCodec(["s3cret"], bind_ip=False)
+    token = codec.mint(42, 7, EXPIRES)
+    assert len(token) == 52
+    assert codec.verify(token, None, NOW)[0] == "ok"
+    assert codec.verify(token, "198.51.100.1", NOW)[0] == "ok"
+
+
+def test_64_bit_ids_use_the_wide_layout():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    big = 2**63 - 1
+    token = codec.mint(big, 2**40, EXPIRES, ip="10.0.0.1")
+    assert len(token) == 84
+    reason, claims = codec.verify(token, "10.0.0.1", NOW)
+    assert reason == "ok" and claims.account == big and claims.channel == 2**40
+
+
+def test_layout_matches_the_documented_format():
+    """The module docstring is the spec: recompute a token from it by hand."""
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    token = codec.mint(42, 7, EXPIRES, ip="203.0.113.9", nonce=NONCE)
+    key = hmac.digest(b"s3cret", b"smartyd stream token key", hashlib.sha256)
+    kid = hashlib.sha256(key).digest()[0]
+    header = struct.pack(">BBBIII", 1, kid, 0x02, EXPIRES, 42, 7) + NONCE
+    mac = hmac.digest(key, header, hashlib.sha256)[:16]
+    ip_tag = hmac.digest(key, b"ip" + header + mac + bytes([203, 0, 113, 9]), "sha256")[:16]
+    assert decode(token) == header + mac + ip_tag
+    assert "=" not in token
+
+
+def test_every_codec_refusal_reason():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    token = codec.mint(42, 7, EXPIRES, ip="203.0.113.9")
+    assert codec.verify("", "203.0.113.9", NOW) == ("malformed", None)
+    assert codec.verify("not a token", "203.0.113.9", NOW) == ("malformed", None)
+    assert codec.verify(token[:-1] + "*", "203.0.113.9", NOW) == ("malformed", None)
+    plus = token.replace("-", "+").replace("_", "/")
+    if plus != token:  # standard base64 spelling of the same bytes
+        assert codec.verify(plus, "203.0.113.9", NOW) == ("malformed", None)
+    other = TokenCodec(["another key"], bind_ip=True)
+    assert other.verify(token, "203.0.113.9", NOW) == ("unknown_key", None)
+    raw = bytearray(decode(token))
+    raw[8] ^= 0x01  # the account id
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    assert codec.verify(forged, "203.0.113.9", NOW) == ("bad_signature", None)
+    reason, claims = codec.verify(token, "203.0.113.9", EXPIRES)
+    assert reason == "expired" and claims.account == 42
+    assert codec.verify(token, "203.0.113.9", EXPIRES - 1)[0] == "ok"
+    assert codec.verify(token, "203.0.113.10", NOW)[0] == "ip_mismatch"
+    assert codec.verify(token, None, NOW)[0] == "ip_mismatch"
+    assert codec.verify(token, "not-an-ip", NOW)[0] == "malformed"
+
+
+def test_a_forged_token_is_bad_signature_not_ip_mismatch_from_any_ip():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    raw = bytearray(decode(codec.mint(42, 7, EXPIRES, ip="203.0.113.9")))
+    raw[20] ^= 0xFF  # the nonce
+    forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    for ip in ("203.0.113.9", "192.0.2.1", None, "garbage"):
+        assert codec.verify(forged, ip, NOW) == ("bad_signature", None)
+
+
+def test_the_ip_tag_covers_the_mac():
+    """Changing the MAC of a bound token breaks it even from the right IP."""
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    raw = bytearray(decode(codec.mint(42, 7, EXPIRES, ip="203.0.113.9")))
+    raw[30] ^= 0x01  # inside the MAC
+    altered = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    assert codec.verify(altered, "203.0.113.9", NOW)[0] == "bad_signature"
+
+
+def test_key_rotation_newest_signs_all_verify():
+    old = TokenCodec(["old"], bind_ip=False)
+    rotated = TokenCodec(["new", "old"], bind_ip=False)
+    retired = TokenCodec(["new"], bind_ip=False)
+    old_token = old.mint(1, 2, EXPIRES)
+    new_token = rotated.mint(1, 2, EXPIRES)
+    assert rotated.verify(old_token, None, NOW)[0] == "ok"
+    assert rotated.verify(new_token, None, NOW)[0] == "ok"
+    assert retired.verify(new_token, None, NOW)[0] == "ok"  # signed by "new"
+    assert retired.verify(old_token, None, NOW)[0] == "unknown_key"
+    assert old.verify(new_token, None, NOW)[0] == "unknown_key"
+
+
+def test_keys_sharing_a_key_id_are_both_tried():
+    base = key_id(derive_key("k0"))
+    twin = next(f"k{i}" for i in range(1, 10_000) if key_id(derive_key(f"k{i}")) == base)
+    both = TokenCodec(["k0", twin], bind_ip=True)
+    token = TokenCodec([twin], bind_ip=True).mint(5, 6, EXPIRES, ip="192.0.2.7")
+    assert both.verify(token, "192.0.2.7", NOW)[0] == "ok"
+    assert both.verify(token, "192.0.2.8", NOW)[0] == "ip_mismatch"
+
+
+def test_ip_binding_ipv6_binds_the_64_and_mapped_ipv4_is_ipv4():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    v6 = codec.mint(1, 2, EXPIRES, ip="2001:db8:1:2::10")
+    assert codec.verify(v6, "2001:db8:1:2:aaaa:bbbb:cccc:dddd", NOW)[0] == "ok"
+    assert codec.verify(v6, "2001:db8:1:3::10", NOW)[0] == "ip_mismatch"
+    v4 = codec.mint(1, 2, EXPIRES, ip="192.0.2.1")
+    assert codec.verify(v4, "::ffff:192.0.2.1", NOW)[0] == "ok"
+    assert codec.verify(v4, "192.0.2.2", NOW)[0] == "ip_mismatch"
+    assert pack_ip("192.0.2.1") == bytes([192, 0, 2, 1])
+    assert pack_ip("fe80::1%eth0") is None and pack_ip("1.2.3") is None and pack_ip(None) is None
+
+
+def test_mint_refuses_what_it_cannot_carry():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    with pytest.raises(ValueError):
+        codec.mint(1, 2, EXPIRES, ip=None)
+    with pytest.raises(ValueError):
+        codec.mint(1, 2, EXPIRES, ip="nope")
+    with pytest.raises(ValueError):
+        codec.mint(2**64, 2, EXPIRES, ip="192.0.2.1")
+    with pytest.raises(ValueError):
+        codec.mint(1, 2, 2**32, ip="192.0.2.1")
+    with pytest.raises(ValueError):
+        TokenCodec([])
+    with pytest.raises(ValueError):
+        TokenCodec([""])
+
+
+def test_nonces_make_every_token_distinct():
+    codec = TokenCodec(["s3cret"], bind_ip=False)
+    assert len({codec.mint(1, 2, EXPIRES) for _ in range(100)}) == 100
+
+
+# -- Hypothesis ------------------------------------------------------------------------------
+CODEC = TokenCodec(["s3cret", "older"], bind_ip=True)
+ips = st.one_of(st.none(), st.text(max_size=50), st.ip_addresses().map(str))
+
+
+@given(token=st.one_of(st.text(max_size=200), st.binary(max_size=200), st.integers(),
+                       st.none(), st.lists(st.integers())),
+       ip=st.one_of(ips, st.binary(max_size=20)), now=st.floats(allow_nan=True))
+def test_decoder_never_raises_on_anything(token, ip, now):
+    reason, claims = CODEC.verify(token, ip, now)
+    assert reason in {"malformed", "unknown_key", "bad_signature", "expired", "ip_mismatch", "ok"}
+    assert reason != "ok"
+
+
+@given(raw=st.binary(min_size=30, max_size=70), ip=ips)
+def test_random_bytes_of_token_length_never_verify(raw, ip):
+    token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    reason, _ = CODEC.verify(token, ip, NOW)
+    assert reason != "ok"
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(account=st.integers(0, 2**64 - 1), channel=st.integers(0, 2**64 - 1),
+       expires=st.integers(1, 2**32 - 1), ip=st.ip_addresses().map(str))
+def test_round_trip_property(account, channel, expires, ip):
+    token = CODEC.mint(account, channel, expires, ip=ip)
+    reason, claims = CODEC.verify(token, ip, expires - 1)
+    assert reason == "ok"
+    assert claims == Claims(account, channel, expires, claims.nonce, True)
+
+
+@given(data=st.data())
+def test_any_single_change_to_a_token_is_refused(data):
+    token = CODEC.mint(42, 7, EXPIRES, ip="203.0.113.9")
+    position = data.draw(st.integers(0, len(token) - 1))
+    char = data.draw(st.sampled_from(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=.~ %"))
+    altered = token[:position] + char + token[position + 1:]
+    if decode_or_none(altered) == decode_or_none(token):
+        return  # the last character's unused low bits: the same token
+    assert CODEC.verify(altered, "203.0.113.9", NOW)[0] != "ok"
+
+
+def decode_or_none(token):
+    if "+" in token or "/" in token:
+        return None
+    try:
+        return base64.b64decode(token.replace("-", "+").replace("_", "/")
+                                + "=" * (-len(token) % 4), validate=True)
+    except ValueError:
+        return None
+
+
+def test_codec_constants_are_the_documented_reasons():
+    assert (tokens.MALFORMED, tokens.UNKNOWN_KEY, tokens.BAD_SIGNATURE, tokens.EXPIRED,
+            tokens.IP_MISMATCH) == ("malformed", "unknown_key", "bad_signature", "expired",
+                                    "ip_mismatch")
