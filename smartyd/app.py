@@ -95,7 +95,7 @@ class Daemon(MultiService):
         self.running = 1
         log.info("smartyd starting (config {source})", source=self.cfg.source)
         Deferred.fromCoroutine(self._start()).addErrback(
-            lambda f: self.on_fatal(f"start-up failed: {f.getErrorMessage()}")
+            lambda f: self.on_fatal(f.getErrorMessage())
         )
 
     async def _start(self, delay: float = 0.5):
