@@ -8,6 +8,7 @@ money-moving work from client disconnects, and ``/health`` + ``/metrics``.
 from __future__ import annotations
 
 import ipaddress
+import re
 import json
 from typing import Any, Iterable
 
@@ -76,6 +77,10 @@ class CappedRequest(Request):
         super().handleContentChunk(data)
 
 
+# Path segments that are secrets (webhook URLs authenticate by them).
+_SECRET_PATH = re.compile(rb"^(/webhooks/[a-z]+/)[^/?]+")
+
+
 class QuietSite(Site):
     """
     A Site whose access log is a debug-level structured event without the
@@ -90,7 +95,7 @@ class QuietSite(Site):
         self.access_log.debug(
             "{method} {path} {code}",
             method=request.method.decode("ascii", "replace"),
-            path=request.path.decode("utf-8", "replace"),
+            path=_SECRET_PATH.sub(rb"\1***", request.path).decode("utf-8", "replace"),
             code=request.code,
             peer=peer_ip(request),
         )
