@@ -20,7 +20,6 @@ a missed receipt is a fine, a double receipt a tax error.  When
 
 from __future__ import annotations
 
-from attrs import define
 
 from smartyd.fiscal import jobs
 from smartyd.fiscal.api import PARTNER, DreamkasAPI, Operation
@@ -52,7 +51,7 @@ def install(parts) -> None:
 
     if not cfg.token:
         raise ConfigError("[dreamkas] token: required when enabled = true")
-    http = _client_service(parts.reactor)
+    http = HTTPClientService(parts.reactor)
     api = DreamkasAPI(
         PartnerHTTP(PARTNER, http.client, parts.reactor, metrics=parts.metrics),
         cfg.api_url, cfg.token,
@@ -72,31 +71,6 @@ def install(parts) -> None:
     parts.mounts.append(("/webhooks/dreamkas", webhook.resource()))
     if cfg.always_fiscalize:
         parts.payment_hooks.append(enqueue_receipt)
-
-
-def _client_service(reactor) -> HTTPClientService:
-    """
-    An L{HTTPClientService}.  Until smartyd.partners builds its client from
-    ``treq.client.HTTPClient`` (it names ``treq.HTTPClient``, which treq does
-    not export, so the service cannot be built), the same pool and client are
-    built by L{_PooledClientService}.  Remove the fallback once that is fixed.
-    """
-    try:
-        return HTTPClientService(reactor)
-    except AttributeError:
-        return _PooledClientService(reactor)
-
-
-@define(eq=False)
-class _PooledClientService(HTTPClientService):
-    def __attrs_post_init__(self):
-        from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        self.pool = HTTPConnectionPool(self.reactor, persistent=True)
-        self.pool.maxPersistentPerHost = self.max_per_host
-        self.pool.retryAutomatically = False  # never resend a receipt silently
-        self.client = HTTPClient(Agent(self.reactor, pool=self.pool))
 
 
 def admin_commands(subparsers) -> dict:

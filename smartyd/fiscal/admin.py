@@ -49,7 +49,7 @@ async def cmd_receipts(db, args, cfg) -> dict:
 async def refresh_cache(db, cfg) -> dict:
     from twisted.internet import reactor
 
-    from smartyd.fiscal import _client_service
+    from smartyd.partners import HTTPClientService
     from smartyd.fiscal.api import PARTNER, DreamkasAPI
     from smartyd.fiscal.catalog import Catalog
     from smartyd.partners import PartnerHTTP
@@ -57,7 +57,7 @@ async def refresh_cache(db, cfg) -> dict:
     d = cfg.dreamkas
     if not d.token:
         raise ValueError("[dreamkas] token is not set")
-    service = _client_service(reactor)
+    service = HTTPClientService(reactor)
     try:
         api = DreamkasAPI(PartnerHTTP(PARTNER, service.client, reactor), d.api_url, d.token)
         snapshot = await Catalog(db, api, reactor, d.cache_lifetime).refresh()

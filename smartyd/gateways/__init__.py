@@ -22,6 +22,7 @@ from attrs import define
 from smartyd.gateways import assist, payture
 from smartyd.gateways.assist_service import POLLER_JOB, AssistService
 from smartyd.gateways.payture import PaytureClient, PaytureService
+from smartyd.partners import HTTPClientService
 
 __all__ = ["Gateways", "admin_commands", "build", "install"]
 
@@ -103,40 +104,12 @@ def build(parts, client, clock) -> Gateways:
     return out
 
 
-def http_client_service(reactor):
-    """
-    The shared pool as an L{HTTPClientService}.
-
-    Until smartyd.partners builds its client from ``treq.client.HTTPClient``
-    (it names ``treq.HTTPClient``, which treq 26 does not export), build the
-    same pool and client here.  Remove the fallback once that is fixed.
-    """
-    from smartyd.partners import HTTPClientService
-
-    try:
-        return HTTPClientService(reactor)
-    except AttributeError:
-        from attrs import define
-        from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
-
-        @define(eq=False)
-        class _PooledClientService(HTTPClientService):
-            def __attrs_post_init__(self):
-                self.pool = HTTPConnectionPool(self.reactor, persistent=True)
-                self.pool.maxPersistentPerHost = self.max_per_host
-                self.pool.retryAutomatically = False  # never resend a payment call
-                self.client = HTTPClient(Agent(self.reactor, pool=self.pool))
-
-        return _PooledClientService(reactor)
-
-
 def install(parts) -> None:
     cfg = parts.cfg
     if not (cfg.assist.enabled or cfg.payture.enabled):
         return
     check_config(cfg)
-    http = http_client_service(parts.reactor)
+    http = HTTPClientService(parts.reactor)
     parts.services.append(http)
     build(parts, http.client, parts.reactor)
 

@@ -59,10 +59,10 @@ class _Wiring:
     def __init__(self, network: bool):
         from twisted.internet import reactor
 
-        from smartyd.gateways import http_client_service
+        from smartyd.partners import HTTPClientService
 
         self.reactor = reactor
-        self.http = http_client_service(reactor) if network else None
+        self.http = HTTPClientService(reactor) if network else None
         self.client = self.http.client if network else None
 
     async def close(self) -> None:
