@@ -20,7 +20,6 @@ a missed receipt is a fine, a double receipt a tax error.  When
 
 from __future__ import annotations
 
-
 from smartyd.fiscal import jobs
 from smartyd.fiscal.api import PARTNER, DreamkasAPI, Operation
 from smartyd.fiscal.catalog import Catalog
@@ -35,11 +34,9 @@ __all__ = [
 
 POLLER_JOB = "dreamkas-receipts"
 
-
 async def enqueue_receipt(tx, payment) -> None:
     """The payment hook: queue the payment's receipt in its own transaction."""
     await jobs.enqueue(tx, payment.id, payment.provider, payment.external_id)
-
 
 def install(parts) -> None:
     cfg = parts.cfg.dreamkas
@@ -71,7 +68,6 @@ def install(parts) -> None:
     parts.mounts.append(("/webhooks/dreamkas", webhook.resource()))
     if cfg.always_fiscalize:
         parts.payment_hooks.append(enqueue_receipt)
-
 
 def admin_commands(subparsers) -> dict:
     from smartyd.fiscal.admin import register

@@ -35,6 +35,8 @@ from treq.testing import StubTreq
 from twisted.internet import defer, reactor
 from twisted.web.resource import Resource
 
+from fakes import in_memory_client  # noqa: F401  (re-exported for the tests)
+
 LEGACY_COLUMNS = (
     "Order Number", "Result Code", "Recommendation", "Message", "Comment", "Order Date",
     "Order Total", "Currency Code", "Card Type", "Card Number", "Lastname", "Firstname",
@@ -47,31 +49,6 @@ LEGACY_COLUMNS = (
 
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Service temporarily unavailable</title>"
              b"</head><body><h1>\xd0\xe0\xe1\xee\xf2\xfb</h1></body></html>")
-
-
-class _Pumping(Resource):
-    isLeaf = True
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.stub: StubTreq | None = None
-
-    def render(self, request):
-        result = self.inner.render(request)
-        if not request.finished:  # answered later: pump once it is written
-            request.notifyFinish().addCallbacks(
-                lambda _: reactor.callLater(0, self.stub.flush), lambda _: None
-            )
-        return result
-
-
-def in_memory_client(resource) -> StubTreq:
-    """A treq client wired to ``resource`` in memory (no sockets)."""
-    pumping = _Pumping(resource)
-    stub = StubTreq(pumping)
-    pumping.stub = stub
-    return stub
 
 
 def sized(handler):

@@ -31,34 +31,11 @@ from treq.testing import StubTreq
 from twisted.internet import defer, reactor
 from twisted.web.resource import Resource
 
+from fakes import in_memory_client  # noqa: F401  (re-exported for the tests)
+
 TAX_MODES = {"DEFAULT", "SIMPLE", "SIMPLE_WO", "ENVD", "AGRICULT", "PATENT"}
 RECEIPT_TYPES = {"SALE", "REFUND", "OUTFLOW", "OUTFLOW_REFUND"}
 PAYMENT_TYPES = {"CASH", "CASHLESS", "PREPAID", "CREDIT", "CONSIDERATION"}
-
-
-class _Pumping(Resource):
-    isLeaf = True
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.stub: StubTreq | None = None
-
-    def render(self, request):
-        result = self.inner.render(request)
-        if not request.finished:  # answered later: pump once it is written
-            request.notifyFinish().addCallbacks(
-                lambda _: reactor.callLater(0, self.stub.flush), lambda _: None
-            )
-        return result
-
-
-def in_memory_client(resource) -> StubTreq:
-    """A treq client wired to ``resource`` in memory (no sockets)."""
-    pumping = _Pumping(resource)
-    stub = StubTreq(pumping)
-    pumping.stub = stub
-    return stub
 
 
 def _body(request, data: bytes) -> bytes:
