@@ -20,6 +20,9 @@ from typing import Any, Callable
 
 import attrs
 from attrs import field, frozen
+from twisted.internet.endpoints import serverFromString
+
+from smartyd.util.twisted_internals import endpoint_port
 
 
 class ConfigError(Exception):
@@ -123,14 +126,12 @@ def endpoint(optional: bool = False) -> Callable[[Any], str]:
         v = string(v)
         if v == "" and optional:
             return v
-        from twisted.internet.endpoints import serverFromString
-
         try:
             ep = serverFromString(None, v)
         except Exception as e:
             raise ValueError(f"bad endpoint string {v!r}: {e}")
-        port = getattr(ep, "_port", None)
-        if isinstance(port, int) and not 0 <= port <= 65535:
+        port = endpoint_port(ep)
+        if port is not None and not 0 <= port <= 65535:
             raise ValueError(f"bad endpoint string {v!r}: port must be 0-65535")
         return v
 
@@ -239,55 +240,6 @@ class Dreamkas:
     poll_interval: int = _c(integer(1), 30)
 
 
-@frozen
-class Megogo:
-    enabled: bool = _c(boolean, False)
-    xml_url: str = _c(url, "")
-    billing_url: str = _c(url, "https://billing.megogo.net")
-    partner_id: str = _c(string, "")
-    salt: str = _c(string, "", secret=True)
-    tariff_id: int = _c(integer(0), 0)
-    additional_tariff_ids: tuple = _c(int_list, ())
-    sync_interval: int = _c(integer(60), 86400)
-
-
-@frozen
-class Tvzavr:
-    enabled: bool = _c(boolean, False)
-    api_url: str = _c(url, "")
-    plf: str = _c(string, "")
-    secret: str = _c(string, "", secret=True)
-    tvzavr_tariff_id: int = _c(integer(0), 0)
-    subscription_tariff_id: int = _c(integer(0), 0)
-    sync_interval: int = _c(integer(60), 86400)
-
-
-@frozen
-class Irdeto:
-    enabled: bool = _c(boolean, False)
-    host: str = _c(url, "")
-    nationality: str = _c(string, "RUS")
-    region_tag: str = _c(string, "MO")
-
-
-def billing_clients(v: Any) -> tuple:
-    if not isinstance(v, list):
-        raise ValueError("expected a list of {client_id, api_key} tables")
-    out = []
-    for i, item in enumerate(v):
-        if not isinstance(item, dict) or set(item) != {"client_id", "api_key"}:
-            raise ValueError(f"entry {i}: expected exactly client_id and api_key")
-        out.append((string(item["client_id"]), string(item["api_key"])))
-    return tuple(out)
-
-
-@frozen
-class BillingAPI:
-    enabled: bool = _c(boolean, False)
-    clients: tuple = _c(billing_clients, (), secret=True)
-    mode: str = _c(one_of("full", "transactional", "reduced"), "full")
-
-
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -298,10 +250,6 @@ _SECTIONS = {
     "assist": Assist,
     "payture": Payture,
     "dreamkas": Dreamkas,
-    "megogo": Megogo,
-    "tvzavr": Tvzavr,
-    "irdeto": Irdeto,
-    "billing_api": BillingAPI,
 }
 
 
@@ -316,10 +264,6 @@ class Config:
     assist: Assist = Assist()
     payture: Payture = Payture()
     dreamkas: Dreamkas = Dreamkas()
-    megogo: Megogo = Megogo()
-    tvzavr: Tvzavr = Tvzavr()
-    irdeto: Irdeto = Irdeto()
-    billing_api: BillingAPI = BillingAPI()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":
@@ -349,11 +293,18 @@ def _cross_check(name: str, s: Any) -> None:
     if name == "tokens" and not all(s.keys):
         raise ConfigError("[tokens] secret: must not be empty")
     if name == "dreamkas" and s.enabled and not s.token:
-        raise ConfigError("[dreamkas] token: required when enabled")
-    if name == "payture" and s.enabled and not s.host:
-        raise ConfigError("[payture] host: required when enabled")
-    if name == "assist" and s.enabled and not s.shop_id:
-        raise ConfigError("[assist] shop_id: required when enabled")
+        raise ConfigError("[dreamkas] token: required when enabled = true")
+    if name == "payture" and s.enabled:
+        _required(name, s, "host", "merchant_pay_key")
+    if name == "assist" and s.enabled:
+        _required(name, s, "shop_id", "login", "password")
+
+
+def _required(name: str, section: Any, *keys: str) -> None:
+    """An enabled feature refuses to start without what it needs."""
+    for key in keys:
+        if not getattr(section, key):
+            raise ConfigError(f"[{name}] {key}: required when enabled = true")
 
 
 def from_dict(raw: dict, source: str = "<dict>") -> Config:

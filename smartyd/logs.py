@@ -65,7 +65,7 @@ def event_to_dict(event: dict) -> dict:
     }
     for key, value in event.items():
         if key.startswith("log_") or key in out or key in ("format", "message", "isError",
-                                                           "system", "time"):
+                                                           "system", "time", "console"):
             continue
         out[key] = "***" if key.lower() in SECRET_KEYS else _jsonable(value)
     failure = event.get("log_failure")
@@ -130,6 +130,42 @@ class JSONLineObserver:
             self._stream.write(line + "\n")
         except (OSError, ValueError):
             pass
+
+
+@implementer(ILogObserver)
+class ConsoleObserver:
+    """
+    Short human lines for a person at the terminal (``twistd -n``) or the
+    journal: the start-up steps (events logged with ``console=True``) and
+    every warning or worse, as ``smartyd: <text>``.  An event may opt out
+    with ``console=False`` (a start-up failure already printed its line).
+    """
+
+    def __init__(self, stream: IO[str] | None):
+        self._stream = stream
+
+    def __call__(self, event: dict) -> None:
+        level = event.get("log_level")
+        loud = level is not None and level >= LogLevel.warn
+        if self._stream is None or not event.get("console", loud):
+            return
+        try:
+            self._stream.write(f"smartyd: {level.name if loud else ''}{': ' if loud else ''}"
+                               f"{_safe_format(event)}\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def fan_out(*observers: ILogObserver) -> ILogObserver:
+    """One observer that hands each event to every one of ``observers``."""
+
+    @implementer(ILogObserver)
+    def observe(event: dict) -> None:
+        for observer in observers:
+            observer(event)
+
+    return observe
 
 
 def level_filtered(observer: ILogObserver, level: str) -> FilteringLogObserver:

@@ -78,6 +78,7 @@ from twisted.web.server import Request
 from smartyd import ledger, payments, ppc
 from smartyd.config import OSMP as OSMPConfig
 from smartyd.db import Database, DatabaseUnavailable, Tx
+from smartyd.feature import Feature
 from smartyd.web import client_ip, in_networks, shielded
 
 log = Logger()
@@ -674,21 +675,12 @@ def _raw_account(args: dict[bytes, list[bytes]]) -> str | None:
     return values[0][:_LOGGED_ACCOUNT].decode("utf-8", "replace")
 
 
-def install(parts) -> None:
-    """Mount ``/payments/osmp`` when ``[osmp] enabled``."""
-    cfg = parts.cfg.osmp
-    if not cfg.enabled:
-        return
+def make_osmp(cfg: OSMPConfig, *, db: Database, clock, payments: payments.Payments, metrics,
+              readiness: Callable[[], bool], trusted_proxies: tuple = ()) -> Feature:
+    """``/payments/osmp`` (the composition root builds it when ``[osmp] enabled``)."""
     if cfg.username and not cfg.password:
         log.warn("[osmp] username is set but password is empty: terminals authenticate"
                  " with an empty password")
-    osmp = OSMP(
-        cfg,
-        parts.db,
-        parts.metrics,
-        parts.reactor,
-        trusted_proxies=parts.cfg.http.trusted_proxies,
-        hooks=parts.payment_hooks,
-        ready=lambda: parts.ready,
-    )
-    parts.mounts.append(("/payments/osmp", osmp.resource()))
+    osmp = OSMP(cfg, db, metrics, clock, trusted_proxies=trusted_proxies,
+                hooks=payments.hooks, ready=readiness)
+    return Feature(mounts=(("/payments/osmp", osmp.resource()),), handle=osmp)

@@ -15,7 +15,7 @@ import json
 from decimal import Decimal
 from typing import Callable
 
-from attrs import frozen
+from attrs import field, frozen
 
 from smartyd import ledger
 from smartyd.db import Tx
@@ -125,3 +125,21 @@ async def accept(
     for hook in hooks:
         await hook(tx, payment)
     return payment, True
+
+
+@frozen
+class Payments:
+    """
+    The accept path every money source shares, with the hooks fixed at
+    construction (the composition root decides them once: e.g. the fiscal
+    receipt queue when ``[dreamkas] always_fiscalize``).
+    """
+
+    hooks: tuple[AcceptHook, ...] = field(default=(), converter=tuple)
+
+    async def accept(self, tx: Tx, provider: str, external_id: str, account_id: int,
+                     amount: object, details: dict | None = None,
+                     external_date=None) -> tuple[Payment, bool]:
+        """L{accept} with this daemon's hooks."""
+        return await accept(tx, provider, external_id, account_id, amount, details=details,
+                            external_date=external_date, hooks=self.hooks)

@@ -1,11 +1,17 @@
 """
-The composition root: ``twistd smartyd`` builds its service tree here.
+``twistd smartyd``: L{makeService} builds the daemon's service tree.
 
-``makeService`` validates the configuration, takes the state-dir lock and
-starts the embedded PostgreSQL when no DSN is configured.  These run before
-the reactor does, so each failure is one line on stderr and a non-zero exit.
-The service tree then starts the database pool, applies migrations, loads
-caches and serves HTTP.
+It reads top to bottom, as the daemon starts:
+
+  1. the configuration (validated once, immutable);
+  2. the state-dir lock, the embedded PostgreSQL (when no DSN is set) and a
+     first connection -- blocking checks, run before the reactor does, so
+     each failure is one line on stderr and a non-zero exit;
+  3. the database pool, the metrics and the app (every enabled feature,
+     L{smartyd.wiring.build_app});
+  4. the service tree: L{SmartyService} (log observer, signals, the embedded
+     cluster) over L{smartyd.wiring.Daemon} (migrations, then the features'
+     services) and the HTTP listener.
 """
 
 from __future__ import annotations
@@ -14,17 +20,23 @@ import os
 import signal
 import sys
 
+import psycopg2
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from smartyd import config as configmod
-from smartyd.app import Daemon
+from smartyd.db import Database
 from smartyd.db import embedded
-from smartyd.logs import JSONLineObserver, level_filtered
+from smartyd.logs import ConsoleObserver, JSONLineObserver, fan_out, level_filtered
+from smartyd.metrics import Metrics
+from smartyd.util.text import one_line
+from smartyd.util.twisted_internals import raise_listen_errors
+from smartyd.wiring import Daemon, build_app
 
 log = Logger()
 
@@ -34,6 +46,29 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Path to the TOML configuration (default: built-in defaults)."],
     ]
+
+
+def makeService(options, reactor=None):
+    if reactor is None:
+        # twistd has installed the reactor it was asked for by now; importing
+        # it at module level would install the default one at plugin scan time.
+        from twisted.internet import reactor
+    try:
+        cfg = configmod.load(options["config"])
+    except configmod.ConfigError as e:
+        raise fail(f"config: {e}")
+    lock_fd, cluster, dsn = preflight(cfg)
+
+    db = Database(dsn, reactor, size=cfg.database.pool_size, timeout=cfg.database.timeout)
+    app = build_app(cfg, reactor=reactor, db=db, metrics=Metrics())
+
+    root = SmartyService(cfg, reactor, cluster=cluster, lock_fd=lock_fd)
+    daemon = Daemon(cfg, reactor, db, app, on_fatal=root.fatal)
+    daemon.setServiceParent(root)
+    http = StreamServerEndpointService(serverFromString(reactor, cfg.http.listen), daemon.site)
+    raise_listen_errors(http)
+    http.setServiceParent(root)
+    return root
 
 
 def fail(message: str) -> SystemExit:
@@ -47,14 +82,16 @@ def fail(message: str) -> SystemExit:
         sys.__stderr__.flush()
     except (AttributeError, OSError):
         pass
-    log.critical("start-up failed: {message}", message=message)
+    log.critical("start-up failed: {message}", message=message, console=False)
     return SystemExit(1)
 
 
-def preflight_dsn(cfg: configmod.Config) -> tuple[str, embedded.EmbeddedCluster | None, int]:
+def preflight(cfg: configmod.Config) -> tuple[int, embedded.EmbeddedCluster | None, str]:
     """
     Blocking start-up checks, run before the reactor starts: the state dir
     lock, the embedded cluster, and that the database answers at all.
+    Returns the lock's descriptor, the embedded cluster (None with a DSN) and
+    the DSN to use.
     """
     try:
         lock_fd = embedded.lock_state_dir(cfg.state.dir)
@@ -69,47 +106,46 @@ def preflight_dsn(cfg: configmod.Config) -> tuple[str, embedded.EmbeddedCluster 
             dsn = cluster.ensure_running()
         except (embedded.EmbeddedError, OSError) as e:
             raise fail(f"embedded PostgreSQL under {cluster.pgdata}: {e}")
-    import psycopg2
-
     try:
         psycopg2.connect(dsn, connect_timeout=5).close()
     except psycopg2.Error as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise fail(f"[database] dsn: cannot connect: {detail}")
-    return dsn, cluster, lock_fd
+        raise fail(f"[database] dsn: cannot connect: {one_line(e)}")
+    return lock_fd, cluster, dsn
 
 
 class SmartyService(MultiService):
-    """The root service: owns the log observer, the embedded cluster and the daemon."""
+    """
+    The root service: the log (JSON lines in ``[log] file``, and short human
+    lines on the terminal), SIGUSR1, the embedded cluster and the state-dir lock.
+    """
 
-    def __init__(self, cfg, reactor, dsn, cluster=None, lock_fd=None):
+    def __init__(self, cfg: configmod.Config, reactor, cluster=None, lock_fd=None):
         super().__init__()
         self.cfg = cfg
         self.reactor = reactor
         self.cluster = cluster
-        self.lock_fd = lock_fd
+        self.lock_fd = lock_fd  # held for the process's lifetime
         self.observer = JSONLineObserver(cfg.log.file)
-        self.filtered = level_filtered(self.observer, cfg.log.level)
-        self.daemon = Daemon(cfg, reactor, dsn, on_fatal=self.fatal)
-        self.daemon.setServiceParent(self)
-        self.http = StreamServerEndpointService(
-            serverFromString(reactor, cfg.http.listen), self.daemon.site
+        self.log_observer = fan_out(
+            level_filtered(self.observer, cfg.log.level),
+            # With ``twistd -n`` the terminal (or the journal) sees the start-up
+            # steps and warnings; daemonized, stderr is /dev/null.
+            ConsoleObserver(sys.__stderr__),
         )
-        self.http._raiseSynchronously = True
-        self.http.setServiceParent(self)
 
     def setServiceParent(self, parent):
         # twistd makes the Application after makeService; registering our
-        # observer on it makes twistd log through it (JSON lines, level-filtered).
+        # observer on it makes twistd log through it.
         if hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, self.filtered)
+            parent.setComponent(ILogObserver, self.log_observer)
         return super().setServiceParent(parent)
 
     def privilegedStartService(self):
         try:
             super().privilegedStartService()
         except Exception as e:
-            raise fail(f"[http] listen {self.cfg.http.listen}: {_one_line(e)}")
+            raise fail(f"[http] listen {self.cfg.http.listen}: {one_line(e)}")
+        log.info("listening on {listen} (HTTP)", listen=self.cfg.http.listen, console=True)
 
     def startService(self):
         signal.signal(signal.SIGUSR1, lambda *_: self.reactor.callFromThread(self.reopen_log))
@@ -120,40 +156,21 @@ class SmartyService(MultiService):
         log.info("log file reopened")
 
     def fatal(self, message: str) -> None:
-        """An unrecoverable start-up failure after the reactor started: exit non-zero."""
+        """An unrecoverable failure after the reactor started: exit non-zero."""
         fail(message)
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         if self.reactor.running:
             self.reactor.stop()
 
     def stopService(self):
-        d = Deferred.fromCoroutine(self._stop())
-        return d
+        return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
         await super().stopService()
         if self.cluster is not None:
-            from twisted.internet.threads import deferToThread
-
             try:
                 await deferToThread(self.cluster.stop)
                 log.info("embedded PostgreSQL stopped")
             except Exception as e:
-                log.error("stopping embedded PostgreSQL failed: {error}", error=_one_line(e))
+                log.error("stopping embedded PostgreSQL failed: {error}", error=one_line(e))
         self.observer.close()
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
-def makeService(options, reactor=None):
-    if reactor is None:
-        from twisted.internet import reactor
-    try:
-        cfg = configmod.load(options["config"])
-    except configmod.ConfigError as e:
-        raise fail(f"config: {e}")
-    dsn, cluster, lock_fd = preflight_dsn(cfg)
-    return SmartyService(cfg, reactor, dsn, cluster, lock_fd)

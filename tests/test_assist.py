@@ -25,14 +25,14 @@ from twisted.logger import globalLogPublisher
 from conftest import make_config
 from fakes.assist import FakeAssist, in_memory_client
 from smartyd import ledger
-from smartyd.app import Parts, build_root
 from smartyd.config import ConfigError
 from smartyd.gateways import assist as A
-from smartyd.gateways import build, events, install, orders
+from smartyd.gateways import events, orders
 from smartyd.gateways.assist_service import POLLER_JOB
 from smartyd.metrics import Metrics
 from smartyd.partners import HTTPClientService, PartnerProtocolError, PartnerRefused
 from smartyd.poller import Poller
+from smartyd.wiring import build_app
 
 SETTINGS = {"enabled": True, "generation": "legacy", "shop_id": "111111",
             "login": "shoplogin", "password": "shoppass1", "secret": "push-secret",
@@ -378,11 +378,11 @@ class Env:
 
     def __init__(self, db, metrics, cfg, fake, clock):
         self.db, self.metrics, self.fake, self.clock = db, metrics, fake, clock
-        self.parts = Parts(cfg=cfg, reactor=reactor, db=db, metrics=metrics, started=0.0)
-        self.gateways = build(self.parts, fake.client(), clock)
-        self.service = self.gateways.assist
-        self.poller = self.gateways.assist_poller
-        self.web = in_memory_client(build_root(self.parts))
+        self.app = build_app(cfg, reactor=clock, db=db, metrics=metrics,
+                             http_client=fake.client(), ready=True)
+        self.service = self.app.features["assist"].handle
+        [self.poller] = self.app.features["assist"].services
+        self.web = in_memory_client(self.app.root)
 
     async def account(self, login="alice", password="pw-alice"):
         pw_hash = ledger.hash_password(password) if password else ""
@@ -890,33 +890,33 @@ async def test_order_endpoint(make_env, metrics):
 
 # -- wiring -----------------------------------------------------------------------------------------------
 def test_install_mounts_only_enabled_gateways(metrics):
-    def parts(**sections):
-        return Parts(cfg=make_config(**sections), reactor=reactor, db=None, metrics=metrics,
-                     started=0.0)
+    def app(**sections):
+        return build_app(make_config(**sections), reactor=reactor, db=None, metrics=metrics)
 
-    off = parts()
-    install(off)
-    assert off.mounts == [] and off.services == []
+    def gateway_mounts(built):
+        return [prefix for feature in built.features.values() for prefix, _ in feature.mounts
+                if prefix.startswith(("/payments/assist", "/payments/payture", "/billing"))]
 
-    both = parts(assist=SETTINGS, payture={"enabled": True, "host": "https://sandbox3.payture.com",
-                                           "merchant_pay_key": "MerchantPay"})
-    install(both)
-    assert [m[0] for m in both.mounts] == [
+    off = app()
+    assert gateway_mounts(off) == []
+    assert not any(isinstance(s, (HTTPClientService, Poller)) for s in off.services)
+
+    both = app(assist=SETTINGS, payture={"enabled": True, "host": "https://sandbox3.payture.com",
+                                         "merchant_pay_key": "MerchantPay"})
+    assert gateway_mounts(both) == [
         "/payments/assist", "/payments/payture", "/billing/payment/payture"]
     assert isinstance(both.services[0], HTTPClientService)
-    poller = both.services[1]
-    assert isinstance(poller, Poller) and poller.job == POLLER_JOB and poller.interval == 600
+    [poller] = [s for s in both.services if isinstance(s, Poller)]
+    assert poller.job == POLLER_JOB and poller.interval == 600
 
-    only_payture = parts(payture={"enabled": True, "host": "https://sandbox3.payture.com",
-                                  "merchant_pay_key": "MerchantPay"})
-    install(only_payture)
-    assert [m[0] for m in only_payture.mounts] == ["/payments/payture",
-                                                   "/billing/payment/payture"]
+    only_payture = app(payture={"enabled": True, "host": "https://sandbox3.payture.com",
+                                "merchant_pay_key": "MerchantPay"})
+    assert gateway_mounts(only_payture) == ["/payments/payture", "/billing/payment/payture"]
 
     with pytest.raises(ConfigError, match=r"\[assist\] login"):
-        install(parts(assist={**SETTINGS, "login": ""}))
+        make_config(assist={**SETTINGS, "login": ""})
     with pytest.raises(ConfigError, match=r"\[payture\] merchant_pay_key"):
-        install(parts(payture={"enabled": True, "host": "https://x.payture.com"}))
+        make_config(payture={"enabled": True, "host": "https://x.payture.com"})
     with pytest.raises(ConfigError, match="poll_interval"):
         make_config(assist={**SETTINGS, "poll_interval": 599})
 

@@ -53,7 +53,15 @@ def write(tmp_path, text):
         ("[log]\nlevel = 'loud'\n", "[log] level: expected one of"),
         ("[tokens]\nsecret = 'env:SMARTYD_TEST_UNSET_VAR'\n",
          "[tokens] secret: environment variable SMARTYD_TEST_UNSET_VAR is not set"),
-        ("[billing_api]\nclients = [{client_id = 'a'}]\n", "[billing_api] clients: entry 0"),
+        # A feature that is not built has no section: it is refused, never ignored.
+        ("[billing_api]\nenabled = true\n", "[billing_api]: unknown section"),
+        ("[megogo]\nenabled = true\n", "[megogo]: unknown section"),
+        ("[tvzavr]\nenabled = true\n", "[tvzavr]: unknown section"),
+        ("[irdeto]\nenabled = true\n", "[irdeto]: unknown section"),
+        ("[assist]\nenabled = true\nshop_id = '1'\nlogin = 'l'\n",
+         "[assist] password: required when enabled = true"),
+        ("[payture]\nenabled = true\nhost = 'https://x.payture.com'\n",
+         "[payture] merchant_pay_key: required when enabled = true"),
         ("[http\n", "not valid TOML"),
     ],
 )

@@ -24,10 +24,10 @@ from twisted.logger import globalLogPublisher
 from conftest import make_config
 from fakes.dreamkas import FakeDreamkas, in_memory_client
 from smartyd import ledger, payments
-from smartyd.app import build_parts, build_root
+from smartyd.wiring import build_app
 from smartyd.config import ConfigError
 from smartyd.fiscal import POLLER_JOB, enqueue_receipt, jobs, receipt
-from smartyd.fiscal.admin import cmd_receipts, register
+from smartyd.admin.fiscal import cmd_receipts, register
 from smartyd.fiscal.api import DreamkasAPI, Operation
 from smartyd.fiscal.catalog import Catalog
 from smartyd.fiscal.webhook import MAX_BODY, DreamkasWebhook
@@ -709,18 +709,20 @@ def dreamkas_config(**overrides):
 
 @pytest_twisted.ensureDeferred
 async def test_install_wires_client_poller_webhook_and_hook(db):
-    parts = build_parts(make_config(), reactor, db, Metrics())
-    assert not parts.payment_hooks and not any(p == "/webhooks/dreamkas" for p, _ in parts.mounts)
+    app = build_app(make_config(), reactor=reactor, db=db, metrics=Metrics())
+    assert not app.payments.hooks and "dreamkas" not in app.features
+    assert not any(isinstance(s, HTTPClientService) for s in app.services)
 
-    parts = build_parts(dreamkas_config(), reactor, db, Metrics())
-    client, poller = parts.services[-2:]
-    assert isinstance(client, HTTPClientService) and isinstance(poller, Poller)
+    app = build_app(dreamkas_config(), reactor=reactor, db=db, metrics=Metrics())
+    [client] = [s for s in app.services if isinstance(s, HTTPClientService)]
+    [poller] = app.features["dreamkas"].services
+    assert isinstance(poller, Poller)
     assert (poller.job, poller.interval, poller.db) == (POLLER_JOB, POLL, None)
-    assert parts.payment_hooks == [enqueue_receipt]
-    [payment] = await pay(db, hooks=parts.payment_hooks)
+    assert app.payments.hooks == (enqueue_receipt,)
+    [payment] = await pay(db, hooks=app.payments.hooks)
     job = await job_of(db, payment)
     # the daemon's own root routes the webhook
-    stub = in_memory_client(build_root(parts))
+    stub = in_memory_client(app.root)
     op = {"id": "a" * 24, "externalId": job.external_id, "status": "SUCCESS",
           "data": {"receiptId": "r-1"}}
     r = await stub.post(f"http://smartyd/webhooks/dreamkas/{SECRET}",
@@ -729,10 +731,11 @@ async def test_install_wires_client_poller_webhook_and_hook(db):
     r = await stub.post("http://smartyd/webhooks/dreamkas/nope", data=b"{}")
     assert r.code == 404
 
-    parts = build_parts(dreamkas_config(always_fiscalize=False), reactor, db, Metrics())
-    assert parts.payment_hooks == []
+    app = build_app(dreamkas_config(always_fiscalize=False), reactor=reactor, db=db,
+                    metrics=Metrics())
+    assert app.payments.hooks == ()
     with pytest.raises(ConfigError, match=r"\[dreamkas\] token"):  # (the config says so first)
-        build_parts(dreamkas_config(token=""), reactor, db, Metrics())
+        dreamkas_config(token="")
 
 
 @pytest_twisted.ensureDeferred
@@ -763,19 +766,19 @@ async def test_admin_marks_payments_and_lists_jobs(db, kit, fake):
     cfg = dreamkas_config(always_fiscalize=False)
     [payment] = await pay(db, hooks=())
     assert await db.run(jobs.get_by_payment, payment.id) is None
-    out = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg)
+    out = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg, reactor)
     assert out["created"] is True and out["job"]["state"] == "queued"
-    again = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg)
+    again = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg, reactor)
     assert again["created"] is False and again["job"]["id"] == out["job"]["id"]
     with pytest.raises(ValueError, match="no payment 999999"):
-        await cmd_receipts(db, _Args(action="fiscalize", payment=999999), cfg)
+        await cmd_receipts(db, _Args(action="fiscalize", payment=999999), cfg, reactor)
 
     await kit.worker.run()
-    listed = await cmd_receipts(db, _Args(state="pending"), cfg)
+    listed = await cmd_receipts(db, _Args(state="pending"), cfg, reactor)
     assert listed["counts"]["pending"] == 1
     assert [j["payment_id"] for j in listed["jobs"]] == [payment.id]
     assert listed["jobs"][0]["operation_id"] is not None
-    assert (await cmd_receipts(db, _Args(state="failed"), cfg))["jobs"] == []
+    assert (await cmd_receipts(db, _Args(state="failed"), cfg, reactor))["jobs"] == []
     json.dumps(listed)  # what smartyd-admin prints
 
     # the command line: `smartyd-admin receipts ...` parses as documented

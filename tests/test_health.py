@@ -4,14 +4,14 @@ import pytest_twisted
 from tests.test_streams_world import stub_treq as _stub_treq
 from twisted.internet import reactor
 
-from smartyd.app import build_parts, build_root
+from tests.daemon import build as build_parts
 from smartyd.config import Config
 from smartyd.metrics import Metrics
 
 
 def site(db, metrics=None, cfg=None):
     parts = build_parts(cfg or Config(), reactor, db, metrics or Metrics())
-    return parts, _stub_treq(build_root(parts))
+    return parts, _stub_treq(parts.root)
 
 
 @pytest_twisted.ensureDeferred

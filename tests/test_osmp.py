@@ -32,7 +32,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from smartyd import admin, ledger, osmp
-from smartyd.app import build_parts, build_root
+from tests.daemon import build as build_parts
 from smartyd.metrics import Metrics
 from smartyd.web import make_site
 from tests.conftest import make_config
@@ -156,7 +156,7 @@ def serve(db, metrics=None, clock=None, osmp_cfg=None, http=None):
     """The daemon's parts and root on ``db``, and a terminal talking to them."""
     clock = clock or make_clock()
     parts = build_parts(config(osmp_cfg, http), clock, db, metrics or Metrics())
-    return parts, Terminal(Flushing(build_root(parts)).stub, clock)
+    return parts, Terminal(Flushing(parts.root).stub, clock)
 
 
 async def account(db, login: str, account_id: int | None = None) -> ledger.Account:
@@ -739,7 +739,7 @@ class Loopback:
 
     def __init__(self, parts):
         self.parts = parts
-        self.factory = Watched(make_site(build_root(parts), parts.cfg.http.max_body,
+        self.factory = Watched(make_site(parts.root, parts.cfg.http.max_body,
                                          reactor=reactor))
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.pool = HTTPConnectionPool(reactor, persistent=False)

@@ -23,10 +23,10 @@ from conftest import make_config
 from fakes.assist import in_memory_client
 from fakes.payture import FakePayture
 from smartyd import ledger
-from smartyd.app import Parts, build_root
-from smartyd.gateways import build, events, orders
+from smartyd.gateways import events, orders
 from smartyd.gateways import payture as P
 from smartyd.partners import PartnerProtocolError
+from smartyd.wiring import build_app
 
 KEY = "MerchantPay"
 SETTINGS = {"enabled": True, "host": "https://sandbox3.payture.com",
@@ -118,9 +118,10 @@ class Env:
     def __init__(self, db, metrics, fake, clock, **over):
         cfg = make_config(payture={**SETTINGS, **over})
         self.db, self.metrics, self.fake, self.clock = db, metrics, fake, clock
-        self.parts = Parts(cfg=cfg, reactor=reactor, db=db, metrics=metrics, started=0.0)
-        self.service = build(self.parts, fake.client(), clock).payture
-        self.web = in_memory_client(build_root(self.parts))
+        self.app = build_app(cfg, reactor=clock, db=db, metrics=metrics,
+                             http_client=fake.client(), ready=True)
+        self.service = self.app.features["payture"].handle
+        self.web = in_memory_client(self.app.root)
 
     async def order(self, amount="124.80", login="alice"):
         account = await self.db.run(ledger.create_account, login, "")

@@ -13,7 +13,7 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from smartyd.app import build_parts, build_root
+from tests.daemon import build as build_parts
 from smartyd.streams.check import Checker, prometheus_counters
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastListener
@@ -247,7 +247,7 @@ async def test_install_mounts_the_routes_and_adds_the_services(db, world, metric
     root.startService()
     try:
         await within(services[0].when_loaded(), 10)
-        http = stub_treq(build_root(parts))
+        http = stub_treq(parts.root)
         r = await http.post(URL, data={"login": "alice", "password": PASSWORD,
                                        "channel": "ch1", "ip": "127.0.0.1"})
         assert r.code == 200

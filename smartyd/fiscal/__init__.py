@@ -20,56 +20,51 @@ a missed receipt is a fine, a double receipt a tax error.  When
 
 from __future__ import annotations
 
+from smartyd.config import Dreamkas as DreamkasConfig
+from smartyd.feature import Feature
 from smartyd.fiscal import jobs
 from smartyd.fiscal.api import PARTNER, DreamkasAPI, Operation
 from smartyd.fiscal.catalog import Catalog
 from smartyd.fiscal.webhook import DreamkasWebhook
 from smartyd.fiscal.worker import ReceiptWorker
-from smartyd.partners import HTTPClientService
+from smartyd.partners import PartnerHTTP
+from smartyd.payments import AcceptHook
+from smartyd.poller import Poller
 
 __all__ = [
     "Catalog", "DreamkasAPI", "DreamkasWebhook", "Operation", "ReceiptWorker",
-    "admin_commands", "enqueue_receipt", "install",
+    "dreamkas_api", "enqueue_receipt", "make_dreamkas", "payment_hooks",
 ]
 
 POLLER_JOB = "dreamkas-receipts"
+
 
 async def enqueue_receipt(tx, payment) -> None:
     """The payment hook: queue the payment's receipt in its own transaction."""
     await jobs.enqueue(tx, payment.id, payment.provider, payment.external_id)
 
-def install(parts) -> None:
-    cfg = parts.cfg.dreamkas
-    if not cfg.enabled:
-        return
-    from smartyd.config import ConfigError
-    from smartyd.partners import PartnerHTTP
-    from smartyd.poller import Poller
 
-    if not cfg.token:
-        raise ConfigError("[dreamkas] token: required when enabled = true")
-    http = HTTPClientService(parts.reactor)
-    api = DreamkasAPI(
-        PartnerHTTP(PARTNER, http.client, parts.reactor, metrics=parts.metrics),
-        cfg.api_url, cfg.token,
-    )
+def payment_hooks(cfg: DreamkasConfig) -> tuple[AcceptHook, ...]:
+    """What every accepted payment must do for fiscalization, in its own transaction."""
+    return (enqueue_receipt,) if cfg.enabled and cfg.always_fiscalize else ()
+
+
+def dreamkas_api(cfg: DreamkasConfig, *, client, clock, metrics=None) -> DreamkasAPI:
+    return DreamkasAPI(PartnerHTTP(PARTNER, client, clock, metrics=metrics),
+                       cfg.api_url, cfg.token)
+
+
+def make_dreamkas(cfg: DreamkasConfig, *, db, client, clock, metrics) -> Feature:
+    """The receipt worker on a poller, and ``/webhooks/dreamkas/<webhook_secret>``."""
+    api = dreamkas_api(cfg, client=client, clock=clock, metrics=metrics)
     worker = ReceiptWorker(
-        parts.db, api, Catalog(parts.db, api, parts.reactor, cfg.cache_lifetime),
-        parts.reactor, device_id=cfg.device_id, tax_mode=cfg.tax_mode,
-        poll_interval=cfg.poll_interval, metrics=parts.metrics,
+        db, api, Catalog(db, api, clock, cfg.cache_lifetime), clock,
+        device_id=cfg.device_id, tax_mode=cfg.tax_mode, poll_interval=cfg.poll_interval,
+        metrics=metrics,
     )
     # No cluster-wide lock: the queue is safe for every instance to work at
     # once (claims skip each other's rows).
-    poller = Poller(POLLER_JOB, cfg.poll_interval, worker.run, parts.reactor,
-                    metrics=parts.metrics)
-    parts.services.extend([http, poller])
-    webhook = DreamkasWebhook(parts.db, cfg.webhook_secret, parts.reactor,
-                              cfg.poll_interval, parts.metrics)
-    parts.mounts.append(("/webhooks/dreamkas", webhook.resource()))
-    if cfg.always_fiscalize:
-        parts.payment_hooks.append(enqueue_receipt)
-
-def admin_commands(subparsers) -> dict:
-    from smartyd.fiscal.admin import register
-
-    return register(subparsers)
+    poller = Poller(POLLER_JOB, cfg.poll_interval, worker.run, clock, metrics=metrics)
+    webhook = DreamkasWebhook(db, cfg.webhook_secret, clock, cfg.poll_interval, metrics)
+    return Feature(mounts=(("/webhooks/dreamkas", webhook.resource()),), services=(poller,),
+                   handle=worker)

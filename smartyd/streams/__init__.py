@@ -21,7 +21,10 @@ the reconnect reloads it, so changes made meanwhile apply then.
 from __future__ import annotations
 
 import os
+from typing import Any
 
+from smartyd.config import Config
+from smartyd.feature import Feature
 from smartyd.streams.check import Checker, Tallies, prometheus_counters
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory, FastListener
@@ -30,56 +33,41 @@ from smartyd.streams.tokens import TokenCodec
 from smartyd.streams.web import StreamsApp
 
 
-def install(parts) -> None:
-    """Add the snapshot service, the ``/streams`` routes and the fast listener."""
-    cfg = parts.cfg
-    codec = TokenCodec(cfg.tokens.keys, bind_ip=cfg.tokens.bind_ip)
-    entitlements = Entitlements(parts.db, metrics=parts.metrics, clock=parts.reactor)
-    parts.services.append(entitlements)
-    debug = cfg.log.level == "debug"
+def make_codec(cfg: Config) -> TokenCodec:
+    return TokenCodec(cfg.tokens.keys, bind_ip=cfg.tokens.bind_ip)
 
-    app = StreamsApp(
-        parts.db,
-        codec,
-        Checker(
-            codec,
-            entitlements,
-            parts.reactor,
-            prometheus_counters(parts.metrics, "http"),
-            listener="http",
-            log_refusals=debug,
-        ),
-        parts.reactor,
-        parts.metrics,
-        ttl=cfg.tokens.ttl,
-        trusted_proxies=cfg.http.trusted_proxies,
-    )
-    parts.mounts.append(("/streams", app.resource()))
-    if cfg.tokens.fast_listen:
-        if cfg.tokens.workers > 1:
-            parts.services.append(
-                WorkerPool(
-                    parts.reactor,
-                    cfg.tokens.fast_listen,
-                    cfg.tokens.workers,
-                    config_path=_config_path(cfg.source),
-                    metrics=parts.metrics,
-                )
-            )
-        else:
-            tallies = Tallies()
-            fast = Checker(
-                codec, entitlements, parts.reactor, tallies, listener="fast", log_refusals=debug
-            )
-            parts.services.append(
-                FastListener(
-                    parts.reactor,
-                    cfg.tokens.fast_listen,
-                    FastCheckFactory(fast, parts.reactor),
-                    tallies=tallies,
-                    metrics=parts.metrics,
-                )
-            )
+
+def make_fast_checker(cfg: Config, codec: TokenCodec, entitlements: Entitlements,
+                      reactor: Any, tallies: Tallies) -> Checker:
+    """The checker behind the fast listener: in the daemon (workers = 1) or in each worker."""
+    return Checker(codec, entitlements, reactor, tallies, listener="fast",
+                   log_refusals=cfg.log.level == "debug")
+
+
+def make_streams(cfg: Config, *, db, reactor: Any, metrics) -> Feature:
+    """
+    The snapshot service, the ``/streams`` routes and, with ``[tokens]
+    fast_listen``, the fast listener (in this process, or ``workers``
+    processes sharing its socket).
+    """
+    codec = make_codec(cfg)
+    entitlements = Entitlements(db, metrics=metrics, clock=reactor)
+    services: list = [entitlements]
+    checker = Checker(codec, entitlements, reactor, prometheus_counters(metrics, "http"),
+                      listener="http", log_refusals=cfg.log.level == "debug")
+    app = StreamsApp(db, codec, checker, reactor, metrics, ttl=cfg.tokens.ttl,
+                     trusted_proxies=cfg.http.trusted_proxies)
+    if cfg.tokens.fast_listen and cfg.tokens.workers > 1:
+        services.append(WorkerPool(reactor, cfg.tokens.fast_listen, cfg.tokens.workers,
+                                   config_path=_config_path(cfg.source), metrics=metrics))
+    elif cfg.tokens.fast_listen:
+        tallies = Tallies()
+        fast = make_fast_checker(cfg, codec, entitlements, reactor, tallies)
+        services.append(FastListener(reactor, cfg.tokens.fast_listen,
+                                     FastCheckFactory(fast, reactor), tallies=tallies,
+                                     metrics=metrics))
+    return Feature(mounts=(("/streams", app.resource()),), services=tuple(services),
+                   handle=entitlements)
 
 
 def _config_path(source: str) -> str | None:

@@ -441,7 +441,8 @@ class FastListener(Service):
         self._flusher.start(1.0, now=False).addErrback(
             lambda f: log.failure("flushing fast listener counts failed", f)
         )
-        log.info("fast token listener on {address}", address=str(self.port.getHost()))
+        log.info("fast token listener on {address}", address=str(self.port.getHost()),
+                 console=True)
 
     def stopService(self) -> Deferred:
         super().stopService()

@@ -111,6 +111,7 @@ class WorkerPool(Service):
             "fast token listener on {address} with {workers} worker processes",
             address=str(self.port.getHost()),
             workers=self.workers,
+            console=True,
         )
         for index in range(self.workers):
             self._spawn(index)

@@ -28,10 +28,11 @@ from smartyd import config as configmod
 from smartyd.db import Database
 from smartyd.db.embedded import EmbeddedCluster
 from smartyd.logs import event_to_dict, level_filtered
-from smartyd.streams.check import Checker, Tallies
+from smartyd.streams import make_codec, make_fast_checker
+from smartyd.streams.check import Tallies
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory
-from smartyd.streams.tokens import TokenCodec
+from smartyd.util.twisted_internals import accept_one_per_read
 
 log = Logger()
 
@@ -137,8 +138,7 @@ class TakeTurns:
         return "fast-accept"
 
     def doRead(self) -> None:
-        # numberAccepts: how many accept() calls tcp.Port.doRead makes in a row.
-        self.port.numberAccepts = 1
+        accept_one_per_read(self.port)
         self.port.doRead()
         pause = min(self.max_pause, self.load() * self.per_connection)
         if pause > 0:
@@ -167,14 +167,8 @@ class Worker:
         self.db = Database(database_dsn(cfg), reactor, size=2, timeout=cfg.database.timeout)
         self.entitlements = Entitlements(self.db, clock=reactor)
         self.tallies = Tallies()
-        checker = Checker(
-            TokenCodec(cfg.tokens.keys, bind_ip=cfg.tokens.bind_ip),
-            self.entitlements,
-            reactor,
-            self.tallies,
-            listener="fast",
-            log_refusals=cfg.log.level == "debug",
-        )
+        checker = make_fast_checker(cfg, make_codec(cfg), self.entitlements, reactor,
+                                    self.tallies)
         self.factory = FastCheckFactory(checker, reactor)
         self.port: Any = None
         self.turns: TakeTurns | None = None

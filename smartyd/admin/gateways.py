@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from smartyd.partners import PartnerError, PartnerRefused
+from smartyd.admin.errors import AdminError
+from smartyd.fiscal import payment_hooks
+from smartyd.gateways import assist_service, orders, payture_service
+from smartyd.gateways.assist_service import POLLER_JOB
+from smartyd.metrics import Metrics
+from smartyd.partners import HTTPClientService, PartnerError, PartnerRefused
+from smartyd.payments import Payments
+from smartyd.poller import Poller
 
 
 def register(sub) -> dict:
@@ -47,39 +54,36 @@ def register(sub) -> dict:
     return {"assist": cmd_assist, "payture": cmd_payture}
 
 
-def _fail(message: str) -> Exception:
-    from smartyd.admin import AdminError
-
-    return AdminError(message)
-
-
-class _Wiring:
-    """An HTTP pool (only for commands that talk to the gateway) and the reactor."""
-
-    def __init__(self, network: bool):
-        from twisted.internet import reactor
-
-        from smartyd.partners import HTTPClientService
-
-        self.reactor = reactor
-        self.http = HTTPClientService(reactor) if network else None
-        self.client = self.http.client if network else None
-
-    async def close(self) -> None:
-        if self.http is not None:
-            await self.http.pool.closeCachedConnections()
-
-
-async def cmd_assist(db, args, cfg) -> Any:
-    from smartyd.gateways import assist_service, check_config
-    from smartyd.metrics import Metrics
-
-    if not cfg.assist.enabled:
-        raise _fail("[assist] enabled = false in the configuration")
-    check_config(cfg)
-    wiring = _Wiring(network=args.action in ("poll", "charge", "cancel"))
-    service = assist_service(cfg, db, wiring.client, wiring.reactor, Metrics(), [])
+async def _with_gateway(reactor, make, operation, partner: str):
+    """
+    Build the gateway's service (the daemon's factory, this process's reactor
+    and its own HTTP pool), run ``operation(service)`` and close the pool.
+    """
+    pool = HTTPClientService(reactor)
     try:
+        return await operation(make(pool.client))
+    except PartnerRefused as e:
+        raise AdminError(f"{partner} refused ({e.code}): {e.message}")
+    except PartnerError as e:
+        raise AdminError(f"{partner} unavailable: {e.message}")
+    finally:
+        await pool.pool.closeCachedConnections()
+
+
+def _payments(cfg) -> Payments:
+    # The daemon's hooks: a payment credited from here is fiscalized too.
+    return Payments(hooks=payment_hooks(cfg.dreamkas))
+
+
+async def cmd_assist(db, args, cfg, reactor) -> Any:
+    if not cfg.assist.enabled:
+        raise AdminError("[assist] enabled = false in the configuration")
+
+    def make(client):
+        return assist_service(cfg.assist, db=db, client=client, clock=reactor,
+                              payments=_payments(cfg), metrics=Metrics())
+
+    async def operation(service):
         if args.action == "order":
             order, form = await service.create_order(args.account, args.amount,
                                                      two_stage=args.two_stage,
@@ -88,21 +92,13 @@ async def cmd_assist(db, args, cfg) -> Any:
         if args.action == "show":
             return await service.show(args.order)
         if args.action == "poll":
-            return await _poll(service, db, wiring.reactor, cfg.assist.poll_interval)
-        operation = service.charge if args.action == "charge" else service.cancel
-        return await operation(args.order)
-    except PartnerRefused as e:
-        raise _fail(f"ASSIST refused ({e.code}): {e.message}")
-    except PartnerError as e:
-        raise _fail(f"ASSIST unavailable: {e.message}")
-    finally:
-        await wiring.close()
+            return await _poll(service, db, reactor, cfg.assist.poll_interval)
+        return await (service.charge if args.action == "charge" else service.cancel)(args.order)
+
+    return await _with_gateway(reactor, make, operation, "ASSIST")
 
 
 async def _poll(service, db, clock, interval) -> dict:
-    from smartyd.gateways.assist_service import POLLER_JOB
-    from smartyd.poller import Poller
-
     summary = []
 
     async def work():
@@ -118,31 +114,25 @@ async def _poll(service, db, clock, interval) -> dict:
     return out
 
 
-async def cmd_payture(db, args, cfg) -> Any:
-    from smartyd.gateways import check_config, payture_service
-
+async def cmd_payture(db, args, cfg, reactor) -> Any:
     if not cfg.payture.enabled:
-        raise _fail("[payture] enabled = false in the configuration")
-    check_config(cfg)
-    wiring = _Wiring(network=True)
-    service = payture_service(cfg, db, wiring.client, wiring.reactor, None, [])
-    try:
+        raise AdminError("[payture] enabled = false in the configuration")
+
+    def make(client):
+        return payture_service(cfg.payture, db=db, client=client, clock=reactor,
+                               payments=_payments(cfg), metrics=Metrics())
+
+    async def operation(service):
         if args.action == "order":
             order, url = await service.create_order(args.account, args.amount, args.ip)
             return {"order": order.to_json(), "url": url}
-        from smartyd.gateways import orders
-
         order = await db.run(orders.get, "payture", args.order)
         if order is None:
-            raise _fail(f"no Payture order {args.order}")
+            raise AdminError(f"no Payture order {args.order}")
         handled = await service.verify_and_credit(order.order_number)
         if handled.outcome == "gateway_error":
-            raise _fail("Payture unavailable: GetState failed (see the log)")
+            raise AdminError("Payture unavailable: GetState failed (see the log)")
         after = await db.run(orders.get, "payture", args.order)
         return {"outcome": handled.outcome, "order": after.to_json()}
-    except PartnerRefused as e:
-        raise _fail(f"Payture refused ({e.code}): {e.message}")
-    except PartnerError as e:
-        raise _fail(f"Payture unavailable: {e.message}")
-    finally:
-        await wiring.close()
+
+    return await _with_gateway(reactor, make, operation, "Payture")

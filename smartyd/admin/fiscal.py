@@ -8,8 +8,9 @@
 
 from __future__ import annotations
 
-from smartyd.fiscal import jobs
-from smartyd.partners import PartnerError
+from smartyd.fiscal import dreamkas_api, jobs
+from smartyd.fiscal.catalog import Catalog
+from smartyd.partners import HTTPClientService, PartnerError
 
 
 def register(sub) -> dict:
@@ -24,7 +25,7 @@ def register(sub) -> dict:
     return {"receipts": cmd_receipts}
 
 
-async def cmd_receipts(db, args, cfg) -> dict:
+async def cmd_receipts(db, args, cfg, reactor) -> dict:
     action = getattr(args, "action", None)
     if action == "fiscalize":
         try:
@@ -36,7 +37,7 @@ async def cmd_receipts(db, args, cfg) -> dict:
             out["warning"] = "[dreamkas] enabled is false: the job waits until it is enabled"
         return out
     if action == "refresh-cache":
-        return await refresh_cache(db, cfg)
+        return await refresh_cache(db, cfg, reactor)
 
     async def listing(tx):
         found = await jobs.list_jobs(tx, args.state, max(1, min(args.limit, 10000)),
@@ -46,25 +47,18 @@ async def cmd_receipts(db, args, cfg) -> dict:
     return await db.run(listing)
 
 
-async def refresh_cache(db, cfg) -> dict:
-    from twisted.internet import reactor
-
-    from smartyd.partners import HTTPClientService
-    from smartyd.fiscal.api import PARTNER, DreamkasAPI
-    from smartyd.fiscal.catalog import Catalog
-    from smartyd.partners import PartnerHTTP
-
+async def refresh_cache(db, cfg, reactor) -> dict:
     d = cfg.dreamkas
     if not d.token:
         raise ValueError("[dreamkas] token is not set")
-    service = HTTPClientService(reactor)
+    pool = HTTPClientService(reactor)
     try:
-        api = DreamkasAPI(PartnerHTTP(PARTNER, service.client, reactor), d.api_url, d.token)
+        api = dreamkas_api(d, client=pool.client, clock=reactor)
         snapshot = await Catalog(db, api, reactor, d.cache_lifetime).refresh()
     except PartnerError as e:
         raise ValueError(str(e))
     finally:
-        await service.pool.closeCachedConnections()
+        await pool.pool.closeCachedConnections()
     return summary(snapshot)
 
 

@@ -19,31 +19,20 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from smartyd import catalog, config as configmod, ledger, payments
+from twisted.internet import task
+
+from smartyd import catalog, config as configmod, ledger, logs, payments
+from smartyd.admin import fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.admin.errors import AdminError
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
 from smartyd.db.migrate import current_version, migrate
 
+__all__ = ["AdminError", "main", "run"]
 
-class AdminError(Exception):
-    pass
-
-
-# Commands contributed by feature modules: a feature module may define
-# ``admin_commands(subparsers) -> {command name: async handler(db, args, cfg)}``.
-EXTENSION_COMMANDS: dict = {}
-
-
-def _extension_handlers(sub):
-    import importlib
-
-    from smartyd import features
-
-    for name in features.FEATURES:
-        module = importlib.import_module(name)
-        register = getattr(module, "admin_commands", None)
-        if register is not None:
-            yield register(sub)
+# The feature command groups: each module's ``register(subparsers)`` returns
+# ``{command name: async handler(db, args, cfg, reactor)}``.
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,8 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--provider", required=True)
     s.add_argument("--txn-id", required=True)
 
-    for handlers in _extension_handlers(sub):
-        EXTENSION_COMMANDS.update(handlers)
+    for module in FEATURE_COMMANDS:
+        EXTENSION_COMMANDS.update(module.register(sub))
 
     lg = sub.add_parser("logs", help="print the daemon's JSON log readably")
     lg.add_argument("--follow", "-f", action="store_true")
@@ -97,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--file", help="log file (default: [log] file of the config)")
     lg.add_argument("--json", action="store_true", help="print matching records as JSON lines")
     return p
+
+
+EXTENSION_COMMANDS: dict = {}
 
 
 # -- commands over the database --------------------------------------------------------------
@@ -181,8 +173,6 @@ DB_COMMANDS = {
 
 # -- logs ----------------------------------------------------------------------------------------
 def cmd_logs(cfg: configmod.Config, args, out=sys.stdout) -> int:
-    from smartyd import logs
-
     path = args.file or cfg.log.file
     grep = logs.parse_grep(args.grep)
 
@@ -203,8 +193,6 @@ def cmd_logs(cfg: configmod.Config, args, out=sys.stdout) -> int:
             emit(record)
     if not args.follow:
         return 0
-    from twisted.internet import task
-
     tail = _Tail(path, f, emit)
     task.react(lambda reactor: tail.run(reactor))
     return 0
@@ -218,15 +206,11 @@ class _Tail:
         self.partial = ""
 
     def run(self, reactor) -> Deferred:
-        from twisted.internet import task
-
         loop = task.LoopingCall(self.poll)
         loop.clock = reactor
         return loop.start(0.25)
 
     def poll(self) -> None:
-        from smartyd import logs
-
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -234,13 +218,13 @@ class _Tail:
         if self.f is None or os.fstat(self.f.fileno()).st_ino != st.st_ino \
                 or st.st_size < self.f.tell():
             if self.f is not None:
-                self._drain(logs)
+                self._drain()
                 self.f.close()
             self.f = open(self.path, encoding="utf-8", errors="replace")
             self.partial = ""
-        self._drain(logs)
+        self._drain()
 
-    def _drain(self, logs) -> None:
+    def _drain(self) -> None:
         chunk = self.f.read()
         if not chunk:
             return
@@ -270,8 +254,6 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
     dsn, started = _database_dsn(cfg)
     result: dict[str, Any] = {}
     try:
-        from twisted.internet import task
-
         async def main(reactor):
             db = Database(dsn, reactor, size=1, timeout=cfg.database.timeout)
             try:
@@ -280,7 +262,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
                 if args.command in DB_COMMANDS:
                     result["out"] = await DB_COMMANDS[args.command](db, args)
                 else:
-                    result["out"] = await EXTENSION_COMMANDS[args.command](db, args, cfg)
+                    result["out"] = await EXTENSION_COMMANDS[args.command](db, args, cfg, reactor)
             finally:
                 db.close()
 
@@ -319,6 +301,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    main()
