@@ -31,7 +31,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from smartyd import admin, ledger, osmp
+from smartyd import admin, ledger, osmp, payments
 from tests.daemon import build as build_parts
 from smartyd.metrics import Metrics
 from smartyd.web import make_site
@@ -270,7 +270,7 @@ async def test_payment_code_vectors_through_the_endpoint(db):
         assert (await t.check(code)).result == 0, code
         reply = await t.pay(code, "2.00")
         assert reply.result == 0
-        payment = await db.run(osmp.payments.get, "osmp", reply.doc()["osmp_txn_id"])
+        payment = await db.run(payments.get, "osmp", reply.doc()["osmp_txn_id"])
         assert payment.account_id == account_id
         for digit in range(10):
             wrong = code[:-1] + str(digit)
@@ -423,7 +423,7 @@ async def test_txn_date_is_moscow_time(db):
     assert (await t.pay("426", txn_date="20260301120000")).result == 300
     reply = await t.pay("426", txn_date="20260301150000")
     assert reply.result == 0
-    payment = await db.run(osmp.payments.get, "osmp", reply.doc()["osmp_txn_id"])
+    payment = await db.run(payments.get, "osmp", reply.doc()["osmp_txn_id"])
     assert payment.external_date.timestamp() == T0
 
 
@@ -511,7 +511,7 @@ async def test_result_8_when_the_ledger_cannot_book_the_amount(db, events):
     reply = await t.pay("426", "15.00", txn_id="808")
     assert reply.doc()["result"] == 8
     assert await counts(db) == (0, 1)
-    assert await db.run(osmp.payments.get, "osmp", "808") is None
+    assert await db.run(payments.get, "osmp", "808") is None
     assert any(e.get("txn_id") == "808" and e.get("result") == 8 for e in events)
 
 
@@ -705,7 +705,7 @@ async def test_arbitrary_parameters_always_get_a_wellformed_answer(db, fuzz_site
     after = await counts(db)
     if doc["result"] == 0 and params.get("command") == "pay":
         assert after[0] - before[0] in (0, 1) and after[1] - before[1] == after[0] - before[0]
-        payment = await db.run(osmp.payments.get, "osmp", str(int(params["txn_id"])))
+        payment = await db.run(payments.get, "osmp", str(int(params["txn_id"])))
         assert str(payment.id) == doc["prv_txn"] and f"{payment.amount:.2f}" == doc["sum"]
         assert doc["osmp_txn_id"] == params["txn_id"]
     else:
