@@ -29,6 +29,9 @@ from twisted.python.failure import Failure
 
 from smartyd.db import Database, DatabaseUnavailable, Tx
 from smartyd.db.listen import Listener
+from smartyd.util.backoff import Backoff
+from smartyd.util.singleflight import SingleFlight
+from smartyd.util.text import one_line
 
 log = Logger()
 
@@ -159,19 +162,18 @@ class Entitlements(MultiService):
     reloads: int = field(default=0, init=False)
     listener: Listener = field(init=False)
     loader: Database | None = field(default=None, init=False)
-    _running: bool = field(default=False, init=False)
-    _again: bool = field(default=False, init=False)
-    _idle: list = field(factory=list, init=False)
-    _next: list = field(factory=list, init=False)
+    _flight: SingleFlight = field(init=False)
     _loaded: list = field(factory=list, init=False)
     _retry: Any = field(default=None, init=False)
-    _delay: float = field(default=0.5, init=False)
+    _backoff: Backoff = field(init=False)
     _stopping: bool = field(default=True, init=False)  # until started
 
     def __attrs_post_init__(self) -> None:
         MultiService.__init__(self)
         if self.clock is None:
             self.clock = self.db.reactor
+        self._flight = SingleFlight(self._load_and_install)
+        self._backoff = Backoff(initial=0.5, maximum=self.max_backoff)
         self.listener = Listener(
             self.db, (CHANNEL,), self._notified, on_connect=self.reload,
             heartbeat=self.heartbeat,
@@ -187,63 +189,29 @@ class Entitlements(MultiService):
         self._loaded.append(d)
         return d
 
+    # -- reloading ---------------------------------------------------------------------
+    def reload(self) -> "Deferred[Snapshot]":
+        """
+        Reload now, or right after the reload in flight (never two at once);
+        fires with the new snapshot or fails with the reason it could not be
+        read.  A reload asked for while stopping never fires.
+        """
+        if self._stopping:
+            return Deferred()
+        return self._flight.run()
+
     def next_reload(self) -> "Deferred[Snapshot]":
         """
         Fires with the snapshot of the next reload to start from now on --
         e.g. the one a NOTIFY is about to trigger -- or fails with its error.
         """
-        d: Deferred = Deferred()
-        self._next.append(d)
-        return d
-
-    # -- reloading ---------------------------------------------------------------------
-    def reload(self) -> "Deferred[Snapshot]":
-        """
-        Reload now, or right after the reload in flight; fires with the new
-        snapshot or fails with the reason it could not be read.
-        """
-        d = self.next_reload()
-        self._kick()
-        return d
+        return self._flight.next_run()
 
     def _notified(self, channel: str, payload: str) -> None:
         self.reload().addErrback(self._failed)
 
-    def _kick(self) -> None:
-        if self._stopping:
-            return
-        if self._running:
-            self._again = True
-            return
-        self._running = True
-        Deferred.fromCoroutine(self._run()).addErrback(
-            lambda f: log.failure("entitlement reload loop crashed", f)
-        )
-
-    async def _run(self) -> None:
-        try:
-            while not self._stopping:
-                self._again = False
-                waiters, self._next = self._next, []
-                try:
-                    snapshot = await self._load()
-                except Exception:
-                    failure = Failure()
-                    for d in waiters:
-                        if not d.called:
-                            d.errback(failure)
-                else:
-                    self._installed(snapshot)
-                    for d in waiters:
-                        if not d.called:
-                            d.callback(snapshot)
-                if not self._again:
-                    break
-        finally:
-            self._running = False
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+    async def _load_and_install(self) -> Snapshot:
+        return self._installed(await self._load())
 
     async def _load(self) -> Snapshot:
         try:
@@ -256,7 +224,7 @@ class Entitlements(MultiService):
         first = self.snapshot is None
         self.snapshot = snapshot
         self.reloads += 1
-        self._delay = 0.5
+        self._backoff.reset()
         if self.metrics is not None:
             self.metrics.entitlement_reloads.inc()
         log.debug(
@@ -273,19 +241,20 @@ class Entitlements(MultiService):
             loaded, self._loaded = self._loaded, []
             for d in loaded:
                 d.callback(snapshot)
+        return snapshot
 
     def _failed(self, failure: Failure) -> None:
         """A notification's reload failed: try again with backoff (the snapshot may be stale)."""
         if self._stopping:
             return
+        delay = self._backoff.next()
         log.warn(
             "entitlement reload failed ({error}); retrying in {delay}s",
             error=one_line(failure.value),
-            delay=self._delay,
+            delay=delay,
         )
         if self._retry is None or not self._retry.active():
-            self._retry = self.clock.callLater(self._delay, self._retry_now)
-        self._delay = min(self._delay * 2, self.max_backoff)
+            self._retry = self.clock.callLater(delay, self._retry_now)
 
     def _retry_now(self) -> None:
         self._retry = None
@@ -307,15 +276,8 @@ class Entitlements(MultiService):
 
     async def _stop(self) -> None:
         await super().stopService()
-        if self._running:
-            # The load in flight ends by itself (the pool's time-out bounds it).
-            done: Deferred = Deferred()
-            self._idle.append(done)
-            await done
+        # The load in flight ends by itself (the pool's time-out bounds it).
+        await self._flight.when_idle()
         if self.loader is not None:
             self.loader.close()
 
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from smartyd.streams.check import NOT_READY, Checker, Tallies, add_counts, parse_query
+from smartyd.util.text import one_line
 
 log = Logger()
 
@@ -391,19 +392,14 @@ def listen_now(reactor: Any, description: str, factory: Factory) -> IListeningPo
     try:
         endpoint = serverFromString(reactor, description)
     except Exception as e:
-        raise FastListenError(f"[tokens] fast_listen {description}: {_one_line(e)}")
+        raise FastListenError(f"[tokens] fast_listen {description}: {one_line(e)}")
     outcome: list = []
     endpoint.listen(factory).addBoth(outcome.append)
     if not outcome:
         raise FastListenError(f"[tokens] fast_listen {description}: not a stream socket endpoint")
     if isinstance(outcome[0], Failure):
-        raise FastListenError(f"[tokens] fast_listen {description}: {_one_line(outcome[0].value)}")
+        raise FastListenError(f"[tokens] fast_listen {description}: {one_line(outcome[0].value)}")
     return outcome[0]
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 @define(eq=False)

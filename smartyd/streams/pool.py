@@ -45,6 +45,8 @@ from twisted.python.failure import Failure
 
 from smartyd.streams.check import add_counts
 from smartyd.streams.fast import FastListenError, listen_now
+from smartyd.util.backoff import Backoff
+from smartyd.util.text import one_line
 
 log = Logger()
 
@@ -93,7 +95,7 @@ class WorkerPool(Service):
     children: dict = field(factory=dict, init=False)
     spawned: int = field(default=0, init=False)
     _restarts: dict = field(factory=dict, init=False)
-    _delays: dict = field(factory=dict, init=False)
+    _backoffs: dict = field(factory=dict, init=False)
     _ready_once: set = field(factory=set, init=False)
     _ready_waiters: list = field(factory=list, init=False)
 
@@ -182,14 +184,15 @@ class WorkerPool(Service):
             del self.children[child.index]
         if not self.running:
             return
-        lived = self.reactor.seconds() - child.started
-        delay = self._delays.get(child.index, self.min_restart) if lived < 30 \
-            else self.min_restart
-        self._delays[child.index] = min(delay * 2, self.max_restart)
+        backoff = self._backoffs.setdefault(
+            child.index, Backoff(initial=self.min_restart, maximum=self.max_restart))
+        if self.reactor.seconds() - child.started >= 30:
+            backoff.reset()  # it ran a good while: a fresh failure, not a crash loop
+        delay = backoff.next()
         log.warn(
             "fast worker {index} exited ({status}); restarting in {delay}s",
             index=child.index,
-            status=_one_line(reason.value),
+            status=one_line(reason.value),
             delay=delay,
         )
         self._restarts[child.index] = self.reactor.callLater(delay, self._spawn, child.index)
@@ -276,8 +279,3 @@ class WorkerProcess(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self.pool.child_ended(self, reason)
         self.ended.callback(None)
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]

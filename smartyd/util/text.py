@@ -11,4 +11,4 @@ def one_line(e: BaseException | str) -> str:
     text = (e if isinstance(e, str) else str(e)).strip()
     if not text:
         return type(e).__name__ if isinstance(e, BaseException) else ""
-    return text.splitlines()[0]
+    return text.splitlines()[0].strip()
