@@ -55,6 +55,19 @@ def money(value: object) -> Decimal:
     return amount
 
 
+def kopecks(amount: Decimal) -> int:
+    """
+    A money amount as integer kopecks, as partners take it (Payture, Dreamkas).
+    Money carries at most two places: anything finer is a bug, not a rounding.
+    """
+    if not isinstance(amount, Decimal):
+        raise TypeError("money is a Decimal")
+    cents = amount * 100
+    if cents != cents.to_integral_value():
+        raise ValueError(f"{amount} has more than two decimal places")
+    return int(cents)
+
+
 # -- passwords ----------------------------------------------------------------
 _SCRYPT = dict(n=2**14, r=8, p=1)
 

@@ -52,6 +52,10 @@ class Metrics:
             "smartyd_partner_requests", "Requests to partner APIs by partner and outcome",
             ["partner", "outcome"], registry=r,
         )
+        self.gateway_events = Counter(
+            "smartyd_gateway_events", "Payment gateway events by provider and kind",
+            ["provider", "event"], registry=r,
+        )
         self.receipts = Counter(
             "smartyd_receipts", "Fiscal receipt jobs by final state", ["state"], registry=r
         )

@@ -425,7 +425,7 @@ def log_events():
 
 
 def gw_events(metrics, event, provider="assist"):
-    return events.gateway_events(metrics).labels(provider, event)._value.get()
+    return metrics.gateway_events.labels(provider, event)._value.get()
 
 
 async def allow_next_run(db):

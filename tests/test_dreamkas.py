@@ -29,7 +29,7 @@ from smartyd.config import ConfigError
 from smartyd.fiscal import POLLER_JOB, enqueue_receipt, jobs, receipt
 from smartyd.admin.fiscal import cmd_receipts, register
 from smartyd.fiscal.api import DreamkasAPI, Operation
-from smartyd.fiscal.catalog import Catalog
+from smartyd.fiscal.dreamkas_cache import DreamkasCache
 from smartyd.fiscal.webhook import MAX_BODY, DreamkasWebhook
 from smartyd.fiscal.worker import ReceiptWorker
 from smartyd.metrics import Metrics
@@ -55,7 +55,7 @@ class Kit:
         http = PartnerHTTP("dreamkas", fake.client(), self.clock, metrics=self.metrics,
                            timeout=30)
         self.api = DreamkasAPI(http, API, TOKEN)
-        self.catalog = Catalog(db, self.api, self.clock, 1800)
+        self.catalog = DreamkasCache(db, self.api, self.clock, 1800)
         self.worker = ReceiptWorker(
             db, self.api, self.catalog, self.clock, device_id=worker.pop("device_id", 0),
             tax_mode=worker.pop("tax_mode", "SIMPLE"), poll_interval=POLL,

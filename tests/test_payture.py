@@ -126,7 +126,7 @@ class Env:
     async def order(self, amount="124.80", login="alice"):
         account = await self.db.run(ledger.create_account, login, "")
         order = await self.db.run(orders.create, "payture", account.id, amount)
-        self.fake.register(order.order_number, P.kopecks(order.amount))
+        self.fake.register(order.order_number, ledger.kopecks(order.amount))
         return account, order
 
     async def notify(self, form, path=NOTIFY):
@@ -166,7 +166,7 @@ def log_events():
 
 
 def gw_events(metrics, event):
-    return events.gateway_events(metrics).labels("payture", event)._value.get()
+    return metrics.gateway_events.labels("payture", event)._value.get()
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from smartyd.fiscal import dreamkas_api, jobs
-from smartyd.fiscal.catalog import Catalog
+from smartyd.fiscal.dreamkas_cache import DreamkasCache
 from smartyd.partners import HTTPClientService, PartnerError
 
 
@@ -54,7 +54,7 @@ async def refresh_cache(db, cfg, reactor) -> dict:
     pool = HTTPClientService(reactor)
     try:
         api = dreamkas_api(d, client=pool.client, clock=reactor)
-        snapshot = await Catalog(db, api, reactor, d.cache_lifetime).refresh()
+        snapshot = await DreamkasCache(db, api, reactor, d.cache_lifetime).refresh()
     except PartnerError as e:
         raise ValueError(str(e))
     finally:

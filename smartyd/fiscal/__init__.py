@@ -15,7 +15,7 @@ a missed receipt is a fine, a double receipt a tax error.  When
     as they happen (L{DreamkasWebhook}); the webhook URL is registered in the
     Dreamkas Kabinet (or ``POST /api/webhooks``) with ``operations`` on;
   - devices and positions are cached for ``cache_lifetime`` seconds
-    (L{Catalog}); ``smartyd-admin receipts refresh-cache`` refetches them.
+    (L{DreamkasCache}); ``smartyd-admin receipts refresh-cache`` refetches them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from smartyd.config import Dreamkas as DreamkasConfig
 from smartyd.feature import Feature
 from smartyd.fiscal import jobs
 from smartyd.fiscal.api import PARTNER, DreamkasAPI, Operation
-from smartyd.fiscal.catalog import Catalog
+from smartyd.fiscal.dreamkas_cache import DreamkasCache
 from smartyd.fiscal.webhook import DreamkasWebhook
 from smartyd.fiscal.worker import ReceiptWorker
 from smartyd.partners import PartnerHTTP
@@ -32,7 +32,7 @@ from smartyd.payments import AcceptHook
 from smartyd.poller import Poller
 
 __all__ = [
-    "Catalog", "DreamkasAPI", "DreamkasWebhook", "Operation", "ReceiptWorker",
+    "DreamkasAPI", "DreamkasCache", "DreamkasWebhook", "Operation", "ReceiptWorker",
     "dreamkas_api", "enqueue_receipt", "make_dreamkas", "payment_hooks",
 ]
 
@@ -58,7 +58,7 @@ def make_dreamkas(cfg: DreamkasConfig, *, db, client, clock, metrics) -> Feature
     """The receipt worker on a poller, and ``/webhooks/dreamkas/<webhook_secret>``."""
     api = dreamkas_api(cfg, client=client, clock=clock, metrics=metrics)
     worker = ReceiptWorker(
-        db, api, Catalog(db, api, clock, cfg.cache_lifetime), clock,
+        db, api, DreamkasCache(db, api, clock, cfg.cache_lifetime), clock,
         device_id=cfg.device_id, tax_mode=cfg.tax_mode, poll_interval=cfg.poll_interval,
         metrics=metrics,
     )

@@ -22,6 +22,8 @@ from __future__ import annotations
 import re
 from decimal import ROUND_HALF_UP, Decimal
 
+from smartyd.ledger import kopecks
+
 DEFAULT_POSITION = "Оплата услуг"
 DEFAULT_TAX = "NDS_NO_TAX"
 POSITION_TYPE = "SERVICE"
@@ -45,16 +47,6 @@ _DIGITS = re.compile(r"^[0-9]+$")
 
 class NoContact(ValueError):
     """The customer has neither a mobile phone nor an e-mail."""
-
-
-def kopecks(amount: Decimal) -> int:
-    """A money amount as integer kopecks (amounts carry at most 2 places)."""
-    if not isinstance(amount, Decimal):
-        raise TypeError("money is a Decimal")
-    cents = amount * 100
-    if cents != cents.to_integral_value():
-        raise ValueError(f"{amount} has more than two decimal places")
-    return int(cents)
 
 
 def normalize_phone(raw: object) -> str | None:

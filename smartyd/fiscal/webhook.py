@@ -25,7 +25,7 @@ from klein import Klein
 from twisted.logger import Logger
 
 from smartyd.db import Database, DatabaseUnavailable
-from smartyd.fiscal import catalog, jobs
+from smartyd.fiscal import dreamkas_cache, jobs
 from smartyd.fiscal.api import Operation
 from smartyd.web import json_body, peer_ip, shielded
 
@@ -117,7 +117,7 @@ class DreamkasWebhook:
 
     async def _invalidate(self, request, kind: str) -> bytes:
         try:
-            await self.db.run(catalog.invalidate, kind)
+            await self.db.run(dreamkas_cache.invalidate, kind)
         except DatabaseUnavailable:
             return self._answer(request, 503, {"error": "try again"})
         return self._answer(request, 200, {"ok": True})

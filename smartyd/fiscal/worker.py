@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from smartyd.db import Database
 from smartyd.fiscal import jobs, receipt
 from smartyd.fiscal.api import DreamkasAPI, Operation
-from smartyd.fiscal.catalog import Catalog, Snapshot
+from smartyd.fiscal.dreamkas_cache import CachedCatalog, DreamkasCache
 from smartyd.partners import PartnerError, PartnerRefused
 
 log = Logger()
@@ -72,7 +72,7 @@ _RETRY_REFUSALS = ("401", "403", "408", "423", "429")
 class ReceiptWorker:
     db: Database
     api: DreamkasAPI
-    catalog: Catalog
+    catalog: DreamkasCache
     clock: Any
     device_id: int = 0
     tax_mode: str = "DEFAULT"
@@ -130,7 +130,7 @@ class ReceiptWorker:
             self.metrics.receipts.labels(state).inc()
 
     # -- 1. POST -------------------------------------------------------------------------
-    def _device(self, snapshot: Snapshot) -> int:
+    def _device(self, snapshot: CachedCatalog) -> int:
         if self.device_id:
             known = snapshot.device_ids()
             if known and self.device_id not in known:
@@ -146,7 +146,7 @@ class ReceiptWorker:
 
     async def post_due(self) -> int:
         posted = 0
-        snapshot: Snapshot | None = None
+        snapshot: CachedCatalog | None = None
         for _ in range(self.max_batches):
             now = self._now()
             claimed = await self.db.run(
@@ -181,7 +181,7 @@ class ReceiptWorker:
                 break  # nothing more due, or Dreamkas is struggling: let the jobs back off
         return posted
 
-    async def _prepare(self, tx, claimed: list, device: int, snapshot: Snapshot
+    async def _prepare(self, tx, claimed: list, device: int, snapshot: CachedCatalog
                        ) -> tuple[dict, int]:
         """Each claimed job's body (kept on its first claim); no-contact jobs fail here."""
         bodies: dict[int, dict] = {}

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from smartyd.db import Database, DatabaseUnavailable, Tx
 from smartyd.gateways import events, orders
 from smartyd.gateways.untrusted_xml import parse_untrusted_xml
+from smartyd.ledger import kopecks
 from smartyd.partners import PartnerError, PartnerHTTP, PartnerProtocolError, PartnerRefused
 
 log = Logger()
@@ -54,13 +55,9 @@ _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,50}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
-def kopecks(amount: Decimal) -> int:
-    return int((amount * 100).to_integral_value())
-
-
 # -- wire format ---------------------------------------------------------------------------------
 @frozen
-class Answer:
+class PaytureAnswer:
     """A Payture answer: the element's name and its attributes."""
 
     command: str
@@ -75,7 +72,7 @@ class Answer:
         return v.strip() if isinstance(v, str) else None
 
 
-def parse_answer(body: bytes, commands: tuple[str, ...]) -> Answer:
+def parse_answer(body: bytes, commands: tuple[str, ...]) -> PaytureAnswer:
     """The answer element; HTML, garbage or another element -> L{PartnerProtocolError}."""
     root = parse_untrusted_xml(body)
     if root is None:
@@ -84,7 +81,7 @@ def parse_answer(body: bytes, commands: tuple[str, ...]) -> Answer:
         raise PartnerProtocolError(PARTNER, f"{commands[0]}: unexpected answer element")
     if root.get("Success") is None:
         raise PartnerProtocolError(PARTNER, f"{commands[0]}: answer without Success")
-    return Answer(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
+    return PaytureAnswer(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
 
 
 @frozen
@@ -98,7 +95,7 @@ class State:
     err_code: str | None
 
     @classmethod
-    def from_answer(cls, answer: Answer) -> "State":
+    def from_answer(cls, answer: PaytureAnswer) -> "State":
         amount = answer.get("Amount")
         return cls(
             success=answer.success,

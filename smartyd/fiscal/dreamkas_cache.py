@@ -26,7 +26,7 @@ KINDS = ("devices", "products")
 
 
 @frozen
-class Snapshot:
+class CachedCatalog:
     devices: list
     products: list
     stale: bool = False
@@ -68,13 +68,13 @@ async def invalidate(tx: Tx, kind: str | None = None) -> None:
 
 
 @define
-class Catalog:
+class DreamkasCache:
     db: Database
     api: Any  # DreamkasAPI
     clock: Any
     lifetime: float = 1800.0
 
-    async def get(self) -> Snapshot:
+    async def get(self) -> CachedCatalog:
         """Devices and products, refetching whatever is older than ``lifetime``."""
         now = self.clock.seconds()
         cached = await self.db.run(_read)
@@ -93,12 +93,12 @@ class Catalog:
                 log.warn("dreamkas {kind}: refresh failed ({error}); using the cached copy",
                          kind=kind, error=e.message)
                 values[kind], stale = data, True
-        return Snapshot(values["devices"], values["products"], stale)
+        return CachedCatalog(values["devices"], values["products"], stale)
 
-    async def refresh(self) -> Snapshot:
+    async def refresh(self) -> CachedCatalog:
         """Fetch both now (the admin command)."""
         values = {kind: await self._fetch(kind) for kind in KINDS}
-        return Snapshot(values["devices"], values["products"])
+        return CachedCatalog(values["devices"], values["products"])
 
     async def _fetch(self, kind: str) -> list:
         data = await (self.api.devices() if kind == "devices" else self.api.products())
