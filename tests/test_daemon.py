@@ -250,3 +250,28 @@ def test_a_weak_token_secret_stops_start_up_with_one_line(tmp_path, secret, prob
     assert err.splitlines()[0] == f"smartyd: config: {line}"
     assert "Traceback" not in err and secret not in err
     assert not (tmp_path / "var").exists()
+
+
+# -- the README's two commands -----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    top = readme.split("\n## ")[1]  # the first section
+    blocks = top.split("```")[1::2]
+    assert [b.strip() for b in blocks] == ["./smartyd-dev run", "./smartyd-dev test"]
+    assert readme.index("## Operating it") > readme.index("./smartyd-dev test")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == "exec ./smartyd-dev test"
+    assert "set -euo pipefail" in ci
+    assert os.access(ROOT / "smartyd-dev", os.X_OK)
+
+
+def test_smartyd_dev_without_a_command_prints_its_usage():
+    proc = subprocess.run([sys.executable, str(ROOT / "smartyd-dev"), "deploy"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr == ("smartyd-dev: usage: ./smartyd-dev run [--config FILE]"
+                           " | ./smartyd-dev test [PYTEST ARGS]\n")
