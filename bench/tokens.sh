@@ -175,7 +175,7 @@ dir = "$WORK/var"
 file = "$WORK/var/log/smartyd.jsonl"
 level = "info"
 [tokens]
-secret = "bench-secret"
+secret = "bench-secret-for-tokens-sh"
 ttl = 3600
 bind_ip = true
 fast_listen = "tcp:$FAST_PORT:interface=127.0.0.1"

@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import tempfile
 import tomllib
 from decimal import Decimal, InvalidOperation
+from secrets import token_urlsafe
 from typing import Any, Callable
 
 import attrs
 from attrs import field, frozen
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 
 from smartyd.util.twisted_internals import endpoint_port
+
+log = Logger()
 
 
 class ConfigError(Exception):
@@ -176,9 +182,41 @@ class Log:
     level: str = _c(one_of("debug", "info", "warn", "error", "critical"), "info")
 
 
+# A secret anyone can read in a file or a tutorial is no secret: these (compared
+# lower-cased, letters and digits only) and anything shorter than 16 bytes are
+# refused.  "change-me" was the example configuration's value.
+MIN_SECRET_BYTES = 16
+PLACEHOLDER_SECRETS = frozenset({
+    "changeme", "changemechangeme", "pleasechangeme", "changethis", "changeit", "replaceme",
+    "secret", "s3cret", "secretkey", "mysecret", "yoursecret", "yoursecrethere",
+    "yoursecretkey", "yoursecretkeyhere", "password", "passw0rd", "example", "examplesecret",
+    "test", "testsecret", "default", "defaultsecret", "xxxxxxxxxxxxxxxx",
+    "0123456789abcdef", "1234567890123456", "changemetoalongrandomstring",
+    "replacewitharandomsecret", "replacewithalongrandomstring", "generatearandomsecret",
+})
+MAKE_A_SECRET = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+TOKEN_SECRET_FILE = "token-secret"
+
+# The key of a Config made without load() (built-in defaults in tests and tools
+# that never see a state dir): random per process, so such a Config can mint and
+# verify its own tokens but no token signed with a known value ever verifies.
+_PROCESS_SECRET = token_urlsafe(32)
+
+
+def secret_problem(value: str) -> str | None:
+    """Why C{value} is unfit as a token secret (never quoting it), or None."""
+    if re.sub(r"[^a-z0-9]", "", value.lower()) in PLACEHOLDER_SECRETS:
+        return "a known placeholder"
+    size = len(value.encode("utf-8"))
+    if size < MIN_SECRET_BYTES:
+        return f"too short ({size} bytes, at least {MIN_SECRET_BYTES})"
+    return None
+
+
 @frozen
 class Tokens:
-    secret: str = _c(string, "change-me", secret=True)
+    # Empty: load() reads (first start: generates) <state dir>/token-secret.
+    secret: str = _c(string, "", secret=True)
     secrets: tuple = _c(string_list, (), secret=True)
     ttl: int = _c(integer(1, 366 * 86400), 3600)
     bind_ip: bool = _c(boolean, True)
@@ -187,8 +225,12 @@ class Tokens:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """Signing keys, newest first: ``secrets`` when given, else ``secret``."""
-        return self.secrets or (self.secret,)
+        """
+        Signing keys, newest first: ``secrets`` when given, else ``secret``
+        (which L{load} fills in from the state dir when empty; left empty
+        outside load(), a random key of this process).
+        """
+        return self.secrets or (self.secret or _PROCESS_SECRET,)
 
 
 @frozen
@@ -290,8 +332,8 @@ def _section(name: str, cls: type, raw: Any) -> Any:
 def _cross_check(name: str, s: Any) -> None:
     if name == "osmp" and s.min_sum > s.max_sum:
         raise ConfigError(f"[osmp] min_sum: {s.min_sum} is above max_sum {s.max_sum}")
-    if name == "tokens" and not all(s.keys):
-        raise ConfigError("[tokens] secret: must not be empty")
+    if name == "tokens":
+        _check_token_secrets(s)
     if name == "dreamkas" and s.enabled and not s.token:
         raise ConfigError("[dreamkas] token: required when enabled = true")
     if name == "payture" and s.enabled:
@@ -307,6 +349,85 @@ def _required(name: str, section: Any, *keys: str) -> None:
             raise ConfigError(f"[{name}] {key}: required when enabled = true")
 
 
+def _check_token_secrets(s: Tokens) -> None:
+    how = f"; make one with: {MAKE_A_SECRET}"
+    problem = s.secret and secret_problem(s.secret)
+    if problem:
+        raise ConfigError(f"[tokens] secret: {problem}{how}")
+    for i, entry in enumerate(s.secrets):
+        problem = secret_problem(entry) if entry else "empty"
+        if problem:
+            raise ConfigError(f"[tokens] secrets: entry {i} is {problem}{how}")
+
+
+def _with_token_secret(cfg: Config) -> Config:
+    """
+    C{cfg} with an empty C{[tokens] secret} (and no C{secrets}) replaced by
+    the one kept in C{<state dir>/token-secret}, generated on first start.
+
+    So a fresh checkout runs with the example configuration, yet never with a
+    secret anyone else knows.  The file is local to one machine: instances
+    sharing one database must all verify each other's tokens, so they need the
+    same secret set explicitly (the warning says so).
+    """
+    if cfg.tokens.secrets or cfg.tokens.secret:
+        return cfg
+    path = os.path.join(cfg.state.dir, TOKEN_SECRET_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            secret = f.read().strip()
+    except FileNotFoundError:
+        secret = _create_token_secret(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"[tokens] secret: cannot read {path}: {_why(e)}")
+    problem = secret_problem(secret)
+    if problem:
+        raise ConfigError(f"[tokens] secret: {path}: {problem}; make one with: {MAKE_A_SECRET}")
+    return cfg.replace(tokens=attrs.evolve(cfg.tokens, secret=secret))
+
+
+def _create_token_secret(path: str) -> str:
+    """
+    Write a new secret to C{path} atomically (a complete file or none, mode
+    0600) and return it; if another process got there first, return theirs.
+    """
+    directory = os.path.dirname(path) or "."
+    secret = token_urlsafe(32)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{TOKEN_SECRET_FILE}.", dir=directory)  # 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(secret + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # unlike rename, never replaces a secret in use
+            except FileExistsError:
+                with open(path, encoding="utf-8") as f:
+                    return f.read().strip()
+        finally:
+            os.unlink(tmp)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise ConfigError(f"[tokens] secret: cannot create {path}: {_why(e)}")
+    log.warn(
+        "[tokens] secret is empty: generated a stream token secret in {path}, reused on every"
+        " start; several instances sharing one database must set the same [tokens] secret"
+        " explicitly",
+        path=path,
+    )
+    return secret
+
+
+def _why(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e).splitlines()[0] or type(e).__name__
+
+
 def from_dict(raw: dict, source: str = "<dict>") -> Config:
     sections = {}
     for name, value in raw.items():
@@ -317,9 +438,12 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
 
 
 def load(path: str | None) -> Config:
-    """The validated configuration from ``path``, or the defaults when None."""
+    """
+    The validated configuration from ``path``, or the defaults when None, with
+    an empty token secret taken from the state dir (see L{_with_token_secret}).
+    """
     if path is None:
-        return Config()
+        return _with_token_secret(Config())
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
@@ -329,7 +453,7 @@ def load(path: str | None) -> Config:
         raise ConfigError(f"{path}: permission denied")
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}")
-    return from_dict(raw, source=path)
+    return _with_token_secret(from_dict(raw, source=path))
 
 
 def redacted(cfg: Config) -> dict:

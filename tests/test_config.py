@@ -1,27 +1,37 @@
+import os
+import stat
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
+from twisted.logger import capturedLogs
 
 from smartyd import config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_defaults_without_a_file():
+GOOD_SECRET = "q3L9vXr2-Tk8wYb5_Hn1Zp7Ds4Fg6Jm0"
+MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def test_defaults_without_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default state dir is ./var
     cfg = config.load(None)
     assert cfg.http.listen == "tcp:8080:interface=127.0.0.1"
     assert cfg.database.dsn == "" and cfg.database.pool_size == 8
     assert cfg.osmp.account == "ppc" and cfg.osmp.max_sum == Decimal("15000.00")
-    assert cfg.tokens.keys == ("change-me",)
+    assert cfg.tokens.keys == ((tmp_path / "var" / "token-secret").read_text().strip(),)
     assert cfg.assist.poll_interval == 600 and cfg.dreamkas.cache_lifetime == 1800
 
 
-def test_example_file_loads_and_names_every_key():
+def test_example_file_loads_and_names_every_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cfg = config.load(str(ROOT / "etc" / "smartyd.example.toml"))
-    assert cfg == config.Config(source=str(ROOT / "etc" / "smartyd.example.toml"))
+    unresolved = cfg.replace(tokens=attrs.evolve(cfg.tokens, secret=""))
+    assert unresolved == config.Config(source=str(ROOT / "etc" / "smartyd.example.toml"))
     text = (ROOT / "etc" / "smartyd.example.toml").read_text()
-    import attrs
 
     for name, cls in config._SECTIONS.items():
         assert f"[{name}]" in text
@@ -78,13 +88,114 @@ def test_missing_file(tmp_path):
 
 
 def test_env_secrets_and_redaction(tmp_path, monkeypatch):
-    monkeypatch.setenv("SMARTYD_T_SECRET", "s3cr3t-value")
-    cfg = config.load(write(tmp_path, "[tokens]\nsecrets = ['env:SMARTYD_T_SECRET', 'old']\n"
-                                      "[osmp]\npassword = 'pw'\n"))
-    assert cfg.tokens.keys == ("s3cr3t-value", "old")
+    monkeypatch.setenv("SMARTYD_T_SECRET", "s3cr3t-value-from-the-env")
+    old = "an-older-secret-still-verifying"
+    cfg = config.load(write(tmp_path, "[tokens]\nsecrets = ['env:SMARTYD_T_SECRET', "
+                                      f"'{old}']\n[osmp]\npassword = 'pw'\n"))
+    assert cfg.tokens.keys == ("s3cr3t-value-from-the-env", old)
     red = config.redacted(cfg)
     assert red["tokens"]["secrets"] == "***" and red["osmp"]["password"] == "***"
-    assert "s3cr3t-value" not in repr(red)
+    assert "s3cr3t-value" not in repr(red) and old not in repr(red)
+
+
+# -- [tokens] secret: never a known or weak one, generated when left empty -------------------
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("secret = 'change-me'", "[tokens] secret: a known placeholder"),
+        ("secret = 'CHANGE_ME'", "[tokens] secret: a known placeholder"),
+        ("secret = 'change-me-change-me'", "[tokens] secret: a known placeholder"),
+        ("secret = '0123456789'", "[tokens] secret: too short (10 bytes, at least 16)"),
+        ("secret = 'env:SMARTYD_T_WEAK'", "[tokens] secret: too short (9 bytes, at least 16)"),
+        (f"secrets = ['{GOOD_SECRET}', 'change-me']",
+         "[tokens] secrets: entry 1 is a known placeholder"),
+        (f"secrets = ['0123456789', '{GOOD_SECRET}']",
+         "[tokens] secrets: entry 0 is too short (10 bytes, at least 16)"),
+        (f"secrets = ['{GOOD_SECRET}', '']", "[tokens] secrets: entry 1 is empty"),
+        (f"secret = 'change-me'\nsecrets = ['{GOOD_SECRET}']", "[tokens] secret: a known"),
+    ],
+)
+def test_weak_token_secrets_are_refused_with_how_to_make_one(tmp_path, monkeypatch, text,
+                                                             message):
+    monkeypatch.setenv("SMARTYD_T_WEAK", "short-one")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(write(tmp_path, f"[state]\ndir = '{tmp_path}/var'\n[tokens]\n{text}\n"))
+    line = str(e.value)
+    assert message in line, line
+    assert line.endswith(f"make one with: {MAKE_ONE}")
+    assert "\n" not in line and "short-one" not in line and "0123456789" not in line
+    assert not (tmp_path / "var").exists()  # refused before touching the state dir
+
+
+def test_weak_secrets_are_refused_in_dicts_too():
+    with pytest.raises(config.ConfigError, match=r"^\[tokens\] secret: too short"):
+        config.from_dict({"tokens": {"secret": "0123456789"}})
+    cfg = config.from_dict({"tokens": {"secret": GOOD_SECRET}})
+    assert cfg.tokens.keys == (GOOD_SECRET,)
+
+
+def test_an_empty_secret_is_generated_once_in_the_state_dir(tmp_path):
+    state = tmp_path / "state"  # does not exist yet
+    path = write(tmp_path, f"[state]\ndir = '{state}'\n[tokens]\nsecret = ''\n")
+    with capturedLogs() as events:
+        cfg = config.load(path)
+    secret_file = state / "token-secret"
+    secret = secret_file.read_text().strip()
+    assert cfg.tokens.keys == (secret,) and len(secret) == 43  # token_urlsafe(32)
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    assert sorted(os.listdir(state)) == ["token-secret"]  # no temporary file left behind
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    assert len(warnings) == 1
+    text = warnings[0]["log_format"].format(**warnings[0])
+    assert str(secret_file) in text and "[tokens] secret" in text
+    assert "sharing one database must set the same [tokens] secret" in text
+    assert not any(secret in repr(e) for e in events)
+    assert secret not in repr(config.redacted(cfg))
+    assert config.redacted(cfg)["tokens"]["secret"] == "***"
+
+    with capturedLogs() as again:
+        assert config.load(path).tokens.keys == (secret,)  # reused, not regenerated
+    assert not [e for e in again if e["log_level"].name == "warn"]
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+
+def test_the_state_dir_secret_is_checked_too(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "token-secret").write_text("change-me\n")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(write(tmp_path, f"[state]\ndir = '{state}'\n"))
+    assert str(e.value).startswith(f"[tokens] secret: {state / 'token-secret'}: a known "
+                                   "placeholder")
+    assert str(e.value).endswith(MAKE_ONE)
+
+
+def test_an_unreadable_state_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(config.ConfigError) as e:
+        config.load(write(tmp_path, f"[state]\ndir = '{blocker}/var'\n"))
+    assert str(e.value) == f"[tokens] secret: cannot read {blocker}/var/token-secret: " \
+                           "Not a directory"
+
+
+def test_explicit_secrets_leave_the_state_dir_alone(tmp_path):
+    state = tmp_path / "state"
+    cfg = config.load(write(tmp_path, f"[state]\ndir = '{state}'\n"
+                                      f"[tokens]\nsecrets = ['{GOOD_SECRET}']\n"))
+    assert cfg.tokens.keys == (GOOD_SECRET,)
+    assert not state.exists()
+
+
+def test_built_in_defaults_never_sign_with_a_known_key():
+    """
+    A Config made without load() (tests, tools) has no state dir secret: it
+    signs with a random key of this process, never with a value anyone knows.
+    """
+    keys = config.Config().tokens.keys
+    assert len(keys) == 1 and len(keys[0]) >= 32
+    assert keys == config.from_dict({}).tokens.keys  # one per process
+    assert config.Config().tokens.secret == ""
 
 
 def test_config_is_immutable():

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -179,3 +180,98 @@ def test_sigusr1_reopens_the_log(state, tmp_path):
         wait_until(lambda: "log file reopened" in d.log_file.read_text(), what="reopen event")
     finally:
         d.stop()
+
+
+# -- [tokens] secret ---------------------------------------------------------------------------
+MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "smartyd.example.toml"
+
+
+def test_the_example_config_starts_on_a_fresh_state_dir_with_a_generated_secret(tmp_path):
+    """
+    A fresh checkout: the example configuration as shipped (only its ports
+    moved), run from a directory with no state yet.  The token secret is
+    generated in <state dir>/token-secret (0600, with a warning) and reused.
+    """
+    text = EXAMPLE.read_text()
+    assert '\nsecret = ""\n' in text.split("[tokens]")[1].split("\n[")[0]
+    http, fast = free_port(), free_port()
+    text = text.replace("tcp:8080:", f"tcp:{http}:").replace("tcp:8081:", f"tcp:{fast}:")
+    var = tmp_path / "var"  # the example's state dir is ./var
+    secret_file = var / "token-secret"
+
+    def start():
+        d = Daemon(tmp_path, var, http)
+        d.config.write_text(text)
+        return d.start()
+
+    try:
+        d = start()
+        try:
+            d.wait_healthy()
+        finally:
+            d.stop()
+        assert d.proc.returncode in (0, -signal.SIGTERM)
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        secret = secret_file.read_text().strip()
+        assert len(secret) == 43
+        log_text = d.log_file.read_text()
+        assert secret not in log_text
+        warnings = [r for r in map(json.loads, log_text.splitlines())
+                    if r["level"] == "warn" and "token secret" in r["event"]]
+        assert len(warnings) == 1 and str(Path("var") / "token-secret") in warnings[0]["event"]
+        assert "sharing one database must set the same [tokens] secret" in warnings[0]["event"]
+
+        d2 = start()
+        try:
+            d2.wait_healthy()
+        finally:
+            d2.stop()
+        assert secret_file.read_text().strip() == secret  # reused
+        again = [r for r in map(json.loads, d2.log_file.read_text().splitlines())
+                 if r["level"] == "warn" and "token secret" in r["event"]]
+        assert len(again) == 1  # still only the first start's warning
+    finally:
+        EmbeddedCluster.in_state_dir(var).stop(mode="immediate")
+
+
+@pytest.mark.parametrize("secret,problem", [
+    ("change-me", "a known placeholder"),
+    ("0123456789", "too short (10 bytes, at least 16)"),
+])
+def test_a_weak_token_secret_stops_start_up_with_one_line(tmp_path, secret, problem):
+    d = Daemon(tmp_path, tmp_path / "var", free_port(), extra=f'secret = "{secret}"\n').start()
+    try:
+        code, out, err = d.run_to_exit(timeout=30)
+    finally:
+        d.stop(signal.SIGKILL)
+    assert code != 0
+    line = f"[tokens] secret: {problem}; make one with: {MAKE_ONE}"
+    assert err.splitlines()[0] == f"smartyd: config: {line}"
+    assert "Traceback" not in err and secret not in err
+    assert not (tmp_path / "var").exists()
+
+
+# -- the README's two commands -----------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_opens_with_the_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    top = readme.split("\n## ")[1]  # the first section
+    blocks = top.split("```")[1::2]
+    assert [b.strip() for b in blocks] == ["./smartyd-dev run", "./smartyd-dev test"]
+    assert readme.index("## Operating it") > readme.index("./smartyd-dev test")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[-1] == "exec ./smartyd-dev test"
+    assert "set -euo pipefail" in ci
+    assert os.access(ROOT / "smartyd-dev", os.X_OK)
+
+
+def test_smartyd_dev_without_a_command_prints_its_usage():
+    proc = subprocess.run([sys.executable, str(ROOT / "smartyd-dev"), "deploy"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr == ("smartyd-dev: usage: ./smartyd-dev run [--config FILE]"
+                           " | ./smartyd-dev test [PYTEST ARGS]\n")

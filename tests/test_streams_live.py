@@ -153,7 +153,7 @@ async def test_two_worker_processes_share_the_socket(db, world, metrics, pg_dsn,
         f'[database]\ndsn = "{pg_dsn}"\n'
         f'[state]\ndir = "{tmp_path / "var"}"\n'
         f'[log]\nfile = "{tmp_path / "smartyd.jsonl"}"\n'
-        '[tokens]\nsecret = "s3cret"\nfast_listen = "tcp:0:interface=127.0.0.1"\nworkers = 2\n'
+        '[tokens]\nsecret = "s3cret-long-enough-for-config"\nfast_listen = "tcp:0:interface=127.0.0.1"\nworkers = 2\n'
     )
     cfg = load(str(config))
     pool = WorkerPool(reactor, cfg.tokens.fast_listen, cfg.tokens.workers, str(config),

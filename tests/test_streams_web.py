@@ -236,7 +236,8 @@ async def test_check_answers_503_until_the_snapshot_has_loaded(db, world, metric
 async def test_install_mounts_the_routes_and_adds_the_services(db, world, metrics):
     from twisted.application.service import MultiService
 
-    cfg = make_config(tokens={"secret": "s3cret", "fast_listen": "tcp:0:interface=127.0.0.1"},
+    cfg = make_config(tokens={"secret": "s3cret-long-enough-for-config",
+                              "fast_listen": "tcp:0:interface=127.0.0.1"},
                       osmp={"enabled": False})
     parts = build_parts(cfg, reactor, db, metrics)
     services = [s for s in parts.services if isinstance(s, (Entitlements, FastListener))]

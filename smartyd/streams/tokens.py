@@ -18,7 +18,9 @@ A token is the unpadded base64url encoding of::
 
 All integers are big-endian.  Ids that fit in 32 bits use the narrow layout,
 so a common token is 52 characters (74 when bound to an IP); 64-bit ids make
-it 63 (84).
+it 63 (84).  The encoding is canonical: only the string the encoder writes is
+accepted (no padding, no other alphabet, and the unused low bits of the last
+character zero), so a token has exactly one spelling.
 
 The bound IP is covered by a MAC rather than carried: the token does not
 disclose the viewer's address, and a checker that is told the viewer's address
@@ -73,11 +75,12 @@ _WIDE = struct.Struct(">BBBIQQ8s")
 _KEY_LABEL = b"smartyd stream token key"
 _IP_LABEL = b"ip"
 # base64url -> base64; "+" and "/" (not base64url) become "!", which the strict
-# decoder refuses, so each token has one spelling only.
+# decoder refuses.
 _FROM_URLSAFE = bytes.maketrans(b"-_+/", b"+/!!")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _PADDING = {0: b"", 2: b"==", 3: b"="}
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+_URLSAFE_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 class Claims(NamedTuple):
@@ -90,14 +93,28 @@ class Claims(NamedTuple):
     bound: bool
 
 
-def _layouts() -> dict[int, tuple[int, struct.Struct, bool]]:
-    """Encoded length in characters -> (raw length, header layout, bound)."""
+def _layouts() -> dict[int, tuple[int, struct.Struct, bool, frozenset[int]]]:
+    """
+    Encoded length in characters -> (raw length, header layout, bound, the
+    characters the encoding may end with).
+
+    The last character carries C{6 * chars - 8 * raw} bits beyond the data
+    (4 in a common bound token, 2 in an unbound wide one).  The decoder ignores
+    them, so only the characters with those bits zero -- the ones the encoder
+    writes -- are accepted: without that a token would have up to 16
+    spellings, and anything keyed on the token string (a streamer's cache, a
+    rate limit, a revocation list) could be sidestepped by respelling it.
+    """
     out = {}
     for layout in (_NARROW, _WIDE):
         for bound in (False, True):
             raw = layout.size + MAC_SIZE + (MAC_SIZE if bound else 0)
             chars = (raw * 8 + 5) // 6
-            out[chars] = (raw, layout, bound)
+            unused = chars * 6 - raw * 8
+            last = frozenset(
+                c for i, c in enumerate(_URLSAFE_ALPHABET) if i % (1 << unused) == 0
+            )
+            out[chars] = (raw, layout, bound, last)
     return out
 
 
@@ -228,8 +245,10 @@ class TokenCodec:
             layout_of = _LAYOUTS.get(len(token))  # type: ignore[arg-type]
             if layout_of is None:
                 return MALFORMED, None
-            size, layout, bound = layout_of
+            size, layout, bound, last = layout_of
             encoded = token.encode("ascii")  # type: ignore[union-attr]
+            if encoded[-1] not in last:  # one spelling per token, see _layouts
+                return MALFORMED, None
             raw = binascii.a2b_base64(
                 encoded.translate(_FROM_URLSAFE) + _PADDING[len(encoded) % 4],
                 strict_mode=True,
