@@ -19,6 +19,21 @@ truth:
 Each order settles in its own transaction, so one bad order never holds back
 the others, and a repeat (next poll, another instance) finds the order paid
 and the payment there: nothing is credited twice.
+
+A result push with a valid CheckValue (L{AssistService.on_push}) settles its
+order at once through the same path -- waiting for the paced report would
+leave a paid order uncredited for up to ``poll_interval``.  The legacy
+gateway has no per-order query, so its pushed bill is stored (``source =
+'push'``, never overwriting a report row) and settled on; the current one is
+asked for that order's state.  The legacy CheckValue signs the shop, order,
+amount and currency but not the status, so the report has the last word: it
+overwrites the pushed row, and a credited order the report then calls
+refused or mismatched raises the ``unconfirmed_credit`` alarm.
+
+An order credits only when the paid bill's amount AND currency are the
+order's (``gateway_orders.currency``, RUB unless the order says otherwise);
+any other paid bill is a mismatch: nothing credited, an error log and a
+``amount_mismatch`` / ``currency_mismatch`` event for an operator.
 """
 
 from __future__ import annotations

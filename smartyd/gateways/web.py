@@ -9,10 +9,34 @@ ASSIST (``/payments/assist``):
     credentials (one body for every refusal), ``400`` for a bad amount.
     Creating an order moves no money, so the payer's credentials are the
     authorisation, as for ``POST /streams/url``.
-  - ``POST /payments/assist/result`` -- ASSIST's optional push.  Its
-    CheckValue is verified (constant-time); a genuine push only makes the
-    poller run soon (the poll is the source of truth); the answer is the
-    ``<pushpaymentresult firstcode="0" ...>`` packet the gateway expects.
+  - ``POST /payments/assist/result`` -- ASSIST's result push.  A push whose
+    shop (``Shop_IDP`` / ``merchant_id``, when present) is ours and whose
+    CheckValue verifies (constant-time, over the bytes as sent) is the
+    gateway's signed word about that order: it is settled at once
+    (L{AssistService.on_push}: credited through L{smartyd.payments.accept},
+    idempotently; the report poll later confirms).
+
+    How we answer -- our reading of the public record (the legacy "send
+    result" protocol as django-assist-ru's ``views.result`` and shop plug-ins
+    implement it; ASSIST's own manual is not public):
+      * always HTTP 200 with ``<?xml ...?><pushpaymentresult firstcode=".."
+        secondcode="..">``; the gateway reads the codes, not the HTTP status;
+      * accepted: ``0/0`` with ``<order><billnumber>..</billnumber>
+        <packetdate>..</packetdate></order>`` echoing the push (the element
+        appears only on success);
+      * another shop's ``Shop_IDP``: ``5/100`` (firstcode 5 = "wrong
+        parameter", secondcode 100 = Shop_IDP); a bad or missing CheckValue:
+        ``5/158`` (CheckValue) -- nothing is stored, nothing changes;
+      * our own failure (database down ...): ``1/0`` (generic error), so
+        the gateway sends the push again;
+      * a genuine push about an order that is not ours is acknowledged
+        (``0/0``) and logged: it is the gateway's correct word, just not
+        for us.
+    The answer is in the generation's charset (legacy: windows-1251, as the
+    reference answers; current: UTF-8).  The push form itself is decoded with
+    the charset the request declares, else UTF-8 when valid, else cp1251 --
+    the legacy gateway posts cp1251, and a Cyrillic name must not empty the
+    form.
 
 Payture (``/payments/payture``, ``/billing/payment/payture``):
   - ``POST /payments/payture/notify`` = ``POST
