@@ -95,22 +95,32 @@ class Poller(Service):
         self._call = self.clock.callLater(delay, self._fire)
 
     def force(self) -> Deferred:
-        """Run now (or right after the run in flight); fires when that run ends."""
+        """
+        Run now (or right after the run in flight); fires when that run ends.
+
+        The pending timer is left alone: a forced run that is refused
+        (another instance holds the lock, or the job ran less than
+        ``interval`` ago) must not push the next real run further away --
+        otherwise webhooks arriving more often than ``interval`` would starve
+        the job.  A forced run that does run restarts the interval from its end.
+        """
         done: Deferred = Deferred()
         self._waiters.append(done)
         if self._inflight is not None:
             self._again = True
         else:
-            if self._call is not None and self._call.active():
-                self._call.cancel()
-            self._fire()
+            self._start()
         return done
 
     def _fire(self) -> None:
+        """The timer's call: the scheduled run (folded into one more if one is in flight)."""
         self._call = None
         if self._inflight is not None:
             self._again = True
             return
+        self._start()
+
+    def _start(self) -> None:
         self._inflight = Deferred.fromCoroutine(self._run())
         self._inflight.addBoth(self._finished)
 
@@ -120,12 +130,18 @@ class Poller(Service):
             log.failure("poller {job} crashed", result, job=self.job)
         if self._again and not self._stopped:
             self._again = False
-            self._fire()
+            self._start()
             return
+        # A skipped run did no work: it keeps the schedule it found (a pending
+        # timer stays where it was).  Only when nothing is scheduled -- the
+        # timer itself started this run -- is the next one an interval away.
+        pending = self._call is not None and self._call.active()
+        if not (self.last_outcome == "skipped" and pending):
+            self._schedule(self.next_delay())
+        # Waiters last: whoever awaits a run sees the schedule that follows it.
         waiters, self._waiters = self._waiters, []
         for w in waiters:
             w.callback(self.last_outcome)
-        self._schedule(self.next_delay())
 
     # -- one run ------------------------------------------------------------------------
     async def _run(self) -> None:

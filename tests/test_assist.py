@@ -43,11 +43,12 @@ def assist_config(**over):
     return make_config(assist={**SETTINGS, **over})
 
 
-def bill(status, minute=0, number=None, order="100001", amount="150.00", date=True):
+def bill(status, minute=0, number=None, order="100001", amount="150.00", date=True,
+         currency="RUB"):
     when = datetime.datetime(2026, 11, 20, 12, 0) + datetime.timedelta(minutes=minute)
     return A.BillResult(bill_number=number or str(5000 + minute), order_number=order,
                         status=status, amount=None if amount is None else Decimal(amount),
-                        order_date=when if date else None)
+                        currency=currency, order_date=when if date else None)
 
 
 # -- the CSV report ---------------------------------------------------------------------------------
@@ -227,6 +228,23 @@ def test_decide(status, two_stage, amount, kind, ours):
     assert (d.kind, d.status) == (kind, ours)
 
 
+@pytest.mark.parametrize("paid_in, ordered_in, kind, why", [
+    ("RUB", "RUB", "credit", None),
+    ("USD", "RUB", "mismatch", "currency"),  # 160.00 USD is not 160.00 RUB
+    ("EUR", "RUB", "mismatch", "currency"),
+    (None, "RUB", "mismatch", "currency"),  # a currency nobody named is no proof
+    (" rur ", "RUB", "credit", None),  # the legacy gateway's spelling of the rouble
+    ("usd", "USD", "credit", None),
+])
+def test_decide_compares_the_currency_too(paid_in, ordered_in, kind, why):
+    for status, gen, two_stage in [("Authorized", A.LEGACY, False),
+                                   ("Captured", A.LEGACY, True),
+                                   ("Approved", A.CURRENT, False)]:
+        d = A.decide([bill(status, amount="160.00", currency=paid_in)], gen, Decimal("160.00"),
+                     two_stage, ordered_in)
+        assert (d.kind, d.why) == (kind, why), (status, paid_in)
+
+
 @pytest.mark.parametrize("status, two_stage, kind, ours", [
     ("Approved", False, "credit", "paid"),
     ("Approved", True, "credit", "paid"),
@@ -271,6 +289,7 @@ def _never_credits_wrongly(rows):
             d = A.decide(mine, A.LEGACY, Decimal("150.00"), two_stage)
             if d.kind == "credit":
                 assert d.result.amount == Decimal("150.00")
+                assert A.norm_currency(d.result.currency) == "RUB"
                 assert A.classify(d.result.state, A.LEGACY, two_stage) == "paid"
                 assert d.result in mine
 
@@ -821,7 +840,9 @@ async def test_push_with_a_bad_check_value_is_refused(make_env, fake, metrics, l
     for check in ("0" * 32, None):
         form = dict(fields, **({"CheckValue": check} if check else {}))
         code, body = await post_form(env, "/payments/assist/result", form)
-        assert code == 403 and 'firstcode="1"' in body
+        # the legacy protocol's answer: 200, firstcode 5 / secondcode 158 (CheckValue)
+        assert code == 200 and 'firstcode="5" secondcode="158"' in body
+        assert "<order>" not in body
     await env.poller.stopService()
     assert fake.requests == []  # no poll
     assert gw_events(metrics, "bad_check_value") == 2
@@ -848,7 +869,8 @@ async def test_push_current_generation_vector(make_env, fake):
     assert await env.balance(alice.id) == Decimal("4.00")
     tampered = dict(form, orderamount="400.00")
     env.poller.startService()
-    assert (await post_form(env, "/payments/assist/result", tampered))[0] == 403
+    code, body = await post_form(env, "/payments/assist/result", tampered)
+    assert code == 200 and 'firstcode="5" secondcode="158"' in body
     await env.poller.stopService()
 
 
@@ -969,3 +991,154 @@ async def test_admin_order_show_and_errors(db, admin):
         assert code != 0 and out is None, args
         assert err.startswith("smartyd-admin: ") and message in err, err
         assert err.count("\n") == 1 and "Traceback" not in err
+
+
+# -- the push credits at once ----------------------------------------------------------------------------
+FORM = "application/x-www-form-urlencoded"
+
+
+async def post_raw(env, body: bytes, content_type: str = FORM):
+    response = await env.web.post("http://smartyd/payments/assist/result", data=body,
+                                  headers={"content-type": content_type})
+    return response.code, (await response.content()).decode("cp1251")
+
+
+async def sources(db):
+    return await db.fetchall("SELECT bill_number, status, source FROM assist_results"
+                             " ORDER BY bill_number")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valid_legacy_push_credits_at_once_and_the_report_confirms(
+        make_env, fake, metrics, db):
+    env = make_env()
+    alice = await env.account()
+    order = await env.order(alice.id, "150.00")
+    assert await env.poller.force() == "ok"  # the report ran just now: pushes are paced out
+    env.poller.startService()
+    fake.requests.clear()
+    b = fake.pay(order.order_number, "150.00", "Authorized")
+    for _ in range(2):  # the gateway repeats a push; a repeat credits nothing
+        code, body = await post_raw(env, fake.legacy_push(b, "push-secret"))
+        assert code == 200 and '<pushpaymentresult firstcode="0" secondcode="0">' in body
+        assert f"<billnumber>{b['bill']}</billnumber>" in body
+        assert await env.balance(alice.id) == Decimal("150.00")  # credited by the push itself
+    await env.poller.stopService()
+    assert fake.requests == []  # no report was fetched for it
+    assert await env.payments() == 1 and gw_events(metrics, "credited") == 1
+    stored = await env.get(order.order_number)
+    assert (stored.status, stored.gateway_status, stored.bill_number) == (
+        "paid", "Authorized", b["bill"])
+    assert await sources(db) == [(b["bill"], "Authorized", "push")]
+    # the report poll confirms the same bill later: now the gateway's own word, no second credit
+    await allow_next_run(db)
+    assert await env.poller.force() == "ok"
+    assert await sources(db) == [(b["bill"], "Authorized", "report")]
+    assert await env.payments() == 1 and await env.balance(alice.id) == Decimal("150.00")
+    assert gw_events(metrics, "credited") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_valid_current_push_asks_for_that_order_and_credits_at_once(
+        make_env, fake, db):
+    env = make_env(generation="current")
+    alice = await env.account()
+    order = await env.order(alice.id, "4.00")
+    other = await env.order(alice.id, "5.00")  # open as well: not asked about
+    b = fake.pay(order.order_number, "4.00", "Approved")
+    code, body = await post_raw(env, fake.current_push(b, "push-secret"))
+    assert code == 200 and 'firstcode="0" secondcode="0"' in body
+    assert fake.requests == ["/orderstate/orderstate.cfm"]  # one order's state, no poll
+    assert await env.balance(alice.id) == Decimal("4.00")
+    assert await sources(db) == [(b["bill"], "Approved", "report")]
+    # the gateway cannot answer right now: the push (its CheckValue signs the state) decides
+    c = fake.pay(other.order_number, "5.00", "Approved")
+    fake.modes = ["500"]
+    code, body = await post_raw(env, fake.current_push(c, "push-secret"))
+    assert code == 200 and 'firstcode="0"' in body
+    assert await env.balance(alice.id) == Decimal("9.00") and await env.payments() == 2
+    assert (await env.get(other.order_number)).status == "paid"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_the_report_contradicts_is_an_alarm(make_env, fake, metrics, log_events):
+    # the legacy CheckValue does not sign Status: a replayed refusal with its Status changed
+    env = make_env()
+    alice = await env.account()
+    order = await env.order(alice.id, "150.00")
+    b = fake.pay(order.order_number, "150.00", "Not authorized")
+    code, _ = await post_raw(env, fake.legacy_push(b, "push-secret", Status="Authorized"))
+    assert code == 200 and await env.balance(alice.id) == Decimal("150.00")
+    for _ in range(2):
+        await env.service.poll()
+    stored = await env.get(order.order_number)
+    assert (stored.status, stored.gateway_status) == ("paid", "Not authorized")
+    alarm = [e for e in log_events if e.get("reason") == "unconfirmed_credit"]
+    assert len(alarm) == 1 and alarm[0]["log_level"].name == "error"
+    assert gw_events(metrics, "unconfirmed_credit") == 1
+    assert await env.payments() == 1
+
+
+# -- currency ---------------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_bill_in_another_currency_credits_nothing_and_is_loud(
+        make_env, fake, metrics, log_events):
+    env = make_env()
+    alice = await env.account()
+    order = await env.order(alice.id, "160.00")
+    fake.pay(order.order_number, "160.00", "Authorized", currency="USD")
+    for _ in range(2):
+        await env.service.poll()
+    stored = await env.get(order.order_number)
+    assert stored.status == "mismatch" and not stored.credited and stored.currency == "RUB"
+    loud = [e for e in log_events if e.get("reason") == "currency_mismatch"]
+    assert len(loud) == 1 and loud[0]["log_level"].name == "error"
+    assert (loud[0]["paid"], loud[0]["paid_currency"], loud[0]["currency"]) == (
+        "160.00", "USD", "RUB")
+    assert gw_events(metrics, "currency_mismatch") == 1
+    # pushed: the push is genuine (acknowledged) and credits nothing either
+    pushed = await env.order(alice.id, "160.00")
+    b = fake.pay(pushed.order_number, "160.00", "Authorized", currency="USD")
+    code, body = await post_raw(env, fake.legacy_push(b, "push-secret"))
+    assert code == 200 and 'firstcode="0"' in body
+    assert (await env.get(pushed.order_number)).status == "mismatch"
+    assert gw_events(metrics, "currency_mismatch") == 2
+    assert await env.payments() == 0 and await env.balance(alice.id) == 0
+
+
+# -- the push's charset and answers -----------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_genuine_push_in_cp1251_is_accepted(make_env, fake, db):
+    env = make_env()
+    alice = await env.account()
+    order = await env.order(alice.id, "150.00")
+    b = fake.pay(order.order_number, "150.00", "Authorized", comment="Оплата интернета")
+    body = fake.legacy_push(b, "push-secret")
+    assert b"%C8%E2%E0%ED%EE%E2" in body  # "Иванов" in cp1251, not UTF-8
+    for content_type in (FORM, FORM + "; charset=windows-1251"):
+        code, answer = await post_raw(env, body, content_type)
+        assert code == 200 and 'firstcode="0" secondcode="0"' in answer, content_type
+    assert await env.balance(alice.id) == Decimal("150.00") and await env.payments() == 1
+    assert await db.fetchval("SELECT details->>'comment' FROM assist_results") == \
+        "Оплата интернета"
+    assert "Иванов" not in json.dumps(await db.fetchval("SELECT details FROM assist_results"),
+                                      ensure_ascii=False)  # no names kept
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_push_for_another_shop_is_refused_with_5_100(make_env, fake, metrics):
+    for generation in ("legacy", "current"):
+        env = make_env(generation=generation)
+        alice = await env.account(login=f"alice-{generation}")
+        order = await env.order(alice.id, "150.00")
+        b = fake.pay(order.order_number, "150.00",
+                     "Authorized" if generation == "legacy" else "Approved")
+        if generation == "legacy":  # signed right, but for shop 222222
+            body = fake.legacy_push(b, "push-secret", shop_id="222222")
+        else:
+            body = fake.current_push(b, "push-secret", merchant_id="222222")
+        code, answer = await post_raw(env, body)
+        assert code == 200 and 'firstcode="5" secondcode="100"' in answer, generation
+        assert "<order>" not in answer
+        assert await env.balance(alice.id) == 0
+    assert fake.requests == [] and gw_events(metrics, "wrong_shop") == 2

@@ -141,3 +141,44 @@ async def test_cluster_wide_once_with_advisory_lock_and_pacing(db):
             p.stopService()
     for call in clock.getDelayedCalls():
         call.cancel()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_forced_runs_never_move_the_schedule(db):
+    """Pushes at t=300 and t=550 are paced out: the next real poll stays at t=600."""
+    clock, work = Clock(), Work()
+    p = Poller("assist-results", 600, work, clock, db=db, initial_delay=600)
+    p.startService()
+    started = work.started
+    run = p.force()  # a real poll at t=0
+    await started
+    work.finish()
+    assert await run == "ok"
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [600]
+    for now in (300, 550):
+        clock.advance(now - clock.seconds())
+        assert await p.force() == "skipped"  # ran < 600 s ago: refused
+        assert [c.getTime() for c in clock.getDelayedCalls()] == [600], now
+    assert work.calls == 1
+    await db.execute("UPDATE job_runs SET last_started = now() - interval '601 seconds'")
+    started = work.started
+    clock.advance(49)
+    assert work.calls == 1
+    clock.advance(1)  # t=600: the real poll
+    assert await started == 2
+    work.finish()
+    await p.stopService()
+
+
+def test_a_forced_run_that_ran_restarts_the_interval():
+    clock, work = Clock(), Work()
+    p = Poller("job", 60, work, clock, initial_delay=60)
+    p.startService()
+    clock.advance(30)
+    forced = p.force()
+    assert work.calls == 1
+    work.finish()
+    assert forced.called
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [90]
+    p.stopService()
+    assert clock.getDelayedCalls() == []

@@ -141,6 +141,21 @@ def norm_status(status: str) -> str:
     return " ".join(status.split()).casefold()
 
 
+# The currency our orders are made in when they name none (the shop's).
+DEFAULT_CURRENCY = "RUB"
+# The legacy gateway (and many shops' forms for it) spell the rouble with its
+# pre-1998 code RUR; both name the same money in ASSIST's answers.
+_CURRENCY_ALIASES = {"RUR": "RUB"}
+
+
+def norm_currency(currency: str | None) -> str | None:
+    """``" rur "`` -> ``"RUB"``; None/empty -> None."""
+    if currency is None:
+        return None
+    c = currency.strip().upper()
+    return _CURRENCY_ALIASES.get(c, c) or None
+
+
 @frozen
 class BillResult:
     """One bill (ASSIST's payment number) of an order, as a poll reported it."""
@@ -493,14 +508,15 @@ class Decision:
     kind: str  # credit | mismatch | set | keep | pending
     status: str | None = None  # our order status for "set"
     result: BillResult | None = None
+    why: str | None = None  # a mismatch's reason: "amount" | "currency"
 
 
 def decide(results: Sequence[BillResult], gen: Generation, amount: Decimal,
-           two_stage: bool) -> Decision:
+           two_stage: bool, currency: str = DEFAULT_CURRENCY) -> Decision:
     """
     Credit only when the actual status is paid for the order's mode AND the
-    bill's amount equals the order's; a paid bill of another (or an unknown)
-    amount is a mismatch.
+    bill's amount AND currency equal the order's; a paid bill of another (or
+    an unknown) amount or currency is a mismatch: 160.00 USD is not 160.00 RUB.
     """
     actual = actual_result(results, gen)
     if actual is None:
@@ -508,7 +524,10 @@ def decide(results: Sequence[BillResult], gen: Generation, amount: Decimal,
     kind = classify(actual.state, gen, two_stage)
     if kind == "paid":
         if actual.amount is None or actual.amount != amount:
-            return Decision("mismatch", "mismatch", actual)
+            return Decision("mismatch", "mismatch", actual, "amount")
+        paid_in = norm_currency(actual.currency)
+        if paid_in is None or paid_in != norm_currency(currency):
+            return Decision("mismatch", "mismatch", actual, "currency")
         return Decision("credit", "paid", actual)
     if kind == "keep":
         return Decision("keep", None, actual)
@@ -516,20 +535,27 @@ def decide(results: Sequence[BillResult], gen: Generation, amount: Decimal,
 
 
 # -- check values ----------------------------------------------------------------------------------
-def _md5(s: str) -> str:
-    return hashlib.md5(s.encode("utf-8")).hexdigest()
+def _md5(*parts: str | bytes) -> str:
+    """
+    MD5 hex of the parts glued together.  Text is UTF-8; bytes are taken as
+    they are, so that a check value is verified over the very bytes the
+    gateway signed (the legacy gateway signs cp1251).
+    """
+    return hashlib.md5(b"".join(
+        p if isinstance(p, bytes) else p.encode("utf-8") for p in parts
+    )).hexdigest()
 
 
-def legacy_check_value(shop_id: str, order_number: str, total: str, currency: str,
-                       secret: str) -> str:
+def legacy_check_value(shop_id: str | bytes, order_number: str | bytes, total: str | bytes,
+                       currency: str | bytes, secret: str) -> str:
     """Legacy push: ``MD5(Shop_IDP + OrderNumber + Total + Currency + secret)``, upper-case hex."""
-    return _md5(f"{shop_id}{order_number}{total}{currency}{secret}").upper()
+    return _md5(shop_id, order_number, total, currency, secret).upper()
 
 
-def current_check_value(salt: str, merchant_id: str, order_number: str, amount: str,
-                        currency: str, state: str) -> str:
+def current_check_value(salt: str, merchant_id: str | bytes, order_number: str | bytes,
+                        amount: str | bytes, currency: str | bytes, state: str | bytes) -> str:
     """Current push: ``UPPER(MD5(UPPER(MD5(salt) + MD5(id+number+amount+currency+state))))``."""
-    inner = (_md5(salt) + _md5(f"{merchant_id}{order_number}{amount}{currency}{state}")).upper()
+    inner = (_md5(salt) + _md5(merchant_id, order_number, amount, currency, state)).upper()
     return _md5(inner).upper()
 
 
@@ -538,6 +564,43 @@ def check_value_matches(expected: str, given: str | None) -> bool:
         return False
     return hmac.compare_digest(expected.upper().encode("ascii"),
                                given.strip().upper().encode("ascii", "replace"))
+
+
+# -- the result push ---------------------------------------------------------------------------------
+# Push field names (lower-cased) -> BillResult fields.  The legacy push
+# carries ``Status`` and ``Response_Code``; the current one ``orderstate``
+# and ``responsecode``.  Names, e-mails and card numbers are not kept.
+LEGACY_PUSH_FIELDS = {
+    "billnumber": "bill_number", "ordernumber": "order_number", "order_idp": "order_number",
+    "status": "status", "total": "amount", "currency": "currency", "date": "order_date",
+    "packetdate": "packet_date", "response_code": "result_code",
+}
+CURRENT_PUSH_FIELDS = {
+    "billnumber": "bill_number", "ordernumber": "order_number", "orderstate": "status",
+    "orderamount": "amount", "ordercurrency": "currency", "orderdate": "order_date",
+    "packetdate": "packet_date", "responsecode": "result_code",
+}
+PUSH_DETAILS = {
+    "message": "message", "recommendation": "recommendation", "comment": "comment",
+    "ordercomment": "comment", "approvalcode": "approval_code",
+    "cardtype": "card_type", "meantypename": "card_type", "processingname": "processing_name",
+    "error_code": "processing_code", "error_comment": "processing_message",
+    "customermessage": "customer_message", "operationtype": "payment_type",
+}
+
+
+def push_result(fields: dict[str, str], gen: Generation) -> BillResult | None:
+    """
+    The bill a push (``fields`` by lower-cased name) reports, or None when it
+    lacks a usable bill number, order number or status.
+    """
+    names = LEGACY_PUSH_FIELDS if gen is LEGACY else CURRENT_PUSH_FIELDS
+    wanted: dict[str, str] = {}
+    for name, target in names.items():
+        if fields.get(name) and target not in wanted:
+            wanted[target] = fields[name]
+    extra = {PUSH_DETAILS[k]: v for k, v in fields.items() if k in PUSH_DETAILS}
+    return make_result(wanted, extra)
 
 
 # -- the payment form --------------------------------------------------------------------------------

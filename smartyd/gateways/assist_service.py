@@ -19,6 +19,21 @@ truth:
 Each order settles in its own transaction, so one bad order never holds back
 the others, and a repeat (next poll, another instance) finds the order paid
 and the payment there: nothing is credited twice.
+
+A result push with a valid CheckValue (L{AssistService.on_push}) settles its
+order at once through the same path -- waiting for the paced report would
+leave a paid order uncredited for up to ``poll_interval``.  The legacy
+gateway has no per-order query, so its pushed bill is stored (``source =
+'push'``, never overwriting a report row) and settled on; the current one is
+asked for that order's state.  The legacy CheckValue signs the shop, order,
+amount and currency but not the status, so the report has the last word: it
+overwrites the pushed row, and a credited order the report then calls
+refused or mismatched raises the ``unconfirmed_credit`` alarm.
+
+An order credits only when the paid bill's amount AND currency are the
+order's (``gateway_orders.currency``, RUB unless the order says otherwise);
+any other paid bill is a mismatch: nothing credited, an error log and a
+``amount_mismatch`` / ``currency_mismatch`` event for an operator.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from twisted.logger import Logger
 from smartyd.db import Database, Tx
 from smartyd.gateways import events, orders
 from smartyd.gateways.assist import (
+    CURRENT,
     GENERATIONS,
     PARTNER,
     BillResult,
@@ -43,6 +59,7 @@ from smartyd.gateways.assist import (
     held_bill,
     payment_form,
 )
+from smartyd.partners import PartnerError
 
 log = Logger()
 
@@ -100,17 +117,44 @@ async def store_results(tx: Tx, rows: list[BillResult]) -> set[str]:
             f"   order_number = EXCLUDED.order_number, status = EXCLUDED.status,"
             f"   result_code = EXCLUDED.result_code, amount = EXCLUDED.amount,"
             f"   currency = EXCLUDED.currency, order_date = EXCLUDED.order_date,"
-            f"   packet_date = EXCLUDED.packet_date, details = EXCLUDED.details, updated = now()"
+            f"   packet_date = EXCLUDED.packet_date, details = EXCLUDED.details,"
+            f"   source = 'report', updated = now()"
             f" WHERE (a.order_number, a.status, a.result_code, a.amount, a.currency,"
-            f"        a.order_date, a.packet_date, a.details)"
+            f"        a.order_date, a.packet_date, a.details, a.source)"
             f"   IS DISTINCT FROM (EXCLUDED.order_number, EXCLUDED.status,"
             f"        EXCLUDED.result_code, EXCLUDED.amount, EXCLUDED.currency,"
-            f"        EXCLUDED.order_date, EXCLUDED.packet_date, EXCLUDED.details)"
+            f"        EXCLUDED.order_date, EXCLUDED.packet_date, EXCLUDED.details, 'report')"
             f" RETURNING bill_number",
             tuple(list(c) for c in cols),
         )
         changed.update(r[0] for r in got)
     return changed
+
+
+async def store_pushed(tx: Tx, r: BillResult) -> bool:
+    """
+    Store the bill a genuine push reports (``source = 'push'``); True when
+    new or changed.  It never overwrites a row the report gave: the report is
+    the gateway's own word and a push may arrive late or repeated.
+    """
+    row = await tx.fetchone(
+        f"INSERT INTO assist_results AS a ({_RESULT_COLUMNS}, source)"
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, 'push')"
+        f" ON CONFLICT (bill_number) DO UPDATE SET"
+        f"   order_number = EXCLUDED.order_number, status = EXCLUDED.status,"
+        f"   result_code = EXCLUDED.result_code, amount = EXCLUDED.amount,"
+        f"   currency = EXCLUDED.currency, order_date = EXCLUDED.order_date,"
+        f"   packet_date = EXCLUDED.packet_date, details = EXCLUDED.details, updated = now()"
+        f" WHERE a.source = 'push'"
+        f"   AND (a.order_number, a.status, a.result_code, a.amount, a.currency,"
+        f"        a.order_date, a.packet_date, a.details)"
+        f"   IS DISTINCT FROM (EXCLUDED.order_number, EXCLUDED.status,"
+        f"        EXCLUDED.result_code, EXCLUDED.amount, EXCLUDED.currency,"
+        f"        EXCLUDED.order_date, EXCLUDED.packet_date, EXCLUDED.details)"
+        f" RETURNING bill_number",
+        _result_row(r),
+    )
+    return row is not None
 
 
 async def results_for(tx: Tx, order_number: str) -> list[BillResult]:
@@ -186,10 +230,9 @@ class AssistService:
                 continue
             if not (bills & changed) and statuses[number] in orders.FINAL:
                 continue
-            settled = await self.db.run(self._settle, number)
+            settled = self._counted(await self.db.run(self._settle, number))
             if settled.outcome == "credited":
                 credited.append(number)
-                events.credited(self.metrics, PARTNER, settled.amount)
             elif settled.outcome == "mismatch":
                 mismatched.append(number)
         for number in unknown:
@@ -198,6 +241,63 @@ class AssistService:
                      order=number, provider=PARTNER, reason="unknown_order")
         return PollSummary(len(rows), report.skipped, len(changed), tuple(unknown),
                            tuple(credited), tuple(mismatched))
+
+    def _counted(self, settled: Settled) -> Settled:
+        """Count a credit once its transaction has committed."""
+        if settled.outcome == "credited":
+            events.credited(self.metrics, PARTNER, settled.amount)
+        return settled
+
+    # -- the push -------------------------------------------------------------------------------
+    async def on_push(self, number: str, pushed: BillResult | None) -> Settled:
+        """
+        A push with a valid CheckValue about order ``number`` (``pushed``: the
+        bill it reports, if it names one): settle the order now, not at the
+        next report poll, which is paced to ``poll_interval`` and may be
+        minutes away.
+
+          - current generation: ask the gateway for that one order's state
+            (orderstate) and settle on its answer; only when the gateway
+            cannot answer, settle on the push, whose CheckValue signs the
+            order's state, amount and currency;
+          - legacy generation: there is no per-order query, so the pushed
+            bill itself is stored (``source = 'push'``) and settled on.
+
+        Either way the credit goes through L{_settle} -> L{orders.credit} ->
+        L{smartyd.payments.accept} under the order's row lock, exactly as the
+        poll credits: a repeated push, a poll racing with it, or the report
+        confirming it later credit nothing twice.  Then the poll is asked to
+        run soon (the poller refuses it without moving its schedule when it
+        ran less than ``poll_interval`` ago); the report overwrites the pushed
+        row, confirming it or raising the ``unconfirmed_credit`` alarm.
+        """
+        order = await self.db.run(orders.get, PARTNER, number)
+        if order is None:
+            log.warn("ASSIST push about order {order}, which is not ours: ignored",
+                     order=number, provider=PARTNER, reason="unknown_order")
+            return Settled(number, "missing")
+        if order.status in orders.FINAL:  # settled already: the report tells the rest
+            return Settled(number, "unchanged")
+        use_push = pushed is not None and pushed.order_number == number
+        if self.generation is CURRENT:
+            try:
+                report = await self.client.results([(number, order.created)])
+            except PartnerError as e:
+                log.warn("ASSIST state of order {order} unavailable ({error}): settling on"
+                         " the push", order=number, error=str(e), provider=PARTNER)
+            else:
+                rows = _dedupe(r for r in report.rows if r.order_number == number)
+                if rows:
+                    await self.db.run(self._store, rows)
+                    use_push = False
+        if use_push:
+            await self.db.run(store_pushed, pushed)
+        settled = self._counted(await self.db.run(self._settle, number))
+        log.info("ASSIST push for order {order}: {outcome}", order=number,
+                 outcome=settled.outcome, bill=pushed.bill_number if pushed else None,
+                 provider=PARTNER)
+        self.poll_soon()
+        return settled
 
     async def _store(self, tx: Tx, rows: list[BillResult]):
         changed = await store_results(tx, rows)
@@ -216,7 +316,7 @@ class AssistService:
         if order is None:
             return Settled(number, "missing")
         decision = decide(await results_for(tx, number), self.generation, order.amount,
-                          order.two_stage)
+                          order.two_stage, order.currency)
         actual = decision.result
         if decision.kind == "pending":
             return Settled(number, "unchanged")
@@ -238,13 +338,15 @@ class AssistService:
         if decision.kind == "mismatch":
             if order.status != "mismatch" or order.bill_number != actual.bill_number:
                 await orders.set_state(tx, order, "mismatch", actual.status, actual.bill_number)
-                events.count(self.metrics, PARTNER, "amount_mismatch")
+                reason = f"{decision.why}_mismatch"  # amount_mismatch | currency_mismatch
+                events.count(self.metrics, PARTNER, reason)
                 log.error(
-                    "ASSIST order {order} is {status} for {paid} but we asked {amount}:"
-                    " NOT credited, an operator must look", order=number,
-                    status=actual.status, paid=str(actual.amount), amount=order.amount,
-                    account=order.account_id, bill=actual.bill_number, provider=PARTNER,
-                    reason="amount_mismatch",
+                    "ASSIST order {order} is {status} for {paid} {paid_currency} but we asked"
+                    " {amount} {currency}: NOT credited, an operator must look", order=number,
+                    status=actual.status, paid=str(actual.amount),
+                    paid_currency=actual.currency or "(no currency)", amount=order.amount,
+                    currency=order.currency, account=order.account_id,
+                    bill=actual.bill_number, provider=PARTNER, reason=reason,
                 )
                 return Settled(number, "mismatch")
             return Settled(number, "unchanged")
@@ -263,8 +365,26 @@ class AssistService:
         return Settled(number, "unchanged")
 
     async def _after_credit(self, tx: Tx, order: orders.Order, decision) -> Settled:
-        """A credited order stays credited; a reversal at the gateway is an operator's alarm."""
+        """
+        A credited order stays credited; a reversal at the gateway is an
+        operator's alarm, and so is a report that contradicts the credit (a
+        refusal or a mismatch: a push credited what the gateway now denies).
+        """
         actual = decision.result
+        if decision.status in ("declined", "mismatch"):
+            if order.gateway_status != actual.status:
+                await orders.set_state(tx, order, order.status, actual.status)
+                events.count(self.metrics, PARTNER, "unconfirmed_credit")
+                log.error(
+                    "ASSIST order {order} was credited to account {account} but the gateway"
+                    " now reports {status} for {paid} {paid_currency}: the account keeps the"
+                    " credit until an operator decides", order=order.order_number,
+                    account=order.account_id, status=actual.status, paid=str(actual.amount),
+                    paid_currency=actual.currency or "(no currency)", amount=order.amount,
+                    bill=actual.bill_number, provider=PARTNER, reason="unconfirmed_credit",
+                )
+                return Settled(order.order_number, "changed")
+            return Settled(order.order_number, "unchanged")
         if decision.kind == "set" and decision.status == "reversed":
             if order.status != "reversed":
                 await orders.set_state(tx, order, "reversed", actual.status)

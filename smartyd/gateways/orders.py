@@ -43,6 +43,7 @@ class Order:
     payment_id: int | None
     created: object
     updated: object
+    currency: str = "RUB"  # ISO 4217 letters: a bill in another currency never credits it
 
     @property
     def credited(self) -> bool:
@@ -60,13 +61,14 @@ class Order:
             "gateway_status": self.gateway_status,
             "bill_number": self.bill_number,
             "payment_id": self.payment_id,
+            "currency": self.currency,
             "created": self.created.isoformat() if self.created else None,
         }
 
 
 _COLUMNS = (
     "id, provider, order_number, account_id, amount, two_stage, status, gateway_status,"
-    " bill_number, payment_id, created, updated"
+    " bill_number, payment_id, created, updated, currency"
 )
 
 

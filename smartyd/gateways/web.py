@@ -9,10 +9,34 @@ ASSIST (``/payments/assist``):
     credentials (one body for every refusal), ``400`` for a bad amount.
     Creating an order moves no money, so the payer's credentials are the
     authorisation, as for ``POST /streams/url``.
-  - ``POST /payments/assist/result`` -- ASSIST's optional push.  Its
-    CheckValue is verified (constant-time); a genuine push only makes the
-    poller run soon (the poll is the source of truth); the answer is the
-    ``<pushpaymentresult firstcode="0" ...>`` packet the gateway expects.
+  - ``POST /payments/assist/result`` -- ASSIST's result push.  A push whose
+    shop (``Shop_IDP`` / ``merchant_id``, when present) is ours and whose
+    CheckValue verifies (constant-time, over the bytes as sent) is the
+    gateway's signed word about that order: it is settled at once
+    (L{AssistService.on_push}: credited through L{smartyd.payments.accept},
+    idempotently; the report poll later confirms).
+
+    How we answer -- our reading of the public record (the legacy "send
+    result" protocol as django-assist-ru's ``views.result`` and shop plug-ins
+    implement it; ASSIST's own manual is not public):
+      * always HTTP 200 with ``<?xml ...?><pushpaymentresult firstcode=".."
+        secondcode="..">``; the gateway reads the codes, not the HTTP status;
+      * accepted: ``0/0`` with ``<order><billnumber>..</billnumber>
+        <packetdate>..</packetdate></order>`` echoing the push (the element
+        appears only on success);
+      * another shop's ``Shop_IDP``: ``5/100`` (firstcode 5 = "wrong
+        parameter", secondcode 100 = Shop_IDP); a bad or missing CheckValue:
+        ``5/158`` (CheckValue) -- nothing is stored, nothing changes;
+      * our own failure (database down ...): ``1/0`` (generic error), so
+        the gateway sends the push again;
+      * a genuine push about an order that is not ours is acknowledged
+        (``0/0``) and logged: it is the gateway's correct word, just not
+        for us.
+    The answer is in the generation's charset (legacy: windows-1251, as the
+    reference answers; current: UTF-8).  The push form itself is decoded with
+    the charset the request declares, else UTF-8 when valid, else cp1251 --
+    the legacy gateway posts cp1251, and a Cyrillic name must not empty the
+    form.
 
 Payture (``/payments/payture``, ``/billing/payment/payture``):
   - ``POST /payments/payture/notify`` = ``POST
@@ -28,6 +52,7 @@ Money-moving work runs shielded: a client that disconnects does not cancel it.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 from xml.sax.saxutils import escape
@@ -41,10 +66,12 @@ from smartyd import ledger
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.gateways import events, orders
 from smartyd.gateways.assist import (
+    GENERATIONS,
     LEGACY,
     check_value_matches,
     current_check_value,
     legacy_check_value,
+    push_result,
 )
 from smartyd.gateways.assist_service import AssistService
 from smartyd.gateways.payture import BadNotification, PaytureService, parse_notification
@@ -111,6 +138,41 @@ def _amount(fields: dict) -> Decimal:
     return amount
 
 
+# Answers to an ASSIST push: (firstcode, secondcode) of the legacy protocol.
+PUSH_OK = (0, 0)
+PUSH_TRY_AGAIN = (1, 0)  # our fault (database down...): the gateway sends it again
+PUSH_WRONG_SHOP = (5, 100)  # parameter Shop_IDP
+PUSH_BAD_CHECK_VALUE = (5, 158)  # parameter CheckValue
+
+_CHARSET_RE = re.compile(rb"charset=\"?([A-Za-z0-9_.:-]+)", re.IGNORECASE)
+
+
+def push_fields(request: Request) -> tuple[dict[str, str], dict[str, bytes]]:
+    """
+    An ASSIST push's form fields by lower-cased name: as text, and as the
+    raw bytes the gateway sent (CheckValues are verified over those).
+
+    Text is decoded with the charset the request declares, else UTF-8 when
+    every value is valid UTF-8, else cp1251 -- the legacy gateway's encoding
+    (a Cyrillic name in cp1251 is practically never valid UTF-8).  Nothing
+    here refuses a form: one odd byte must not empty a genuine push.
+    """
+    raw: dict[str, bytes] = {}
+    for name, values in (request.args or {}).items():
+        key = name.decode("latin-1").lower()
+        if values and key not in raw:
+            raw[key] = values[0]
+    m = _CHARSET_RE.search(request.getHeader(b"content-type") or b"")
+    charsets = [m.group(1).decode("ascii")] if m else []
+    charsets += ["utf-8", "cp1251"]
+    for charset in charsets:
+        try:
+            return {k: v.decode(charset) for k, v in raw.items()}, raw
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return {k: v.decode("cp1251", "replace") for k, v in raw.items()}, raw  # pragma: no cover
+
+
 class _Portal:
     """Order creation for a payer who proves who they are (login + password)."""
 
@@ -175,52 +237,66 @@ class AssistWeb(_Portal):
 
     async def _result(self, request: Request) -> bytes:
         route = "assist_result"
-        try:
-            fields = {k.lower(): v for k, v in request_fields(request).items()
-                      if isinstance(v, str)}
-        except BadRequest:
-            fields = {}
         cfg = self.service.cfg
-        bill = fields.get("billnumber", "")
-        packet = fields.get("packetdate", "")
-        number = fields.get("ordernumber") or fields.get("order_idp") or ""
-        given = fields.get("checkvalue")
-        if cfg.generation == LEGACY.name:
-            total = fields.get("total") or fields.get("subtotal_p") or fields.get(
-                "orderamount", "")
-            currency = fields.get("currency") or fields.get("ordercurrency", "")
-            expected = legacy_check_value(cfg.shop_id, number, total, currency, cfg.secret)
+        legacy = cfg.generation == LEGACY.name
+        text, raw = push_fields(request)
+        bill, packet = text.get("billnumber", ""), text.get("packetdate", "")
+        number = text.get("ordernumber") or text.get("order_idp") or ""
+        shop = text.get("shop_idp" if legacy else "merchant_id")
+        if shop is not None and shop.strip() != cfg.shop_id:
+            events.count(self.metrics, "assist", "wrong_shop")
+            log.warn("ASSIST push for order {order} refused: it names shop {shop}, not ours",
+                     order=number[:64], shop=shop[:64], provider="assist", reason="wrong_shop")
+            return self._push_answer(request, route, PUSH_WRONG_SHOP)
+
+        def rawf(*names: str) -> bytes:
+            return next((raw[n] for n in names if raw.get(n)), b"")
+
+        order_raw = rawf("ordernumber", "order_idp")
+        if legacy:
+            expected = legacy_check_value(cfg.shop_id, order_raw,
+                                          rawf("total", "subtotal_p", "orderamount"),
+                                          rawf("currency", "ordercurrency"), cfg.secret)
         else:
-            expected = current_check_value(
-                cfg.secret, cfg.shop_id, number, fields.get("orderamount", ""),
-                fields.get("ordercurrency", ""), fields.get("orderstate", ""))
-        if not number or not cfg.secret or not check_value_matches(expected, given):
+            expected = current_check_value(cfg.secret, cfg.shop_id, order_raw,
+                                           rawf("orderamount"), rawf("ordercurrency"),
+                                           rawf("orderstate"))
+        if not number or not cfg.secret or not check_value_matches(expected,
+                                                                   text.get("checkvalue")):
             events.count(self.metrics, "assist", "bad_check_value")
             log.warn("ASSIST push for order {order} refused: bad or missing CheckValue",
                      order=number[:64], provider="assist", reason="bad_check_value")
-            return self._push_answer(request, route, 403, bill, packet, first="1")
+            return self._push_answer(request, route, PUSH_BAD_CHECK_VALUE)
+        pushed = push_result(text, GENERATIONS[cfg.generation])
         try:
-            order = await self.db.run(orders.get, "assist", number)
+            await self.service.on_push(number, pushed)
         except DatabaseUnavailable:
-            return self._push_answer(request, route, 503, bill, packet, first="2")
-        if order is not None and order.status not in orders.FINAL:
-            log.info("ASSIST push for order {order}: polling soon", order=number,
-                     provider="assist", bill=bill)
-            self.service.poll_soon()
-        return self._push_answer(request, route, 200, bill, packet)
+            return self._push_answer(request, route, PUSH_TRY_AGAIN)
+        except Exception:
+            log.failure("ASSIST push for order {order} failed", order=number,
+                        provider="assist")
+            return self._push_answer(request, route, PUSH_TRY_AGAIN)
+        return self._push_answer(request, route, PUSH_OK, bill, packet)
 
-    def _push_answer(self, request: Request, route: str, status: int, bill: str,
-                     packet: str, first: str = "0") -> bytes:
-        self.metrics.http_requests.labels(route, str(status)).inc()
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f'<pushpaymentresult firstcode="{first}" secondcode="0"><order>'
-            f'<billnumber>{escape(bill[:64])}</billnumber>'
-            f'<packetdate>{escape(packet[:64])}</packetdate>'
-            '</order></pushpaymentresult>'
-        ).encode("utf-8")
+    def _push_answer(self, request: Request, route: str, codes: tuple[int, int],
+                     bill: str = "", packet: str = "") -> bytes:
+        """
+        The reference answer: HTTP 200 and ``<pushpaymentresult firstcode
+        secondcode>``, with the ``<order>`` echo only when accepted; in the
+        generation's charset (the legacy gateway speaks cp1251).
+        """
+        first, second = codes
+        charset = "windows-1251" if self.service.cfg.generation == LEGACY.name else "utf-8"
+        self.metrics.http_requests.labels(route, "200").inc()
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", f"text/xml; charset={charset}".encode("ascii"))
+        order = ""
+        if first == 0:
+            order = (f"<order><billnumber>{escape(bill[:64])}</billnumber>"
+                     f"<packetdate>{escape(packet[:64])}</packetdate></order>")
+        return (f'<?xml version="1.0" encoding="{charset}"?>'
+                f'<pushpaymentresult firstcode="{first}" secondcode="{second}">'
+                f"{order}</pushpaymentresult>").encode(charset, "replace")
 
 
 class PaytureWeb(_Portal):

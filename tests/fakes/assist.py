@@ -17,6 +17,12 @@ Current (``payments.paysecure.ru``):
   POST /charge/charge.cfm       Billnumber of a Delayed bill -> it becomes Approved
   POST /cancel/wscancel.cfm     Billnumber -> Canceled
 
+Result pushes (what the gateway POSTs to the shop): L{FakeAssist.legacy_push} -- the
+urlencoded form in cp1251 with ``Shop_IDP, OrderNumber, Total, Currency, Status, BillNumber,
+PacketDate, ..., CheckValue = MD5(Shop_IDP+OrderNumber+Total+Currency+secret)`` upper-case
+hex --, L{FakeAssist.current_push} -- lower-case names in UTF-8, ``checkvalue =
+UPPER(MD5(UPPER(MD5(secret)+MD5(merchant_id+ordernumber+orderamount+ordercurrency+orderstate))))``.
+
 Knobs: ``modes`` (a queue of "500", "hang" -- never answers --, "html", "garbage",
 "empty"; each request takes one), ``credentials``.  ``requests`` lists the paths asked.
 L{in_memory_client} is a StubTreq that pumps answers given later.
@@ -26,8 +32,10 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import itertools
 from decimal import Decimal
+from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
 from klein import Klein
@@ -143,6 +151,49 @@ class FakeAssist:
         if mode == "empty":
             return b""
         return None
+
+    # -- result pushes ------------------------------------------------------------------------------
+    @staticmethod
+    def _md5(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest().upper()
+
+    def legacy_push(self, bill: dict, secret: str, shop_id: str | None = None,
+                    **over) -> bytes:
+        """The legacy gateway's push about ``bill``: a urlencoded form body in cp1251."""
+        shop = self.credentials[0] if shop_id is None else shop_id
+        fields = {
+            "Shop_IDP": shop, "OrderNumber": bill["order"],
+            "Response_Code": "AS100" if bill["state"].lower().startswith("not") else "AS000",
+            "Recommendation": "", "Message": "", "Comment": bill["comment"],
+            "Date": self._fmt_date(bill["date"]), "Total": f"{bill['amount']:.2f}",
+            "Currency": bill["currency"], "CardType": "VISA", "CardNumber": "411111******1111",
+            "LastName": "Иванов", "FirstName": "Иван", "MiddleName": "Иванович",
+            "Email": "ivan@example.ru", "Country": "RU", "ApprovalCode": "123456",
+            "CardHolder": "IVAN IVANOV", "IPAddress": "192.0.2.7", "ProtocolTypeName": "NET",
+            "BillNumber": bill["bill"], "BankName": "Сбербанк", "Status": bill["state"],
+            "Error_Code": "", "Error_Comment": "", "ProcessingName": "Test",
+            "PacketDate": self._fmt_date(self.now), "PaymentTransactionType_id": bill["type"],
+        }
+        fields.update(over)
+        signed = "".join(fields[k] for k in ("Shop_IDP", "OrderNumber", "Total", "Currency"))
+        fields.setdefault("CheckValue", self._md5((signed + secret).encode("cp1251")))
+        return urlencode(fields, encoding="cp1251").encode("ascii")
+
+    def current_push(self, bill: dict, secret: str, **over) -> bytes:
+        """The current gateway's push about ``bill``: a urlencoded form body in UTF-8."""
+        fields = {
+            "merchant_id": self.credentials[0], "ordernumber": bill["order"],
+            "billnumber": bill["bill"], "orderamount": f"{bill['amount']:.2f}",
+            "ordercurrency": bill["currency"], "orderstate": bill["state"],
+            "orderdate": self._fmt_date(bill["date"]), "packetdate": self._fmt_date(self.now),
+            "responsecode": "AS000", "firstname": "Иван", "lastname": "Иванов",
+        }
+        fields.update(over)
+        signed = "".join(fields[k] for k in ("merchant_id", "ordernumber", "orderamount",
+                                             "ordercurrency", "orderstate"))
+        inner = self._md5(secret.encode()) + self._md5(signed.encode("utf-8"))
+        fields.setdefault("checkvalue", self._md5(inner.encode()))
+        return urlencode(fields, encoding="utf-8").encode("ascii")
 
     # -- legacy --------------------------------------------------------------------------------------
     def _legacy_auth(self, request) -> bool:
