@@ -22,6 +22,8 @@ from smartyd.db import Database
 from smartyd.db.embedded import EmbeddedCluster
 from smartyd.db.migrate import migrate
 from smartyd.metrics import Metrics
+from smartyd.streams.entitlements import Entitlements
+from streams_world import World, seed, within
 
 # Tables emptied between tests (schema_migrations stays).
 def _data_tables(dsn: str) -> list[str]:
@@ -97,6 +99,24 @@ async def db(make_db, pg_dsn):
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
+
+
+@pytest_twisted.async_fixture
+async def world(db) -> World:
+    """The stream tests' catalog (tests/streams_world.py) in a clean database."""
+    return await seed(db)
+
+
+@pytest_twisted.async_yield_fixture
+async def entitlements(db, world, metrics):
+    """The entitlement snapshot service on ``world``, loaded."""
+    service = Entitlements(db, metrics=metrics, clock=reactor)
+    service.startService()
+    try:
+        await within(service.when_loaded(), 10)
+        yield service
+    finally:
+        await service.stopService()
 
 
 def make_config(**sections) -> Config:

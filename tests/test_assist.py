@@ -27,7 +27,7 @@ from fakes.assist import FakeAssist, in_memory_client
 from smartyd import ledger
 from smartyd.config import ConfigError
 from smartyd.gateways import assist as A
-from smartyd.gateways import events, orders
+from smartyd.gateways import orders
 from smartyd.gateways.assist_service import POLLER_JOB
 from smartyd.metrics import Metrics
 from smartyd.partners import HTTPClientService, PartnerProtocolError, PartnerRefused

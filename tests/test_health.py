@@ -1,10 +1,10 @@
 import json
 
 import pytest_twisted
-from tests.test_streams_world import stub_treq as _stub_treq
+from fakes import in_memory_client as _stub_treq
 from twisted.internet import reactor
 
-from tests.daemon import build as build_parts
+from testapp import build as build_parts
 from smartyd.config import Config
 from smartyd.metrics import Metrics
 

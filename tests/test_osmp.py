@@ -23,19 +23,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 from treq.client import HTTPClient
-from treq.testing import StubTreq
 from twisted.internet import defer, reactor, task
 from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from smartyd import admin, ledger, osmp, payments
-from tests.daemon import build as build_parts
+from testapp import build as build_parts
+from fakes import in_memory_client
 from smartyd.metrics import Metrics
 from smartyd.web import make_site
-from tests.conftest import make_config
+from conftest import make_config
 
 T0 = 1_772_366_400  # 2026-03-01 12:00:00 UTC, 15:00 in Moscow
 USER, PASSWORD = "osmp", "s3cret"
@@ -132,31 +130,11 @@ class Terminal:
         return await self.send(params, **kw)
 
 
-class Flushing(Resource):
-    """
-    Delivers the answers of async routes, which StubTreq's in-memory
-    connection holds until someone calls C{flush()}.
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: Resource):
-        super().__init__()
-        self.inner = inner
-        self.stub = StubTreq(self)
-
-    def render(self, request):
-        result = self.inner.render(request)
-        if result is NOT_DONE_YET:
-            request.notifyFinish().addBoth(lambda _: reactor.callLater(0, self.stub.flush))
-        return result
-
-
 def serve(db, metrics=None, clock=None, osmp_cfg=None, http=None):
     """The daemon's parts and root on ``db``, and a terminal talking to them."""
     clock = clock or make_clock()
     parts = build_parts(config(osmp_cfg, http), clock, db, metrics or Metrics())
-    return parts, Terminal(Flushing(parts.root).stub, clock)
+    return parts, Terminal(in_memory_client(parts.root), clock)
 
 
 async def account(db, login: str, account_id: int | None = None) -> ledger.Account:

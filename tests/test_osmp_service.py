@@ -21,7 +21,7 @@ from smartyd.db import Database
 from smartyd.metrics import Metrics
 from smartyd.osmp.protocol import OSMPRequest, format_txn_date, parse_request
 from smartyd.osmp.service import OSMPService
-from tests.conftest import make_config
+from conftest import make_config
 
 T0 = 1_772_366_400  # 2026-03-01 12:00:00 UTC
 

@@ -15,7 +15,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
@@ -23,7 +23,7 @@ from conftest import make_config
 from fakes.assist import in_memory_client
 from fakes.payture import FakePayture
 from smartyd import ledger
-from smartyd.gateways import events, orders
+from smartyd.gateways import orders
 from smartyd.gateways import payture as P
 from smartyd.partners import PartnerProtocolError
 from smartyd.wiring import build_app

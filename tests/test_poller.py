@@ -1,4 +1,3 @@
-import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock

@@ -20,7 +20,7 @@ from smartyd.streams.entitlements import SnapshotBuilder
 from smartyd.streams.fast import FastCheckFactory, FastListenError, FastListener, listen_now
 from smartyd.streams.tokens import TokenCodec
 from smartyd.streams.worker import TakeTurns
-from test_streams_world import connect, get
+from streams_world import connect, get
 
 IP = "127.0.0.1"
 

@@ -21,15 +21,8 @@ from smartyd.streams.fast import FastCheckFactory
 from smartyd.streams.pool import WorkerPool
 from smartyd.streams.tokens import TokenCodec
 from smartyd.streams.web import StreamsApp
-from test_streams_world import (  # noqa: F401, F811  (fixtures are used by name)
-    connect,
-    entitlements,
-    get,
-    seed,
-    stub_treq,
-    within,
-    world,
-)
+from fakes import in_memory_client as stub_treq
+from streams_world import connect, get, seed, within
 
 IP = "127.0.0.1"
 

@@ -13,22 +13,14 @@ from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 
-from tests.daemon import build as build_parts
+from testapp import build as build_parts
 from smartyd.streams.check import Checker, prometheus_counters
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastListener
 from smartyd.streams.tokens import TokenCodec
 from smartyd.streams.web import StreamsApp
-from test_streams_world import (  # noqa: F401, F811  (fixtures are used by name)
-    PASSWORD,
-    UID,
-    connect,
-    entitlements,
-    get,
-    stub_treq,
-    within,
-    world,
-)
+from fakes import in_memory_client as stub_treq
+from streams_world import PASSWORD, UID, connect, get, within
 from conftest import make_config
 
 NOW = 1_700_000_000

@@ -25,7 +25,6 @@ unreachable, the payment still in progress).
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Any
 
 from attrs import define, field, frozen

@@ -3,6 +3,7 @@
 from treq.testing import StubTreq
 from twisted.internet import reactor
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 
 class _Pumping(Resource):
@@ -15,7 +16,7 @@ class _Pumping(Resource):
 
     def render(self, request):
         result = self.inner.render(request)
-        if not request.finished:  # answered later: pump once it is written
+        if result is NOT_DONE_YET and not request.finished:  # answered later: pump once written
             request.notifyFinish().addCallbacks(
                 lambda _: reactor.callLater(0, self.stub.flush), lambda _: None
             )
@@ -23,7 +24,11 @@ class _Pumping(Resource):
 
 
 def in_memory_client(resource) -> StubTreq:
-    """A treq client wired to ``resource`` in memory (no sockets)."""
+    """
+    A treq client wired to ``resource`` in memory (no sockets) that needs no
+    manual ``flush()``: an answer written later (an async route) is delivered
+    as soon as it is written.  The one StubTreq helper of the suite.
+    """
     pumping = _Pumping(resource)
     stub = StubTreq(pumping)
     pumping.stub = stub

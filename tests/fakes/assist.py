@@ -41,7 +41,6 @@ from xml.sax.saxutils import escape
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
-from twisted.web.resource import Resource
 
 from fakes import in_memory_client  # noqa: F401  (re-exported for the tests)
 

@@ -1,7 +1,7 @@
 """
-Fixtures shared by the stream-token tests (imported by the other
-``test_streams_*`` modules): a small catalog in the database, the
-entitlement service on it, and a raw HTTP client for the fast listener.
+What the stream-token tests share: a small catalog in the database (the
+``world`` fixture in conftest.py seeds it), the entitlement service on it
+(the ``entitlements`` fixture), and a raw HTTP client for the fast listener.
 
     alice  active, tariff "basic" (ch1), device UID, password PASSWORD
     bob    active, no tariff
@@ -12,19 +12,14 @@ entitlement service on it, and a raw HTTP client for the fast listener.
 from __future__ import annotations
 
 import httptools
-import pytest_twisted
 from attrs import define, field
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
-from treq.testing import StubTreq
 
 from smartyd import catalog, ledger
-from smartyd.streams.entitlements import Entitlements
 
 PASSWORD = "correct horse"
 UID = "00:1a:2b:3c:4d:5e"
@@ -67,52 +62,9 @@ async def seed(db) -> World:
     return await db.run(build)
 
 
-@pytest_twisted.async_fixture
-async def world(db) -> World:
-    return await seed(db)
-
-
-@pytest_twisted.async_yield_fixture
-async def entitlements(db, world, metrics):
-    service = Entitlements(db, metrics=metrics, clock=reactor)
-    service.startService()
-    try:
-        await within(service.when_loaded(), 10)
-        yield service
-    finally:
-        await service.stopService()
-
-
 def within(d: Deferred, seconds: float) -> Deferred:
     """Fail C{d} with TimeoutError unless it fires within C{seconds}."""
     return d.addTimeout(seconds, reactor)
-
-
-class _Flushing(Resource):
-    """
-    Delivers a response StubTreq's in-memory connection would otherwise hold
-    until someone calls C{flush()} (an C{async} route finishes later).
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: Resource):
-        super().__init__()
-        self.inner = inner
-        self.stub: StubTreq | None = None
-
-    def render(self, request):
-        result = self.inner.render(request)
-        if result is NOT_DONE_YET:
-            request.notifyFinish().addBoth(lambda _: reactor.callLater(0, self.stub.flush))
-        return result
-
-
-def stub_treq(resource: Resource) -> StubTreq:
-    """A StubTreq over C{resource} that needs no manual C{flush()}."""
-    flushing = _Flushing(resource)
-    flushing.stub = StubTreq(flushing)
-    return flushing.stub
 
 
 @define(eq=False)
