@@ -24,6 +24,7 @@ from twisted.python import usage
 from smartyd import config as configmod
 from smartyd.app import Daemon
 from smartyd.db import embedded
+from smartyd.db.supervisor import ClusterSupervisor
 from smartyd.logs import JSONLineObserver, level_filtered
 
 log = Logger()
@@ -97,6 +98,18 @@ class SmartyService(MultiService):
         )
         self.http._raiseSynchronously = True
         self.http.setServiceParent(self)
+        # [h-db] Restart the embedded cluster when its postmaster dies; exit
+        # non-zero (self.fatal) when it stays down.  Added last, so it stops
+        # first: no restarts while the tree shuts down and _stop stops the
+        # cluster.  The pool pokes it whenever a connection breaks.
+        self.supervisor = None
+        if cluster is not None:
+            self.supervisor = ClusterSupervisor(
+                cluster, reactor, self.fatal,
+                restart_timeout=cfg.database.embedded_restart_timeout,
+            )
+            self.supervisor.setServiceParent(self)
+            self.daemon.db.on_unavailable = self.supervisor.poke
 
     def setServiceParent(self, parent):
         # twistd makes the Application after makeService; registering our

@@ -31,6 +31,7 @@ import psycopg2.errors
 from attrs import define, field
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from txpostgres import txpostgres
 
@@ -120,6 +121,15 @@ class _Conn(txpostgres.Connection):
 
     on_lost: Callable[[], None] | None = None
 
+    def doRead(self):
+        # An idle connection whose server went away raises from poll() here;
+        # returning the reason makes the reactor drop it (connectionLost)
+        # without an "Unhandled Error" traceback in the log.
+        try:
+            return super().doRead()
+        except psycopg2.OperationalError as e:
+            return ConnectionLost(first_line(e))
+
     def connectionLost(self, reason):
         super().connectionLost(reason)
         if self.on_lost is not None:
@@ -171,6 +181,9 @@ class Database:
     timeout: float = 15.0
     acquire_timeout: float = 10.0
     connect_timeout: int = 3
+    # Called (no arguments) when a connection breaks or cannot be made: the
+    # embedded cluster's supervisor checks the postmaster at once.
+    on_unavailable: Callable[[], None] | None = None
     _free: deque = field(factory=deque)
     _waiters: deque = field(factory=deque)
     _all: list = field(factory=list)
@@ -252,6 +265,7 @@ class Database:
                 try:
                     conn = await self._connect()
                 except _CONNECTION_ERRORS as e:
+                    self._unavailable()
                     raise DatabaseUnavailable(f"cannot connect: {first_line(e)}") from e
             d = conn.runInteraction(
                 lambda cursor: Deferred.fromCoroutine(fn(Tx(cursor), *args, **kwargs))
@@ -264,11 +278,19 @@ class Database:
                 if not healthy:
                     _close_quietly(conn)
                     conn = None
+                    self._unavailable()
                 if error is None:
                     raise
                 raise error from e
         finally:
             self._release(conn)
+
+    def _unavailable(self) -> None:
+        if self.on_unavailable is not None:
+            try:
+                self.on_unavailable()
+            except Exception:
+                log.failure("on_unavailable hook failed")
 
     # -- connections of their own ----------------------------------------------------
     async def open_dedicated(self) -> "Dedicated":

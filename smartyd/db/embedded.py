@@ -78,8 +78,14 @@ class PostmasterInfo:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        # A killed postmaster stays a zombie until its parent (init, or a
+        # container's PID 1, which may reap late or never) reaps it.
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True  # no /proc: trust kill(0)
+        return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 @frozen
