@@ -140,3 +140,16 @@ def test_poke_checks_at_once():
     assert cluster.starts == 1 and cluster.alive and sup.restarts == 1
     sup.stopService()
     assert clock.getDelayedCalls() == []
+
+
+def test_embedded_restart_timeout_is_configurable_and_validated():
+    from smartyd.config import ConfigError, from_dict
+
+    assert from_dict({}).database.embedded_restart_timeout == 60.0
+    assert from_dict({"database": {"embedded_restart_timeout": 5}}) \
+        .database.embedded_restart_timeout == 5.0
+    for bad, message in [(0, "must be at least 1.0"), ("soon", "expected a number")]:
+        with pytest.raises(ConfigError) as caught:
+            from_dict({"database": {"embedded_restart_timeout": bad}})
+        assert "[database] embedded_restart_timeout" in str(caught.value)
+        assert message in str(caught.value)
