@@ -27,7 +27,6 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import psycopg2
-import psycopg2.errors
 from attrs import define, field
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -372,9 +371,6 @@ def first_line(e: BaseException) -> str:
     """The first line of an error's text (driver errors carry multi-line details)."""
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0]
-
-
-_first_line = first_line  # the old private name
 
 
 class Dedicated:
