@@ -169,6 +169,9 @@ class DatabaseConfig:
     dsn: str = _c(string, "", secret=True)
     pool_size: int = _c(integer(1, 256), 8)
     timeout: float = _c(number(0.1), 15.0)
+    # Seconds the daemon keeps trying to restart a dead embedded cluster
+    # before it exits non-zero (and the service manager restarts it).
+    embedded_restart_timeout: float = _c(number(1.0), 60.0)
 
 
 @frozen

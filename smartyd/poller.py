@@ -10,7 +10,8 @@ Semantics (after buildbot's ``util/poll.py`` and txacme's service):
   - cluster-wide once: with a database, a run first takes the job's
     PostgreSQL advisory lock on a connection of its own (another instance
     holding it means "skip"), then checks ``job_runs.last_started`` so that N
-    instances together never run the job more often than ``interval``;
+    instances together never run the job more often than ``interval``
+    (L{smartyd.db.locks.cluster_once}: the poller itself knows no SQL);
   - ``stopService`` cancels the timer and waits for the run in flight.
 
 The clock is injected: tests drive it with ``task.Clock``.
@@ -18,7 +19,7 @@ The clock is injected: tests drive it with ``task.Clock``.
 
 from __future__ import annotations
 
-import zlib
+from contextlib import nullcontext
 from typing import Any, Awaitable, Callable
 
 from attrs import define, field
@@ -27,19 +28,25 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from smartyd.db import Database, DatabaseUnavailable, _close_quietly, _first_line
-from smartyd.partners import PartnerError
+from smartyd.db import Database, DatabaseUnavailable
+from smartyd.util.text import one_line
+from smartyd.db.locks import Turn, cluster_once
+from smartyd.util.backoff import exponential
 
 log = Logger()
 
-# Leaves a little slack so that a run scheduled exactly ``interval`` after
-# the last one is not refused for a few milliseconds of clock skew.
-PACING_SLACK = 0.98
 
-
-def job_lock_key(job: str) -> int:
-    """A stable advisory-lock key for ``job`` (namespace 0x5D in the high bits)."""
-    return (0x5D << 32) | zlib.crc32(job.encode("utf-8"))
+def expected_failure(e: BaseException) -> bool:
+    """
+    The default ``classify``: is ``e`` an outage to log as one warning line
+    (rather than a bug to log with its traceback)?  The database being
+    unavailable, and partner errors (L{smartyd.partners.PartnerError}, which
+    name their partner; recognised by that attribute so that the poller need
+    not import the partners' layer).
+    """
+    return isinstance(e, DatabaseUnavailable) or (
+        isinstance(getattr(e, "partner", None), str) and isinstance(getattr(e, "message", None), str)
+    )
 
 
 @define(eq=False)
@@ -50,6 +57,9 @@ class Poller(Service):
     clock: Any
     db: Database | None = None
     metrics: Any = None
+    # classify(e) -> True: an expected failure (one warning line), False: a
+    # bug (logged with its traceback).
+    classify: Callable[[BaseException], bool] = expected_failure
     max_backoff: float = 3600.0
     initial_delay: float = 0.0
     failures: int = 0
@@ -85,7 +95,7 @@ class Poller(Service):
     def next_delay(self) -> float:
         if self.failures == 0:
             return self.interval
-        return min(self.interval * 2 ** min(self.failures, 16), max(self.max_backoff, self.interval))
+        return exponential(self.interval, self.failures, max(self.max_backoff, self.interval))
 
     def _schedule(self, delay: float) -> None:
         if self._stopped:
@@ -148,61 +158,35 @@ class Poller(Service):
         started = self.clock.seconds()
         outcome = "ok"
         error: str | None = None
-        conn = None
         try:
-            if self.db is not None:
-                try:
-                    conn = await self.db._connect()
-                except Exception as e:
-                    raise DatabaseUnavailable(f"cannot connect: {_first_line(e)}") from e
-                if not await self._take_lock(conn):
+            async with self._turn() as turn:
+                if turn is None:
                     outcome = "skipped"
                     return
-            await self.work()
-        except (PartnerError, DatabaseUnavailable) as e:
-            outcome, error = "error", _first_line(e)
-            log.warn("{job} run failed: {error}", job=self.job, error=error)
-        except Exception as e:
-            outcome, error = "error", f"{type(e).__name__}: {_first_line(e)}"
-            log.failure("{job} run failed unexpectedly", job=self.job)
+                try:
+                    await self.work()
+                except Exception as e:
+                    outcome, error = "error", self._failed(e)
+                    turn.failed(error)
+        except Exception as e:  # the cluster-wide lock could not be taken
+            outcome, error = "error", self._failed(e)
         finally:
-            if conn is not None:
-                if outcome != "skipped":
-                    await self._record(conn, outcome == "ok", error)
-                _close_quietly(conn)  # releases the session advisory lock too
             self._account(outcome, self.clock.seconds() - started)
 
-    async def _take_lock(self, conn) -> bool:
-        rows = await conn.runQuery(
-            "SELECT pg_try_advisory_lock(%s)", (job_lock_key(self.job),)
-        )
-        if not rows[0][0]:
-            log.debug("{job}: another instance is running it", job=self.job)
-            return False
-        rows = await conn.runQuery(
-            "INSERT INTO job_runs AS j (job, last_started, runs) VALUES (%s, now(), 1)"
-            " ON CONFLICT (job) DO UPDATE SET last_started = now(), runs = j.runs + 1"
-            " WHERE j.last_started IS NULL"
-            "    OR j.last_started <= now() - make_interval(secs => %s)"
-            " RETURNING 1",
-            (self.job, self.interval * PACING_SLACK),
-        )
-        if not rows:
-            log.debug("{job}: ran less than {interval}s ago on some instance",
-                      job=self.job, interval=self.interval)
-            return False
-        return True
+    def _turn(self):
+        """Without a database every instance runs; with one, L{cluster_once} decides."""
+        if self.db is None:
+            return nullcontext(Turn())
+        return cluster_once(self.db, self.job, self.interval)
 
-    async def _record(self, conn, ok: bool, error: str | None) -> None:
-        try:
-            await conn.runOperation(
-                "UPDATE job_runs SET last_finished = now(), last_ok = %s, last_error = %s,"
-                " failures = failures + %s WHERE job = %s",
-                (ok, error, 0 if ok else 1, self.job),
-            )
-        except Exception as e:
-            log.warn("{job}: could not record the run: {error}", job=self.job,
-                     error=_first_line(e))
+    def _failed(self, e: Exception) -> str:
+        """Log a failed run (called in the except block); return the error to record."""
+        if self.classify(e):
+            error = one_line(e)
+            log.warn("{job} run failed: {error}", job=self.job, error=error)
+            return error
+        log.failure("{job} run failed unexpectedly", job=self.job)
+        return f"{type(e).__name__}: {one_line(e)}"
 
     def _account(self, outcome: str, duration: float) -> None:
         self.last_outcome = outcome

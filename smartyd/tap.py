@@ -11,7 +11,8 @@ It reads top to bottom, as the daemon starts:
      L{smartyd.wiring.build_app});
   4. the service tree: L{SmartyService} (log observer, signals, the embedded
      cluster) over L{smartyd.wiring.Daemon} (migrations, then the features'
-     services) and the HTTP listener.
+     services), the HTTP listener and, for the embedded cluster, its
+     L{ClusterSupervisor}.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from twisted.python import usage
 from smartyd import config as configmod
 from smartyd.db import Database
 from smartyd.db import embedded
+from smartyd.db.supervisor import ClusterSupervisor
 from smartyd.logs import ConsoleObserver, JSONLineObserver, fan_out, level_filtered
 from smartyd.metrics import Metrics
 from smartyd.util.text import one_line
@@ -68,6 +70,15 @@ def makeService(options, reactor=None):
     http = StreamServerEndpointService(serverFromString(reactor, cfg.http.listen), daemon.site)
     raise_listen_errors(http)
     http.setServiceParent(root)
+    if cluster is not None:
+        # Restarts the embedded cluster when its postmaster dies, and exits
+        # non-zero when it stays down.  Added last, so it stops first: no
+        # restarts while the tree shuts down.  The pool pokes it whenever a
+        # connection breaks.
+        supervisor = ClusterSupervisor(cluster, reactor, root.fatal,
+                                       restart_timeout=cfg.database.embedded_restart_timeout)
+        supervisor.setServiceParent(root)
+        db.on_unavailable = supervisor.poke
     return root
 
 

@@ -119,3 +119,45 @@ def test_bad_config_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert proc.stderr == "smartyd-admin: [osmp] min_sum: 10 is above max_sum 5\n"
+
+
+def test_admin_never_stops_the_cluster_of_a_running_daemon(pg_root):
+    import os
+    import shutil
+
+    from smartyd.db.embedded import EmbeddedCluster, lock_state_dir
+
+    state = pg_root / f"admin-state-{os.getpid()}"
+    cfg = pg_root / f"admin-{os.getpid()}.toml"
+    cfg.write_text(f'[state]\ndir = "{state}"\n[log]\nfile = "{state}/smartyd.jsonl"\n')
+    cluster = EmbeddedCluster.in_state_dir(state)
+
+    def admin(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    try:
+        cluster.ensure_running()
+        cluster.stop()
+        daemon_lock = lock_state_dir(state)  # a daemon runs (its cluster is down)
+        try:
+            assert admin("migrate")["version"] >= 1
+            assert cluster.running() is not None  # the daemon's cluster stays up
+            admin("account", "create", "--login", "beside-the-daemon")
+            assert cluster.running() is not None
+        finally:
+            os.close(daemon_lock)
+        # No daemon: a running cluster is left running, a stopped one stopped again.
+        admin("migrate")
+        assert cluster.running() is not None
+        cluster.stop()
+        admin("migrate")
+        assert cluster.running() is None
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(state, ignore_errors=True)
+        cfg.unlink()

@@ -5,6 +5,7 @@ separate process, on its own embedded PostgreSQL under a temporary state dir.
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -12,9 +13,11 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from smartyd.db.embedded import EmbeddedCluster, PostmasterInfo
@@ -275,3 +278,56 @@ def test_smartyd_dev_without_a_command_prints_its_usage():
     assert proc.returncode == 2
     assert proc.stderr == ("smartyd-dev: usage: ./smartyd-dev run [--config FILE]"
                            " | ./smartyd-dev test [PYTEST ARGS]\n")
+
+
+def osmp_pay(port, txn_id, account, amount):
+    query = urllib.parse.urlencode({
+        "command": "pay", "txn_id": txn_id, "account": account, "sum": amount,
+        "txn_date": time.strftime("%Y%m%d%H%M%S", time.gmtime(time.time() + 3 * 3600)),
+    })
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/payments/osmp?{query}",
+                                timeout=10) as r:
+        return int(re.search(rb"<result>(\d+)</result>", r.read()).group(1))
+
+
+def test_a_killed_postmaster_is_restarted_and_a_paid_payment_stays_once(state, tmp_path):
+    d = Daemon(tmp_path, state, free_port(),
+               extra='[osmp]\nusername = ""\naccount = "id"\nallow = ["127.0.0.0/8"]\n').start()
+    try:
+        d.wait_healthy()
+        pgdata = state / "pgdata"
+        with psycopg2.connect(EmbeddedCluster(pgdata).dsn()) as conn, conn.cursor() as cur:
+            cur.execute("INSERT INTO accounts (login) VALUES ('e2e-restart') RETURNING id")
+            account = cur.fetchone()[0]
+        conn.close()
+        assert osmp_pay(d.port, "9100001", account, "10.00") == 0
+
+        old = PostmasterInfo.read(pgdata)
+        os.kill(old.pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        def restarted():
+            info = PostmasterInfo.read(pgdata)
+            if info is None or info.pid == old.pid or not info.alive():
+                return None
+            h = health(d.port)
+            return h if h and h[0] == 200 else None
+
+        wait_until(restarted, timeout=60, what="the embedded cluster restarted and healthy")
+        print(f"postmaster SIGKILL to healthy: {time.monotonic() - killed:.2f}s")
+        assert d.proc.poll() is None  # the same daemon process
+        # The terminal retries the pay it already got 0 for: still 0, still once.
+        assert osmp_pay(d.port, "9100001", account, "10.00") == 0
+        with psycopg2.connect(EmbeddedCluster(pgdata).dsn()) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM payments WHERE provider = 'osmp'"
+                        " AND external_id = '9100001'")
+            assert cur.fetchone()[0] == 1
+            cur.execute("SELECT balance, (SELECT sum(amount) FROM ledger WHERE account_id = %s)"
+                        " FROM accounts WHERE id = %s", (account, account))
+            assert [str(v) for v in cur.fetchone()] == ["10.00", "10.00"]
+        conn.close()
+        events = [json.loads(l)["event"] for l in open(d.log_file)]
+        assert any(e.startswith("restarting embedded PostgreSQL (attempt 1)") for e in events)
+        assert any(e.startswith("embedded PostgreSQL is running again") for e in events)
+    finally:
+        d.stop()

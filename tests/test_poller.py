@@ -1,3 +1,4 @@
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -181,3 +182,61 @@ def test_a_forced_run_that_ran_restarts_the_interval():
     assert [c.getTime() for c in clock.getDelayedCalls()] == [90]
     p.stopService()
     assert clock.getDelayedCalls() == []
+
+
+def _poller_events(events):
+    return [(e["log_level"].name, e.get("error")) for e in events
+            if e.get("log_namespace") == "smartyd.poller"]
+
+
+@pytest.fixture
+def log_events():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_classification_is_injectable(log_events):
+    clock, work = Clock(), Work()
+    work.fail_with = KeyError("quota")
+    p = Poller("job", 5, work, clock, classify=lambda e: isinstance(e, KeyError))
+    p.startService()
+    clock.advance(0)
+    assert p.last_outcome == "error"
+    assert _poller_events(log_events) == [("warn", "'quota'")]  # expected: one line
+    p.stopService()
+
+
+def test_default_classification_keeps_partner_and_db_errors_expected(log_events):
+    from smartyd.db import DatabaseUnavailable
+
+    clock, work = Clock(), Work()
+    p = Poller("job", 5, work, clock, max_backoff=5)
+    p.startService()
+    for error in (PartnerUnavailable("assist", "timed out"), DatabaseUnavailable("down"),
+                  ZeroDivisionError("bug")):
+        work.fail_with = error
+        clock.advance(5)
+    assert [level for level, _ in _poller_events(log_events)] == ["warn", "warn", "critical"]
+    log_events.clear()
+    p.stopService()
+
+
+def test_the_poller_knows_no_sql_partners_or_db_internals():
+    import ast
+    import inspect
+
+    from smartyd import poller
+    from smartyd.db import listen
+
+    for module in (poller, listen):
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("smartyd"):
+                assert node.module != "smartyd.partners", module.__name__
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, (module.__name__, private)
+    assert "SELECT" not in inspect.getsource(poller)

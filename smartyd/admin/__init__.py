@@ -4,8 +4,10 @@
 Every command prints one JSON object on stdout and exits 0, or prints one
 line ``smartyd-admin: <reason>`` on stderr and exits non-zero.  It works
 beside a running daemon on the same database: with the embedded default it
-uses the cluster the daemon runs (starting it, and stopping it again, only when
-no daemon runs).  Database work goes through the same async db layer as the
+uses the cluster the daemon runs.  It starts the cluster when it is down and
+stops it again on exit only if it started it and no daemon holds the state
+dir: the daemon's cluster is never stopped from here (a daemon whose cluster
+is down gets it back; its own supervisor would restart it anyway).  Database work goes through the same async db layer as the
 daemon, on a reactor run by ``task.react``.
 """
 
@@ -237,7 +239,7 @@ class _Tail:
 
 # -- running -------------------------------------------------------------------------------------
 def _database_dsn(cfg: configmod.Config) -> tuple[str, EmbeddedCluster | None]:
-    """The DSN to use, and the cluster to stop afterwards if we started it."""
+    """The DSN to use, and the cluster to stop afterwards (unless a daemon runs) if we started it."""
     if cfg.database.dsn:
         return cfg.database.dsn, None
     cluster = EmbeddedCluster.in_state_dir(cfg.state.dir)
@@ -282,7 +284,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
             failure[0].raiseException()
     finally:
         if started is not None:
-            started.stop()
+            started.stop_unless_daemon(cfg.state.dir)
     out.write(json.dumps(result["out"], default=str, ensure_ascii=False) + "\n")
     return 0
 

@@ -78,8 +78,14 @@ class PostmasterInfo:
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
-        return True
+            pass
+        # A killed postmaster stays a zombie until its parent (init, or a
+        # container's PID 1, which may reap late or never) reaps it.
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True  # no /proc: trust kill(0)
+        return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 @frozen
@@ -250,11 +256,46 @@ class EmbeddedCluster:
             if self.running() is not None:
                 raise
 
+    def stop_unless_daemon(self, state_dir: str | Path, mode: str = "fast") -> bool:
+        """
+        Stop the cluster unless a daemon holds ``state_dir``'s lock; True if stopped.
+
+        For tools that started the cluster themselves (smartyd-admin).  The
+        check runs under the cluster lock that L{ensure_running} takes, so a
+        daemon starting meanwhile either is seen here or starts the cluster
+        again after we stopped it (it takes the state-dir lock first).
+        """
+        fd = self._lock()
+        try:
+            if state_dir_locked(state_dir):
+                return False
+            self.stop(mode)
+            return True
+        finally:
+            os.close(fd)
+
     def start(self) -> None:
         """Start a stopped, initialised cluster (tests use it to simulate outages)."""
         if self.running() is None:
             self._start()
         self._wait_ready()
+
+
+def state_dir_locked(state_dir: str | Path) -> bool:
+    """Does a daemon hold ``state_dir``'s lock (see L{lock_state_dir}) right now?"""
+    try:
+        fd = os.open(Path(state_dir) / "smartyd.lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return True
+        raise
+    finally:
+        os.close(fd)  # also drops our probe lock
+    return False
 
 
 def lock_state_dir(state_dir: str | Path) -> int:

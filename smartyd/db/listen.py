@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from attrs import define, field
+from attrs import Factory, define, field
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from smartyd.db import Database, _close_quietly, _Conn, _first_line
+from smartyd.db import Database, Dedicated
+from smartyd.util.backoff import Backoff
+from smartyd.util.text import one_line
 
 log = Logger()
 
@@ -30,8 +32,9 @@ class Listener(Service):
     on_connect: Callable[[], Awaitable[Any]] | None = None
     heartbeat: float = 5.0
     max_backoff: float = 10.0
-    _conn: _Conn | None = None
-    _delay: float = 0.2
+    _conn: Dedicated | None = None
+    _backoff: Backoff = field(
+        init=False, default=Factory(lambda self: Backoff(0.2, self.max_backoff), takes_self=True))
     _pending: Any = None
     _ticker: Any = None
     _stopped: bool = True
@@ -53,7 +56,8 @@ class Listener(Service):
             if call is not None and call.active():
                 call.cancel()
         self._pending = self._ticker = None
-        _close_quietly(self._conn)
+        if self._conn is not None:
+            self._conn.close()
         self._conn = None
         return Service.stopService(self)
 
@@ -75,26 +79,29 @@ class Listener(Service):
         )
 
     async def _connect(self) -> None:
+        conn = None
         try:
-            conn = await self.db._connect()
+            conn = await self.db.open_dedicated()
             for ch in self.channels:
-                await conn.runOperation(f'LISTEN "{ch}"')
+                await conn.execute(f'LISTEN "{ch}"')
         except Exception as e:
+            if conn is not None:
+                conn.close()
+            delay = self._backoff.next()
             log.warn(
                 "notification connection failed ({error}), retrying in {delay}s",
-                error=_first_line(e),
-                delay=round(self._delay, 2),
+                error=one_line(e),
+                delay=round(delay, 2),
             )
-            self._schedule(self._delay)
-            self._delay = min(self._delay * 2, self.max_backoff)
+            self._schedule(delay)
             return
         if self._stopped:
-            _close_quietly(conn)
+            conn.close()
             return
-        conn.on_lost = lambda: self._lost(conn)
-        conn.addNotifyObserver(self._deliver)
+        conn.on_lost(lambda: self._lost(conn))
+        conn.on_notify(self.on_notify)
         self._conn = conn
-        self._delay = 0.2
+        self._backoff.reset()
         self.connects += 1
         self._tick()
         try:
@@ -107,22 +114,18 @@ class Listener(Service):
         if not self.ready.called:
             self.ready.callback(None)
 
-    def _deliver(self, notify) -> Any:
-        return self.on_notify(notify.channel, notify.payload)
-
     def _tick(self) -> None:
         if self._stopped or self._conn is None:
             return
         conn = self._conn
         self._ticker = self.clock.callLater(self.heartbeat, self._beat, conn)
 
-    def _beat(self, conn: _Conn) -> None:
+    def _beat(self, conn: Dedicated) -> None:
         self._ticker = None
-        d = conn.runQuery("SELECT 1")
-        d.addTimeout(self.heartbeat, self.clock)
+        d = Deferred.fromCoroutine(conn.ping(self.heartbeat))
         d.addCallbacks(lambda _: self._tick(), lambda _: self._lost(conn))
 
-    def _lost(self, conn: _Conn) -> None:
+    def _lost(self, conn: Dedicated) -> None:
         if conn is not self._conn:
             return
         log.warn("notification connection lost, reconnecting")
@@ -130,5 +133,5 @@ class Listener(Service):
             self._ticker.cancel()
         self._ticker = None
         self._conn = None
-        _close_quietly(conn)
-        self._schedule(self._delay)
+        conn.close()
+        self._schedule(self._backoff.peek())
