@@ -19,13 +19,13 @@ The token travels in a header only and never reaches a log event.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
 from attrs import define, frozen
 
 from smartyd.partners import PartnerHTTP, PartnerProtocolError, PartnerRefused
+from smartyd.web import BadJSON, parse_json
 
 PARTNER = "dreamkas"
 STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "ERROR")
@@ -89,9 +89,9 @@ class Operation:
 
 def _json(response, what: str) -> Any:
     try:
-        return json.loads(response.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise PartnerProtocolError(PARTNER, f"{what}: the answer is not JSON")
+        return parse_json(response.body)
+    except BadJSON as e:
+        raise PartnerProtocolError(PARTNER, f"{what}: the answer is not usable JSON ({e})")
 
 
 def _items(payload: Any, what: str) -> list:
