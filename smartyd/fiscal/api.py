@@ -9,9 +9,22 @@ JSON over HTTPS, ``Authorization: Bearer <token>``.  What we use:
   - ``GET /operations/{id}`` -> the Operation; ``status`` is PENDING,
     IN_PROGRESS, SUCCESS or ERROR; on SUCCESS ``data.receiptId``, on ERROR
     ``data.error{code, message}``;
-  - ``GET /operations?externalId=...`` -> operations, filtered here again by
-    ``externalId`` (the crash-recovery look-up; see L{DreamkasAPI.find_operation});
+  - ``GET /operations?externalId=...&limit=...&offset=...`` -> operations,
+    filtered here again by ``externalId`` (the crash-recovery look-up; see
+    L{DreamkasAPI.find_operation});
   - ``GET /devices`` and ``GET /v2/products``: cash devices and positions.
+
+The crash-recovery look-up rests on an assumption the public docs do not
+spell out for ``/operations``: that the operation list pages like the other
+Kabinet lists (``GET /api/receipts``, ``/api/products``: ``limit`` and
+``offset`` query parameters, a bare array or ``{"data": [...]}``), and that
+an operation a POST created is listed there, on some page, whether or not
+the ``externalId`` filter is honoured.  So the look-up reads page after page
+(``offset`` advanced by what each page held; an empty page is the end,
+because a server may cap ``limit`` below what we asked) and stops as soon
+as the operation is found -- at most ``max_pages`` pages.  When that bound
+is reached before the end of the list, the answer is "unknown", not "not
+found": the job is not re-POSTed on a guess.
 
 The HTTP rules (time-outs, body caps, typed errors) are L{PartnerHTTP}'s.
 The token travels in a header only and never reaches a log event.
@@ -19,19 +32,27 @@ The token travels in a header only and never reaches a log event.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import quote
 
 from attrs import define, frozen
 
-from smartyd.partners import PartnerHTTP, PartnerProtocolError, PartnerRefused
+from smartyd.partners import (
+    PartnerHTTP,
+    PartnerProtocolError,
+    PartnerRefused,
+    PartnerUnavailable,
+)
+from smartyd.web import BadJSON, parse_json
 
 PARTNER = "dreamkas"
 STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "ERROR")
 TERMINAL = ("SUCCESS", "ERROR")
 # Dreamkas answers a created receipt operation 202 Accepted; tolerate 200/201.
 CREATED = (200, 201, 202)
+# The crash-recovery look-up: operations asked per page, and pages read at most.
+PAGE_SIZE = 1000
+MAX_PAGES = 10
 
 
 def _text(v: Any, limit: int = 200) -> str | None:
@@ -89,9 +110,9 @@ class Operation:
 
 def _json(response, what: str) -> Any:
     try:
-        return json.loads(response.body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise PartnerProtocolError(PARTNER, f"{what}: the answer is not JSON")
+        return parse_json(response.body)
+    except BadJSON as e:
+        raise PartnerProtocolError(PARTNER, f"{what}: the answer is not usable JSON ({e})")
 
 
 def _items(payload: Any, what: str) -> list:
@@ -114,6 +135,8 @@ class DreamkasAPI:
     http: PartnerHTTP
     base_url: str
     token: str
+    page_size: int = PAGE_SIZE
+    max_pages: int = MAX_PAGES
 
     def _url(self, path: str) -> str:
         return self.base_url.rstrip("/") + path
@@ -149,28 +172,43 @@ class DreamkasAPI:
 
     async def find_operation(self, external_id: str) -> Operation | None:
         """
-        The operation created for ``external_id``, or None when Dreamkas shows none.
+        The operation created for ``external_id``, or None when Dreamkas lists none.
 
         The public docs do not promise a server-side ``externalId`` filter on
-        the operation list, so the answer is filtered here as well; an
-        operation that is not in the (first page of the) list is "not found"
-        and the caller re-POSTs with the same ``externalId``.
+        the operation list, so every page is filtered here as well, and the
+        list is paged through (see the module docstring) until the operation
+        turns up, the list ends, or ``max_pages`` pages were read -- then
+        L{PartnerUnavailable}: whether it exists is not known, and the caller
+        must not POST again on the strength of a partial list.
         """
-        response = await self.http.request(
-            "GET", self._url("/operations"), params={"externalId": external_id},
-            headers=self._headers(),
+        offset = 0
+        for _ in range(self.max_pages):
+            response = await self.http.request(
+                "GET", self._url("/operations"),
+                params={"externalId": external_id, "limit": str(self.page_size),
+                        "offset": str(offset)},
+                headers=self._headers(),
+            )
+            page = _items(_json(response, "GET /operations"), "GET /operations")
+            if not page:
+                return None
+            found = None
+            for item in page:
+                if isinstance(item, dict) and item.get("externalId") == external_id:
+                    try:
+                        op = Operation.from_json(item)
+                    except ValueError:
+                        continue
+                    # A SUCCESS beats anything else; otherwise the first one listed.
+                    if found is None or op.status == "SUCCESS":
+                        found = op
+            if found is not None:
+                return found
+            offset += len(page)
+        raise PartnerUnavailable(
+            PARTNER, f"GET /operations: externalId {external_id} not among the first {offset}"
+            f" operations ({self.max_pages} pages); whether it exists is unknown",
         )
-        found = None
-        for item in _items(_json(response, "GET /operations"), "GET /operations"):
-            if isinstance(item, dict) and item.get("externalId") == external_id:
-                try:
-                    op = Operation.from_json(item)
-                except ValueError:
-                    continue
-                # A SUCCESS beats anything else; otherwise the first one listed.
-                if found is None or op.status == "SUCCESS":
-                    found = op
-        return found
 
     async def devices(self) -> list[dict]:
         response = await self.http.request("GET", self._url("/devices"), headers=self._headers())

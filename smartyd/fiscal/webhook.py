@@ -5,7 +5,8 @@ Dreamkas signs nothing: the webhook is registered with a URL, so the URL
 carries our secret (``[dreamkas] webhook_secret``), compared in constant
 time.  An empty secret disables the webhook; a wrong one gets the same 404
 as an unknown path.  The body is capped, parsed defensively, and answered
-at once:
+at once (bodies nested too deep are refused before parsing, see
+L{smartyd.web.read_json}):
 
   ``{"action": "UPDATE", "type": "OPERATION", "data": {<operation>}}``
       -> the matching job is brought up to date (L{jobs.apply_operation}:
@@ -18,7 +19,6 @@ at once:
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Any
 
 from klein import Klein
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.fiscal import dreamkas_cache, jobs
 from smartyd.fiscal.api import Operation
-from smartyd.web import json_body, peer_ip, shielded
+from smartyd.web import BadJSON, JSONTooLarge, json_body, peer_ip, read_json, shielded
 
 log = Logger()
 
@@ -68,15 +68,16 @@ class DreamkasWebhook:
         if not self._authentic(secret):
             log.warn("dreamkas webhook with a wrong secret from {peer}", peer=peer_ip(request))
             return self._answer(request, 404, {"error": "not found"})
-        body = request.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
-            return self._answer(request, 413, {"error": "body too large"})
         try:
-            payload = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            payload = None
+            payload = read_json(request, max_size=MAX_BODY)
+        except JSONTooLarge:
+            return self._answer(request, 413, {"error": "body too large"})
+        except BadJSON as e:
+            log.warn("dreamkas webhook: not a notification: {error}", error=str(e))
+            return self._answer(request, 400, {"error": "not a Dreamkas notification"})
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
-            log.warn("dreamkas webhook: not a notification ({size} bytes)", size=len(body))
+            log.warn("dreamkas webhook: not a notification (a JSON {kind})",
+                     kind=type(payload).__name__)
             return self._answer(request, 400, {"error": "not a Dreamkas notification"})
         kind = payload["type"].upper()
         if kind == "OPERATION":

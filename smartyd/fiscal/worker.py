@@ -6,8 +6,9 @@ A run
      keep each receipt body (one transaction), POST them with bounded
      concurrency, record every outcome (one transaction).  A job whose
      previous POST may have reached Dreamkas is looked up by ``externalId``
-     first and only re-POSTed -- with the same ``externalId`` and body --
-     when Dreamkas shows no operation for it;
+     first (paging through the operation list, see L{smartyd.fiscal.api})
+     and only re-POSTed -- with the same ``externalId`` and body -- when
+     Dreamkas shows no operation for it;
   2. follows pending operations (``GET /operations/{id}``) whose next poll is
      due, a batch at a time, until SUCCESS or ERROR.
 
@@ -120,7 +121,8 @@ class ReceiptWorker:
         Seconds after a claim in which a job may still be sent: one job takes
         at most three requests (look-up, POST, look-up after a 409), and all
         of them must end before the lease does -- or another worker could
-        take the job while our POST is under way.
+        take the job while our POST is under way.  A look-up may read several
+        pages, so the window is checked again right before the POST.
         """
         timeout = getattr(getattr(self.api, "http", None), "timeout", 30.0)
         return max(self.lease - 3 * timeout - 30.0, 0.0)
@@ -222,6 +224,8 @@ class ReceiptWorker:
                              " POST; not posting again", external_id=c.external_id,
                              operation=op.id)
                     return Created(op)
+                if self._now() > send_by:  # the look-up (pages of it) took the time
+                    return NotSent()
             try:
                 op = await self.api.create_receipt(body)
             except PartnerRefused as e:

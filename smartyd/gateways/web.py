@@ -51,7 +51,6 @@ Money-moving work runs shielded: a client that disconnects does not cancel it.
 
 from __future__ import annotations
 
-import json
 import re
 from decimal import Decimal
 from typing import Any
@@ -76,7 +75,7 @@ from smartyd.gateways.assist import (
 from smartyd.gateways.assist_service import AssistService
 from smartyd.gateways.payture import BadNotification, PaytureService, parse_notification
 from smartyd.partners import PartnerError, PartnerRefused
-from smartyd.web import client_ip, json_body, shielded
+from smartyd.web import BadJSON, client_ip, json_body, read_json, shielded
 
 log = Logger()
 
@@ -98,9 +97,9 @@ def request_fields(request: Request) -> dict[str, Any]:
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if content_type == b"application/json":
         try:
-            body = json.loads(request.content.read() or b"null", parse_float=Decimal)
-        except ValueError:
-            raise BadRequest("the body is not JSON")
+            body = read_json(request, parse_float=Decimal)
+        except BadJSON as e:
+            raise BadRequest(str(e))
         if not isinstance(body, dict):
             raise BadRequest("the JSON body must be an object")
         return body

@@ -7,8 +7,16 @@ on every request, a cap on every response body, typed errors and metrics.
 Secrets travel in requests only: nothing here logs a body, a query string or a
 header value.
 
+Time-outs: our own timer on the reactor clock cancels the exchange.  What
+the cancelled request then fails with depends on where it was (treq's
+HTTP/1.1 client reports ``ResponseNeverReceived``, a cancelled body read a
+``CancelledError``), so the exchange is classified by whether OUR timer
+fired, never by the exception type: a timer that fired is a time-out
+(``outcome="timeout"``, L{PartnerTimeout}), whatever the failure looks like.
+
 Errors:
-  - L{PartnerUnavailable}: network failure, time-out, 5xx -- retry later.
+  - L{PartnerUnavailable}: network failure, time-out, 5xx -- retry later;
+    L{PartnerTimeout} (a L{PartnerUnavailable}) when it was our time-out.
   - L{PartnerProtocolError}: an answer we cannot understand (garbage, HTML
     instead of XML, an oversized body) -- retry later, and alert.
   - L{PartnerRefused}: the partner understood and said no -- do not retry blindly.
@@ -18,14 +26,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import treq
 from treq.client import HTTPClient
 from attrs import define, field, frozen
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.web.client import HTTPConnectionPool, ResponseFailed
+from twisted.web.client import (
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 
 log = Logger()
@@ -40,6 +54,10 @@ class PartnerError(Exception):
 
 class PartnerUnavailable(PartnerError):
     """Could not get an answer: network, time-out or a 5xx. Retry later."""
+
+
+class PartnerTimeout(PartnerUnavailable):
+    """Our time-out fired before the partner's answer was complete. Retry later."""
 
 
 class PartnerProtocolError(PartnerError):
@@ -113,22 +131,14 @@ class PartnerHTTP:
             kwargs["data"] = data
         if json is not None:
             kwargs["json"] = json
-        d = _with_timeout(self._exchange(method, url, kwargs), limit, self.clock)
+        exchange = _Deadline(self._exchange(method, url, kwargs), limit, self.clock)
         try:
-            response = await d
-        except defer.TimeoutError:
-            self._count("timeout")
-            raise PartnerUnavailable(self.partner, f"{method} {_path(url)} timed out after {limit}s")
-        except _TooLarge:
-            self._count("too_large")
-            raise PartnerProtocolError(
-                self.partner, f"{method} {_path(url)}: answer larger than {self.max_body} bytes"
-            )
-        except (ConnectError, DNSLookupError, ConnectionLost, ResponseFailed, OSError) as e:
-            self._count("unreachable")
-            raise PartnerUnavailable(
-                self.partner, f"{method} {_path(url)}: {type(e).__name__}"
-            )
+            response = await exchange.result
+        except Exception as e:
+            failure = self._failed(method, url, e, limit if exchange.expired else None)
+            if failure is e:
+                raise
+            raise failure from e
         if response.code >= 500:
             self._count("server_error")
             raise PartnerUnavailable(
@@ -142,6 +152,25 @@ class PartnerHTTP:
             )
         self._count("ok")
         return response
+
+    def _failed(self, method: str, url: str, error: Exception,
+                expired_after: float | None) -> Exception:
+        """Count a failed exchange; the typed error to raise (or ``error`` itself)."""
+        where = f"{method} {_path(url)}"
+        if expired_after is not None:
+            # Our timer fired: whatever the cancellation turned into, a time-out.
+            self._count("timeout")
+            return PartnerTimeout(self.partner, f"{where} timed out after {expired_after}s")
+        if isinstance(error, _TooLarge):
+            self._count("too_large")
+            return PartnerProtocolError(
+                self.partner, f"{where}: answer larger than {self.max_body} bytes"
+            )
+        if isinstance(error, (ConnectError, DNSLookupError, ConnectionLost, ResponseFailed,
+                              ResponseNeverReceived, OSError)):
+            self._count("unreachable")
+            return PartnerUnavailable(self.partner, f"{where}: {type(error).__name__}")
+        return error  # a caller's cancellation, or a bug: not ours to classify
 
     async def _exchange(self, method: str, url: str, kwargs: dict) -> PartnerResponse:
         response = await self.client.request(method, url, **kwargs)
@@ -157,7 +186,7 @@ class PartnerHTTP:
                 raise _TooLarge()
             chunks.append(data)
 
-        await treq.collect(response, collector)
+        await _collect(response, collector)
         return PartnerResponse(response.code, response.headers, b"".join(chunks))
 
     def _count(self, outcome: str) -> None:
@@ -165,10 +194,66 @@ class PartnerHTTP:
             self.metrics.partner_requests.labels(self.partner, outcome).inc()
 
 
-def _with_timeout(coro, seconds: float, clock) -> defer.Deferred:
-    d = defer.Deferred.fromCoroutine(coro)
-    d.addTimeout(seconds, clock)
-    return d
+class _Deadline:
+    """
+    ``coro`` run as a Deferred (``result``) that our timer cancels after
+    ``seconds`` on ``clock``; ``expired`` tells, afterwards, whether it did.
+    """
+
+    def __init__(self, coro, seconds: float, clock):
+        self.expired = False
+        self.result = defer.Deferred.fromCoroutine(coro)
+        self._timer = clock.callLater(seconds, self._expire)
+        self.result.addBoth(self._settled)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.result.cancel()
+
+    def _settled(self, outcome):
+        if self._timer.active():
+            self._timer.cancel()
+        return outcome
+
+
+def _collect(response, collector) -> defer.Deferred:
+    """
+    L{treq.collect}, but cancellable: cancelling the read (our time-out during
+    a slow body) drops the connection instead of leaving it open.
+    """
+    if response.length == 0:
+        return defer.succeed(None)
+    reader = _BodyReader(collector)
+    reader.done = defer.Deferred(reader.abort)
+    response.deliverBody(reader)
+    return reader.done
+
+
+class _BodyReader(Protocol):
+    def __init__(self, collector):
+        self.collector = collector
+        self.done: defer.Deferred | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done is None or self.done.called:
+            return
+        try:
+            self.collector(data)
+        except BaseException:
+            self.transport.stopProducing()
+            self.done.errback()
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        if self.done is None or self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    def abort(self, _d) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()
 
 
 class _Discard:

@@ -12,7 +12,6 @@ wrong password.
 
 from __future__ import annotations
 
-import json
 from string import Template
 from typing import Any
 
@@ -26,7 +25,7 @@ from smartyd import catalog, ledger
 from smartyd.db import Database, DatabaseUnavailable, Tx
 from smartyd.streams.check import NOT_READY, Checker
 from smartyd.streams.tokens import TokenCodec, pack_ip
-from smartyd.web import client_ip, json_body
+from smartyd.web import BadJSON, client_ip, json_body, read_json
 
 log = Logger()
 
@@ -243,9 +242,9 @@ def _fields(request: Request) -> dict[str, Any]:
     content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
     if content_type == b"application/json":
         try:
-            body = json.loads(request.content.read() or b"null")
-        except ValueError:
-            raise BadRequest("the body is not JSON")
+            body = read_json(request)
+        except BadJSON as e:
+            raise BadRequest(str(e))
         if not isinstance(body, dict):
             raise BadRequest("the JSON body must be an object")
         return body

@@ -6,14 +6,19 @@ A fake Dreamkas Kabinet API (Klein, in-process) speaking the real JSON wire form
                                 bearer token, 409 for an externalId it has seen)
   GET  /api/operations/<id>  -> the Operation; it reaches SUCCESS (data.receiptId) or ERROR
                                 (data.error{code, message}) after ``polls_until_done`` polls
-  GET  /api/operations       -> operations, filtered by ?externalId=
+  GET  /api/operations       -> operations, oldest first, paged as the Kabinet lists page
+                                (``limit``, default 10 and capped at 1000, and ``offset``;
+                                a bare array); filtered by ?externalId= unless
+                                ``filters_external_id`` is off (the public docs do not
+                                promise that filter)
   GET  /api/devices          -> devices
   GET  /api/v2/products      -> positions
 
 Knobs for the tests: ``post_modes`` (a queue: "500", "hang" -- the POST never
 reaches Dreamkas and never answers --, "accept-hang" -- Dreamkas creates the
 operation, the answer never comes), ``polls_until_done``, ``errors`` (per
-externalId), ``hold_polls`` (answers to status polls wait for L{release}).
+externalId), ``hold_polls`` (answers to status polls wait for L{release}),
+``filters_external_id``; L{add_operation} lists an operation posted by someone else.
 
 L{in_memory_client} is a StubTreq whose connections are pumped whenever a
 response finishes, so handlers that answer later (Deferreds) need no manual
@@ -29,7 +34,6 @@ from collections import Counter
 from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet import defer, reactor
-from twisted.web.resource import Resource
 
 from fakes import in_memory_client  # noqa: F401  (re-exported for the tests)
 
@@ -74,6 +78,8 @@ class FakeDreamkas:
         self.polls_until_done = 0
         self.errors: dict[str, tuple[str, str]] = {}
         self.hold_polls = False
+        self.filters_external_id = True
+        self.list_pages: list[tuple[int, int]] = []  # (limit, offset) of each list request
         self.held: list[tuple[defer.Deferred, object]] = []
         self.hung: list[defer.Deferred] = []
         self._waiters: dict[str, list[defer.Deferred]] = {"post": [], "poll": []}
@@ -107,6 +113,16 @@ class FakeDreamkas:
         else:
             op["status"] = "ERROR"
             op["data"] = {"error": {"code": error[0], "message": error[1]}}
+        return op
+
+    def add_operation(self, external_id: str, status: str = "SUCCESS") -> dict:
+        """An operation of another receipt (another shop system, the Kabinet UI)."""
+        op_id = f"{next(self._ids):024x}"
+        op = {"id": op_id, "externalId": external_id, "createdAt": "2024-05-01T09:00:00.000Z",
+              "status": status, "data": {"receiptId": f"rcpt-{op_id}"}}
+        self.operations[op_id] = op
+        self.bodies[op_id] = {"externalId": external_id}
+        self.by_external[external_id] = op_id
         return op
 
     def webhook_body(self, op_id: str, action: str = "UPDATE") -> bytes:
@@ -232,9 +248,18 @@ class FakeDreamkas:
         if not self._authorized(request):
             return _json(request, 401, {"message": "Unauthorized"})
         wanted = request.args.get(b"externalId", [None])[0]
+        try:
+            limit = min(int(request.args.get(b"limit", [b"10"])[0]), 1000)
+            offset = int(request.args.get(b"offset", [b"0"])[0])
+        except ValueError:
+            return _json(request, 400, {"message": "limit and offset are numbers"})
+        if limit < 1 or offset < 0:
+            return _json(request, 400, {"message": "limit and offset are out of range"})
+        self.list_pages.append((limit, offset))
         ops = [op for op in self.operations.values()
-               if wanted is None or op["externalId"] == wanted.decode()]
-        return _json(request, 200, ops)
+               if wanted is None or not self.filters_external_id
+               or op["externalId"] == wanted.decode()]
+        return _json(request, 200, ops[offset:offset + limit])
 
     @app.route("/api/devices", methods=["GET"])
     def list_devices(self, request):
