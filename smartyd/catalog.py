@@ -102,3 +102,10 @@ async def account_channels(tx: Tx, account_id: int) -> list[int]:
         (account_id,),
     )
     return [r[0] for r in rows]
+
+
+async def account_tariffs(tx: Tx, account_id: int) -> list[int]:
+    """The ids of the tariffs assigned to an account, ascending."""
+    rows = await tx.fetchall(
+        "SELECT tariff_id FROM subscriptions WHERE account_id = %s ORDER BY 1", (account_id,))
+    return [r[0] for r in rows]

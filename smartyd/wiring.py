@@ -39,7 +39,8 @@ from smartyd.partners import HTTPClientService
 from smartyd.payments import Payments
 from smartyd.streams import make_streams
 from smartyd.util.backoff import Backoff
-from smartyd.web import Health, Root, make_site
+from smartyd.http.health import Health
+from smartyd.http.root import Root, make_site
 
 log = Logger()
 

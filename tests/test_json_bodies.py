@@ -18,7 +18,7 @@ from fakes import in_memory_client
 from smartyd import ledger
 from testapp import build as build_parts
 from smartyd.metrics import Metrics
-from smartyd.web import MAX_JSON_DEPTH, BadJSON, parse_json
+from smartyd.util.json_guard import MAX_JSON_DEPTH, BadJSON, parse_json
 
 SECRET = "hook-s3cret-4f9a"
 DEEP_ARRAYS = b"[" * 60000  # python3 -c 'print("["*60000,end="")'

@@ -32,7 +32,7 @@ from smartyd import admin, ledger, osmp, payments
 from testapp import build as build_parts
 from fakes import in_memory_client
 from smartyd.metrics import Metrics
-from smartyd.web import make_site
+from smartyd.http.root import make_site
 from conftest import make_config
 
 T0 = 1_772_366_400  # 2026-03-01 12:00:00 UTC, 15:00 in Moscow

@@ -118,12 +118,7 @@ async def cmd_account(db: Database, args) -> dict:
                 raise AdminError(f"no account {args.id}")
             out = account.to_json()
             out["ledger_sum"] = str(await ledger.ledger_sum(tx, args.id))
-            out["tariffs"] = [
-                r[0] for r in await tx.fetchall(
-                    "SELECT tariff_id FROM subscriptions WHERE account_id = %s ORDER BY 1",
-                    (args.id,),
-                )
-            ]
+            out["tariffs"] = await catalog.account_tariffs(tx, args.id)
             out["channels"] = await catalog.account_channels(tx, args.id)
             return out
 

@@ -40,10 +40,9 @@ from attrs import define, frozen
 from smartyd.partners import (
     PartnerHTTP,
     PartnerProtocolError,
-    PartnerRefused,
     PartnerUnavailable,
 )
-from smartyd.web import BadJSON, parse_json
+from smartyd.util.json_guard import BadJSON, parse_json
 
 PARTNER = "dreamkas"
 STATUSES = ("PENDING", "IN_PROGRESS", "SUCCESS", "ERROR")
@@ -124,10 +123,6 @@ def _items(payload: Any, what: str) -> list:
             if isinstance(payload.get(key), list):
                 return payload[key]
     raise PartnerProtocolError(PARTNER, f"{what}: expected a list")
-
-
-def refusal_reason(e: PartnerRefused) -> str:
-    return f"refused by Dreamkas: {e.message}"
 
 
 @define

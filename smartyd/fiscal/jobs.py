@@ -360,3 +360,13 @@ async def apply_operation(tx: Tx, op: Operation, next_poll_at: float,
 async def operation_unknown(tx: Tx, job_id: int, claim: int, error: str, next_at: float) -> bool:
     """A pending job whose status poll failed: count it, poll again later."""
     return await retry_later(tx, job_id, claim, "pending", "pending", error, next_at)
+
+
+async def release_unsent(tx: Tx, claimed: list, now: float) -> None:
+    """Hand jobs claimed in vain (never POSTed) back, as they were, due now."""
+    for c in claimed:
+        await tx.execute(
+            "UPDATE receipt_jobs SET state = %s, next_attempt_at = %s, updated = now()"
+            " WHERE id = %s AND claim = %s AND state = 'posting'",
+            (c.prior, at(now), c.id, c.claim),
+        )

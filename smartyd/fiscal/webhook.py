@@ -6,7 +6,7 @@ carries our secret (``[dreamkas] webhook_secret``), compared in constant
 time.  An empty secret disables the webhook; a wrong one gets the same 404
 as an unknown path.  The body is capped, parsed defensively, and answered
 at once (bodies nested too deep are refused before parsing, see
-L{smartyd.web.read_json}):
+L{smartyd.http.fields.read_json}):
 
   ``{"action": "UPDATE", "type": "OPERATION", "data": {<operation>}}``
       -> the matching job is brought up to date (L{jobs.apply_operation}:
@@ -27,7 +27,9 @@ from twisted.logger import Logger
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.fiscal import dreamkas_cache, jobs
 from smartyd.fiscal.api import Operation
-from smartyd.web import BadJSON, JSONTooLarge, json_body, peer_ip, read_json, shielded
+from smartyd.http.addresses import peer_ip
+from smartyd.http.fields import BadJSON, JSONTooLarge, read_json
+from smartyd.http.handlers import endpoint, json_body, shielded
 
 log = Logger()
 
@@ -49,48 +51,45 @@ class DreamkasWebhook:
     def resource(self):
         return self.app.resource()
 
-    def _answer(self, request, code: int, payload: dict) -> bytes:
-        if self.metrics is not None:
-            self.metrics.http_requests.labels("dreamkas_webhook", str(code)).inc()
-        return json_body(request, code, payload)
-
     def _authentic(self, secret: str) -> bool:
         if not self._secret:
             return False
         return hmac.compare_digest(secret.encode("utf-8"), self._secret)
 
     @app.route("/webhooks/dreamkas", methods=["GET", "POST", "PUT", "HEAD"])
+    @endpoint("dreamkas_webhook")
     def bare(self, request):
-        return self._answer(request, 404, {"error": "not found"})
+        return json_body(request, 404, {"error": "not found"})
 
     @app.route("/webhooks/dreamkas/<secret>", methods=["POST"])
+    @endpoint("dreamkas_webhook")
     def deliver(self, request, secret: str):
         if not self._authentic(secret):
             log.warn("dreamkas webhook with a wrong secret from {peer}", peer=peer_ip(request))
-            return self._answer(request, 404, {"error": "not found"})
+            return json_body(request, 404, {"error": "not found"})
         try:
             payload = read_json(request, max_size=MAX_BODY)
         except JSONTooLarge:
-            return self._answer(request, 413, {"error": "body too large"})
+            return json_body(request, 413, {"error": "body too large"})
         except BadJSON as e:
             log.warn("dreamkas webhook: not a notification: {error}", error=str(e))
-            return self._answer(request, 400, {"error": "not a Dreamkas notification"})
+            return json_body(request, 400, {"error": "not a Dreamkas notification"})
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             log.warn("dreamkas webhook: not a notification (a JSON {kind})",
                      kind=type(payload).__name__)
-            return self._answer(request, 400, {"error": "not a Dreamkas notification"})
+            return json_body(request, 400, {"error": "not a Dreamkas notification"})
         kind = payload["type"].upper()
         if kind == "OPERATION":
             try:
                 op = Operation.from_json(payload.get("data"))
             except ValueError as e:
                 log.warn("dreamkas webhook: bad operation: {error}", error=str(e))
-                return self._answer(request, 400, {"error": "bad operation"})
+                return json_body(request, 400, {"error": "bad operation"})
             return shielded(self._operation(request, op), "dreamkas webhook failed")
         if kind in _CACHE_KINDS:
             return shielded(self._invalidate(request, _CACHE_KINDS[kind]),
                             "dreamkas webhook failed")
-        return self._answer(request, 200, {"ok": True, "ignored": kind[:32]})
+        return json_body(request, 200, {"ok": True, "ignored": kind[:32]})
 
     async def _operation(self, request, op: Operation) -> bytes:
         try:
@@ -100,7 +99,7 @@ class DreamkasWebhook:
         except DatabaseUnavailable as e:
             log.warn("dreamkas webhook for operation {operation} not applied: {error}",
                      operation=op.id, error=str(e))
-            return self._answer(request, 503, {"error": "try again"})
+            return json_body(request, 503, {"error": "try again"})
         if applied is None:
             log.debug("dreamkas webhook: operation {operation} {status} changes nothing",
                       operation=op.id, status=op.status)
@@ -114,11 +113,11 @@ class DreamkasWebhook:
             if state == "failed":
                 log.error("receipt for payment {payment_id} failed: {reason}",
                           payment_id=payment_id, reason=op.error)
-        return self._answer(request, 200, {"ok": True})
+        return json_body(request, 200, {"ok": True})
 
     async def _invalidate(self, request, kind: str) -> bytes:
         try:
             await self.db.run(dreamkas_cache.invalidate, kind)
         except DatabaseUnavailable:
-            return self._answer(request, 503, {"error": "try again"})
-        return self._answer(request, 200, {"ok": True})
+            return json_body(request, 503, {"error": "try again"})
+        return json_body(request, 200, {"ok": True})

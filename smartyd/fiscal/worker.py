@@ -31,6 +31,7 @@ from smartyd.fiscal import jobs, receipt
 from smartyd.fiscal.api import DreamkasAPI, Operation
 from smartyd.fiscal.dreamkas_cache import CachedCatalog, DreamkasCache
 from smartyd.partners import PartnerError, PartnerRefused
+from smartyd.util.backoff import exponential
 
 log = Logger()
 
@@ -110,11 +111,11 @@ class ReceiptWorker:
         return self.clock.seconds()
 
     def _backoff(self, attempts: int) -> float:
-        return min(self.poll_interval * 2 ** min(max(attempts - 1, 0), 20), self.max_backoff)
+        return exponential(self.poll_interval, attempts - 1, self.max_backoff)
 
     def _poll_delay(self, polls: int) -> float:
         # Slow operations are polled less and less often.
-        return min(self.poll_interval * 2 ** min(polls // 10, 10), self.max_backoff)
+        return exponential(self.poll_interval, polls // 10, self.max_backoff)
 
     def _send_window(self) -> float:
         """
@@ -161,7 +162,7 @@ class ReceiptWorker:
                     snapshot = await self.catalog.get()
                     device = self._device(snapshot)
                 except BaseException:
-                    await self.db.run(_release, claimed, now)
+                    await self.db.run(jobs.release_unsent, claimed, now)
                     raise
             bodies, no_contact = await self.db.run(self._prepare, claimed, device, snapshot)
             for _ in range(no_contact):
@@ -254,7 +255,7 @@ class ReceiptWorker:
         changed = []
         for c, outcome in results:
             if isinstance(outcome, NotSent):
-                await _release(tx, [c], now)
+                await jobs.release_unsent(tx, [c], now)
                 continue
             if isinstance(outcome, Created):
                 applied = await jobs.apply_operation(
@@ -348,13 +349,3 @@ class ReceiptWorker:
                 await jobs.operation_unknown(tx, c.id, c.claim, result,
                                              now + self._backoff(attempts))
         return changed
-
-
-async def _release(tx, claimed: list, now: float) -> None:
-    """Hand jobs claimed in vain back, as they were, due now."""
-    for c in claimed:
-        await tx.execute(
-            "UPDATE receipt_jobs SET state = %s, next_attempt_at = %s, updated = now()"
-            " WHERE id = %s AND claim = %s AND state = 'posting'",
-            (c.prior, jobs.at(now), c.id, c.claim),
-        )

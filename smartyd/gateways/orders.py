@@ -112,17 +112,6 @@ async def get(tx: Tx, provider: str, order_number: str, lock: bool = False) -> O
     ))
 
 
-async def known_numbers(tx: Tx, provider: str, numbers: list[str]) -> set[str]:
-    if not numbers:
-        return set()
-    rows = await tx.fetchall(
-        "SELECT order_number FROM gateway_orders WHERE provider = %s"
-        " AND order_number = ANY(%s)",
-        (provider, list(numbers)),
-    )
-    return {r[0] for r in rows}
-
-
 async def open_orders(tx: Tx, provider: str, new_days: int, blocked_days: int) -> list[Order]:
     """Orders still waiting for the gateway: new ones for ``new_days``, blocked ones longer."""
     rows = await tx.fetchall(

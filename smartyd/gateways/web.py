@@ -57,11 +57,9 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from klein import Klein
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from smartyd import ledger
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.gateways import events, orders
 from smartyd.gateways.assist import (
@@ -75,41 +73,15 @@ from smartyd.gateways.assist import (
 from smartyd.gateways.assist_service import AssistService
 from smartyd.gateways.payture import BadNotification, PaytureService, parse_notification
 from smartyd.partners import PartnerError, PartnerRefused
-from smartyd.web import BadJSON, client_ip, json_body, read_json, shielded
+from smartyd.http.addresses import client_ip
+from smartyd.http.auth import password_login
+from smartyd.http.fields import BadRequest, request_fields
+from smartyd.http.handlers import endpoint, json_body, shielded
 
 log = Logger()
 
-# A valid scrypt hash of a password nobody knows: checked when the login does
-# not exist, so that answer takes as long as a wrong password.
-_DUMMY_HASH = (
-    "scrypt$16384$8$1$VzwVKsqlrv69tCflfAw9NQ==$QCT2B1uyw2/3m/dNF6wPsHpifRsWCiZbaBZnSbXLOZk="
-)
 _MAX_FIELD = 256
 _FORBIDDEN = {"error": "forbidden"}
-
-
-class BadRequest(Exception):
-    pass
-
-
-def request_fields(request: Request) -> dict[str, Any]:
-    """A JSON object body (numbers kept exact), or form / query fields."""
-    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    if content_type == b"application/json":
-        try:
-            body = read_json(request, parse_float=Decimal)
-        except BadJSON as e:
-            raise BadRequest(str(e))
-        if not isinstance(body, dict):
-            raise BadRequest("the JSON body must be an object")
-        return body
-    fields: dict[str, Any] = {}
-    for name, values in (request.args or {}).items():
-        try:
-            fields[name.decode("utf-8")] = values[0].decode("utf-8") if values else ""
-        except UnicodeDecodeError:
-            raise BadRequest("form fields must be UTF-8")
-    return fields
 
 
 def _text(fields: dict, name: str, required: bool = True) -> str | None:
@@ -172,25 +144,7 @@ def push_fields(request: Request) -> tuple[dict[str, str], dict[str, bytes]]:
     return {k: v.decode("cp1251", "replace") for k, v in raw.items()}, raw  # pragma: no cover
 
 
-class _Portal:
-    """Order creation for a payer who proves who they are (login + password)."""
-
-    db: Database
-    metrics: Any
-    route_prefix: str
-
-    async def _authenticate(self, login: str, password: str) -> ledger.Account | None:
-        account = await self.db.run(ledger.find_account_by_login, login)
-        stored = account.password_hash if account is not None else ""
-        ok = await deferToThread(ledger.verify_password, password, stored or _DUMMY_HASH)
-        return account if ok and stored else None
-
-    def _answer(self, request: Request, route: str, status: int, payload: dict) -> bytes:
-        self.metrics.http_requests.labels(route, str(status)).inc()
-        return json_body(request, status, payload)
-
-
-class AssistWeb(_Portal):
+class AssistWeb:
     app = Klein()
 
     def __init__(self, service: AssistService, db: Database, metrics: Any):
@@ -202,40 +156,34 @@ class AssistWeb(_Portal):
         return self.app.resource()
 
     @app.route("/payments/assist/order", methods=["POST"])
+    @endpoint("assist_order")
     def order(self, request: Request):
         return shielded(self._order(request), "ASSIST order request failed")
 
     async def _order(self, request: Request) -> bytes:
-        route = "assist_order"
+        fields = request_fields(request)
+        login, password = _text(fields, "login"), _text(fields, "password")
+        amount = _amount(fields)
+        comment = _text(fields, "comment", required=False) or ""
+        account = await password_login(self.db, login, password)
+        if account is None:
+            log.debug("ASSIST order refused: bad credentials", provider="assist")
+            return json_body(request, 403, _FORBIDDEN)
         try:
-            fields = request_fields(request)
-            login, password = _text(fields, "login"), _text(fields, "password")
-            amount = _amount(fields)
-            comment = _text(fields, "comment", required=False) or ""
-        except BadRequest as e:
-            return self._answer(request, route, 400, {"error": str(e)})
-        try:
-            account = await self._authenticate(login, password)
-            if account is None:
-                log.debug("ASSIST order refused: bad credentials", provider="assist")
-                return self._answer(request, route, 403, _FORBIDDEN)
             order, form = await self.service.create_order(account.id, amount, comment=comment)
         except ValueError as e:  # a comment the gateway cannot show
-            return self._answer(request, route, 400, {"error": str(e)})
+            raise BadRequest(str(e))
         except orders.OrderError:
-            return self._answer(request, route, 403, _FORBIDDEN)
-        except DatabaseUnavailable:
-            return self._answer(request, route, 503, {"error": "temporarily unavailable"})
-        return self._answer(request, route, 200,
-                            {"order": order.to_json(), "form": form.to_json()})
+            return json_body(request, 403, _FORBIDDEN)
+        return json_body(request, 200, {"order": order.to_json(), "form": form.to_json()})
 
     # -- the push ---------------------------------------------------------------------------
     @app.route("/payments/assist/result", methods=["POST"])
+    @endpoint("assist_result")
     def result(self, request: Request):
         return shielded(self._result(request), "ASSIST push failed")
 
     async def _result(self, request: Request) -> bytes:
-        route = "assist_result"
         cfg = self.service.cfg
         legacy = cfg.generation == LEGACY.name
         text, raw = push_fields(request)
@@ -246,7 +194,7 @@ class AssistWeb(_Portal):
             events.count(self.metrics, "assist", "wrong_shop")
             log.warn("ASSIST push for order {order} refused: it names shop {shop}, not ours",
                      order=number[:64], shop=shop[:64], provider="assist", reason="wrong_shop")
-            return self._push_answer(request, route, PUSH_WRONG_SHOP)
+            return self._push_answer(request, PUSH_WRONG_SHOP)
 
         def rawf(*names: str) -> bytes:
             return next((raw[n] for n in names if raw.get(n)), b"")
@@ -265,19 +213,19 @@ class AssistWeb(_Portal):
             events.count(self.metrics, "assist", "bad_check_value")
             log.warn("ASSIST push for order {order} refused: bad or missing CheckValue",
                      order=number[:64], provider="assist", reason="bad_check_value")
-            return self._push_answer(request, route, PUSH_BAD_CHECK_VALUE)
+            return self._push_answer(request, PUSH_BAD_CHECK_VALUE)
         pushed = push_result(text, GENERATIONS[cfg.generation])
         try:
             await self.service.on_push(number, pushed)
         except DatabaseUnavailable:
-            return self._push_answer(request, route, PUSH_TRY_AGAIN)
+            return self._push_answer(request, PUSH_TRY_AGAIN)
         except Exception:
             log.failure("ASSIST push for order {order} failed", order=number,
                         provider="assist")
-            return self._push_answer(request, route, PUSH_TRY_AGAIN)
-        return self._push_answer(request, route, PUSH_OK, bill, packet)
+            return self._push_answer(request, PUSH_TRY_AGAIN)
+        return self._push_answer(request, PUSH_OK, bill, packet)
 
-    def _push_answer(self, request: Request, route: str, codes: tuple[int, int],
+    def _push_answer(self, request: Request, codes: tuple[int, int],
                      bill: str = "", packet: str = "") -> bytes:
         """
         The reference answer: HTTP 200 and ``<pushpaymentresult firstcode
@@ -286,7 +234,6 @@ class AssistWeb(_Portal):
         """
         first, second = codes
         charset = "windows-1251" if self.service.cfg.generation == LEGACY.name else "utf-8"
-        self.metrics.http_requests.labels(route, "200").inc()
         request.setResponseCode(200)
         request.setHeader(b"content-type", f"text/xml; charset={charset}".encode("ascii"))
         order = ""
@@ -298,7 +245,7 @@ class AssistWeb(_Portal):
                 f"{order}</pushpaymentresult>").encode(charset, "replace")
 
 
-class PaytureWeb(_Portal):
+class PaytureWeb:
     app = Klein()
 
     def __init__(self, service: PaytureService, db: Database, metrics: Any,
@@ -316,6 +263,7 @@ class PaytureWeb(_Portal):
                endpoint="notify_billing")
     @app.route("/billing/payment/payture/validate_notify", methods=["POST"],
                endpoint="notify_billing_noslash")
+    @endpoint("payture_notify")
     def notify(self, request: Request):
         return shielded(self._notify(request), "Payture notification failed")
 
@@ -329,40 +277,34 @@ class PaytureWeb(_Portal):
         except BadNotification as e:
             log.warn("Payture notification refused: {error}", error=str(e),
                      provider="payture", reason="malformed")
-            return self._plain(request, 400, b"BAD REQUEST", "malformed")
+            return self._plain(request, 400, b"BAD REQUEST")
         handled = await self.service.handle(n)
-        return self._plain(request, handled.code, handled.body, handled.outcome)
+        return self._plain(request, handled.code, handled.body)
 
-    def _plain(self, request: Request, status: int, body: bytes, outcome: str) -> bytes:
-        self.metrics.http_requests.labels("payture_notify", str(status)).inc()
+    def _plain(self, request: Request, status: int, body: bytes) -> bytes:
         request.setResponseCode(status)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return body
 
     @app.route("/payments/payture/order", methods=["POST"])
+    @endpoint("payture_order")
     def order(self, request: Request):
         return shielded(self._order(request), "Payture order request failed")
 
     async def _order(self, request: Request) -> bytes:
-        route = "payture_order"
+        fields = request_fields(request)
+        login, password = _text(fields, "login"), _text(fields, "password")
+        amount = _amount(fields)
+        ip = _text(fields, "ip", required=False) or client_ip(request, self.trusted_proxies)
+        account = await password_login(self.db, login, password)
+        if account is None:
+            return json_body(request, 403, _FORBIDDEN)
         try:
-            fields = request_fields(request)
-            login, password = _text(fields, "login"), _text(fields, "password")
-            amount = _amount(fields)
-        except BadRequest as e:
-            return self._answer(request, route, 400, {"error": str(e)})
-        try:
-            account = await self._authenticate(login, password)
-            if account is None:
-                return self._answer(request, route, 403, _FORBIDDEN)
-            ip = _text(fields, "ip", required=False) or client_ip(request, self.trusted_proxies)
             order, url = await self.service.create_order(account.id, amount, ip)
         except orders.OrderError:
-            return self._answer(request, route, 403, _FORBIDDEN)
-        except BadRequest as e:
-            return self._answer(request, route, 400, {"error": str(e)})
+            return json_body(request, 403, _FORBIDDEN)
         except PartnerRefused as e:
-            return self._answer(request, route, 502, {"error": f"Payture refused: {e.code}"})
-        except (PartnerError, DatabaseUnavailable):
-            return self._answer(request, route, 503, {"error": "temporarily unavailable"})
-        return self._answer(request, route, 200, {"order": order.to_json(), "url": url})
+            return json_body(request, 502, {"error": f"Payture refused: {e.code}"})
+        except PartnerError:
+            return json_body(request, 503, {"error": "temporarily unavailable, retry"})
+        return json_body(request, 200, {"order": order.to_json(), "url": url})

@@ -9,9 +9,6 @@ the terminal's disconnect, and its answer is sent as XML.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -19,7 +16,9 @@ from twisted.web.server import Request
 from smartyd.config import OSMP as OSMPConfig
 from smartyd.osmp.protocol import CONTENT_TYPE, PROVIDER
 from smartyd.osmp.service import OSMPService
-from smartyd.web import client_ip, in_networks, shielded
+from smartyd.http.addresses import client_ip, in_networks
+from smartyd.http.auth import BasicAuth
+from smartyd.http.handlers import endpoint, shielded
 
 # The namespace of every OSMP event since before the package was split:
 # admins filter the JSON log on ``"ns": "smartyd.osmp"``.
@@ -44,22 +43,18 @@ class OSMP:
         self.service = service
         self.metrics = metrics
         self.trusted_proxies = trusted_proxies
-        # Digests, so that the comparison takes the same time whatever the
-        # lengths of the expected and the offered credentials.
-        self._credentials = (
-            (_digest(cfg.username.encode("utf-8")), _digest(cfg.password.encode("utf-8")))
-            if cfg.username else None
-        )
+        self.auth = BasicAuth(cfg.username, cfg.password)
 
     def resource(self):
         return self.app.resource()
 
     @app.route("/payments/osmp", methods=["GET", "POST"])
-    async def endpoint(self, request: Request) -> bytes:
+    @endpoint("osmp")
+    async def answer(self, request: Request) -> bytes:
         ip = client_ip(request, self.trusted_proxies)
         if not in_networks(ip, self.cfg.allow):
             return self._refuse_access(request, 403, "address", ip)
-        if self._credentials is not None and not self._authorized(request):
+        if not self.auth.authorized(request):
             request.setHeader(b"www-authenticate", b'Basic realm="osmp", charset="UTF-8"')
             return self._refuse_access(request, 401, "credentials", ip)
         # From here on the work must finish (or roll back) as a whole even if
@@ -69,24 +64,13 @@ class OSMP:
         label, reply = await shielded(self.service.handle(request.args),
                                       "OSMP request failed after the client left")
         self.metrics.osmp_answers.labels(label, str(reply.result)).inc()
-        self.metrics.http_requests.labels("osmp", "200").inc()
         request.setHeader(b"content-type", CONTENT_TYPE)
         request.setHeader(b"cache-control", b"no-store")
         return reply.to_xml()
-
-    def _authorized(self, request: Request) -> bool:
-        user_ok = hmac.compare_digest(_digest(request.getUser()), self._credentials[0])
-        password_ok = hmac.compare_digest(_digest(request.getPassword()), self._credentials[1])
-        return user_ok & password_ok
 
     def _refuse_access(self, request: Request, code: int, reason: str, ip: str) -> bytes:
         log.info("OSMP request from {client} refused ({code}): {reason}",
                  provider=PROVIDER, client=ip, code=code, reason=reason)
         self.metrics.osmp_refused.labels(reason).inc()
-        self.metrics.http_requests.labels("osmp", str(code)).inc()
         request.setResponseCode(code)
         return b""
-
-
-def _digest(value: bytes | None) -> bytes:
-    return hashlib.sha256(value or b"").digest()

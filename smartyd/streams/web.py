@@ -17,31 +17,23 @@ from typing import Any
 
 from attrs import frozen
 from klein import Klein
-from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.server import Request
 
 from smartyd import catalog, ledger
-from smartyd.db import Database, DatabaseUnavailable, Tx
+from smartyd.db import Database, Tx
 from smartyd.streams.check import NOT_READY, Checker
 from smartyd.streams.tokens import TokenCodec, pack_ip
-from smartyd.web import BadJSON, client_ip, json_body, read_json
+from smartyd.http.addresses import client_ip
+from smartyd.http.auth import password_login
+from smartyd.http.fields import BadRequest, request_fields
+from smartyd.http.handlers import endpoint, json_body
 
 log = Logger()
 
-# A valid scrypt hash of a random password nobody knows: verified against when
-# the login does not exist or has no password, so that those answers take as
-# long as a wrong password does.
-_DUMMY_HASH = (
-    "scrypt$16384$8$1$VzwVKsqlrv69tCflfAw9NQ==$QCT2B1uyw2/3m/dNF6wPsHpifRsWCiZbaBZnSbXLOZk="
-)
 _MAX_FIELD = 256
 _MAX_ID = 2**63 - 1
 _FORBIDDEN = {"error": "forbidden"}
-
-
-class BadRequest(Exception):
-    """The request is malformed (400); the message says how."""
 
 
 @frozen
@@ -153,18 +145,9 @@ class StreamsApp:
 
     # -- POST /streams/url -------------------------------------------------------------
     @app.route("/streams/url", methods=["POST"])
+    @endpoint("streams_url")
     async def url(self, request: Request) -> bytes:
-        try:
-            mint = parse_mint_request(_fields(request))
-        except BadRequest as e:
-            return self._answer(request, 400, {"error": str(e)})
-        try:
-            return await self._mint(request, mint)
-        except DatabaseUnavailable as e:
-            log.warn("stream URL not minted: database unavailable ({error})", error=str(e))
-            return self._answer(request, 503, {"error": "temporarily unavailable, retry"})
-
-    async def _mint(self, request: Request, mint: MintRequest) -> bytes:
+        mint = parse_mint_request(request_fields(request))
         account = await self._authenticate(mint)
         if account is None:
             return self._refuse(request, "bad_credentials", None, mint.channel)
@@ -177,7 +160,7 @@ class StreamsApp:
             token = self.codec.mint(account.id, channel["id"], expires, ip=ip)
         except ValueError:
             # The caller's own address is not an IP (a Unix socket peer).
-            return self._answer(request, 400, {"error": "ip is required"})
+            raise BadRequest("ip is required")
         self.metrics.tokens_minted.inc()
         log.debug(
             "stream URL minted for account {account} channel {channel}",
@@ -185,28 +168,23 @@ class StreamsApp:
             channel=channel["name"],
         )
         url = stream_url(channel["url_mask"], token, account.id, channel["name"], ip, expires)
-        return self._answer(request, 200, {"url": url, "token": token, "expires": expires})
+        return json_body(request, 200, {"url": url, "token": token, "expires": expires})
 
     async def _authenticate(self, mint: MintRequest) -> ledger.Account | None:
         if mint.uid is not None:
             return await self.db.run(account_by_device, mint.uid)
-        account = await self.db.run(ledger.find_account_by_login, mint.login)
-        stored = account.password_hash if account is not None else ""
-        ok = await deferToThread(self._verify_password, mint.password, stored or _DUMMY_HASH)
-        return account if ok and stored else None
+        return await password_login(self.db, mint.login, mint.password,
+                                    verify=self._verify_password)
 
     def _refuse(self, request: Request, reason: str, account: int | None, channel: str) -> bytes:
         log.debug(
             "stream URL refused: {reason}", reason=reason, account=account, channel=channel
         )
-        return self._answer(request, 403, _FORBIDDEN)
-
-    def _answer(self, request: Request, status: int, payload: dict) -> bytes:
-        self.metrics.http_requests.labels("streams_url", str(status)).inc()
-        return json_body(request, status, payload)
+        return json_body(request, 403, _FORBIDDEN)
 
     # -- GET /streams/check --------------------------------------------------------------
     @app.route("/streams/check", methods=["GET", "HEAD"])
+    @endpoint("streams_check")
     def check(self, request: Request) -> bytes:
         params = {
             name.decode("latin-1"): values[0].decode("utf-8", "replace")
@@ -233,25 +211,4 @@ class StreamsApp:
         request.setHeader(b"X-AuthDuration", str(verdict.duration).encode())
         if verdict.account_id is not None:
             request.setHeader(b"X-UserId", str(verdict.account_id).encode())
-        self.metrics.http_requests.labels("streams_check", str(status)).inc()
         return b""
-
-
-def _fields(request: Request) -> dict[str, Any]:
-    """The request's fields: a JSON object body, or form/query parameters."""
-    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    if content_type == b"application/json":
-        try:
-            body = read_json(request)
-        except BadJSON as e:
-            raise BadRequest(str(e))
-        if not isinstance(body, dict):
-            raise BadRequest("the JSON body must be an object")
-        return body
-    fields: dict[str, Any] = {}
-    for name, values in (request.args or {}).items():
-        try:
-            fields[name.decode("utf-8")] = values[0].decode("utf-8") if values else ""
-        except UnicodeDecodeError:
-            raise BadRequest("form fields must be UTF-8")
-    return fields

@@ -1,0 +1,45 @@
+"""``GET /health`` (200 / 503 by a live database probe) and ``GET /metrics``."""
+
+from __future__ import annotations
+
+from klein import Klein
+
+from smartyd.http.handlers import endpoint, json_body
+from smartyd.metrics import CONTENT_TYPE
+
+
+class Health:
+    """``GET /health`` (200 / 503 by a live DB probe) and ``GET /metrics``."""
+
+    app = Klein()
+
+    def __init__(self, db, metrics, reactor, started: float, extra=None, ready=None):
+        self.db = db
+        self.ready = ready or (lambda: True)
+        self.metrics = metrics
+        self.reactor = reactor
+        self.started = started
+        self.extra = extra or (lambda: {})
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/health", methods=["GET", "HEAD"])
+    @endpoint("health")
+    async def health(self, request):
+        db_ok = self.db is not None and await self.db.ping()
+        self.metrics.db_up.set(1 if db_ok else 0)
+        ready = self.ready()
+        ok = db_ok and ready
+        payload = {
+            "status": "ok" if ok else ("starting" if db_ok else "unavailable"),
+            "db": "ok" if db_ok else "down",
+            "uptime": round(self.reactor.seconds() - self.started, 3),
+        }
+        payload.update(self.extra())
+        return json_body(request, 200 if ok else 503, payload)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_page(self, request):
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return self.metrics.render()
