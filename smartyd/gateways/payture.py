@@ -25,6 +25,7 @@ unreachable, the payment still in progress).
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 from typing import Any
 
 from attrs import define, field, frozen
@@ -182,8 +183,6 @@ class PaytureClient:
         return session
 
     def pay_url(self, session_id: str) -> str:
-        from urllib.parse import urlencode
-
         return f"{self.host}/apim/Pay?{urlencode({'SessionId': session_id})}"
 
 

@@ -34,6 +34,7 @@ from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.web.client import (
+    Agent,
     HTTPConnectionPool,
     PotentialDataLoss,
     ResponseDone,
@@ -285,8 +286,6 @@ class HTTPClientService(Service):
     client: HTTPClient = field(init=False)
 
     def __attrs_post_init__(self):
-        from twisted.web.client import Agent
-
         self.pool = HTTPConnectionPool(self.reactor, persistent=True)
         self.pool.maxPersistentPerHost = self.max_per_host
         self.pool.retryAutomatically = False  # never resend a payment call silently

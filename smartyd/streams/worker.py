@@ -20,6 +20,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReadDescriptor
 from twisted.internet.protocol import Protocol
+from twisted.internet.stdio import StandardIO
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogBeginner
 from zope.interface import implementer
@@ -245,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except configmod.ConfigError as e:
         sys.stderr.write(f"smartyd worker: config: {e}\n")
         return 2
+    # The worker runs the default reactor; importing it at module level would
+    # install it when the daemon merely imports this module.
     from twisted.internet import reactor
-    from twisted.internet.stdio import StandardIO
 
     worker: Worker | None = None
     pipe = ParentPipe(lambda: worker.parent_gone() if worker is not None else reactor.stop())
