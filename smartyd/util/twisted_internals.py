@@ -1,7 +1,7 @@
 """
 Every use of a Twisted private, in one place.
 
-Each is a deliberate choice with a reason below; tests/test_twisted_internals.py
+Each is a deliberate choice with a reason below; tests/test_util.py (test_twisted_privates_we_rely_on_still_exist)
 fails loudly if a Twisted upgrade renames or removes one, instead of letting
 the daemon silently lose the behaviour.
 """
