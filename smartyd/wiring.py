@@ -33,14 +33,14 @@ from smartyd.db.migrate import migrate
 from smartyd.feature import Feature, Readiness
 from smartyd.fiscal import make_dreamkas, payment_hooks as fiscal_hooks
 from smartyd.gateways import make_assist, make_payture
+from smartyd.http.health import Health
+from smartyd.http.root import Root, make_site
 from smartyd.metrics import Metrics
 from smartyd.osmp import make_osmp
 from smartyd.partners import HTTPClientService
 from smartyd.payments import Payments
 from smartyd.streams import make_streams
 from smartyd.util.backoff import Backoff
-from smartyd.http.health import Health
-from smartyd.http.root import Root, make_site
 
 log = Logger()
 

@@ -334,3 +334,25 @@ def test_a_killed_postmaster_is_restarted_and_a_paid_payment_stays_once(state, t
         assert any(e.startswith("embedded PostgreSQL is running again") for e in events)
     finally:
         d.stop()
+
+
+def test_the_terminal_sees_the_start_up_steps_and_warnings(state, tmp_path):
+    """`twistd -n` at a console: short human lines on stderr, the JSON log as before."""
+    d = Daemon(tmp_path, state, free_port(),
+               extra='[osmp]\nusername = "osmp"\npassword = ""\n').start()
+    try:
+        d.wait_healthy()
+    finally:
+        d.proc.send_signal(signal.SIGTERM)
+        out, err = d.proc.communicate(timeout=60)
+    lines = err.splitlines()
+    assert f"smartyd: listening on tcp:{d.port}:interface=127.0.0.1 (HTTP)" in lines
+    assert any(l.startswith("smartyd: schema up to date") for l in lines), err
+    assert "smartyd: features enabled: osmp, streams" in lines, err
+    assert "smartyd: smartyd ready" in lines, err
+    # warnings reach the terminal too (an OSMP username without a password)
+    assert any(l.startswith("smartyd: warn: [osmp] username is set") for l in lines), err
+    assert "Traceback" not in err
+    records = [json.loads(l) for l in open(d.log_file)]
+    ready = [r for r in records if r["event"] == "smartyd ready"]
+    assert ready and "console" not in ready[-1]  # the JSON log keeps its keys

@@ -13,13 +13,12 @@ class Health:
 
     app = Klein()
 
-    def __init__(self, db, metrics, reactor, started: float, extra=None, ready=None):
+    def __init__(self, db, metrics, reactor, started: float, ready=None):
         self.db = db
         self.ready = ready or (lambda: True)
         self.metrics = metrics
         self.reactor = reactor
         self.started = started
-        self.extra = extra or (lambda: {})
 
     def resource(self):
         return self.app.resource()
@@ -36,7 +35,6 @@ class Health:
             "db": "ok" if db_ok else "down",
             "uptime": round(self.reactor.seconds() - self.started, 3),
         }
-        payload.update(self.extra())
         return json_body(request, 200 if ok else 503, payload)
 
     @app.route("/metrics", methods=["GET"])
