@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 import tempfile
 from pathlib import Path
 
@@ -122,6 +123,29 @@ async def entitlements(db, world, metrics):
 def make_config(**sections) -> Config:
     """A Config from section dicts, e.g. make_config(osmp={"account": "id"})."""
     return from_dict(sections)
+
+
+@contextmanager
+def captured_events(namespace: str | None = None):
+    """The log events emitted inside the block (of one namespace, if given), as a list."""
+    events: list = []
+
+    def observer(event):
+        if namespace is None or event.get("log_namespace") == namespace:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observer)
+
+
+@pytest.fixture
+def log_events():
+    """Every log event emitted during the test."""
+    with captured_events() as events:
+        yield events
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 
 from smartyd.db.embedded import EmbeddedError
 from smartyd.db.supervisor import ClusterSupervisor
@@ -48,12 +47,6 @@ class Threads:
         defer.maybeDeferred(fn).chainDeferred(d)
 
 
-@pytest.fixture
-def log_events():
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def make(**kw):

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from lxml import etree
 from treq.client import HTTPClient
 from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
@@ -33,7 +32,7 @@ from testapp import build as build_parts
 from fakes import in_memory_client
 from smartyd.metrics import Metrics
 from smartyd.http.root import make_site
-from conftest import make_config
+from conftest import captured_events, make_config
 
 T0 = 1_772_366_400  # 2026-03-01 12:00:00 UTC, 15:00 in Moscow
 USER, PASSWORD = "osmp", "s3cret"
@@ -158,15 +157,8 @@ def answers(metrics, command: str, result: int) -> float:
 @pytest.fixture
 def events():
     """Log events of smartyd.osmp."""
-    captured = []
-
-    def observer(event):
-        if event.get("log_namespace") == "smartyd.osmp":
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
+    with captured_events("smartyd.osmp") as captured:
+        yield captured
 
 
 # -- check and pay -----------------------------------------------------------------------------

@@ -14,14 +14,13 @@ from decimal import Decimal
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
 
 from smartyd import ledger, payments
 from smartyd.db import Database
 from smartyd.metrics import Metrics
 from smartyd.osmp.protocol import OSMPRequest, format_txn_date, parse_request
 from smartyd.osmp.service import OSMPService
-from conftest import make_config
+from conftest import captured_events, make_config
 
 T0 = 1_772_366_400  # 2026-03-01 12:00:00 UTC
 
@@ -61,15 +60,8 @@ async def counts(db) -> tuple[int, int]:
 @pytest.fixture
 def events():
     """Log events of smartyd.osmp (the namespace admins filter on)."""
-    captured = []
-
-    def observer(event):
-        if event.get("log_namespace") == "smartyd.osmp":
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
+    with captured_events("smartyd.osmp") as captured:
+        yield captured
 
 
 @pytest_twisted.ensureDeferred

@@ -1,4 +1,3 @@
-import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -189,14 +188,6 @@ def _poller_events(events):
             if e.get("log_namespace") == "smartyd.poller"]
 
 
-@pytest.fixture
-def log_events():
-    from twisted.logger import globalLogPublisher
-
-    events = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def test_classification_is_injectable(log_events):
