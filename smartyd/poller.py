@@ -24,7 +24,6 @@ from typing import Any, Awaitable, Callable
 
 from attrs import define, field
 from twisted.application.service import Service
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -32,6 +31,7 @@ from smartyd.db import Database, DatabaseUnavailable
 from smartyd.util.text import one_line
 from smartyd.db.locks import Turn, cluster_once
 from smartyd.util.backoff import exponential
+from smartyd.util.singleflight import SingleFlight
 
 log = Logger()
 
@@ -65,13 +65,12 @@ class Poller(Service):
     failures: int = 0
     last_outcome: str | None = None
     _call: Any = None
-    _inflight: Deferred | None = None
-    _again: bool = False
-    _waiters: list = field(factory=list)
+    _flight: SingleFlight = field(init=False)
     _stopped: bool = True
 
     def __attrs_post_init__(self):
         self.name = f"poller:{self.job}"
+        self._flight = SingleFlight(self._run_and_reschedule)
 
     # -- lifecycle ----------------------------------------------------------------
     def startService(self):
@@ -85,11 +84,7 @@ class Poller(Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        if self._inflight is None:
-            return defer.succeed(None)
-        done: Deferred = Deferred()
-        self._waiters.append(done)
-        return done
+        return self._flight.when_idle()
 
     # -- scheduling ---------------------------------------------------------------------
     def next_delay(self) -> float:
@@ -106,7 +101,7 @@ class Poller(Service):
 
     def force(self) -> Deferred:
         """
-        Run now (or right after the run in flight); fires when that run ends.
+        Run now (or right after the run in flight); fires with that run's outcome.
 
         The pending timer is left alone: a forced run that is refused
         (another instance holds the lock, or the job ran less than
@@ -114,44 +109,22 @@ class Poller(Service):
         otherwise webhooks arriving more often than ``interval`` would starve
         the job.  A forced run that does run restarts the interval from its end.
         """
-        done: Deferred = Deferred()
-        self._waiters.append(done)
-        if self._inflight is not None:
-            self._again = True
-        else:
-            self._start()
-        return done
+        return self._flight.run()
 
     def _fire(self) -> None:
         """The timer's call: the scheduled run (folded into one more if one is in flight)."""
         self._call = None
-        if self._inflight is not None:
-            self._again = True
-            return
-        self._start()
+        self._flight.run()
 
-    def _start(self) -> None:
-        self._inflight = Deferred.fromCoroutine(self._run())
-        self._inflight.addBoth(self._finished)
-
-    def _finished(self, result) -> None:
-        self._inflight = None
-        if hasattr(result, "getTraceback"):  # _run never raises; belt and braces
-            log.failure("poller {job} crashed", result, job=self.job)
-        if self._again and not self._stopped:
-            self._again = False
-            self._start()
-            return
+    async def _run_and_reschedule(self) -> str | None:
+        await self._run()
         # A skipped run did no work: it keeps the schedule it found (a pending
-        # timer stays where it was).  Only when nothing is scheduled -- the
-        # timer itself started this run -- is the next one an interval away.
+        # timer stays where it was).  Otherwise the next run is an interval
+        # (or a backoff) after this one ended.
         pending = self._call is not None and self._call.active()
         if not (self.last_outcome == "skipped" and pending):
             self._schedule(self.next_delay())
-        # Waiters last: whoever awaits a run sees the schedule that follows it.
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            w.callback(self.last_outcome)
+        return self.last_outcome
 
     # -- one run ------------------------------------------------------------------------
     async def _run(self) -> None:
