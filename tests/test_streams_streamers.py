@@ -22,7 +22,7 @@ from smartyd import catalog
 from smartyd.streams.check import Checker, Tallies, prometheus_counters
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory
-from smartyd.streams.sessions import SessionLeases
+from smartyd.streams.sessions import LeaseExchange, SessionLeases
 from smartyd.streams.tokens import TokenCodec
 from smartyd.streams.web import StreamsApp
 from fakes import in_memory_client as stub_treq
@@ -346,6 +346,33 @@ async def test_a_burst_between_exchanges_is_cut_back_to_the_limit(db, world, ent
     finally:
         await one.stop()
         await two.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_exchange_service_runs_every_second_and_survives_a_failure(
+        db, make_db, world, pg_dsn):
+    clock = Clock()
+    clock.advance(NOW)
+    sessions = SessionLeases(lease=30)
+    broken = await make_db(size=1)
+    service = LeaseExchange(sessions, broken, clock)
+    service.startService()
+    try:
+        assert sessions.admit(world.alice, 1, "t:x", clock.seconds())
+        clock.advance(0.9)
+        assert service.last is None  # not before its interval
+        broken.close()  # the database is unreachable: the run fails, is logged, retried
+        clock.advance(0.1)
+        await within(service.last, 5)
+        assert service.failing and sessions.exchanges == 0
+        service.db = db
+        clock.advance(1)
+        await within(service.last, 5)
+        assert not service.failing and sessions.exchanges == 1
+        rows = await db.fetchall("SELECT account_id, session FROM session_leases")
+        assert rows == [(world.alice, "t:x")]  # kept across the failed run, then written
+    finally:
+        await service.stopService()
 
 
 # -- when_unavailable -------------------------------------------------------------------------

@@ -29,9 +29,8 @@ from smartyd.feature import Feature
 from smartyd.streams.check import Checker, Tallies, prometheus_counters
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory, FastListener
-from smartyd.poller import Poller
 from smartyd.streams.pool import WorkerPool
-from smartyd.streams.sessions import SYNC_INTERVAL, SessionLeases
+from smartyd.streams.sessions import LeaseExchange, SessionLeases
 from smartyd.streams.tokens import TokenCodec
 from smartyd.streams.web import SMARTY_CHECK, StreamsApp
 
@@ -40,19 +39,13 @@ def make_codec(cfg: Config) -> TokenCodec:
     return TokenCodec(cfg.tokens.keys, bind_ip=cfg.tokens.bind_ip)
 
 
-def make_sessions(cfg: Config, db, reactor: Any, metrics=None) -> tuple[SessionLeases, Poller]:
+def make_sessions(cfg: Config, db, reactor: Any) -> tuple[SessionLeases, LeaseExchange]:
     """
-    One process's session leases and the poller that exchanges them through
-    PostgreSQL every L{SYNC_INTERVAL} seconds (in every process: no lock).
+    One process's session leases and the service that exchanges them through
+    PostgreSQL once a second (in every process: no lock).
     """
     sessions = SessionLeases(lease=cfg.tokens.session_lease)
-
-    async def exchange() -> None:
-        await sessions.exchange(db, reactor.seconds())
-
-    poller = Poller("session-leases", SYNC_INTERVAL, exchange, reactor, metrics=metrics,
-                    max_backoff=10.0)
-    return sessions, poller
+    return sessions, LeaseExchange(sessions, db, reactor)
 
 
 def make_fast_checker(cfg: Config, codec: TokenCodec, entitlements: Entitlements,
@@ -72,7 +65,7 @@ def make_streams(cfg: Config, *, db, reactor: Any, metrics) -> Feature:
     """
     codec = make_codec(cfg)
     entitlements = Entitlements(db, metrics=metrics, clock=reactor)
-    sessions, exchange = make_sessions(cfg, db, reactor, metrics)
+    sessions, exchange = make_sessions(cfg, db, reactor)
     services: list = [entitlements, exchange]
     checker = Checker(codec, entitlements, reactor, prometheus_counters(metrics, "http"),
                       listener="http", log_refusals=cfg.log.level == "debug",

@@ -34,9 +34,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from smartyd.db import Tx
+from smartyd.util.text import one_line
 
 log = Logger()
 
@@ -203,3 +207,53 @@ class SessionLeases:
             else:
                 del self._local[account]
         self.exchanges += 1
+
+
+class LeaseExchange(Service):
+    """
+    Runs L{SessionLeases.exchange} every C{interval} seconds in this process
+    (no cluster-wide lock: every process must exchange).  Runs never overlap;
+    a failed one is logged once (and the recovery), and the next tick retries.
+    """
+
+    name = "session-leases"
+
+    def __init__(self, sessions: SessionLeases, db: Any, clock: Any,
+                 interval: float = SYNC_INTERVAL):
+        self.sessions = sessions
+        self.db = db
+        self.clock = clock
+        self.interval = interval
+        self.failing = False
+        self.last: Deferred | None = None  # the latest run
+        self._loop = LoopingCall(self.run)
+        self._loop.clock = clock
+        self._done: Deferred | None = None
+
+    def run(self) -> Deferred:
+        """One exchange; never fails (a failure is logged)."""
+        d = Deferred.fromCoroutine(self.sessions.exchange(self.db, self.clock.seconds()))
+        d.addCallbacks(self._ok, self._failed)
+        self.last = d
+        return d
+
+    def _ok(self, _) -> None:
+        if self.failing:
+            self.failing = False
+            log.info("session leases exchanged again")
+
+    def _failed(self, failure) -> None:
+        if not self.failing:
+            self.failing = True
+            log.warn("session lease exchange failed ({error}); deciding from what was last"
+                     " read until it works again", error=one_line(failure.value))
+
+    def startService(self) -> None:
+        super().startService()
+        self._done = self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return self._done
