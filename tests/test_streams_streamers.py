@@ -20,7 +20,6 @@ from twisted.internet.task import Clock
 
 from smartyd import catalog
 from smartyd.streams.check import Checker, Tallies, prometheus_counters
-from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory
 from smartyd.streams.sessions import LeaseExchange, SessionLeases
 from smartyd.streams.tokens import TokenCodec
