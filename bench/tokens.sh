@@ -4,6 +4,11 @@
 #
 #   bench/tokens.sh                       # uses python3 on PATH
 #   PYTHON=/path/to/venv/bin/python DURATION=10s CONNECTIONS=50 bench/tokens.sh
+#   SESSIONS=0 bench/tokens.sh            # without a concurrent-session limit
+#
+# By default the bench account's tariff has a concurrent-session limit
+# (SESSIONS=2), so every check also renews the session's lease (the token is
+# the session: one viewer re-checking over 50 connections).
 #
 # Needs: nginx (with the secure_link module, as Debian's nginx-light has),
 # wrk, taskset, curl, and smartyd installed for $PYTHON (twistd and
@@ -21,6 +26,7 @@ PYTHON=${PYTHON:-$(command -v python3 || true)}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 CONNECTIONS=${CONNECTIONS:-50}
+SESSIONS=${SESSIONS:-2}
 
 # -- requirements -------------------------------------------------------------------
 missing=0
@@ -212,7 +218,9 @@ echo "smartyd, workers = 1 on CPU 0, wrk on CPU 1 ..."
 start_daemon 1 0
 ACCOUNT=$(admin account create --login bench --password bench-password | json_field id)
 CHANNEL=$(admin channel create --name ch1 --url-mask 'http://127.0.0.1/ch1/index.m3u8?token=$token' | json_field id)
-TARIFF=$(admin tariff create --name basic --price 1.00 --channel "$CHANNEL" | json_field id)
+LIMIT=()
+[ "$SESSIONS" != 0 ] && LIMIT=(--sessions "$SESSIONS")
+TARIFF=$(admin tariff create --name basic --price 1.00 --channel "$CHANNEL" "${LIMIT[@]}" | json_field id)
 admin tariff assign "$ACCOUNT" "$TARIFF" >/dev/null
 TOKEN=$(curl -sf -d login=bench -d password=bench-password -d channel=ch1 -d ip=127.0.0.1 \
     "http://127.0.0.1:$HTTP_PORT/streams/url" | json_field token)
@@ -220,6 +228,11 @@ FAST_URL="http://127.0.0.1:$FAST_PORT/streams/check?token=$TOKEN&name=ch1"
 wait_for 10 "the fast listener to allow the token" status_is 200 "$FAST_URL"
 status_is 403 "http://127.0.0.1:$FAST_PORT/streams/check?token=${TOKEN}x&name=ch1" \
     || { echo "smartyd does not refuse a bad token" >&2; exit 1; }
+if [ "$SESSIONS" != 0 ]; then
+    curl -s -D - -o /dev/null "$FAST_URL" | grep -qi "^X-Max-Sessions: $SESSIONS" \
+        || { echo "smartyd does not apply the session limit" >&2; exit 1; }
+    echo "  (session limit on: $SESSIONS per account, every check renews a lease)"
+fi
 result=$(run_wrk smartyd-1 1 "$FAST_URL")
 read -r ONE_RPS ONE_P99 <<<"$result"
 stop_daemon

@@ -19,17 +19,34 @@ class CatalogError(LedgerError):
     pass
 
 
-async def create_channel(tx: Tx, name: str, url_mask: str) -> dict:
+async def create_channel(tx: Tx, name: str, url_mask: str,
+                         streamer_id: str | None = None) -> dict:
     if not NAME_RE.match(name or ""):
         raise CatalogError("channel name must be 1-64 characters of A-Z a-z 0-9 _ . : -")
     if not url_mask.startswith(("http://", "https://", "udp://", "rtmp://", "rtsp://", "srt://")):
         raise CatalogError("url mask must be a stream URL (http://, https://, udp://, ...)")
     if await tx.fetchval("SELECT 1 FROM channels WHERE name = %s", (name,)):
         raise CatalogError(f"channel {name!r} exists already")
-    return await tx.fetchdict(
+    channel = await tx.fetchdict(
         "INSERT INTO channels (name, url_mask) VALUES (%s, %s) RETURNING id, name, url_mask",
         (name, url_mask),
     )
+    if streamer_id is not None:
+        await set_streamer_id(tx, channel["id"], streamer_id)
+        channel["streamer_id"] = streamer_id
+    return channel
+
+
+async def set_streamer_id(tx: Tx, channel_id: int, streamer_id: str) -> None:
+    """The streamer's own id of the channel (Cesbo Astra's X-Channel-ID), unique."""
+    if not NAME_RE.match(streamer_id or ""):
+        raise CatalogError("streamer id must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if await tx.fetchval(
+        "SELECT 1 FROM channels WHERE streamer_id = %s AND id <> %s", (streamer_id, channel_id)
+    ):
+        raise CatalogError(f"streamer id {streamer_id!r} is another channel's")
+    await tx.execute("UPDATE channels SET streamer_id = %s WHERE id = %s",
+                     (streamer_id, channel_id))
 
 
 async def get_channel(tx: Tx, ref: str | int) -> dict | None:
@@ -44,7 +61,7 @@ async def get_channel(tx: Tx, ref: str | int) -> dict | None:
 
 async def create_tariff(
     tx: Tx, name: str, price: object, channel_ids: list[int] = (), kind: str = "tv",
-    period_days: int = 30, hidden: bool = False,
+    period_days: int = 30, hidden: bool = False, sessions: int | None = None,
 ) -> dict:
     if not name or len(name) > 128:
         raise CatalogError("tariff name must be 1-128 characters")
@@ -66,9 +83,31 @@ async def create_tariff(
             " ON CONFLICT DO NOTHING",
             (tariff["id"], cid),
         )
+    if sessions is not None:
+        if sessions < 1:
+            raise CatalogError("sessions must be at least 1 (leave it out for no limit)")
+        await tx.execute("UPDATE tariffs SET sessions_count = %s WHERE id = %s",
+                         (sessions, tariff["id"]))
+        tariff["sessions"] = sessions
     tariff["price"] = str(tariff["price"])
     tariff["channels"] = list(channel_ids)
     return tariff
+
+
+async def set_account_sessions(tx: Tx, account_id: int, sessions: int) -> dict:
+    """
+    The account's own concurrent-session limit; 0 clears it (the limit is then
+    the largest of its tariffs', none if one of them has none).
+    """
+    if sessions < 0:
+        raise CatalogError("sessions must be 0 (clear) or more")
+    row = await tx.fetchone(
+        "UPDATE accounts SET max_sessions = %s WHERE id = %s RETURNING id",
+        (sessions or None, account_id),
+    )
+    if row is None:
+        raise AccountNotFound(f"no account {account_id}")
+    return {"account": account_id, "max_sessions": sessions or None}
 
 
 async def assign_tariff(tx: Tx, account_id: int, tariff_id: int) -> bool:

@@ -225,6 +225,12 @@ class Tokens:
     bind_ip: bool = _c(boolean, True)
     fast_listen: str = _c(endpoint(optional=True), "tcp:8081:interface=127.0.0.1")
     workers: int = _c(integer(1, 64), 1)
+    # Seconds a session's lease lasts (renewed by each re-check), for
+    # accounts with a concurrent-session limit.
+    session_lease: int = _c(integer(4, 3600), 30)
+    # Before the entitlement snapshot has loaded: "deny" every check, or
+    # "allow" every token whose signature, expiry and IP binding verify.
+    when_unavailable: str = _c(one_of("deny", "allow"), "deny")
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ def test_allowed_with_the_account_and_a_short_cache_duration():
     checker, codec, clock, tallies, _ = make()
     token = codec.mint(1, 10, NOW + 3600, ip=IP)
     verdict = checker.check({"token": token, "ip": IP, "name": "ch10"}, {})
-    assert tuple(verdict) == (True, 1, "ok", 60)
+    assert tuple(verdict) == (True, 1, "ok", 60, None, None)
     # Never cached past the token's expiry.
     clock.advance(3600 - 15)
     assert checker.check({"token": token, "ip": IP}, {}).duration == 15
@@ -101,10 +101,16 @@ def test_every_refusal_reason():
     assert reason({"token": codec.mint(2, 10, NOW + 60, ip=IP), "ip": IP}) == "blocked"
     assert reason({"token": codec.mint(3, 10, NOW + 60, ip=IP), "ip": IP}) == "not_entitled"
     assert reason({"token": codec.mint(1, 12, NOW + 60, ip=IP), "ip": IP}) == "not_entitled"
+    b = SnapshotBuilder()
+    b.add(1, True, [10])
+    holder.snapshot = b.build({"ch10": 10}, NOW, limits={1: 1})
+    assert reason({"token": good, "ip": IP, "session_id": "s1"}) == "ok"
+    assert reason({"token": good, "ip": IP, "session_id": "s2"}) == "too_many_sessions"
     holder.snapshot = None
     assert reason({"token": good, "ip": IP}) == "not_ready"
     counted = {r: n for _, r, n in tallies.take()}
-    assert set(counted) == set(REASONS) - {"ok"}
+    # entitlement_unknown: only with when_unavailable = "allow" (test_streams_streamers.py)
+    assert set(counted) == set(REASONS) - {"entitlement_unknown"}
     assert counted["malformed"] == 3 and counted["not_entitled"] == 2
 
 
@@ -119,7 +125,7 @@ def test_refusals_name_the_account_only_after_the_signature_verified():
 def test_not_ready_is_not_a_refusal_to_cache():
     checker, codec, _, _, _ = make(snap=None)
     verdict = checker.check({"token": codec.mint(1, 10, NOW + 60, ip=IP), "ip": IP}, {})
-    assert tuple(verdict) == (False, None, "not_ready", 0)
+    assert tuple(verdict) == (False, None, "not_ready", 0, None, None)
 
 
 def test_flussonic_parameters():

@@ -192,12 +192,14 @@ async def test_a_valid_request_after_a_large_pipelined_burst(server):
 
 
 @pytest_twisted.ensureDeferred
-async def test_503_with_retry_after_until_the_snapshot_is_loaded(server):
+async def test_403_not_to_be_cached_until_the_snapshot_is_loaded(server):
+    # [tokens] when_unavailable = "deny" (the default; issue 14: was 503).
     server.holder.snapshot = None
     c = await client_of(server)
     c.send(get(server.check_path()))
     [answer] = await c.wait(1)
-    assert answer["status"] == 503 and answer["headers"]["Retry-After"] == "1"
+    assert answer["status"] == 403 and answer["headers"]["X-AuthDuration"] == "0"
+    assert "Retry-After" not in answer["headers"] and "X-UserId" not in answer["headers"]
     await c.close()
 
 

@@ -209,7 +209,7 @@ async def test_malformed_check_input_is_403_never_500(site, world):
 
 
 @pytest_twisted.ensureDeferred
-async def test_check_answers_503_until_the_snapshot_has_loaded(db, world, metrics):
+async def test_check_answers_403_until_the_snapshot_has_loaded(db, world, metrics):
     clock = Clock()
     clock.advance(NOW)
     codec = TokenCodec(["s3cret"])
@@ -218,7 +218,9 @@ async def test_check_answers_503_until_the_snapshot_has_loaded(db, world, metric
     http = stub_treq(StreamsApp(db, codec, checker, clock, metrics, ttl=60).resource())
     token = codec.mint(world.alice, world.ch1, NOW + 60, ip=IP)
     r = await http.get(CHECK, params={"token": token, "ip": IP})
-    assert r.code == 503 and r.headers.getRawHeaders("Retry-After") == ["1"]
+    # [tokens] when_unavailable = "deny" (the default; issue 14: was 503).
+    assert r.code == 403 and r.headers.getRawHeaders("X-AuthDuration") == ["0"]
+    assert r.headers.getRawHeaders("Retry-After") is None
     assert metric(metrics, "smartyd_token_checks_total", listener="http",
                   outcome="unavailable", reason="not_ready") == 1
 

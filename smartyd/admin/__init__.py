@@ -56,11 +56,15 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("show", "block", "unblock"):
         a = acc.add_parser(action)
         a.add_argument("id", type=int)
+    a = acc.add_parser("limit", help="the account's own concurrent-session limit")
+    a.add_argument("id", type=int)
+    a.add_argument("--sessions", type=int, required=True, help="0 clears (tariffs decide)")
 
     ch = sub.add_parser("channel", help="channels").add_subparsers(dest="action", required=True)
     c = ch.add_parser("create")
     c.add_argument("--name", required=True)
     c.add_argument("--url-mask", required=True)
+    c.add_argument("--streamer-id", help="the streamer's own channel id (Astra X-Channel-ID)")
 
     tr = sub.add_parser("tariff", help="tariffs").add_subparsers(dest="action", required=True)
     c = tr.add_parser("create")
@@ -69,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--channel", type=int, action="append", default=[])
     c.add_argument("--kind", choices=("tv", "svod", "tvod"), default="tv")
     c.add_argument("--period-days", type=int, default=30)
+    c.add_argument("--sessions", type=int, help="concurrent sessions allowed (default: no limit)")
     for action in ("assign", "remove"):
         a = tr.add_parser(action)
         a.add_argument("account", type=int)
@@ -123,20 +128,23 @@ async def cmd_account(db: Database, args) -> dict:
             return out
 
         return await db.run(show)
+    if args.action == "limit":
+        return await db.run(catalog.set_account_sessions, args.id, args.sessions)
     status = "blocked" if args.action == "block" else "active"
     account = await db.run(ledger.set_status, args.id, status)
     return account.to_json()
 
 
 async def cmd_channel(db: Database, args) -> dict:
-    return await db.run(catalog.create_channel, args.name, args.url_mask)
+    return await db.run(catalog.create_channel, args.name, args.url_mask,
+                        streamer_id=args.streamer_id)
 
 
 async def cmd_tariff(db: Database, args) -> dict:
     if args.action == "create":
         return await db.run(
             catalog.create_tariff, args.name, args.price, args.channel, args.kind,
-            args.period_days,
+            args.period_days, sessions=args.sessions,
         )
     if args.action == "assign":
         changed = await db.run(catalog.assign_tariff, args.account, args.tariff)

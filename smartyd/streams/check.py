@@ -10,7 +10,36 @@ snapshot: no database, no I/O, no Deferreds.  It accepts three dialects:
   C{referer} in the query (the last three are not needed to decide);
 - nginx C{auth_request}: the viewer's original URI in C{X-Original-URI} (the
   token in its query string) and the viewer's address in C{X-Real-IP}; the
-  channel name may be added to the subrequest's own query as C{name}.
+  channel name may be added to the subrequest's own query as C{name};
+- Cesbo Astra's HTTP auth backend: the viewer's query copied (C{token}) and
+  the headers C{X-Session-ID}, C{X-Channel-ID} (Astra's own channel id,
+  matched against a channel's name or C{streamer_id}), C{X-Real-IP},
+  C{X-Real-Path} (the viewer's path: the fallback for the channel),
+  C{X-Real-UA}, C{X-Real-Host}; an allowed answer names the session with
+  the account's login (C{X-Session-Name}).
+
+Sources relied on (read, not copied): Flussonic's authorization backend API
+(https://flussonic.com/doc/api/authorization -- the query parameters,
+C{request_type} new_session/update_session, C{session_id}) and its session
+limit page (https://flussonic.com/doc/limit-sessions-per-user/ -- C{X-UserId}
+with C{X-Max-Sessions}, and that a banned session stays banned for
+C{X-AuthDuration}); Cesbo's middleware authorization page
+(https://help.cesbo.com/astra/delivery/http-hls-auth/middleware and
+https://astra.cesbo.com/en/delivery/http/auth-backend -- the GET with the
+viewer's query parameters, the C{X-Session-ID}, C{X-Channel-ID},
+C{X-Real-IP}, C{X-Real-Path}, C{X-Real-UA}, C{X-Real-Host} headers, the
+C{X-Session-Name} response header, 200 allows).
+
+An account with a concurrent-session limit (L{entitlements.Snapshot.limits})
+holds a lease per session (L{sessions.SessionLeases}); a new session past the
+limit is refused with C{too_many_sessions}.  Allowed answers for such an
+account carry C{X-Max-Sessions} (Flussonic enforces it too) and an
+C{X-AuthDuration} of at most half the lease, so that re-checks renew it.
+
+Before the first snapshot has loaded, C{[tokens] when_unavailable} decides:
+C{deny} refuses every check (C{not_ready}), C{allow} lets through every token
+whose signature, expiry and IP binding verify (C{entitlement_unknown}; no
+session limit is known then either), never a bad token.
 
 The viewer's address is the C{ip} parameter, else C{X-Real-IP}, else the
 address of whoever asked (a viewer asking directly).  A request that names no
@@ -29,6 +58,7 @@ from urllib.parse import unquote_plus
 from twisted.logger import Logger
 
 from smartyd.streams import entitlements, tokens
+from smartyd.streams.sessions import SessionLeases, session_key
 
 log = Logger()
 
@@ -48,6 +78,8 @@ UNKNOWN_ACCOUNT = entitlements.UNKNOWN_ACCOUNT
 BLOCKED = entitlements.BLOCKED
 NOT_ENTITLED = entitlements.NOT_ENTITLED
 NOT_READY = "not_ready"
+TOO_MANY_SESSIONS = "too_many_sessions"
+ENTITLEMENT_UNKNOWN = "entitlement_unknown"
 
 #: Every reason a check can give, with its outcome (the metric labels).
 REASONS: dict[str, str] = {
@@ -62,6 +94,8 @@ REASONS: dict[str, str] = {
     BLOCKED: DENIED,
     NOT_ENTITLED: DENIED,
     NOT_READY: UNAVAILABLE,
+    TOO_MANY_SESSIONS: DENIED,
+    ENTITLEMENT_UNKNOWN: ALLOWED,
 }
 
 #: Seconds a streamer may cache an allowed answer (X-AuthDuration): short, so
@@ -79,12 +113,16 @@ class Verdict(NamedTuple):
     @ivar account_id: the token's account once its signature is verified, else None.
     @ivar reason: C{"ok"} or the refusal reason (C{"not_ready"}: no snapshot yet).
     @ivar duration: seconds the streamer may cache this answer (X-AuthDuration).
+    @ivar max_sessions: the account's session limit on an allowed answer (X-Max-Sessions).
+    @ivar session_name: the account's login on an allowed Astra answer (X-Session-Name).
     """
 
     allowed: bool
     account_id: int | None
     reason: str
     duration: int
+    max_sessions: int | None = None
+    session_name: str | None = None
 
 
 class Tally:
@@ -159,6 +197,32 @@ def parse_query(query: str) -> dict[str, str]:
     return params
 
 
+def astra_channel(snapshot: entitlements.Snapshot, headers: Mapping[str, str]) -> int | None:
+    """
+    The channel an Astra request names: C{X-Channel-ID} as a channel name or
+    C{streamer_id}, else the first segment of C{X-Real-Path} that is one
+    (C{/ch1/index.m3u8}, C{/play/a014}); None when nothing matches.
+    """
+    astra_id = headers.get("x-channel-id")
+    if astra_id:
+        found = snapshot.channels.get(astra_id)
+        if found is None:
+            found = snapshot.streamer_ids.get(astra_id)
+        if found is not None:
+            return found
+    path = headers.get("x-real-path")
+    if path:
+        path, _, _ = path.partition("?")
+        for segment in path.split("/"):
+            if segment:
+                found = snapshot.channels.get(segment)
+                if found is None:
+                    found = snapshot.streamer_ids.get(segment)
+                if found is not None:
+                    return found
+    return None
+
+
 def token_from_uri(uri: str) -> str | None:
     """The C{token} query parameter of an original request URI (nginx C{auth_request})."""
     _, sep, query = uri.partition("?")
@@ -181,6 +245,9 @@ class Checker:
     @param listener: the listener's name, for the log.
     @param log_refusals: log each refusal at debug level (set it only when the
         log level is debug: the event costs even when it is filtered out).
+    @param sessions: the process's L{SessionLeases} (shared with its other
+        listener); by default one of this checker's own, never exchanged.
+    @param when_unavailable: C{"deny"} or C{"allow"} before the first snapshot.
     """
 
     def __init__(
@@ -193,6 +260,8 @@ class Checker:
         log_refusals: bool = False,
         auth_duration: int = AUTH_DURATION,
         deny_duration: int = DENY_DURATION,
+        sessions: SessionLeases | None = None,
+        when_unavailable: str = "deny",
     ):
         self._codec = codec
         self._holder = holder
@@ -204,6 +273,11 @@ class Checker:
         self._auth_duration = auth_duration
         self._deny_duration = deny_duration
         self._not_ready = Verdict(False, None, NOT_READY, 0)
+        self._sessions = sessions if sessions is not None else SessionLeases()
+        # A limited account's allowed answer is cached at most half a lease,
+        # so that the streamer's re-check renews the lease in time.
+        self._limited_duration = max(1, min(auth_duration, int(self._sessions.lease // 2)))
+        self._allow_unready = when_unavailable == "allow"
 
     def check(
         self, params: Mapping[str, str], headers: Mapping[str, str], peer: str | None = None
@@ -215,30 +289,52 @@ class Checker:
         on any input of these types.
         """
         snapshot = self._holder.snapshot
-        if snapshot is None:
+        if snapshot is None and not self._allow_unready:
             self._counts[NOT_READY].inc()
             return self._not_ready
         token = params.get("token")
         if not token:
-            uri = headers.get("x-original-uri")
+            uri = headers.get("x-original-uri") or headers.get("x-real-path")
             token = token_from_uri(uri) if uri else None
         ip = params.get("ip") or headers.get("x-real-ip") or peer
         now = self._clock.seconds()
         reason, claims = self._codec.verify(token, ip, now)
         if reason == OK:
+            left = claims.expires - now
+            if snapshot is None:  # when_unavailable = "allow": the token is all we know
+                self._counts[ENTITLEMENT_UNKNOWN].inc()
+                return Verdict(True, claims.account, ENTITLEMENT_UNKNOWN,
+                               max(1, min(self._deny_duration, int(left))))
             name = params.get("name")
-            if name and snapshot.channels.get(name) != claims.channel:
+            astra = "x-session-id" in headers or "x-channel-id" in headers
+            if name:
+                named = snapshot.channels.get(name)
+            elif astra:
+                named = astra_channel(snapshot, headers)
+            else:
+                named = None
+            if (name or named is not None) and named != claims.channel:
                 reason = CHANNEL_MISMATCH
             else:
                 reason = snapshot.entitlement(claims.account, claims.channel)
             if reason == OK:
+                limit = snapshot.limits.get(claims.account)
+                if limit is None:
+                    duration = self._auth_duration
+                elif self._sessions.admit(claims.account, limit,
+                                          session_key(params, headers, token), now):
+                    duration = self._limited_duration
+                else:
+                    reason = TOO_MANY_SESSIONS
+            if reason == OK:
                 self._ok.inc()
-                left = claims.expires - now
                 return Verdict(
                     True,
                     claims.account,
                     OK,
-                    self._auth_duration if left >= self._auth_duration else max(1, int(left)),
+                    duration if left >= duration else max(1, int(left)),
+                    limit,
+                    snapshot.logins.get(claims.account) if astra else None,
                 )
         self._counts[reason].inc()
         account_id = None if claims is None else claims.account

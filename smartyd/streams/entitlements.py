@@ -50,6 +50,25 @@ SELECT a.id,
 """
 
 
+# Concurrent-session limits (migration 0007): the account's own, else the
+# largest of its tariffs' -- unless one of them has none (then unlimited).
+# Only limited accounts are listed.
+_LIMITS_SQL = """
+DECLARE smartyd_session_limits NO SCROLL CURSOR FOR
+SELECT id, lim FROM (
+    SELECT a.id,
+           coalesce(a.max_sessions,
+                    CASE WHEN bool_or(t.id IS NOT NULL AND t.sessions_count IS NULL) THEN NULL
+                         ELSE max(t.sessions_count) END) AS lim
+      FROM accounts a
+      LEFT JOIN subscriptions s ON s.account_id = a.id
+      LEFT JOIN tariffs t ON t.id = s.tariff_id
+     GROUP BY a.id
+) limits
+ WHERE lim IS NOT NULL
+"""
+
+
 # What L{Snapshot.entitlement} answers.
 OK = "ok"
 UNKNOWN_ACCOUNT = "unknown_account"
@@ -74,12 +93,19 @@ class Snapshot:
     @ivar channel_sets: the distinct channel-id sets.
     @ivar channels: channel name -> channel id.
     @ivar loaded_at: clock time the load started.
+    @ivar limits: account id -> concurrent sessions allowed (limited accounts only).
+    @ivar streamer_ids: a streamer's own channel id (Astra's X-Channel-ID) -> channel id.
+    @ivar logins: account id -> login (Astra's X-Session-Name); strings only,
+        so the dict is not tracked by the cyclic collector either.
     """
 
     accounts: Mapping[int, int]
     channel_sets: tuple[frozenset, ...]
     channels: Mapping[str, int]
     loaded_at: float
+    limits: Mapping[int, int] = field(factory=dict)
+    streamer_ids: Mapping[str, int] = field(factory=dict)
+    logins: Mapping[int, str] = field(factory=dict)
 
     def entitlement(self, account: int, channel: int) -> str:
         """C{ok}, C{unknown_account}, C{blocked} or C{not_entitled}."""
@@ -115,8 +141,12 @@ class SnapshotBuilder:
             self._sets.append(frozenset(key))
         self.accounts[account] = index if active else ~index
 
-    def build(self, channels: Mapping[str, int], loaded_at: float) -> Snapshot:
-        return Snapshot(self.accounts, tuple(self._sets), dict(channels), loaded_at)
+    def build(self, channels: Mapping[str, int], loaded_at: float,
+              limits: Mapping[int, int] | None = None,
+              streamer_ids: Mapping[str, int] | None = None,
+              logins: Mapping[int, str] | None = None) -> Snapshot:
+        return Snapshot(self.accounts, tuple(self._sets), dict(channels), loaded_at,
+                        dict(limits or {}), dict(streamer_ids or {}), dict(logins or {}))
 
 
 async def load_snapshot(tx: Tx, now: float, batch: int = 10_000) -> Snapshot:
@@ -133,7 +163,35 @@ async def load_snapshot(tx: Tx, now: float, batch: int = 10_000) -> Snapshot:
         if len(rows) < batch:
             break
     await tx.execute("CLOSE smartyd_entitlements")
-    return builder.build(channels, now)
+    limits, streamer_ids, logins = await load_streamer_parts(tx, batch)
+    return builder.build(channels, now, limits, streamer_ids, logins)
+
+
+async def load_streamer_parts(tx: Tx, batch: int = 10_000) -> tuple[dict, dict, dict]:
+    """
+    Session limits, streamers' channel ids and logins (migration 0007), read
+    in the snapshot's transaction.
+    """
+    streamer_ids = {
+        sid: cid for cid, sid in await tx.fetchall(
+            "SELECT id, streamer_id FROM channels WHERE streamer_id IS NOT NULL")
+    }
+    limits: dict[int, int] = {}
+    logins: dict[int, str] = {}
+    for sql, name, into in (
+        (_LIMITS_SQL, "smartyd_session_limits", limits),
+        ("DECLARE smartyd_logins NO SCROLL CURSOR FOR SELECT id, login FROM accounts",
+         "smartyd_logins", logins),
+    ):
+        await tx.execute(sql)
+        fetch = f"FETCH FORWARD {int(batch)} FROM {name}"
+        while True:
+            rows = await tx.fetchall(fetch)
+            into.update(rows)
+            if len(rows) < batch:
+                break
+        await tx.execute(f"CLOSE {name}")
+    return limits, streamer_ids, logins
 
 
 @define(eq=False)

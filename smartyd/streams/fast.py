@@ -1,5 +1,8 @@
 """
-The fast listener: a lean HTTP/1.1 server for ``GET /streams/check`` only.
+The fast listener: a lean HTTP/1.1 server for the token check only:
+``GET /streams/check`` and Smarty's ``/tvmiddleware/api/streamservice/token/check/``
+(with or without the trailing slash), so that streamers configured for Smarty
+work by changing the host name.
 
 Streamers re-check every running session, so this path is all about requests
 per second.  twisted.web's full stack costs far more per request than the
@@ -12,7 +15,7 @@ It is still a correct HTTP/1.1 server for what it serves:
 - keep-alive (HTTP/1.1 by default, HTTP/1.0 with C{Connection: keep-alive}),
   C{Connection: close}, pipelining: requests are answered in order, and all
   answers to one read go out in one write;
-- C{GET} and C{HEAD} of C{/streams/check}; 404 for other paths, 405 for other
+- C{GET} and C{HEAD} of those paths; 404 for other paths, 405 for other
   methods; a request body, if any, is read and ignored;
 - garbage, an over-long URL or over-large headers: 400 and close; a request
   that stays incomplete for C{request_timeout}: 408 and close; an idle
@@ -48,12 +51,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from smartyd.streams.check import NOT_READY, Checker, Tallies, add_counts, parse_query
+from smartyd.streams.check import Checker, Tallies, add_counts, parse_query
 from smartyd.util.text import one_line
 
 log = Logger()
 
 PATH = b"/streams/check"
+SMARTY_PATH = b"/tvmiddleware/api/streamservice/token/check"
+PATHS = frozenset({PATH, SMARTY_PATH, SMARTY_PATH + b"/"})
 MAX_URL = 8 * 1024
 MAX_HEADERS = 64
 MAX_HEAD = 16 * 1024  # request line + headers
@@ -72,7 +77,12 @@ _STATUS = {
 }
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 _CLOSE = b"Connection: close\r\n"
-_INTERESTING = {b"x-original-uri": "x-original-uri", b"x-real-ip": "x-real-ip"}
+# The headers the checker reads (nginx auth_request and Cesbo Astra).
+_INTERESTING = {
+    name: name.decode()
+    for name in (b"x-original-uri", b"x-real-ip", b"x-session-id", b"x-channel-id",
+                 b"x-real-path")
+}
 _INTERESTING_LENGTHS = frozenset(len(name) for name in _INTERESTING)
 
 
@@ -266,7 +276,7 @@ class FastCheckProtocol(Protocol):
                 self._closing = True
                 return
             path, query = parsed.path, parsed.query or b""
-        if path != PATH:
+        if path not in PATHS:
             answer = self.factory.simple(404, connection)
         else:
             method = parser.get_method()
@@ -360,14 +370,16 @@ class FastCheckFactory(Factory):
 
     # -- answers ------------------------------------------------------------------------
     def answer(self, verdict, connection: bytes) -> bytes:
-        """The response to a check: 200 / 403 / 503 with the Flussonic headers."""
-        if verdict.allowed:
-            head = b"HTTP/1.1 200 OK\r\n"
-        elif verdict.reason == NOT_READY:
-            head = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n"
-        else:
-            head = b"HTTP/1.1 403 Forbidden\r\n"
+        """
+        The response to a check: 200 or 403 with the Flussonic headers
+        (X-AuthDuration, X-UserId, X-Max-Sessions) and Astra's X-Session-Name.
+        """
+        head = b"HTTP/1.1 200 OK\r\n" if verdict.allowed else b"HTTP/1.1 403 Forbidden\r\n"
         user = b"" if verdict.account_id is None else b"X-UserId: %d\r\n" % verdict.account_id
+        if verdict.max_sessions is not None:
+            user += b"X-Max-Sessions: %d\r\n" % verdict.max_sessions
+        if verdict.session_name is not None:
+            user += b"X-Session-Name: %s\r\n" % verdict.session_name.encode("latin-1", "replace")
         return b"%s%sContent-Length: 0\r\nX-AuthDuration: %d\r\n%s%s\r\n" % (
             head, self._date, verdict.duration, user, connection
         )

@@ -1,5 +1,7 @@
 """
-``POST /streams/url`` and ``GET /streams/check`` on the main HTTP listener.
+``POST /streams/url`` and ``GET /streams/check`` on the main HTTP listener;
+the check also answers on Smarty's ``/tvmiddleware/api/streamservice/token/check/``
+(with or without the trailing slash).
 
 Minting authenticates an account (abonement login and password, or a
 registered device UID), reads its status and entitlement from the database --
@@ -22,7 +24,7 @@ from twisted.web.server import Request
 
 from smartyd import catalog, ledger
 from smartyd.db import Database, Tx
-from smartyd.streams.check import NOT_READY, Checker
+from smartyd.streams.check import Checker
 from smartyd.streams.tokens import TokenCodec, pack_ip
 from smartyd.http.addresses import client_ip
 from smartyd.http.auth import password_login
@@ -34,6 +36,10 @@ log = Logger()
 _MAX_FIELD = 256
 _MAX_ID = 2**63 - 1
 _FORBIDDEN = {"error": "forbidden"}
+SMARTY_CHECK = "/tvmiddleware/api/streamservice/token/check"
+#: The request headers the checker reads (nginx auth_request and Cesbo Astra).
+_CHECK_HEADERS = (b"x-original-uri", b"x-real-ip", b"x-session-id", b"x-channel-id",
+                  b"x-real-path")
 
 
 @frozen
@@ -184,6 +190,8 @@ class StreamsApp:
 
     # -- GET /streams/check --------------------------------------------------------------
     @app.route("/streams/check", methods=["GET", "HEAD"])
+    @app.route(SMARTY_CHECK, methods=["GET", "HEAD"])
+    @app.route(SMARTY_CHECK + "/", methods=["GET", "HEAD"])
     @endpoint("streams_check")
     def check(self, request: Request) -> bytes:
         params = {
@@ -192,23 +200,20 @@ class StreamsApp:
             if values
         }
         headers = {}
-        for name in (b"x-original-uri", b"x-real-ip"):
+        for name in _CHECK_HEADERS:
             value = request.getHeader(name)
             if value is not None:
                 headers[name.decode()] = value.decode("latin-1")
         verdict = self.checker.check(
             params, headers, peer=client_ip(request, self.trusted_proxies)
         )
-        if verdict.allowed:
-            status = 200
-        elif verdict.reason == NOT_READY:
-            status = 503
-            request.setHeader(b"retry-after", b"1")
-        else:
-            status = 403
-        request.setResponseCode(status)
+        request.setResponseCode(200 if verdict.allowed else 403)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"X-AuthDuration", str(verdict.duration).encode())
         if verdict.account_id is not None:
             request.setHeader(b"X-UserId", str(verdict.account_id).encode())
+        if verdict.max_sessions is not None:
+            request.setHeader(b"X-Max-Sessions", str(verdict.max_sessions).encode())
+        if verdict.session_name is not None:
+            request.setHeader(b"X-Session-Name", verdict.session_name.encode("latin-1", "replace"))
         return b""

@@ -29,7 +29,7 @@ from smartyd import config as configmod
 from smartyd.db import Database
 from smartyd.db.embedded import EmbeddedCluster
 from smartyd.logs import event_to_dict, level_filtered
-from smartyd.streams import make_codec, make_fast_checker
+from smartyd.streams import make_codec, make_fast_checker, make_sessions
 from smartyd.streams.check import Tallies
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory
@@ -168,8 +168,9 @@ class Worker:
         self.db = Database(database_dsn(cfg), reactor, size=2, timeout=cfg.database.timeout)
         self.entitlements = Entitlements(self.db, clock=reactor)
         self.tallies = Tallies()
+        self.sessions, self.exchange = make_sessions(cfg, self.db, reactor)
         checker = make_fast_checker(cfg, make_codec(cfg), self.entitlements, reactor,
-                                    self.tallies)
+                                    self.tallies, self.sessions)
         self.factory = FastCheckFactory(checker, reactor)
         self.port: Any = None
         self.turns: TakeTurns | None = None
@@ -180,6 +181,7 @@ class Worker:
 
     def start(self) -> None:
         self.entitlements.startService()
+        self.exchange.startService()
         self.entitlements.when_loaded().addCallback(self._adopt).addErrback(self._fatal)
         self._report.start(REPORT_INTERVAL, now=False).addErrback(self._fatal)
 
@@ -219,6 +221,7 @@ class Worker:
         if self.port is not None:
             await self.port.stopListening()
             await self.factory.close_all()
+        await self.exchange.stopService()
         await self.entitlements.stopService()
         self.db.close()
         self.report()
