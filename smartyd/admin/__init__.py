@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--login", required=True)
     c.add_argument("--password")
     c.add_argument("--id", type=int)
-    c.add_argument("--name", default="", help="customer name")
+    c.add_argument("--customer", type=int, help="the customer (default: a new one)")
+    c.add_argument("--name", default="", help="customer name (a new customer)")
     c.add_argument("--phone")
     c.add_argument("--email")
     for action in ("show", "block", "unblock"):
@@ -104,10 +105,15 @@ async def cmd_account(db: Database, args) -> dict:
         password_hash = ledger.hash_password(args.password) if args.password else ""
 
         async def create(tx):
-            customer = await ledger.create_customer(tx, args.name, args.phone, args.email)
-            return await ledger.create_account(
-                tx, args.login, password_hash, account_id=args.id, customer_id=customer
+            # Without --customer, the account gets a customer of its own (with
+            # the account's id when free: its payment code is the account's).
+            account = await ledger.create_account(
+                tx, args.login, password_hash, account_id=args.id, customer_id=args.customer
             )
+            if args.customer is None:
+                await ledger.update_customer(tx, account.customer_id, name=args.name,
+                                             phone=args.phone, email=args.email)
+            return await ledger.get_account(tx, account.id)
 
         return (await db.run(create)).to_json()
     if args.action == "show":
@@ -117,7 +123,7 @@ async def cmd_account(db: Database, args) -> dict:
             if account is None:
                 raise AdminError(f"no account {args.id}")
             out = account.to_json()
-            out["ledger_sum"] = str(await ledger.ledger_sum(tx, args.id))
+            out["ledger_sum"] = str(await ledger.ledger_sum(tx, account.customer_id))
             out["tariffs"] = await catalog.account_tariffs(tx, args.id)
             out["channels"] = await catalog.account_channels(tx, args.id)
             return out
@@ -139,7 +145,7 @@ async def cmd_tariff(db: Database, args) -> dict:
             args.period_days,
         )
     if args.action == "assign":
-        changed = await db.run(catalog.assign_tariff, args.account, args.tariff)
+        changed = await db.run(catalog.assign_tariff, args.account, args.tariff) is not None
     else:
         changed = await db.run(catalog.remove_tariff, args.account, args.tariff)
     return {"account": args.account, "tariff": args.tariff, "action": args.action,

@@ -40,14 +40,22 @@ CHANNEL = "smartyd_entitlements"
 _ACCOUNTS_SQL = """
 DECLARE smartyd_entitlements NO SCROLL CURSOR FOR
 SELECT a.id,
-       a.status = 'active',
+       a.active,
        coalesce(array_agg(DISTINCT tc.channel_id ORDER BY tc.channel_id)
                 FILTER (WHERE tc.channel_id IS NOT NULL), '{}')
   FROM accounts a
-  LEFT JOIN subscriptions s ON s.account_id = a.id
+  LEFT JOIN subscriptions s
+    ON s.customer_id = a.customer_id AND (s.account_id IS NULL OR s.account_id = a.id)
+   AND s.state = 'active'
   LEFT JOIN tariff_channels tc ON tc.tariff_id = s.tariff_id
  GROUP BY a.id
 """
+
+# A subscription entitles its channels while it is ``active``: paid (the
+# charging job suspends it when a charge is refused for debt), or simply
+# assigned in the full/reduced billing modes, where nothing is charged and
+# nothing suspends it.  Customer-level subscriptions cover all the
+# customer's accounts.
 
 
 # What L{Snapshot.entitlement} answers.
