@@ -156,6 +156,14 @@ class Payments:
     """
 
     hooks: tuple[AcceptHook, ...] = field(default=(), converter=tuple)
+    # The billing's settlement of the paid customer (smartyd.billing), run
+    # first: the core's own step, not a configurable side effect.
+    settle: tuple[AcceptHook, ...] = field(default=(), converter=tuple)
+
+    @property
+    def accept_hooks(self) -> tuple[AcceptHook, ...]:
+        """What runs in an accepting transaction: the settlement, then the hooks."""
+        return self.settle + self.hooks
 
     async def accept(self, tx: Tx, provider: str, external_id: str, account_id: int | None,
                      amount: object, details: dict | None = None,
@@ -163,5 +171,5 @@ class Payments:
                      ) -> tuple[Payment, bool]:
         """L{accept} with this daemon's hooks."""
         return await accept(tx, provider, external_id, account_id, amount, details=details,
-                            external_date=external_date, hooks=self.hooks,
+                            external_date=external_date, hooks=self.accept_hooks,
                             customer_id=customer_id)

@@ -133,7 +133,7 @@ ALTER TABLE tariffs
 -- period k is [anchor + k*P, anchor + (k+1)*P) (calendar months clamped to
 -- the month's end by the charging code); ``periods`` periods are charged
 -- whole, plus ``days`` days of the next one in daily charging; paid_until is
--- where that ends.  ``suspended``: a charge was refused for debt; a payment
+-- where that ends (a due subscription: paid_until <= now).  ``suspended``: a charge was refused for debt; a payment
 -- or a later run resumes it with a new anchor.
 ALTER TABLE subscriptions DROP CONSTRAINT subscriptions_pkey;
 ALTER TABLE subscriptions
@@ -143,7 +143,9 @@ ALTER TABLE subscriptions
     ADD COLUMN periods     integer NOT NULL DEFAULT 0,
     ADD COLUMN days        integer NOT NULL DEFAULT 0,
     ADD COLUMN paid_until  timestamptz,
-    ADD COLUMN state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'suspended'));
+    ADD COLUMN state       text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'suspended')),
+    -- the activation price still to take (with the first period)
+    ADD COLUMN activation_due numeric(14, 2) NOT NULL DEFAULT 0;
 -- Tariffs assigned before the billing existed were never charged: their
 -- first period starts with this migration.
 UPDATE subscriptions s SET customer_id = a.customer_id, anchor = now(), paid_until = now()
