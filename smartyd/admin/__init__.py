@@ -24,7 +24,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet import task
 
 from smartyd import catalog, config as configmod, ledger, logs, payments
-from smartyd.admin import fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.admin import billing as billing_admin, fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.billing import engine
 from smartyd.admin.errors import AdminError
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
@@ -34,7 +35,7 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     for action in ("show", "block", "unblock"):
         a = acc.add_parser(action)
         a.add_argument("id", type=int)
+        if action != "show":
+            a.add_argument("--reason", help="status_reason (default BLOCK / ACTIVE)")
 
     ch = sub.add_parser("channel", help="channels").add_subparsers(dest="action", required=True)
     c = ch.add_parser("create")
@@ -69,11 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--price", required=True)
     c.add_argument("--channel", type=int, action="append", default=[])
     c.add_argument("--kind", choices=("tv", "svod", "tvod"), default="tv")
-    c.add_argument("--period-days", type=int, default=30)
+    period = c.add_mutually_exclusive_group()
+    period.add_argument("--period-days", type=int, default=30)
+    period.add_argument("--period-months", type=int)
+    c.add_argument("--activation-price", default="0")
+    c.add_argument("--additional", action="store_true", help="an additional (not basic) tariff")
+    c.add_argument("--hidden", action="store_true")
     for action in ("assign", "remove"):
         a = tr.add_parser(action)
-        a.add_argument("account", type=int)
-        a.add_argument("tariff", type=int)
+        a.add_argument("--customer", type=int, help="the customer's tariff (all its accounts)")
+        a.add_argument("--at", help="ISO-8601 moment of the assignment (default now)")
+        a.add_argument("ids", type=int, nargs="+", metavar="[ACCOUNT] TARIFF")
 
     pay = sub.add_parser("payment", help="payments").add_subparsers(dest="action", required=True)
     s = pay.add_parser("show")
@@ -100,7 +109,7 @@ async def cmd_migrate(db: Database, args) -> dict:
     return {"applied": applied, "version": await current_version(db)}
 
 
-async def cmd_account(db: Database, args) -> dict:
+async def cmd_account(db: Database, args, cfg, reactor) -> dict:
     if args.action == "create":
         password_hash = ledger.hash_password(args.password) if args.password else ""
 
@@ -113,6 +122,11 @@ async def cmd_account(db: Database, args) -> dict:
             if args.customer is None:
                 await ledger.update_customer(tx, account.customer_id, name=args.name,
                                              phone=args.phone, email=args.email)
+            else:
+                # The customer's tariffs cover it now: settle (nothing due
+                # usually, but a DEBT customer's new account starts in DEBT).
+                await engine.settle(tx, cfg.billing, [args.customer],
+                                    billing_admin.moment(None, reactor))
             return await ledger.get_account(tx, account.id)
 
         return (await db.run(create)).to_json()
@@ -129,8 +143,10 @@ async def cmd_account(db: Database, args) -> dict:
             return out
 
         return await db.run(show)
-    status = "blocked" if args.action == "block" else "active"
-    account = await db.run(ledger.set_status, args.id, status)
+    # A block is the operator's: a payment never lifts it (only DEBT is lifted).
+    active = args.action == "unblock"
+    reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
+    account = await db.run(ledger.set_active, args.id, active, reason)
     return account.to_json()
 
 
@@ -138,18 +154,26 @@ async def cmd_channel(db: Database, args) -> dict:
     return await db.run(catalog.create_channel, args.name, args.url_mask)
 
 
-async def cmd_tariff(db: Database, args) -> dict:
+async def cmd_tariff(db: Database, args, cfg, reactor) -> dict:
     if args.action == "create":
         return await db.run(
             catalog.create_tariff, args.name, args.price, args.channel, args.kind,
-            args.period_days,
+            args.period_days, args.hidden, period_months=args.period_months,
+            activation_price=args.activation_price, additional=args.additional,
         )
-    if args.action == "assign":
-        changed = await db.run(catalog.assign_tariff, args.account, args.tariff) is not None
+    if args.customer is None:
+        if len(args.ids) != 2:
+            raise AdminError(f"tariff {args.action} ACCOUNT TARIFF (or --customer ID TARIFF)")
+        account, tariff = args.ids
     else:
-        changed = await db.run(catalog.remove_tariff, args.account, args.tariff)
-    return {"account": args.account, "tariff": args.tariff, "action": args.action,
-            "changed": changed}
+        if len(args.ids) != 1:
+            raise AdminError(f"tariff {args.action} --customer ID TARIFF")
+        account, [tariff] = None, args.ids
+    at = billing_admin.moment(args.at, reactor)
+    op = engine.assign if args.action == "assign" else engine.remove
+    out = await db.run(op, cfg.billing, account, tariff, customer_id=args.customer, at=at)
+    return {"account": account, "customer": args.customer, "tariff": tariff,
+            "action": args.action, **out}
 
 
 async def cmd_payment(db: Database, args) -> dict:
@@ -167,11 +191,11 @@ async def cmd_payment(db: Database, args) -> dict:
 
 DB_COMMANDS = {
     "migrate": cmd_migrate,
-    "account": cmd_account,
     "channel": cmd_channel,
-    "tariff": cmd_tariff,
     "payment": cmd_payment,
 }
+# Commands that need the configuration ([billing]) and the reactor's clock.
+EXTENSION_COMMANDS.update(account=cmd_account, tariff=cmd_tariff)
 
 
 # -- logs ----------------------------------------------------------------------------------------
