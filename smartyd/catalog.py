@@ -59,21 +59,43 @@ async def get_channel(tx: Tx, ref: str | int) -> dict | None:
     return await tx.fetchdict("SELECT id, name, url_mask FROM channels WHERE name = %s", (ref,))
 
 
+_TARIFF_COLUMNS = (
+    "id, name, price, kind, period_days, period_months, activation_price, additional, hidden"
+)
+
+
+def _tariff_json(t: dict) -> dict:
+    for k in ("price", "activation_price"):
+        t[k] = str(t[k])
+    return t
+
+
 async def create_tariff(
     tx: Tx, name: str, price: object, channel_ids: list[int] = (), kind: str = "tv",
-    period_days: int = 30, hidden: bool = False, sessions: int | None = None,
+    period_days: int = 30, hidden: bool = False, *, period_months: int | None = None,
+    activation_price: object = "0", additional: bool = False, sessions: int | None = None,
 ) -> dict:
+    """
+    A tariff charged ``price`` per period: ``period_days`` days, or
+    ``period_months`` calendar months when given.
+    """
     if not name or len(name) > 128:
         raise CatalogError("tariff name must be 1-128 characters")
     price = money(price)
-    if price < 0:
+    activation_price = money(activation_price)
+    if price < 0 or activation_price < 0:
         raise CatalogError("tariff price must not be negative")
+    if period_days is None or not 0 < period_days <= 3660:
+        raise CatalogError("period days must be 1-3660")
+    if period_months is not None and not 0 < period_months <= 120:
+        raise CatalogError("period months must be 1-120")
     if await tx.fetchval("SELECT 1 FROM tariffs WHERE name = %s", (name,)):
         raise CatalogError(f"tariff {name!r} exists already")
     tariff = await tx.fetchdict(
-        "INSERT INTO tariffs (name, price, kind, period_days, hidden) VALUES (%s, %s, %s, %s, %s)"
-        " RETURNING id, name, price, kind, period_days, hidden",
-        (name, price, kind, period_days, hidden),
+        "INSERT INTO tariffs (name, price, kind, period_days, hidden, period_months,"
+        " activation_price, additional) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        f" RETURNING {_TARIFF_COLUMNS}",
+        (name, price, kind, period_days, hidden, period_months, activation_price, additional),
     )
     for cid in channel_ids:
         if not await tx.fetchval("SELECT 1 FROM channels WHERE id = %s", (cid,)):
@@ -89,9 +111,8 @@ async def create_tariff(
         await tx.execute("UPDATE tariffs SET sessions_count = %s WHERE id = %s",
                          (sessions, tariff["id"]))
         tariff["sessions"] = sessions
-    tariff["price"] = str(tariff["price"])
     tariff["channels"] = list(channel_ids)
-    return tariff
+    return _tariff_json(tariff)
 
 
 async def set_account_sessions(tx: Tx, account_id: int, sessions: int) -> dict:
@@ -110,41 +131,95 @@ async def set_account_sessions(tx: Tx, account_id: int, sessions: int) -> dict:
     return {"account": account_id, "max_sessions": sessions or None}
 
 
-async def assign_tariff(tx: Tx, account_id: int, tariff_id: int) -> bool:
-    """Subscribe the account; False when it was subscribed already."""
-    if not await tx.fetchval("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
-        raise AccountNotFound(f"no account {account_id}")
+async def get_tariff(tx: Tx, tariff_id: int) -> dict | None:
+    t = await tx.fetchdict(f"SELECT {_TARIFF_COLUMNS} FROM tariffs WHERE id = %s", (tariff_id,))
+    if t is None:
+        return None
+    t["price"], t["activation_price"] = money(t["price"]), money(t["activation_price"])
+    return t
+
+
+async def assign_tariff(tx: Tx, account_id: int | None, tariff_id: int, *,
+                        customer_id: int | None = None, at=None) -> int | None:
+    """
+    Assign the tariff to an account (or, with ``account_id`` None, to the
+    customer: all its accounts).  Returns the new subscription's id, None when
+    it was assigned already.  Its first period is due at ``at`` (now when
+    None); charging it is the billing's business (L{smartyd.billing}).
+    """
+    if account_id is not None:
+        customer_id = await tx.fetchval(
+            "SELECT customer_id FROM accounts WHERE id = %s", (account_id,))
+        if customer_id is None:
+            raise AccountNotFound(f"no account {account_id}")
+    elif customer_id is None or not await tx.fetchval(
+            "SELECT 1 FROM customers WHERE id = %s", (customer_id,)):
+        raise CatalogError(f"no customer {customer_id}")
     if not await tx.fetchval("SELECT 1 FROM tariffs WHERE id = %s", (tariff_id,)):
         raise CatalogError(f"no tariff {tariff_id}")
-    row = await tx.fetchone(
-        "INSERT INTO subscriptions (account_id, tariff_id) VALUES (%s, %s)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
-        (account_id, tariff_id),
+    return await tx.fetchval(
+        "INSERT INTO subscriptions (customer_id, account_id, tariff_id, anchor, paid_until)"
+        " VALUES (%s, %s, %s, coalesce(%s, now()), coalesce(%s, now()))"
+        " ON CONFLICT DO NOTHING RETURNING id",
+        (customer_id, account_id, tariff_id, at, at),
     )
-    return row is not None
 
 
-async def remove_tariff(tx: Tx, account_id: int, tariff_id: int) -> bool:
-    """Unsubscribe the account; False when it was not subscribed."""
-    row = await tx.fetchone(
-        "DELETE FROM subscriptions WHERE account_id = %s AND tariff_id = %s RETURNING 1",
-        (account_id, tariff_id),
+async def get_assignment(tx: Tx, account_id: int | None, tariff_id: int, *,
+                         customer_id: int | None = None, lock: bool = False) -> dict | None:
+    """The subscription of the tariff on the account (or on the customer itself)."""
+    if account_id is not None:
+        where, args = "account_id = %s", (account_id, tariff_id)
+    else:
+        where, args = "account_id IS NULL AND customer_id = %s", (customer_id, tariff_id)
+    return await tx.fetchdict(
+        "SELECT id, customer_id, account_id, tariff_id, anchor, periods, days, paid_until, state"
+        f" FROM subscriptions WHERE {where} AND tariff_id = %s" + (" FOR UPDATE" if lock else ""),
+        args,
     )
+
+
+async def remove_tariff(tx: Tx, account_id: int | None, tariff_id: int, *,
+                        customer_id: int | None = None) -> bool:
+    """Unassign the tariff; False when it was not assigned."""
+    if account_id is not None:
+        row = await tx.fetchone(
+            "DELETE FROM subscriptions WHERE account_id = %s AND tariff_id = %s RETURNING 1",
+            (account_id, tariff_id),
+        )
+    else:
+        row = await tx.fetchone(
+            "DELETE FROM subscriptions WHERE account_id IS NULL AND customer_id = %s"
+            " AND tariff_id = %s RETURNING 1",
+            (customer_id, tariff_id),
+        )
     return row is not None
 
 
 async def account_channels(tx: Tx, account_id: int) -> list[int]:
+    """The channels the account is entitled to now (its own and its customer's tariffs)."""
     rows = await tx.fetchall(
-        "SELECT DISTINCT tc.channel_id FROM subscriptions s"
+        "SELECT DISTINCT tc.channel_id FROM accounts a"
+        " JOIN subscriptions s ON s.customer_id = a.customer_id"
+        "  AND (s.account_id IS NULL OR s.account_id = a.id) AND s.state = 'active'"
         " JOIN tariff_channels tc ON tc.tariff_id = s.tariff_id"
-        " WHERE s.account_id = %s ORDER BY 1",
+        " WHERE a.id = %s ORDER BY 1",
         (account_id,),
     )
     return [r[0] for r in rows]
 
 
 async def account_tariffs(tx: Tx, account_id: int) -> list[int]:
-    """The ids of the tariffs assigned to an account, ascending."""
+    """The ids of the tariffs assigned to an account itself, ascending."""
     rows = await tx.fetchall(
         "SELECT tariff_id FROM subscriptions WHERE account_id = %s ORDER BY 1", (account_id,))
     return [r[0] for r in rows]
+
+
+async def customer_subscriptions(tx: Tx, customer_id: int) -> list[dict]:
+    """Every subscription of the customer and its accounts."""
+    return await tx.fetchdicts(
+        "SELECT id, account_id, tariff_id, anchor, paid_until, state FROM subscriptions"
+        " WHERE customer_id = %s ORDER BY id",
+        (customer_id,),
+    )

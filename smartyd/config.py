@@ -291,6 +291,28 @@ class Dreamkas:
     poll_interval: int = _c(integer(1), 30)
 
 
+@frozen
+class Billing:
+    """
+    The built-in billing.  ``mode``: builtin and transactional charge tariffs
+    (the charging job runs every ``charge_interval`` seconds, once
+    cluster-wide); full and reduced never charge (an external billing drives
+    tariffs and account states; payments are bookkeeping).
+    """
+
+    mode: str = _c(one_of("builtin", "transactional", "full", "reduced"), "builtin")
+    charge: str = _c(one_of("period", "daily"), "period")
+    charge_interval: int = _c(integer(1, 86400), 3600)
+    credit_limit: Decimal = _c(amount, Decimal("0.00"))
+    promise_max: Decimal = _c(amount, Decimal("1000.00"))
+    refund_unused: bool = _c(boolean, False)
+
+    @property
+    def charges(self) -> bool:
+        """True when the daemon charges tariffs itself."""
+        return self.mode in ("builtin", "transactional")
+
+
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -301,6 +323,7 @@ _SECTIONS = {
     "assist": Assist,
     "payture": Payture,
     "dreamkas": Dreamkas,
+    "billing": Billing,
 }
 
 
@@ -315,6 +338,7 @@ class Config:
     assist: Assist = Assist()
     payture: Payture = Payture()
     dreamkas: Dreamkas = Dreamkas()
+    billing: Billing = Billing()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":

@@ -5,9 +5,10 @@ Every function takes a L{Tx} so that callers compose them into one
 transaction (a payment row and its ledger entry commit together).  Money is
 L{Decimal} with two places, never float.
 
-The balance invariant: ``accounts.balance`` equals the sum of the account's
-ledger rows.  L{post} keeps it by locking the account row, then inserting the
-ledger row and moving the balance in the same transaction.  An idempotency key
+The balance invariant: ``customers.balance`` (the customer's virtual account)
+equals the sum of the customer's ledger rows.  L{post} keeps it by locking the
+customer row, then inserting the ledger row and moving the balance in the same
+transaction.  Accounts (abonements) belong to customers and carry no money.  An idempotency key
 that exists already returns the original entry and changes nothing.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -103,18 +105,139 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, want)
 
 
-# -- accounts -------------------------------------------------------------------
-_ACCOUNT_COLUMNS = (
-    "id, customer_id, login, status, payments_allowed, balance, created, password_hash"
+# -- customers ----------------------------------------------------------------------
+_CUSTOMER_COLUMNS = (
+    "id, name, firstname, middlename, lastname, comment, phone, email, ext_id,"
+    " contract_number, meta, balance, created"
 )
 
 
 @frozen
-class Account:
+class Customer:
+    """The money holder: its balance is the sum of its ledger rows."""
+
     id: int
-    customer_id: int | None
+    name: str
+    firstname: str
+    middlename: str
+    lastname: str
+    comment: str
+    phone: str | None
+    email: str | None
+    ext_id: str | None
+    contract_number: str | None
+    meta: dict
+    balance: Decimal
+    created: object
+
+    @property
+    def ppc(self) -> str:
+        return ppc.encode(self.id)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "ppc": self.ppc,
+            "name": self.name,
+            "firstname": self.firstname,
+            "middlename": self.middlename,
+            "lastname": self.lastname,
+            "comment": self.comment,
+            "phone": self.phone,
+            "email": self.email,
+            "ext_id": self.ext_id,
+            "contract_number": self.contract_number,
+            "meta": self.meta,
+            "balance": str(self.balance),
+            "created": self.created.isoformat() if self.created else None,
+        }
+
+
+class CustomerNotFound(LedgerError):
+    pass
+
+
+async def create_customer(tx: Tx, name: str = "", phone: str | None = None,
+                          email: str | None = None, *, ext_id: str | None = None,
+                          firstname: str = "", middlename: str = "", lastname: str = "",
+                          comment: str = "", contract_number: str | None = None,
+                          meta: dict | None = None) -> int:
+    """A new customer's id (ids come from the sequence accounts share)."""
+    if ext_id is not None and not 1 <= len(ext_id) <= 64:
+        raise LedgerError("ext_id must be 1-64 characters")
+    if ext_id is not None and await tx.fetchval(
+            "SELECT 1 FROM customers WHERE ext_id = %s", (ext_id,)):
+        raise LedgerError(f"a customer with ext_id {ext_id!r} exists already")
+    return await tx.fetchval(
+        "INSERT INTO customers (name, phone, email, ext_id, firstname, middlename, lastname,"
+        " comment, contract_number, meta) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " RETURNING id",
+        (name or "", phone, email, ext_id, firstname, middlename, lastname, comment,
+         contract_number, json.dumps(meta or {})),
+    )
+
+
+_CUSTOMER_FIELDS = ("name", "firstname", "middlename", "lastname", "comment", "phone", "email",
+                    "ext_id", "contract_number")
+
+
+async def update_customer(tx: Tx, customer_id: int, **fields) -> None:
+    """Set the given fields (those passed as None are left as they are)."""
+    changes = {k: v for k, v in fields.items() if v is not None}
+    unknown = set(changes) - set(_CUSTOMER_FIELDS) - {"meta"}
+    if unknown:
+        raise LedgerError(f"unknown customer fields {sorted(unknown)}")
+    if "meta" in changes:
+        changes["meta"] = json.dumps(changes["meta"])
+    if not changes:
+        return
+    sets = ", ".join(f"{k} = %s" for k in changes)
+    done = await tx.fetchval(
+        f"UPDATE customers SET {sets}, updated = now() WHERE id = %s RETURNING id",
+        (*changes.values(), customer_id),
+    )
+    if done is None:
+        raise CustomerNotFound(f"no customer {customer_id}")
+
+
+async def get_customer(tx: Tx, customer_id: int, lock: bool = False) -> Customer | None:
+    row = await tx.fetchone(
+        f"SELECT {_CUSTOMER_COLUMNS} FROM customers WHERE id = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (customer_id,),
+    )
+    return None if row is None else Customer(*row)
+
+
+async def customer_account_ids(tx: Tx, customer_id: int) -> list[int]:
+    rows = await tx.fetchall(
+        "SELECT id FROM accounts WHERE customer_id = %s ORDER BY id", (customer_id,))
+    return [r[0] for r in rows]
+
+
+# -- accounts -------------------------------------------------------------------------
+_ACCOUNT_COLUMNS = (
+    "a.id, a.customer_id, a.login, a.active, a.status_reason, a.payments_allowed, c.balance,"
+    " a.created, a.password_hash"
+)
+_ACCOUNT_FROM = "accounts a JOIN customers c ON c.id = a.customer_id"
+# Free text, as external billings send it (Smarty: ACTIVE, DEBT, BLOCK, ...).
+STATUS_REASON_RE = re.compile(r"^[A-Za-z0-9_ .-]{1,20}$")
+ACTIVE, DEBT, BLOCK = "ACTIVE", "DEBT", "BLOCK"
+
+
+@frozen
+class Account:
+    """
+    An abonement (a login on devices) of a customer; ``balance`` is the
+    customer's (the money is the customer's virtual account).
+    """
+
+    id: int
+    customer_id: int
     login: str
-    status: str
+    active: bool
+    status_reason: str
     payments_allowed: bool
     balance: Decimal
     created: object
@@ -122,11 +245,13 @@ class Account:
 
     @property
     def ppc(self) -> str:
-        return ppc.encode(self.id)
+        """The payment code terminals take: the customer's."""
+        return ppc.encode(self.customer_id)
 
     @property
-    def active(self) -> bool:
-        return self.status == "active"
+    def status(self) -> str:
+        """``active`` or ``blocked`` (the admin's word before status_reason)."""
+        return "active" if self.active else "blocked"
 
     def to_json(self) -> dict:
         return {
@@ -134,6 +259,8 @@ class Account:
             "ppc": self.ppc,
             "login": self.login,
             "status": self.status,
+            "active": self.active,
+            "status_reason": self.status_reason,
             "balance": str(self.balance),
             "payments_allowed": self.payments_allowed,
             "customer_id": self.customer_id,
@@ -145,14 +272,6 @@ def _account(row: tuple | None) -> Account | None:
     return None if row is None else Account(*row)
 
 
-async def create_customer(tx: Tx, name: str = "", phone: str | None = None,
-                          email: str | None = None) -> int:
-    return await tx.fetchval(
-        "INSERT INTO customers (name, phone, email) VALUES (%s, %s, %s) RETURNING id",
-        (name, phone, email),
-    )
-
-
 async def create_account(
     tx: Tx,
     login: str,
@@ -160,38 +279,45 @@ async def create_account(
     account_id: int | None = None,
     customer_id: int | None = None,
 ) -> Account:
+    """
+    A new account.  Without ``customer_id`` a customer is created for it,
+    with the account's own id when free (the trigger of migration 0006).
+    """
     if not LOGIN_RE.match(login or ""):
         raise LedgerError("login must be 1-64 characters of A-Z a-z 0-9 _ . @ + -")
     if account_id is not None and account_id <= 0:
         raise LedgerError("account id must be positive")
     if await tx.fetchval("SELECT 1 FROM accounts WHERE login = %s", (login,)):
         raise LedgerError(f"login {login!r} exists already")
+    if customer_id is not None and not await tx.fetchval(
+            "SELECT 1 FROM customers WHERE id = %s", (customer_id,)):
+        raise CustomerNotFound(f"no customer {customer_id}")
     if account_id is not None:
         if await tx.fetchval("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
             raise LedgerError(f"account id {account_id} exists already")
-        row = await tx.fetchone(
-            f"INSERT INTO accounts (id, login, password_hash, customer_id)"
-            f" VALUES (%s, %s, %s, %s) RETURNING {_ACCOUNT_COLUMNS}",
+        new_id = await tx.fetchval(
+            "INSERT INTO accounts (id, login, password_hash, customer_id)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
             (account_id, login, password_hash, customer_id),
         )
         await tx.execute(
-            "SELECT setval(pg_get_serial_sequence('accounts', 'id'),"
-            " greatest((SELECT max(id) FROM accounts), 1))"
+            "SELECT setval('accounts_id_seq', greatest((SELECT max(id) FROM accounts),"
+            " (SELECT max(id) FROM customers), 1))"
         )
     else:
-        row = await tx.fetchone(
-            f"INSERT INTO accounts (login, password_hash, customer_id)"
-            f" VALUES (%s, %s, %s) RETURNING {_ACCOUNT_COLUMNS}",
+        new_id = await tx.fetchval(
+            "INSERT INTO accounts (login, password_hash, customer_id)"
+            " VALUES (%s, %s, %s) RETURNING id",
             (login, password_hash, customer_id),
         )
-    return _account(row)
+    return await get_account(tx, new_id)
 
 
 async def get_account(tx: Tx, account_id: int, lock: bool = False) -> Account | None:
     return _account(
         await tx.fetchone(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = %s"
-            + (" FOR UPDATE" if lock else ""),
+            f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.id = %s"
+            + (" FOR UPDATE OF a" if lock else ""),
             (account_id,),
         )
     )
@@ -199,49 +325,76 @@ async def get_account(tx: Tx, account_id: int, lock: bool = False) -> Account | 
 
 async def find_account_by_login(tx: Tx, login: str) -> Account | None:
     return _account(
-        await tx.fetchone(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE login = %s", (login,))
+        await tx.fetchone(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.login = %s", (login,))
     )
+
+
+async def customer_accounts(tx: Tx, customer_id: int) -> list[Account]:
+    rows = await tx.fetchall(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM {_ACCOUNT_FROM} WHERE a.customer_id = %s ORDER BY a.id",
+        (customer_id,),
+    )
+    return [Account(*r) for r in rows]
+
+
+async def set_active(tx: Tx, account_id: int, active: bool, reason: str) -> Account:
+    """Activate or deactivate an account, saying why (``status_reason``)."""
+    if not STATUS_REASON_RE.match(reason or ""):
+        raise LedgerError("status_reason must be 1-20 characters of A-Z a-z 0-9 _ . - and space")
+    updated = await tx.fetchval(
+        "UPDATE accounts SET active = %s, status_reason = %s, updated = now() WHERE id = %s"
+        " RETURNING id",
+        (active, reason, account_id),
+    )
+    if updated is None:
+        raise AccountNotFound(f"no account {account_id}")
+    return await get_account(tx, account_id)
 
 
 async def set_status(tx: Tx, account_id: int, status: str) -> Account:
+    """``blocked`` (inactive, BLOCK) or ``active`` (ACTIVE): the operator's block."""
     if status not in ("active", "blocked"):
         raise LedgerError(f"unknown status {status!r}")
-    row = await tx.fetchone(
-        f"UPDATE accounts SET status = %s, updated = now() WHERE id = %s"
-        f" RETURNING {_ACCOUNT_COLUMNS}",
-        (status, account_id),
-    )
-    if row is None:
-        raise AccountNotFound(f"no account {account_id}")
-    return _account(row)
+    return await set_active(tx, account_id, status == "active",
+                            ACTIVE if status == "active" else BLOCK)
 
 
 # -- the ledger -------------------------------------------------------------------
 @frozen
 class Entry:
     id: int
-    account_id: int
+    customer_id: int | None
+    account_id: int | None
     amount: Decimal
     kind: str
     cause: str
     idem_key: str
     balance_after: Decimal
     created: object
+    tariff_id: int | None = None
+    at: object = None
 
     def to_json(self) -> dict:
         return {
             "id": self.id,
+            "customer_id": self.customer_id,
             "account_id": self.account_id,
             "amount": str(self.amount),
             "kind": self.kind,
             "cause": self.cause,
             "idem_key": self.idem_key,
             "balance_after": str(self.balance_after),
+            "tariff_id": self.tariff_id,
+            "at": (self.at or self.created).isoformat(),
             "created": self.created.isoformat(),
         }
 
 
-_ENTRY_COLUMNS = "id, account_id, amount, kind, cause, idem_key, balance_after, created"
+_ENTRY_COLUMNS = (
+    "id, customer_id, account_id, amount, kind, cause, idem_key, balance_after, created,"
+    " tariff_id, at"
+)
 
 
 async def get_entry(tx: Tx, idem_key: str) -> Entry | None:
@@ -255,66 +408,141 @@ async def get_entry_by_id(tx: Tx, entry_id: int) -> Entry | None:
 
 
 async def post(
-    tx: Tx, account_id: int, amount: object, kind: str, cause: str, idem_key: str
+    tx: Tx, customer_id: int, amount: object, kind: str, cause: str, idem_key: str, *,
+    account_id: int | None = None, tariff_id: int | None = None,
+    subscription_id: int | None = None, at=None,
 ) -> tuple[Entry, bool]:
     """
-    Add ``amount`` (signed) to the account, once per ``idem_key``.
+    Add ``amount`` (signed) to the customer's virtual account, once per ``idem_key``.
 
     Returns ``(entry, created)``: ``created`` is False when the key existed,
-    and then nothing changed.  A key that exists for another account or amount
-    raises L{IdempotencyConflict}.
+    and then nothing changed.  A key that exists for another customer or amount
+    raises L{IdempotencyConflict}.  ``account_id`` names the account the
+    money came through, when there is one.
     """
     amount = money(amount)
     if amount == 0:
         raise LedgerError("a ledger entry moves a non-zero amount")
     if not idem_key:
         raise LedgerError("a ledger entry needs an idempotency key")
-    # The row lock serialises every ledger write of this account; after it,
+    # The row lock serialises every ledger write of this customer; after it,
     # a concurrent transaction with the same key has committed or rolled back.
     balance = await tx.fetchval(
-        "SELECT balance FROM accounts WHERE id = %s FOR UPDATE", (account_id,)
+        "SELECT balance FROM customers WHERE id = %s FOR UPDATE", (customer_id,)
     )
     if balance is None:
-        raise AccountNotFound(f"no account {account_id}")
+        raise CustomerNotFound(f"no customer {customer_id}")
     row = await tx.fetchone(
-        f"INSERT INTO ledger (account_id, amount, kind, cause, idem_key, balance_after)"
-        f" VALUES (%s, %s, %s, %s, %s, %s)"
+        f"INSERT INTO ledger (customer_id, account_id, amount, kind, cause, idem_key,"
+        f" balance_after, tariff_id, subscription_id, at)"
+        f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
         f" ON CONFLICT (idem_key) DO NOTHING RETURNING {_ENTRY_COLUMNS}",
-        (account_id, amount, kind, cause, idem_key, balance + amount),
+        (customer_id, account_id, amount, kind, cause, idem_key, balance + amount, tariff_id,
+         subscription_id, at),
     )
     if row is None:
         existing = await get_entry(tx, idem_key)
-        if existing.account_id != account_id or existing.amount != amount:
+        if existing.customer_id != customer_id or existing.amount != amount:
             raise IdempotencyConflict(
-                f"key {idem_key!r} was used for account {existing.account_id}"
+                f"key {idem_key!r} was used for customer {existing.customer_id}"
                 f" amount {existing.amount}"
             )
         return existing, False
     await tx.execute(
-        "UPDATE accounts SET balance = balance + %s, updated = now() WHERE id = %s",
-        (amount, account_id),
+        "UPDATE customers SET balance = balance + %s, updated = now() WHERE id = %s",
+        (amount, customer_id),
     )
     return Entry(*row), True
 
 
-async def credit(tx: Tx, account_id: int, amount: object, kind: str, cause: str,
-                 idem_key: str) -> tuple[Entry, bool]:
+async def credit(tx: Tx, customer_id: int, amount: object, kind: str, cause: str,
+                 idem_key: str, **kw) -> tuple[Entry, bool]:
     if money(amount) <= 0:
         raise LedgerError("a credit is positive")
-    return await post(tx, account_id, amount, kind, cause, idem_key)
+    return await post(tx, customer_id, amount, kind, cause, idem_key, **kw)
 
 
-async def ledger_sum(tx: Tx, account_id: int) -> Decimal:
+async def ledger_sum(tx: Tx, customer_id: int) -> Decimal:
+    """The sum of the customer's ledger rows (its balance must equal it)."""
     return await tx.fetchval(
-        "SELECT coalesce(sum(amount), 0)::numeric(14,2) FROM ledger WHERE account_id = %s",
-        (account_id,),
+        "SELECT coalesce(sum(amount), 0)::numeric(14,2) FROM ledger WHERE customer_id = %s",
+        (customer_id,),
     )
+
+
+async def statement(tx: Tx, customer_id: int, limit: int = 1000) -> list[Entry]:
+    """The customer's ledger rows, oldest first (the last ``limit``)."""
+    rows = await tx.fetchall(
+        f"SELECT {_ENTRY_COLUMNS} FROM (SELECT {_ENTRY_COLUMNS} FROM ledger"
+        f"  WHERE customer_id = %s ORDER BY id DESC LIMIT %s) r ORDER BY id",
+        (customer_id, limit),
+    )
+    return [Entry(*r) for r in rows]
 
 
 async def balance_mismatches(tx: Tx) -> list[tuple[int, Decimal, Decimal]]:
-    """Accounts whose balance differs from their ledger sum (must always be empty)."""
+    """Customers whose balance differs from their ledger sum (must always be empty)."""
     return await tx.fetchall(
-        "SELECT a.id, a.balance, coalesce(sum(l.amount), 0) FROM accounts a"
-        " LEFT JOIN ledger l ON l.account_id = a.id GROUP BY a.id, a.balance"
-        " HAVING a.balance <> coalesce(sum(l.amount), 0)"
+        "SELECT c.id, c.balance, coalesce(sum(l.amount), 0) FROM customers c"
+        " LEFT JOIN ledger l ON l.customer_id = c.id GROUP BY c.id, c.balance"
+        " HAVING c.balance <> coalesce(sum(l.amount), 0)"
     )
+
+
+# -- payees -------------------------------------------------------------------------
+@frozen
+class Payee:
+    """
+    Whom a payment credits: a customer, reached through one of its accounts
+    (a login, a gateway order) or by its payment code (``account_id`` is then
+    its only account, or None when it has several or none).
+
+    ``payments_allowed`` / ``active`` are the account's, or for a customer
+    all / any of its accounts' (a customer without accounts may be paid).
+    An account deactivated for DEBT counts as active here: paying is how a
+    debt ends.
+    """
+
+    customer_id: int
+    account_id: int | None
+    balance: Decimal
+    payments_allowed: bool
+    active: bool
+
+
+async def find_payee(tx: Tx, ref: int | str, lock: bool = False) -> Payee | None:
+    """
+    The payee an id (a customer id) or a login (an account) names.  With
+    ``lock`` the customer row is locked FOR UPDATE (see L{payments.accept}
+    for the lock order).
+    """
+    account_id = None
+    if isinstance(ref, int):
+        customer_id = ref
+    else:
+        row = await tx.fetchone("SELECT id, customer_id FROM accounts WHERE login = %s", (ref,))
+        if row is None:
+            return None
+        account_id, customer_id = row
+    balance = await tx.fetchval(
+        "SELECT balance FROM customers WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+        (customer_id,),
+    )
+    if balance is None:
+        return None
+    if account_id is not None:
+        allowed, active = await tx.fetchone(
+            "SELECT payments_allowed, active OR status_reason = %s FROM accounts WHERE id = %s",
+            (DEBT, account_id),
+        )
+    else:
+        # A customer with exactly one account (every migrated one): the
+        # payment is recorded as that account's too.
+        allowed, active, count, only = await tx.fetchone(
+            "SELECT coalesce(bool_and(payments_allowed), true),"
+            " coalesce(bool_or(active OR status_reason = %s), true), count(*), min(id)"
+            " FROM accounts WHERE customer_id = %s",
+            (DEBT, customer_id),
+        )
+        account_id = only if count == 1 else None
+    return Payee(customer_id, account_id, balance, allowed, active)

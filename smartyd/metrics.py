@@ -59,6 +59,27 @@ class Metrics:
         self.receipts = Counter(
             "smartyd_receipts", "Fiscal receipt jobs by final state", ["state"], registry=r
         )
+        self.billing_charges = Counter(
+            "smartyd_billing_charges", "Tariff charges taken by the charging job", registry=r
+        )
+        self.billing_amount = Counter(
+            "smartyd_billing_charged_amount", "Money charged by the charging job", registry=r
+        )
+        self.billing_suspended = Counter(
+            "smartyd_billing_suspended", "Subscriptions suspended for debt by the charging job",
+            registry=r,
+        )
+        self.billing_reactivated = Counter(
+            "smartyd_billing_reactivated", "Suspended subscriptions resumed by the charging job",
+            registry=r,
+        )
+        self.billing_debtors = Gauge(
+            "smartyd_billing_suspended_customers",
+            "Customers with a subscription suspended for debt (after the last run)", registry=r,
+        )
+        self.billing_run_seconds = Gauge(
+            "smartyd_billing_run_seconds", "Duration of the last charging run", registry=r
+        )
         self.db_up = Gauge("smartyd_db_up", "1 when the last database probe succeeded", registry=r)
         self._db = None
 

@@ -22,12 +22,12 @@ from smartyd.db import Tx
 
 
 class PaymentConflict(ledger.LedgerError):
-    """The external id was accepted already with another account or amount."""
+    """The external id was accepted already with another customer or amount."""
 
     def __init__(self, existing: "Payment"):
         super().__init__(
-            f"{existing.provider} payment {existing.external_id} exists for account"
-            f" {existing.account_id} amount {existing.amount}"
+            f"{existing.provider} payment {existing.external_id} exists for customer"
+            f" {existing.customer_id} amount {existing.amount}"
         )
         self.existing = existing
 
@@ -44,12 +44,14 @@ class Payment:
     external_date: object
     details: dict
     created: object
+    customer_id: int
 
     def to_json(self) -> dict:
         return {
             "id": self.id,
             "provider": self.provider,
             "external_id": self.external_id,
+            "customer_id": self.customer_id,
             "account_id": self.account_id,
             "amount": str(self.amount),
             "status": self.status,
@@ -62,7 +64,7 @@ class Payment:
 
 _COLUMNS = (
     "id, provider, external_id, account_id, amount, status, ledger_id, external_date,"
-    " details, created"
+    " details, created, customer_id"
 )
 
 # Hooks run inside the accepting transaction for each new payment (e.g. the
@@ -82,42 +84,60 @@ async def accept(
     tx: Tx,
     provider: str,
     external_id: str,
-    account_id: int,
+    account_id: int | None,
     amount: object,
     details: dict | None = None,
     external_date=None,
     hooks: tuple[AcceptHook, ...] = (),
+    customer_id: int | None = None,
 ) -> tuple[Payment, bool]:
     """
-    Record and credit a payment once.  Returns ``(payment, created)``.
+    Record and credit a payment once to a customer's virtual account.
+    Returns ``(payment, created)``.
 
-    Raises L{PaymentConflict} when ``external_id`` exists with another account
-    or amount, L{ledger.AccountNotFound} for an unknown account.
+    The payment names an account (its customer is credited; gateways' orders
+    and OSMP logins) or, with ``account_id`` None, a ``customer_id`` (a
+    personal payment code).  The customer row is locked first, before the
+    payment's foreign keys take their share locks: every writer of a
+    customer's money (pays, the charging job) locks that row first, so they
+    queue instead of deadlocking.
+
+    Raises L{PaymentConflict} when ``external_id`` exists with another
+    customer or amount, L{ledger.AccountNotFound} / L{ledger.CustomerNotFound}
+    for an unknown payee.
     """
     amount = ledger.money(amount)
     if amount <= 0:
         raise ledger.LedgerError("a payment is positive")
-    if not await tx.fetchval("SELECT 1 FROM accounts WHERE id = %s", (account_id,)):
-        raise ledger.AccountNotFound(f"no account {account_id}")
+    if account_id is not None:
+        customer_id = await tx.fetchval(
+            "SELECT customer_id FROM accounts WHERE id = %s", (account_id,))
+        if customer_id is None:
+            raise ledger.AccountNotFound(f"no account {account_id}")
+    if customer_id is None or not await tx.fetchval(
+            "SELECT 1 FROM customers WHERE id = %s FOR UPDATE", (customer_id,)):
+        raise ledger.CustomerNotFound(f"no customer {customer_id}")
     row = await tx.fetchone(
-        f"INSERT INTO payments (provider, external_id, account_id, amount, details, external_date)"
-        f" VALUES (%s, %s, %s, %s, %s, %s)"
+        f"INSERT INTO payments (provider, external_id, account_id, customer_id, amount, details,"
+        f" external_date) VALUES (%s, %s, %s, %s, %s, %s, %s)"
         f" ON CONFLICT (provider, external_id) DO NOTHING RETURNING {_COLUMNS}",
-        (provider, external_id, account_id, amount, json.dumps(details or {}), external_date),
+        (provider, external_id, account_id, customer_id, amount, json.dumps(details or {}),
+         external_date),
     )
     if row is None:
         existing = await get(tx, provider, external_id)
-        if existing.account_id != account_id or existing.amount != amount:
+        if existing.customer_id != customer_id or existing.amount != amount:
             raise PaymentConflict(existing)
         return existing, False
     payment = Payment(*row)
     entry, _ = await ledger.credit(
         tx,
-        account_id,
+        customer_id,
         amount,
         kind="payment",
         cause=f"{provider}:{external_id}",
         idem_key=f"payment:{provider}:{external_id}",
+        account_id=account_id,
     )
     await tx.execute("UPDATE payments SET ledger_id = %s WHERE id = %s", (entry.id, payment.id))
     payment = Payment(*(await tx.fetchone(f"SELECT {_COLUMNS} FROM payments WHERE id = %s",
@@ -136,10 +156,20 @@ class Payments:
     """
 
     hooks: tuple[AcceptHook, ...] = field(default=(), converter=tuple)
+    # The billing's settlement of the paid customer (smartyd.billing), run
+    # first: the core's own step, not a configurable side effect.
+    settle: tuple[AcceptHook, ...] = field(default=(), converter=tuple)
 
-    async def accept(self, tx: Tx, provider: str, external_id: str, account_id: int,
+    @property
+    def accept_hooks(self) -> tuple[AcceptHook, ...]:
+        """What runs in an accepting transaction: the settlement, then the hooks."""
+        return self.settle + self.hooks
+
+    async def accept(self, tx: Tx, provider: str, external_id: str, account_id: int | None,
                      amount: object, details: dict | None = None,
-                     external_date=None) -> tuple[Payment, bool]:
+                     external_date=None, customer_id: int | None = None
+                     ) -> tuple[Payment, bool]:
         """L{accept} with this daemon's hooks."""
         return await accept(tx, provider, external_id, account_id, amount, details=details,
-                            external_date=external_date, hooks=self.hooks)
+                            external_date=external_date, hooks=self.accept_hooks,
+                            customer_id=customer_id)

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from smartyd.billing import make_billing, payment_hooks as billing_hooks
 from smartyd.config import Config
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.migrate import migrate
@@ -47,13 +48,17 @@ log = Logger()
 
 @define
 class App:
-    """The assembled daemon: its root resource and the services behind it."""
+    """
+    The assembled daemon: its root resource, the features' services and the
+    billing core (its charging job in ``billing.services``).
+    """
 
     root: Root
     services: list
     readiness: Readiness
     payments: Payments
     features: dict[str, Feature] = field(factory=dict)
+    billing: Feature | None = None
 
 
 def needs_http_client(cfg: Config) -> bool:
@@ -88,7 +93,10 @@ def build_app(
         pool = HTTPClientService(reactor)
         services.append(pool)
         http_client = pool.client
-    payments = Payments(hooks=fiscal_hooks(cfg.dreamkas) + tuple(extra_hooks))
+    # A payment settles its customer (suspended charges taken, DEBT accounts
+    # reactivated) in the payment's transaction, before the configured hooks.
+    payments = Payments(hooks=fiscal_hooks(cfg.dreamkas) + tuple(extra_hooks),
+                        settle=billing_hooks(cfg.billing))
 
     features: dict[str, Feature] = {}
     if cfg.osmp.enabled:
@@ -107,6 +115,10 @@ def build_app(
         features["dreamkas"] = make_dreamkas(cfg.dreamkas, db=db, client=http_client,
                                              clock=reactor, metrics=metrics)
 
+    # The billing is the core, not an optional feature: always built (its
+    # charging job only in the charging modes), kept out of ``features`` and
+    # ``services`` (the Daemon starts its services after the features').
+    billing = make_billing(cfg.billing, db=db, clock=reactor, metrics=metrics)
     health = Health(db, metrics, reactor, started=reactor.seconds(), ready=readiness).resource()
     root = Root([("/health", health), ("/metrics", health)])
     for feature in features.values():
@@ -114,7 +126,7 @@ def build_app(
             root.mount(prefix, resource)
         services.extend(feature.services)
     return App(root=root, services=services, readiness=readiness, payments=payments,
-               features=features)
+               features=features, billing=billing)
 
 
 class Daemon(MultiService):
@@ -163,7 +175,7 @@ class Daemon(MultiService):
                     return
         log.info("schema up to date ({count} migrations applied)", count=len(applied),
                  console=True)
-        for svc in self.app.services:
+        for svc in (*self.app.services, *self.app.billing.services):
             svc.setServiceParent(self)
         self.app.readiness.ready = True
         self.ready.callback(None)

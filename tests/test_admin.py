@@ -73,6 +73,8 @@ async def test_channels_tariffs_and_payment_show(db, admin):
                             "--channel", str(ch["id"]))
     assert code == 0 and tariff["price"] == "300.00" and tariff["channels"] == [ch["id"]]
     _, acc, _ = admin("account", "create", "--login", "carol")
+    # The built-in billing charges the first period on assignment: carol can pay it.
+    await db.run(ledger.credit, acc["customer_id"], "300.00", "payment", "t", "carol-seed")
     code, out, _ = admin("tariff", "assign", str(acc["id"]), str(tariff["id"]))
     assert code == 0 and out["changed"] is True
     assert admin("tariff", "assign", str(acc["id"]), str(tariff["id"]))[1]["changed"] is False

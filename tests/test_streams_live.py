@@ -74,7 +74,7 @@ async def test_a_block_reaches_both_listeners_within_a_second(db, world, entitle
 
         reloaded = entitlements.next_reload()
         await deferToThread(admin_sql, pg_dsn,
-                            "UPDATE accounts SET status = 'blocked' WHERE id = %s",
+                            "UPDATE accounts SET active = false, status_reason = 'BLOCK' WHERE id = %s",
                             (world.alice,))
         committed = reactor.seconds()
         await within(reloaded, 1.0)
@@ -84,7 +84,7 @@ async def test_a_block_reaches_both_listeners_within_a_second(db, world, entitle
         # Unblocked: access comes back the same way.
         reloaded = entitlements.next_reload()
         await deferToThread(admin_sql, pg_dsn,
-                            "UPDATE accounts SET status = 'active' WHERE id = %s",
+                            "UPDATE accounts SET active = true, status_reason = 'ACTIVE' WHERE id = %s",
                             (world.alice,))
         await within(reloaded, 1.0)
         assert await listeners.both(token) == (200, 200)
@@ -127,7 +127,7 @@ async def test_the_snapshot_reloads_after_the_notification_connection_reconnects
         assert service.snapshot.entitlement(w.alice, w.ch1) == "ok"
         assert service.listener.connects == 1
         # Changed behind the notification's back: only a reload on reconnect sees it.
-        admin_sql(own_cluster.dsn(), "UPDATE accounts SET status = 'blocked' WHERE id = %s",
+        admin_sql(own_cluster.dsn(), "UPDATE accounts SET active = false, status_reason = 'BLOCK' WHERE id = %s",
                   (w.alice,), replica=True)
         own_cluster.stop(mode="fast")
         own_cluster.start()

@@ -435,9 +435,11 @@ async def test_the_account_limit_is_its_own_else_the_largest_tariffs(db, world, 
     ch = admin("channel", "create", "--name", "ch3", "--url-mask", "http://s/ch3?t=$token",
                "--streamer-id", "a003")
     assert ch["streamer_id"] == "a003"
-    two = admin("tariff", "create", "--name", "two", "--price", "1", "--channel",
+    # Free tariffs: with the built-in billing a priced tariff on an empty
+    # balance starts suspended, and a suspended tariff entitles (and limits) nothing.
+    two = admin("tariff", "create", "--name", "two", "--price", "0", "--channel",
                 str(ch["id"]), "--sessions", "2")
-    five = admin("tariff", "create", "--name", "five", "--price", "1", "--sessions", "5")
+    five = admin("tariff", "create", "--name", "five", "--price", "0", "--sessions", "5")
     assert (two["sessions"], five["sessions"]) == (2, 5)
     limits = lambda: entitlements.snapshot.limits  # noqa: E731
 

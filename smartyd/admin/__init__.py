@@ -24,7 +24,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet import task
 
 from smartyd import catalog, config as configmod, ledger, logs, payments
-from smartyd.admin import fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.admin import billing as billing_admin, fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.billing import engine
 from smartyd.admin.errors import AdminError
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
@@ -34,7 +35,7 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,12 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--login", required=True)
     c.add_argument("--password")
     c.add_argument("--id", type=int)
-    c.add_argument("--name", default="", help="customer name")
+    c.add_argument("--customer", type=int, help="the customer (default: a new one)")
+    c.add_argument("--name", default="", help="customer name (a new customer)")
     c.add_argument("--phone")
     c.add_argument("--email")
     for action in ("show", "block", "unblock"):
         a = acc.add_parser(action)
         a.add_argument("id", type=int)
+        if action != "show":
+            a.add_argument("--reason", help="status_reason (default BLOCK / ACTIVE)")
     a = acc.add_parser("limit", help="the account's own concurrent-session limit")
     a.add_argument("id", type=int)
     a.add_argument("--sessions", type=int, required=True, help="0 clears (tariffs decide)")
@@ -72,12 +76,18 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--price", required=True)
     c.add_argument("--channel", type=int, action="append", default=[])
     c.add_argument("--kind", choices=("tv", "svod", "tvod"), default="tv")
-    c.add_argument("--period-days", type=int, default=30)
+    period = c.add_mutually_exclusive_group()
+    period.add_argument("--period-days", type=int, default=30)
+    period.add_argument("--period-months", type=int)
+    c.add_argument("--activation-price", default="0")
+    c.add_argument("--additional", action="store_true", help="an additional (not basic) tariff")
+    c.add_argument("--hidden", action="store_true")
     c.add_argument("--sessions", type=int, help="concurrent sessions allowed (default: no limit)")
     for action in ("assign", "remove"):
         a = tr.add_parser(action)
-        a.add_argument("account", type=int)
-        a.add_argument("tariff", type=int)
+        a.add_argument("--customer", type=int, help="the customer's tariff (all its accounts)")
+        a.add_argument("--at", help="ISO-8601 moment of the assignment (default now)")
+        a.add_argument("ids", type=int, nargs="+", metavar="[ACCOUNT] TARIFF")
 
     pay = sub.add_parser("payment", help="payments").add_subparsers(dest="action", required=True)
     s = pay.add_parser("show")
@@ -104,15 +114,25 @@ async def cmd_migrate(db: Database, args) -> dict:
     return {"applied": applied, "version": await current_version(db)}
 
 
-async def cmd_account(db: Database, args) -> dict:
+async def cmd_account(db: Database, args, cfg, reactor) -> dict:
     if args.action == "create":
         password_hash = ledger.hash_password(args.password) if args.password else ""
 
         async def create(tx):
-            customer = await ledger.create_customer(tx, args.name, args.phone, args.email)
-            return await ledger.create_account(
-                tx, args.login, password_hash, account_id=args.id, customer_id=customer
+            # Without --customer, the account gets a customer of its own (with
+            # the account's id when free: its payment code is the account's).
+            account = await ledger.create_account(
+                tx, args.login, password_hash, account_id=args.id, customer_id=args.customer
             )
+            if args.customer is None:
+                await ledger.update_customer(tx, account.customer_id, name=args.name,
+                                             phone=args.phone, email=args.email)
+            else:
+                # The customer's tariffs cover it now: settle (nothing due
+                # usually, but a DEBT customer's new account starts in DEBT).
+                await engine.settle(tx, cfg.billing, [args.customer],
+                                    billing_admin.moment(None, reactor))
+            return await ledger.get_account(tx, account.id)
 
         return (await db.run(create)).to_json()
     if args.action == "show":
@@ -122,7 +142,7 @@ async def cmd_account(db: Database, args) -> dict:
             if account is None:
                 raise AdminError(f"no account {args.id}")
             out = account.to_json()
-            out["ledger_sum"] = str(await ledger.ledger_sum(tx, args.id))
+            out["ledger_sum"] = str(await ledger.ledger_sum(tx, account.customer_id))
             out["tariffs"] = await catalog.account_tariffs(tx, args.id)
             out["channels"] = await catalog.account_channels(tx, args.id)
             return out
@@ -130,8 +150,10 @@ async def cmd_account(db: Database, args) -> dict:
         return await db.run(show)
     if args.action == "limit":
         return await db.run(catalog.set_account_sessions, args.id, args.sessions)
-    status = "blocked" if args.action == "block" else "active"
-    account = await db.run(ledger.set_status, args.id, status)
+    # A block is the operator's: a payment never lifts it (only DEBT is lifted).
+    active = args.action == "unblock"
+    reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
+    account = await db.run(ledger.set_active, args.id, active, reason)
     return account.to_json()
 
 
@@ -140,18 +162,27 @@ async def cmd_channel(db: Database, args) -> dict:
                         streamer_id=args.streamer_id)
 
 
-async def cmd_tariff(db: Database, args) -> dict:
+async def cmd_tariff(db: Database, args, cfg, reactor) -> dict:
     if args.action == "create":
         return await db.run(
             catalog.create_tariff, args.name, args.price, args.channel, args.kind,
-            args.period_days, sessions=args.sessions,
+            args.period_days, args.hidden, period_months=args.period_months,
+            activation_price=args.activation_price, additional=args.additional,
+            sessions=args.sessions,
         )
-    if args.action == "assign":
-        changed = await db.run(catalog.assign_tariff, args.account, args.tariff)
+    if args.customer is None:
+        if len(args.ids) != 2:
+            raise AdminError(f"tariff {args.action} ACCOUNT TARIFF (or --customer ID TARIFF)")
+        account, tariff = args.ids
     else:
-        changed = await db.run(catalog.remove_tariff, args.account, args.tariff)
-    return {"account": args.account, "tariff": args.tariff, "action": args.action,
-            "changed": changed}
+        if len(args.ids) != 1:
+            raise AdminError(f"tariff {args.action} --customer ID TARIFF")
+        account, [tariff] = None, args.ids
+    at = billing_admin.moment(args.at, reactor)
+    op = engine.assign if args.action == "assign" else engine.remove
+    out = await db.run(op, cfg.billing, account, tariff, customer_id=args.customer, at=at)
+    return {"account": account, "customer": args.customer, "tariff": tariff,
+            "action": args.action, **out}
 
 
 async def cmd_payment(db: Database, args) -> dict:
@@ -169,11 +200,11 @@ async def cmd_payment(db: Database, args) -> dict:
 
 DB_COMMANDS = {
     "migrate": cmd_migrate,
-    "account": cmd_account,
     "channel": cmd_channel,
-    "tariff": cmd_tariff,
     "payment": cmd_payment,
 }
+# Commands that need the configuration ([billing]) and the reactor's clock.
+EXTENSION_COMMANDS.update(account=cmd_account, tariff=cmd_tariff)
 
 
 # -- logs ----------------------------------------------------------------------------------------

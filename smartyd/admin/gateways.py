@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from smartyd.admin.errors import AdminError
+from smartyd.billing import payment_hooks as billing_hooks
 from smartyd.fiscal import payment_hooks
 from smartyd.gateways import assist_service, orders, payture_service
 from smartyd.gateways.assist_service import POLLER_JOB
@@ -72,7 +73,7 @@ async def _with_gateway(reactor, make, operation, partner: str):
 
 def _payments(cfg) -> Payments:
     # The daemon's hooks: a payment credited from here is fiscalized too.
-    return Payments(hooks=payment_hooks(cfg.dreamkas))
+    return Payments(hooks=payment_hooks(cfg.dreamkas), settle=billing_hooks(cfg.billing))
 
 
 async def cmd_assist(db, args, cfg, reactor) -> Any:

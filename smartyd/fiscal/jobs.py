@@ -214,8 +214,7 @@ async def claim_for_post(tx: Tx, now: float, lease_until: float, limit: int) -> 
         r[0]: r[1:]
         for r in await tx.fetchall(
             "SELECT p.id, p.provider, p.amount, p.details, p.account_id, c.phone, c.email, t.name"
-            " FROM payments p JOIN accounts a ON a.id = p.account_id"
-            " LEFT JOIN customers c ON c.id = a.customer_id"
+            " FROM payments p JOIN customers c ON c.id = p.customer_id"
             " LEFT JOIN tariffs t ON t.id = CASE WHEN p.details->>'tariff_id' ~ '^[0-9]{1,18}$'"
             "   THEN (p.details->>'tariff_id')::bigint END"
             " WHERE p.id = ANY(%s)",

@@ -39,7 +39,7 @@ def assist_service(cfg: AssistConfig, *, db, client, clock, payments: Payments,
     http = PartnerHTTP(assist.PARTNER, client, clock, metrics=metrics,
                        timeout=ASSIST_TIMEOUT, max_body=ASSIST_MAX_BODY)
     return AssistService(db, assist.make_client(http, cfg), cfg, metrics=metrics,
-                         hooks=list(payments.hooks))
+                         hooks=list(payments.accept_hooks))
 
 
 def payture_service(cfg: PaytureConfig, *, db, client, clock, payments: Payments,
@@ -48,7 +48,7 @@ def payture_service(cfg: PaytureConfig, *, db, client, clock, payments: Payments
     http = PartnerHTTP(payture.PARTNER, client, clock, metrics=metrics,
                        timeout=PAYTURE_TIMEOUT, max_body=PAYTURE_MAX_BODY)
     return PaytureService(db, PaytureClient(http, cfg.host.rstrip("/"), cfg.merchant_pay_key),
-                          metrics=metrics, hooks=list(payments.hooks))
+                          metrics=metrics, hooks=list(payments.accept_hooks))
 
 
 def make_assist(cfg: AssistConfig, *, db, client, clock, payments: Payments,

@@ -119,6 +119,6 @@ def make_osmp(cfg: OSMPConfig, *, db, clock, payments: Payments, metrics,
     if cfg.username and not cfg.password:
         log.warn("[osmp] username is set but password is empty: terminals authenticate"
                  " with an empty password")
-    service = OSMPService(cfg, db, clock, metrics, hooks=payments.hooks, ready=readiness)
+    service = OSMPService(cfg, db, clock, metrics, hooks=payments.accept_hooks, ready=readiness)
     osmp = OSMP(cfg, service, metrics, trusted_proxies=trusted_proxies)
     return Feature(mounts=(("/payments/osmp", osmp.resource()),), handle=service)

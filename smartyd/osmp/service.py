@@ -50,21 +50,17 @@ log = Logger(namespace="smartyd.osmp")
 
 
 # -- the database side ---------------------------------------------------------------------
-async def find_account(tx: Tx, ref: int | str, lock: bool = False) -> ledger.Account | None:
+async def find_account(tx: Tx, ref: int | str, lock: bool = False) -> ledger.Payee | None:
     """
-    The account an OSMP account field names (an id, or a login).
+    Whom an OSMP account field names: a customer (an id or payment code, the
+    customer's virtual account) or an account by its login (its customer).
 
-    With ``lock``, the account row is locked FOR UPDATE before anything else
+    With ``lock``, the customer row is locked FOR UPDATE before anything else
     in the transaction: inserting the payment first would take a FOR KEY
-    SHARE lock on it (the foreign key), and two pays to one account holding
+    SHARE lock on it (the foreign key), and two pays to one customer holding
     that lock would deadlock when the ledger then locks the row FOR UPDATE.
     """
-    if isinstance(ref, int):
-        return await ledger.get_account(tx, ref, lock=lock)
-    account = await ledger.find_account_by_login(tx, ref)
-    if account is None or not lock:
-        return account
-    return await ledger.get_account(tx, account.id, lock=True)
+    return await ledger.find_payee(tx, ref, lock=lock)
 
 
 @frozen
@@ -76,7 +72,7 @@ class PayOutcome:
     @ivar payment: the payment accepted now, or the one accepted earlier
         under this txn_id (possibly with another account or sum).
     @ivar created: True when this transaction accepted the payment.
-    @ivar account_id: the account the request names, if it exists.
+    @ivar account_id: the customer the request names, if it exists.
     """
 
     refusal: Answer | None
@@ -213,8 +209,8 @@ class OSMPService:
         refusal = self._account_refusal(req, account)
         if refusal is not None:
             return refusal
-        log.debug("OSMP check {txn_id}: account {account} may be paid",
-                  provider=PROVIDER, txn_id=req.external_id, account=account.id)
+        log.debug("OSMP check {txn_id}: customer {customer} may be paid",
+                  provider=PROVIDER, txn_id=req.external_id, customer=account.customer_id)
         return answer(OK, req.txn_id, fields=(("balance", f"{account.balance:.2f}"),))
 
     async def _pay(self, req: OSMPRequest) -> Answer:
@@ -229,7 +225,7 @@ class OSMPService:
             r = out.refusal
             self._log_refusal(req.command, req.external_id, req.account, r.result, r.comment)
             return r
-        if payment.account_id != out.account_id or payment.amount != req.sum:
+        if payment.customer_id != out.account_id or payment.amount != req.sum:
             return self._conflict(req, payment)
         if out.created:
             self.metrics.payments.labels(PROVIDER).inc()
@@ -237,18 +233,20 @@ class OSMPService:
             log.info("OSMP payment {txn_id}: {amount} credited to account {account}"
                      " (prv_txn {prv_txn})",
                      provider=PROVIDER, txn_id=req.external_id, account=payment.account_id,
+                     customer=payment.customer_id,
                      amount=payment.amount, prv_txn=payment.id)
         else:
             log.info("OSMP pay {txn_id} repeated: answered with prv_txn {prv_txn},"
                      " nothing credited",
                      provider=PROVIDER, txn_id=req.external_id, prv_txn=payment.id,
-                     account=payment.account_id, repeat=True)
+                     account=payment.account_id, customer=payment.customer_id,
+                     repeat=True)
         return answer(OK, req.txn_id, prv_txn=payment.id, sum=payment.amount)
 
     async def _pay_tx(self, tx: Tx, req: OSMPRequest, early: Answer | None) -> PayOutcome:
         """One transaction: accept the payment, or find why not."""
         account = await find_account(tx, req.account_ref, lock=True)
-        account_id = account.id if account is not None else None
+        account_id = account.customer_id if account is not None else None
         refusal = early or self._account_refusal(req, account, log_it=False)
         if refusal is not None:
             existing = await payments.get(tx, PROVIDER, req.external_id)
@@ -257,11 +255,12 @@ class OSMPService:
             tx,
             PROVIDER,
             req.external_id,
-            account.id,
+            account.account_id,
             req.sum,
             details={"account": req.account, "txn_date": req.txn_date_text},
             external_date=req.txn_date,
             hooks=self.hooks,
+            customer_id=account.customer_id,
         )
         return PayOutcome(None, payment, created, account_id)
 
@@ -280,7 +279,7 @@ class OSMPService:
             return answer(SUM_TOO_LARGE, req.txn_id)
         return None
 
-    def _account_refusal(self, req: OSMPRequest, account: ledger.Account | None,
+    def _account_refusal(self, req: OSMPRequest, account: ledger.Payee | None,
                          log_it: bool = True) -> Answer | None:
         if account is None:
             result = ACCOUNT_NOT_FOUND
@@ -305,6 +304,7 @@ class OSMPService:
             " (account {stored_account}, sum {stored_amount}): refused",
             provider=PROVIDER, txn_id=req.external_id, account_field=req.account,
             requested_amount=req.sum, prv_txn=existing.id, stored_account=existing.account_id,
+            stored_customer=existing.customer_id,
             stored_amount=existing.amount, result=OTHER_ERROR, reason="conflict",
         )
         return answer(OTHER_ERROR, req.txn_id,

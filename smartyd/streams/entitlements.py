@@ -40,18 +40,27 @@ CHANNEL = "smartyd_entitlements"
 _ACCOUNTS_SQL = """
 DECLARE smartyd_entitlements NO SCROLL CURSOR FOR
 SELECT a.id,
-       a.status = 'active',
+       a.active,
        coalesce(array_agg(DISTINCT tc.channel_id ORDER BY tc.channel_id)
                 FILTER (WHERE tc.channel_id IS NOT NULL), '{}')
   FROM accounts a
-  LEFT JOIN subscriptions s ON s.account_id = a.id
+  LEFT JOIN subscriptions s
+    ON s.customer_id = a.customer_id AND (s.account_id IS NULL OR s.account_id = a.id)
+   AND s.state = 'active'
   LEFT JOIN tariff_channels tc ON tc.tariff_id = s.tariff_id
  GROUP BY a.id
 """
 
+# A subscription entitles its channels while it is ``active``: paid (the
+# charging job suspends it when a charge is refused for debt), or simply
+# assigned in the full/reduced billing modes, where nothing is charged and
+# nothing suspends it.  Customer-level subscriptions cover all the
+# customer's accounts.
+
 
 # Concurrent-session limits (migration 0007): the account's own, else the
-# largest of its tariffs' -- unless one of them has none (then unlimited).
+# largest of its entitled tariffs' (active subscriptions of the account or of
+# its customer, as above) -- unless one of them has none (then unlimited).
 # Only limited accounts are listed.
 _LIMITS_SQL = """
 DECLARE smartyd_session_limits NO SCROLL CURSOR FOR
@@ -61,7 +70,9 @@ SELECT id, lim FROM (
                     CASE WHEN bool_or(t.id IS NOT NULL AND t.sessions_count IS NULL) THEN NULL
                          ELSE max(t.sessions_count) END) AS lim
       FROM accounts a
-      LEFT JOIN subscriptions s ON s.account_id = a.id
+      LEFT JOIN subscriptions s
+        ON s.customer_id = a.customer_id AND (s.account_id IS NULL OR s.account_id = a.id)
+       AND s.state = 'active'
       LEFT JOIN tariffs t ON t.id = s.tariff_id
      GROUP BY a.id
 ) limits

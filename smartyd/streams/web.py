@@ -98,16 +98,18 @@ async def grant(tx: Tx, account_id: int, channel_ref: str) -> tuple[str, dict | 
     C{(reason, None)} with reason C{blocked}, C{unknown_channel} or
     C{not_entitled}.
     """
-    status = await tx.fetchval("SELECT status FROM accounts WHERE id = %s", (account_id,))
-    if status != "active":
+    active = await tx.fetchval("SELECT active FROM accounts WHERE id = %s", (account_id,))
+    if not active:
         return "blocked", None
     channel = await catalog.get_channel(tx, channel_ref)
     if channel is None:
         return "unknown_channel", None
     entitled = await tx.fetchval(
-        "SELECT 1 FROM subscriptions s"
+        "SELECT 1 FROM accounts a"
+        " JOIN subscriptions s ON s.customer_id = a.customer_id"
+        "  AND (s.account_id IS NULL OR s.account_id = a.id) AND s.state = 'active'"
         " JOIN tariff_channels tc ON tc.tariff_id = s.tariff_id"
-        " WHERE s.account_id = %s AND tc.channel_id = %s LIMIT 1",
+        " WHERE a.id = %s AND tc.channel_id = %s LIMIT 1",
         (account_id, channel["id"]),
     )
     return ("ok", channel) if entitled else ("not_entitled", None)
