@@ -63,8 +63,10 @@ def payture_service(cfg: PaytureConfig, *, db, client, clock, payments: Payments
         service.wallet = Wallet(db, EWalletClient(http, host, cfg.merchant_pay_key,
                                                   cfg.merchant_add_key), cfg, metrics)
         if billing is not None:
+            # The other hooks as for any payment; the billing's settlement is
+            # the charging run's own, right after the hook (Autopay._credit).
             service.autopay = Autopay(db, service.wallet, inpay, cfg, billing,
-                                      hooks=payments.accept_hooks, metrics=metrics)
+                                      payments=Payments(hooks=payments.hooks), metrics=metrics)
     return service
 
 

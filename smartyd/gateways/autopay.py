@@ -24,8 +24,9 @@ the batch with autopay on and a bound card:
   3. the recurring ``/vwapi/Pay``; its answer is only a hint: GetState is
      asked, and a Charged order is credited through L{smartyd.payments.accept}
      (provider ``payture``, external id = the OrderId: once, whoever gets
-     there first) with the daemon's payment hooks -- the billing's settlement
-     takes the refused charge in that same transaction.
+     there first) with the daemon's payment hooks (the fiscal receipt...);
+     then the batch settles as of the run's moment and takes the charge
+     with the money that came for it (the run's result counts it).
 
 A declined card, or Payture down, changes nothing: the batch settles as it
 would have, under the normal debt rule.  Every attempt outcome is a log event
@@ -42,7 +43,6 @@ from typing import Any
 from attrs import define, field
 from twisted.logger import Logger
 
-from smartyd import payments
 from smartyd.billing import engine
 from smartyd.config import Billing as BillingConfig, Payture as PaytureConfig
 from smartyd.db import Database, Tx
@@ -52,6 +52,7 @@ from smartyd.gateways.payture import CHARGED, DECLINED, PARTNER, REVERSED, Paytu
 from smartyd.gateways.wallet import Wallet
 from smartyd.ledger import kopecks
 from smartyd.partners import PartnerError
+from smartyd.payments import Payments
 
 log = Logger()
 
@@ -72,7 +73,9 @@ class Autopay:
     client: PaytureClient
     cfg: PaytureConfig
     billing: BillingConfig
-    hooks: tuple = field(default=(), converter=tuple)
+    # The daemon's payment hooks but not the billing's settlement: the
+    # batch is settled right after this hook, as of the run's moment.
+    payments: Payments = field(factory=Payments)
     metrics: Any = None
 
     async def before_settle(self, customer_ids: list[int], at: datetime) -> None:
@@ -166,15 +169,19 @@ class Autopay:
         return self._outcome(attempt, "pending", gateway_state=state.state)
 
     async def _credit(self, tx: Tx, attempt_id: int, state: State) -> bool:
-        """Credit a Charged attempt once (its row locked; the payment's key does the rest)."""
+        """
+        Credit a Charged attempt once (its row locked; the payment's key does
+        the rest).  The charge that lacked the money is taken by the batch's
+        settlement, which follows this hook as of the run's moment.
+        """
         attempt = await cards.get_attempt(tx, attempt_id, lock=True)
         if attempt.state == "credited":
             return False
-        payment, created = await payments.accept(
+        payment, created = await self.payments.accept(
             tx, PARTNER, attempt.order_number, None, attempt.amount,
             details={"autopay": attempt.attempt, "state": state.state,
                      "card_id": attempt.card_id},
-            hooks=self.hooks, customer_id=attempt.customer_id)
+            customer_id=attempt.customer_id)
         await cards.finish_attempt(tx, attempt_id, "credited", gateway_state=state.state,
                                    payment_id=payment.id)
         return created
