@@ -269,13 +269,37 @@ class Assist:
     return_url: str = _c(url, "")
 
 
+PAYTURE_TEMPLATES = ("Payture", "", "Orsay")
+
+
 @frozen
 class Payture:
+    """
+    Payture (Smarty's PaytureMerchantData): the Pay key serves InPay and
+    eWallet payments, the Add key the eWallet users and cards.  ``template``:
+    the payment page template -- "Payture" (browser), "" (TV / set-top box
+    with a remote control: Payture's default template) or "Orsay" (Samsung
+    Orsay); a request may override it.  ``remember_card``: the "remember
+    card" box shown unticked ("not_checked"), ticked ("checked"), or hidden
+    and always on ("disable": every payment binds the card).  Autopayment
+    charges at least ``autopay_min`` and is tried at most
+    ``autopay_attempts`` times per billing period.
+    """
+
     enabled: bool = _c(boolean, False)
     host: str = _c(url, "")
     merchant_pay_key: str = _c(string, "", secret=True)
     merchant_add_key: str = _c(string, "", secret=True)
     password: str = _c(string, "", secret=True)
+    template: str = _c(one_of(*PAYTURE_TEMPLATES), "Payture")
+    remember_card: str = _c(one_of("not_checked", "checked", "disable"), "not_checked")
+    autopay_min: Decimal = _c(amount, Decimal("100.00"))
+    autopay_attempts: int = _c(integer(1, 10), 3)
+
+    @property
+    def cards(self) -> bool:
+        """True when cards can be bound (the eWallet Add merchant is configured)."""
+        return bool(self.merchant_add_key)
 
 
 @frozen
@@ -371,6 +395,10 @@ def _cross_check(name: str, s: Any) -> None:
         raise ConfigError("[dreamkas] token: required when enabled = true")
     if name == "payture" and s.enabled:
         _required(name, s, "host", "merchant_pay_key")
+        if s.remember_card != "not_checked" and not s.merchant_add_key:
+            # A ticked or hidden box binds cards: that needs the Add merchant.
+            raise ConfigError(f"[payture] merchant_add_key: required when remember_card ="
+                              f" {s.remember_card!r}")
     if name == "assist" and s.enabled:
         _required(name, s, "shop_id", "login", "password")
 

@@ -56,6 +56,10 @@ class Metrics:
             "smartyd_gateway_events", "Payment gateway events by provider and kind",
             ["provider", "event"], registry=r,
         )
+        self.payture_autopay = Counter(
+            "smartyd_payture_autopay", "Payture autopayment attempt outcomes", ["outcome"],
+            registry=r,
+        )
         self.receipts = Counter(
             "smartyd_receipts", "Fiscal receipt jobs by final state", ["state"], registry=r
         )

@@ -110,7 +110,8 @@ def build_app(
     if cfg.payture.enabled:
         features["payture"] = make_payture(cfg.payture, db=db, client=http_client, clock=reactor,
                                            payments=payments, metrics=metrics,
-                                           trusted_proxies=cfg.http.trusted_proxies)
+                                           trusted_proxies=cfg.http.trusted_proxies,
+                                           billing=cfg.billing)
     if cfg.dreamkas.enabled:
         features["dreamkas"] = make_dreamkas(cfg.dreamkas, db=db, client=http_client,
                                              clock=reactor, metrics=metrics)
@@ -118,7 +119,10 @@ def build_app(
     # The billing is the core, not an optional feature: always built (its
     # charging job only in the charging modes), kept out of ``features`` and
     # ``services`` (the Daemon starts its services after the features').
-    billing = make_billing(cfg.billing, db=db, clock=reactor, metrics=metrics)
+    # Payture's autopayment runs inside the charging job, before a batch settles.
+    autopay = features["payture"].handle.autopay if "payture" in features else None
+    billing = make_billing(cfg.billing, db=db, clock=reactor, metrics=metrics,
+                           before_settle=autopay.before_settle if autopay else None)
     health = Health(db, metrics, reactor, started=reactor.seconds(), ready=readiness).resource()
     root = Root([("/health", health), ("/metrics", health)])
     for feature in features.values():

@@ -9,6 +9,9 @@
   assist cancel ORDER             -> void a blocked order / refund a paid one
   payture order --account N --amount X --ip IP   -> {"order": {...}, "url": payment page}
   payture check ORDER             -> ask GetState now; credit if Charged (as a notification would)
+  payture cards CUSTOMER          -> the customer's bound cards (GetList first; stored if down)
+  payture card-remove CUSTOMER CARD -> unbind the card at Payture (Remove), then forget it
+  customer autopay ID on|off      -> autopayment from the bound card when charging finds debt
 
 Gateway refusals are one line with the gateway's code:
 ``smartyd-admin: ASSIST refused (AS400): ...``.
@@ -21,8 +24,9 @@ from typing import Any
 from smartyd.admin.errors import AdminError
 from smartyd.billing import payment_hooks as billing_hooks
 from smartyd.fiscal import payment_hooks
-from smartyd.gateways import assist_service, orders, payture_service
+from smartyd.gateways import assist_service, cards, orders, payture_service
 from smartyd.gateways.assist_service import POLLER_JOB
+from smartyd.gateways.wallet import CardNotFound
 from smartyd.metrics import Metrics
 from smartyd.partners import HTTPClientService, PartnerError, PartnerRefused
 from smartyd.payments import Payments
@@ -52,7 +56,19 @@ def register(sub) -> dict:
     o.add_argument("--ip", required=True, help="the payer's IP address")
     c = p.add_parser("check", help="verify an order with GetState and credit it if Charged")
     c.add_argument("order")
-    return {"assist": cmd_assist, "payture": cmd_payture}
+    c = p.add_parser("cards", help="a customer's bound cards (asks Payture's GetList)")
+    c.add_argument("customer", type=int)
+    c = p.add_parser("card-remove", help="unbind a customer's card (Payture's Remove)")
+    c.add_argument("customer", type=int)
+    c.add_argument("card")
+
+    # (When the billing's own `customer` group lands, `autopay` moves into it.)
+    cu = sub.add_parser("customer", help="customers (autopayment)").add_subparsers(
+        dest="action", required=True)
+    c = cu.add_parser("autopay", help="turn autopayment from the bound card on or off")
+    c.add_argument("id", type=int)
+    c.add_argument("state", choices=("on", "off"))
+    return {"assist": cmd_assist, "payture": cmd_payture, "customer": cmd_customer}
 
 
 async def _with_gateway(reactor, make, operation, partner: str):
@@ -127,6 +143,15 @@ async def cmd_payture(db, args, cfg, reactor) -> Any:
         if args.action == "order":
             order, url = await service.create_order(args.account, args.amount, args.ip)
             return {"order": order.to_json(), "url": url}
+        if args.action in ("cards", "card-remove"):
+            if service.wallet is None:
+                raise AdminError("[payture] merchant_add_key is not set: no cards")
+            try:
+                if args.action == "cards":
+                    return await service.wallet.cards(args.customer)
+                return await service.wallet.remove(args.customer, args.card)
+            except CardNotFound as e:
+                raise AdminError(str(e))
         order = await db.run(orders.get, "payture", args.order)
         if order is None:
             raise AdminError(f"no Payture order {args.order}")
@@ -137,3 +162,11 @@ async def cmd_payture(db, args, cfg, reactor) -> Any:
         return {"outcome": handled.outcome, "order": after.to_json()}
 
     return await _with_gateway(reactor, make, operation, "Payture")
+
+
+async def cmd_customer(db, args, cfg, reactor) -> Any:
+    out = await db.run(cards.set_autopay, args.id, args.state == "on")
+    out["cards"] = len(await db.run(cards.list_cards, args.id))
+    if out["autopay"] and not out["cards"]:
+        out["note"] = "no bound card yet: autopayment starts once a card is bound"
+    return out

@@ -38,11 +38,14 @@ class Charging:
     clock: Any
     metrics: Any = None
     batch: int = 500
+    # Autopayment's hook (smartyd.gateways.autopay): before each batch settles.
+    before_settle: Any = None
 
     async def run(self, at=None) -> RunResult:
         started = self.clock.seconds()
         at = at if at is not None else utc(started)
-        result = await engine.run(self.db, self.cfg, at, batch=self.batch, metrics=self.metrics)
+        result = await engine.run(self.db, self.cfg, at, batch=self.batch, metrics=self.metrics,
+                                  before_settle=self.before_settle)
         if self.metrics is not None:
             self.metrics.billing_run_seconds.set(self.clock.seconds() - started)
             self.metrics.billing_debtors.set(await self.db.run(engine.debtor_count))
@@ -54,13 +57,14 @@ class Charging:
         return result
 
 
-def make_billing(cfg: BillingConfig, *, db: Database, clock: Any, metrics: Any) -> Feature:
+def make_billing(cfg: BillingConfig, *, db: Database, clock: Any, metrics: Any,
+                 before_settle: Any = None) -> Feature:
     """
     The charging job: in builtin/transactional mode a poller every
     ``charge_interval`` seconds, once cluster-wide (the job's advisory lock
     and ``job_runs``); in full/reduced mode nothing runs.
     """
-    charging = Charging(cfg, db, clock, metrics)
+    charging = Charging(cfg, db, clock, metrics, before_settle=before_settle)
     if not cfg.charges:
         return Feature(handle=charging)
     poller = Poller(POLLER_JOB, cfg.charge_interval, charging.run, clock, db=db,

@@ -155,10 +155,15 @@ def _sub(row: tuple) -> _Sub:
 
 
 # -- settling customers --------------------------------------------------------------------
-async def settle(tx: Tx, cfg: BillingConfig, customer_ids: list[int], at: datetime) -> RunResult:
+async def settle(tx: Tx, cfg: BillingConfig, customer_ids: list[int], at: datetime,
+                 shortfalls: dict | None = None) -> RunResult:
     """
     Bring the customers' billing up to ``at`` (see the module docstring), in
     the caller's transaction.  Nothing is charged in the full/reduced modes.
+
+    With ``shortfalls`` (a dict) nothing is written: a dry run that fills it
+    with ``customer id -> Shortfall`` for each customer whose charges would
+    be refused for debt (what autopayment must bring in first).
     """
     if not cfg.charges or not customer_ids:
         return RunResult()
@@ -221,6 +226,8 @@ async def settle(tx: Tx, cfg: BillingConfig, customer_ids: list[int], at: dateti
             cost = amount + candidate.activation_due
             if debt or balance - cost < floor:
                 # Debt: this charge and whatever else is due are not taken.
+                if shortfalls is not None:
+                    _short(shortfalls, cid, sub, cost, None if debt else balance - floor)
                 debt = True
                 pending.discard(sub.id)
                 if sub.state == "active":
@@ -244,9 +251,33 @@ async def settle(tx: Tx, cfg: BillingConfig, customer_ids: list[int], at: dateti
         in_debt = debt or any(s.state == "suspended" for s in subs.get(cid, ()))
         (debtors if in_debt else clear).append(cid)
 
+    if shortfalls is not None:
+        return RunResult()
     await _write(tx, entries, [s for c in ids for s in subs.get(c, ())], returned, at)
     await _account_states(tx, debtors, clear)
     return RunResult(charged, total, suspended, resumed, len(balances))
+
+
+@frozen
+class Shortfall:
+    """
+    What a customer lacks to be charged (a dry run of L{settle}): ``amount``;
+    ``period`` is the due moment (``paid_until``) of the first charge refused
+    and ``subscription_id`` its subscription -- stable until that charge is
+    taken, so it names "this period" for autopayment.
+    """
+
+    amount: Decimal
+    period: datetime
+    subscription_id: int
+
+
+def _short(shortfalls: dict, cid: int, sub: _Sub, cost: Decimal, room: Decimal | None) -> None:
+    known = shortfalls.get(cid)
+    if known is None:  # the first refused charge: what it needs beyond the room left
+        shortfalls[cid] = Shortfall(cost - room, sub.paid_until, sub.id)
+    else:
+        shortfalls[cid] = Shortfall(known.amount + cost, known.period, known.subscription_id)
 
 
 async def _write(tx: Tx, entries: list[tuple], subs: list[_Sub], returned: list[int],
@@ -331,10 +362,14 @@ async def due_customers(tx: Tx, at: datetime, after: int, limit: int) -> list[in
 
 
 async def run(db: Database, cfg: BillingConfig, at: datetime, batch: int = 500,
-              metrics: Any = None) -> RunResult:
+              metrics: Any = None, before_settle: Any = None) -> RunResult:
     """
     One charging run as of ``at``: every customer with something due, in
     batches of ``batch`` customers, each batch its own transaction.
+
+    ``before_settle(customer_ids, at)``, when given, runs before each batch
+    is settled, outside its transaction: the hook where autopayment brings
+    money in (Payture's card charge) before a charge would be refused.
     """
     result = RunResult()
     if not cfg.charges:
@@ -344,6 +379,8 @@ async def run(db: Database, cfg: BillingConfig, at: datetime, batch: int = 500,
         ids = await db.run(due_customers, at, after, batch)
         if not ids:
             break
+        if before_settle is not None:
+            await before_settle(ids, at)
         result += await db.run(settle, cfg, ids, at)
         after = ids[-1]
         if len(ids) < batch:

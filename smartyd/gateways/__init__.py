@@ -15,11 +15,15 @@ call it with ``StubTreq`` against the fake gateways and a ``task.Clock``.
 
 from __future__ import annotations
 
-from smartyd.config import Assist as AssistConfig, Payture as PaytureConfig
+from smartyd.config import Assist as AssistConfig, Billing as BillingConfig, \
+    Payture as PaytureConfig
 from smartyd.feature import Feature
 from smartyd.gateways import assist, payture
 from smartyd.gateways.assist_service import POLLER_JOB, AssistService
+from smartyd.gateways.autopay import Autopay
+from smartyd.gateways.ewallet import EWalletClient
 from smartyd.gateways.payture import PaytureClient, PaytureService
+from smartyd.gateways.wallet import Wallet
 from smartyd.gateways.web import AssistWeb, PaytureWeb
 from smartyd.partners import PartnerHTTP
 from smartyd.payments import Payments
@@ -43,12 +47,27 @@ def assist_service(cfg: AssistConfig, *, db, client, clock, payments: Payments,
 
 
 def payture_service(cfg: PaytureConfig, *, db, client, clock, payments: Payments,
-                    metrics) -> PaytureService:
-    """Our side of Payture (orders, verified notifications) on a partner client."""
+                    metrics, billing: BillingConfig | None = None) -> PaytureService:
+    """
+    Our side of Payture (orders, verified notifications) on a partner client;
+    with the Add merchant, card binding (``service.wallet``) and, given the
+    billing's config, autopayment (``service.autopay``, the charging job's hook).
+    """
     http = PartnerHTTP(payture.PARTNER, client, clock, metrics=metrics,
                        timeout=PAYTURE_TIMEOUT, max_body=PAYTURE_MAX_BODY)
-    return PaytureService(db, PaytureClient(http, cfg.host.rstrip("/"), cfg.merchant_pay_key),
-                          metrics=metrics, hooks=list(payments.accept_hooks))
+    host = cfg.host.rstrip("/")
+    inpay = PaytureClient(http, host, cfg.merchant_pay_key)
+    service = PaytureService(db, inpay, metrics=metrics, hooks=list(payments.accept_hooks),
+                             template=cfg.template, remember_card=cfg.remember_card)
+    if cfg.cards:
+        service.wallet = Wallet(db, EWalletClient(http, host, cfg.merchant_pay_key,
+                                                  cfg.merchant_add_key), cfg, metrics)
+        if billing is not None:
+            # The other hooks as for any payment; the billing's settlement is
+            # the charging run's own, right after the hook (Autopay._credit).
+            service.autopay = Autopay(db, service.wallet, inpay, cfg, billing,
+                                      payments=Payments(hooks=payments.hooks), metrics=metrics)
+    return service
 
 
 def make_assist(cfg: AssistConfig, *, db, client, clock, payments: Payments,
@@ -63,10 +82,13 @@ def make_assist(cfg: AssistConfig, *, db, client, clock, payments: Payments,
 
 
 def make_payture(cfg: PaytureConfig, *, db, client, clock, payments: Payments, metrics,
-                 trusted_proxies: tuple = ()) -> Feature:
-    """The Payture notification endpoints (both paths) and order creation."""
+                 trusted_proxies: tuple = (), billing: BillingConfig | None = None) -> Feature:
+    """
+    The Payture notification endpoints (both paths) and order creation; its
+    ``handle`` is the service (``handle.autopay``: the charging job's hook).
+    """
     service = payture_service(cfg, db=db, client=client, clock=clock, payments=payments,
-                              metrics=metrics)
+                              metrics=metrics, billing=billing)
     resource = PaytureWeb(service, db, metrics, trusted_proxies).resource()
     return Feature(mounts=(("/payments/payture", resource),
                            ("/billing/payment/payture", resource)), handle=service)

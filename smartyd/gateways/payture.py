@@ -163,10 +163,16 @@ class PaytureClient:
         return State.from_answer(parse_answer(response.body, ("GetState", "PayStatus")))
 
     async def init(self, order_id: str, amount_kop: int, ip: str, url: str | None = None,
-                   session_type: str = "Pay") -> str:
-        """Open a payment session; its SessionId (L{PartnerRefused} with Payture's ErrCode)."""
+                   session_type: str = "Pay", template: str = "") -> str:
+        """
+        Open a payment session; its SessionId (L{PartnerRefused} with Payture's
+        ErrCode).  ``template``: the page's TemplateTag ("" -- Payture's
+        default template -- sends none).
+        """
         data = [f"SessionType={session_type}", f"OrderId={order_id}",
                 f"Amount={amount_kop}", f"IP={ip}"]
+        if template:
+            data.append(f"TemplateTag={template}")
         if url:
             data.append(f"Url={url}")
         response = await self.http.request(
@@ -205,22 +211,59 @@ async def _record(tx: Tx, n: Notification, outcome: str, state: State | None) ->
     )
 
 
+class CardsUnavailable(ValueError):
+    """Card binding asked for, but the eWallet Add merchant is not configured."""
+
+
+def binds_card(mode: str, requested: bool | None) -> bool:
+    """
+    Whether a payment binds its card: ``[payture] remember_card`` and the
+    customer's tick (None: not given, the box's default stands).
+    """
+    if mode == "disable":  # hidden and always on
+        return True
+    if requested is None:
+        return mode == "checked"
+    return requested
+
+
 @define
 class PaytureService:
     db: Database
     client: PaytureClient
     metrics: Any = None
     hooks: list = field(factory=list)
+    template: str = "Payture"
+    remember_card: str = "not_checked"
+    # smartyd.gateways.wallet.Wallet (card binding; None without the Add
+    # merchant) and smartyd.gateways.autopay.Autopay (the charging job's hook).
+    wallet: Any = None
+    autopay: Any = None
 
     async def create_order(self, account_id: int, amount: object, ip: str,
-                           return_url: str | None = None) -> tuple[orders.Order, str]:
+                           return_url: str | None = None, *, remember: bool | None = None,
+                           template: str | None = None) -> tuple[orders.Order, str]:
+        """
+        An order and its payment page: an eWallet page that binds the card
+        when L{binds_card} says so, else the InPay page; in ``template`` (or
+        the configured one).
+        """
+        template = self.template if template is None else template
+        bind = binds_card(self.remember_card, remember)
+        if bind and self.wallet is None:
+            raise CardsUnavailable("card binding is not configured ([payture] merchant_add_key)")
         order = await self.db.run(orders.create, PARTNER, account_id, amount)
-        session = await self.client.init(order.order_number, kopecks(order.amount), ip,
-                                         return_url)
+        if bind:
+            url = await self.wallet.pay_session(account_id, order.order_number,
+                                                kopecks(order.amount), ip, template, return_url)
+        else:
+            session = await self.client.init(order.order_number, kopecks(order.amount), ip,
+                                             return_url, template=template)
+            url = self.client.pay_url(session)
         log.info("Payture order {order} for {amount} to account {account}",
                  order=order.order_number, amount=order.amount, account=account_id,
-                 provider=PARTNER)
-        return order, self.client.pay_url(session)
+                 provider=PARTNER, binds_card=bind, template=template)
+        return order, url
 
     async def handle(self, n: Notification) -> Handled:
         """Deal with one notification; never raises (503 when it should be retried)."""
@@ -273,6 +316,8 @@ class PaytureService:
         handled, credited = await self.db.run(self._apply, number, state, n)
         if credited is not None:
             events.credited(self.metrics, PARTNER, credited)
+            if self.wallet is not None:
+                await self.wallet.after_credit(number)
         return handled
 
     async def _apply(self, tx: Tx, number: str, state: State, n: Notification | None):

@@ -44,7 +44,10 @@ Payture (``/payments/payture``, ``/billing/payment/payture``):
     GetState before anything is credited; ``200 OK`` when dealt with, ``503``
     when Payture should repeat it later.
   - ``POST /payments/payture/order``: as the ASSIST order, answering the
-    Payture payment page URL.
+    Payture payment page URL; optional ``remember_card`` (the box's tick:
+    true/false, absent = the ``[payture] remember_card`` default; ignored
+    when the box is hidden) and ``template`` / ``template_of_payment_page``
+    ("Payture", "" or "Orsay": overrides ``[payture] template``).
 
 Money-moving work runs shielded: a client that disconnects does not cancel it.
 """
@@ -71,7 +74,9 @@ from smartyd.gateways.assist import (
     push_result,
 )
 from smartyd.gateways.assist_service import AssistService
-from smartyd.gateways.payture import BadNotification, PaytureService, parse_notification
+from smartyd.config import PAYTURE_TEMPLATES
+from smartyd.gateways.payture import BadNotification, CardsUnavailable, PaytureService, \
+    parse_notification
 from smartyd.partners import PartnerError, PartnerRefused
 from smartyd.http.addresses import client_ip
 from smartyd.http.auth import password_login
@@ -107,6 +112,32 @@ def _amount(fields: dict) -> Decimal:
             or amount > Decimal("1000000"):
         raise BadRequest("amount must be positive, at most 1000000, with at most 2 decimals")
     return amount
+
+
+def _flag(fields: dict, name: str) -> bool | None:
+    """A tick box: absent -> None (the default stands); 1/true/on or 0/false/off."""
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false")
+
+
+def _template(fields: dict) -> str | None:
+    """The page template override (``template``, or the TV portal's ``template_of_payment_page``)."""
+    for name in ("template", "template_of_payment_page"):
+        if name in fields and fields[name] is not None:
+            value = fields[name]
+            if value not in PAYTURE_TEMPLATES:
+                raise BadRequest(f"{name} must be one of Payture, '' (TV), Orsay")
+            return value
+    return None
 
 
 # Answers to an ASSIST push: (firstcode, secondcode) of the legacy protocol.
@@ -296,11 +327,16 @@ class PaytureWeb:
         login, password = _text(fields, "login"), _text(fields, "password")
         amount = _amount(fields)
         ip = _text(fields, "ip", required=False) or client_ip(request, self.trusted_proxies)
+        remember = _flag(fields, "remember_card")
+        template = _template(fields)
         account = await password_login(self.db, login, password)
         if account is None:
             return json_body(request, 403, _FORBIDDEN)
         try:
-            order, url = await self.service.create_order(account.id, amount, ip)
+            order, url = await self.service.create_order(account.id, amount, ip,
+                                                         remember=remember, template=template)
+        except CardsUnavailable as e:
+            raise BadRequest(str(e))
         except orders.OrderError:
             return json_body(request, 403, _FORBIDDEN)
         except PartnerRefused as e:
