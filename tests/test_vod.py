@@ -8,6 +8,7 @@ PostgreSQL; partners are the in-process fakes in tests/fakes/; time is a
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from datetime import datetime, timedelta, timezone
 
@@ -21,6 +22,7 @@ from fakes.irdeto import FakeIrdeto
 from fakes.megogo import FakeMegogo
 from fakes.tvzavr import FakeTvzavr
 from smartyd import catalog, ledger, payments
+from smartyd.admin import vod as vod_admin
 from smartyd.billing import engine, payment_hooks
 from smartyd.config import ConfigError
 from smartyd.metrics import Metrics
@@ -397,3 +399,35 @@ def test_config_defaults_and_disabled_sections_build_nothing():
     assert cfg.megogo.reconcile == "log" and not cfg.megogo.enabled
     feature = make_vod(cfg, db=None, client=None, clock=Clock(), metrics=None)
     assert feature.handle.partners == {} and feature.handle.syncs == {}
+
+
+# -- admin ------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_admin_vod_and_outbox_commands(db):
+    parser = argparse.ArgumentParser()
+    handlers = vod_admin.register(parser.add_subparsers(dest="command"))
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat,
+                              "partner_id": 8})
+    await w.vod.syncs["megogo"].sync_bytes(feed(obj(1, "One", "drama")))
+
+    async def admin(*argv):
+        args = parser.parse_args(argv)
+        return await handlers[args.command](db, args, w.cfg, None)
+
+    out = await admin("vod", "genre-map", "--provider", "megogo", "--partner-genre", "drama",
+                      "--genre", "Драма")
+    assert out["genre"] == "Драма"
+    shown = await admin("vod", "show", "--provider", "megogo", "--id", "1")
+    assert (shown["name"], shown["hidden"], shown["genres"]) == ("One", False, ["Драма"])
+    assert (await admin("vod", "genres", "--provider", "megogo"))["genres"] == [
+        {"partner_genre": "drama", "genre": "Драма"}]
+    cid, aid = await customer_with_account(db, "ivan", "0")
+    await db.run(engine.assign, make_config(billing={"mode": "full"}).billing, aid, cat, at=T0)
+    await w.vod.outbox.run()  # the fake knows partner 7: refused
+    listed = (await admin("outbox"))["calls"]
+    assert [(c["op"], c["state"]) for c in listed] == [("create", "failed"),
+                                                       ("subscribe", "queued")]
+    assert (await admin("outbox", "retry", str(listed[0]["id"])))["state"] == "queued"
+    with pytest.raises(ValueError):
+        await admin("outbox", "retry", str(listed[0]["id"]))

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet import task
 
 from smartyd import catalog, config as configmod, ledger, logs, payments
-from smartyd.admin import fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.admin import fiscal as fiscal_admin, gateways as gateways_admin, vod as vod_admin
 from smartyd.admin.errors import AdminError
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
@@ -34,7 +34,7 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, vod_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
