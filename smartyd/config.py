@@ -337,6 +337,85 @@ class Billing:
         return self.mode in ("builtin", "transactional")
 
 
+def irdeto_products(v: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """``[{tariff_id = 5, product_ids = [101, 102]}, ...]``: a tariff's Irdeto products."""
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ValueError("expected a list of {tariff_id = N, product_ids = [..]} tables")
+    out, seen = [], set()
+    for i, entry in enumerate(v):
+        if set(entry) != {"tariff_id", "product_ids"}:
+            raise ValueError(f"entry {i}: expected exactly tariff_id and product_ids")
+        tariff = integer(1)(entry["tariff_id"])
+        ids = int_list(entry["product_ids"])
+        if tariff in seen:
+            raise ValueError(f"entry {i}: tariff {tariff} listed twice")
+        seen.add(tariff)
+        out.append((tariff, ids))
+    return tuple(out)
+
+
+@frozen
+class Megogo:
+    """
+    MEGOGO: catalog sync from ``xml_url`` every ``sync_interval`` seconds and
+    SVOD at MEGOGO's partner billing (``billing_url``) following the tariffs
+    ``tariff_id`` and ``additional_tariffs_ids``.  Key names are the seed's.
+    """
+
+    enabled: bool = _c(boolean, False)
+    xml_url: str = _c(url, "")
+    mobile_private_key: str = _c(string, "", secret=True)
+    mobile_public_key: str = _c(string, "")
+    smart_tv_private_key: str = _c(string, "", secret=True)
+    smart_tv_public_key: str = _c(string, "")
+    stb_private_key: str = _c(string, "", secret=True)
+    stb_public_key: str = _c(string, "")
+    partner_id: int = _c(integer(0), 0)
+    salt: str = _c(string, "", secret=True)
+    svod_service_id: int = _c(integer(0), 0)
+    available_tvod_collection_id: int = _c(integer(0), 0)
+    tariff_id: int = _c(integer(0), 0)
+    additional_tariffs_ids: tuple = _c(int_list, ())
+    catalog_tariff_id: int = _c(integer(0), 0)
+    billing_url: str = _c(url, "https://billing.megogo.net/partners")
+    user_prefix: str = _c(string, "")
+    reconcile: str = _c(one_of("log", "fix"), "log")
+    sync_interval: int = _c(integer(60, 7 * 86400), 86400)
+
+    @property
+    def svod_tariffs(self) -> tuple[int, ...]:
+        """The tariffs that carry the SVOD subscription."""
+        return tuple(t for t in (self.tariff_id, *self.additional_tariffs_ids) if t)
+
+
+@frozen
+class Tvzavr:
+    """tvzavr: catalog sync and SVOD from ``subscription_tariff_id`` (seed names)."""
+
+    enabled: bool = _c(boolean, False)
+    api_url: str = _c(url, "")
+    plf: str = _c(string, "")
+    secret: str = _c(string, "", secret=True)
+    tvzavr_tariff_id: int = _c(integer(0), 0)
+    subscription_tariff_id: int = _c(integer(0), 0)
+    catalog_tariff_id: int = _c(integer(0), 0)
+    sync_interval: int = _c(integer(60, 7 * 86400), 86400)
+
+
+@frozen
+class Irdeto:
+    """The Irdeto CAS: entitlements of the accounts' devices over SOAP at ``host``."""
+
+    enabled: bool = _c(boolean, False)
+    host: str = _c(url, "http://127.0.0.1:80")
+    nationality: str = _c(string, "RUS")
+    region_tag: str = _c(string, "MO")
+    products: tuple = _c(irdeto_products, ())
+
+    def product_ids(self, tariff_id: int) -> tuple[int, ...]:
+        return dict(self.products).get(tariff_id, ())
+
+
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -348,6 +427,9 @@ _SECTIONS = {
     "payture": Payture,
     "dreamkas": Dreamkas,
     "billing": Billing,
+    "megogo": Megogo,
+    "tvzavr": Tvzavr,
+    "irdeto": Irdeto,
 }
 
 
@@ -363,6 +445,9 @@ class Config:
     payture: Payture = Payture()
     dreamkas: Dreamkas = Dreamkas()
     billing: Billing = Billing()
+    megogo: Megogo = Megogo()
+    tvzavr: Tvzavr = Tvzavr()
+    irdeto: Irdeto = Irdeto()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":
@@ -401,6 +486,14 @@ def _cross_check(name: str, s: Any) -> None:
                               f" {s.remember_card!r}")
     if name == "assist" and s.enabled:
         _required(name, s, "shop_id", "login", "password")
+    if name == "megogo" and s.enabled:
+        _required(name, s, "xml_url", "partner_id", "salt", "svod_service_id", "tariff_id",
+                  "catalog_tariff_id")
+    if name == "megogo" and s.tariff_id and s.tariff_id in s.additional_tariffs_ids:
+        raise ConfigError(f"[megogo] additional_tariffs_ids: lists tariff_id {s.tariff_id}")
+    if name == "tvzavr" and s.enabled:
+        _required(name, s, "api_url", "plf", "secret", "tvzavr_tariff_id",
+                  "subscription_tariff_id", "catalog_tariff_id")
 
 
 def _required(name: str, section: Any, *keys: str) -> None:

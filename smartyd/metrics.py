@@ -84,6 +84,22 @@ class Metrics:
         self.billing_run_seconds = Gauge(
             "smartyd_billing_run_seconds", "Duration of the last charging run", registry=r
         )
+        self.vod_sync_seconds = Gauge(
+            "smartyd_vod_sync_seconds", "Duration of the last catalog sync", ["provider"],
+            registry=r,
+        )
+        self.vod_sync_titles = Gauge(
+            "smartyd_vod_sync_titles", "Titles in the feed / added / updated / hidden by the"
+            " last catalog sync", ["provider", "kind"], registry=r,
+        )
+        self.partner_outbox = Gauge(
+            "smartyd_partner_outbox", "Open partner calls by partner and state",
+            ["provider", "state"], registry=r,
+        )
+        self.partner_calls = Counter(
+            "smartyd_partner_calls", "Partner calls finished by partner and outcome",
+            ["provider", "outcome"], registry=r,
+        )
         self.db_up = Gauge("smartyd_db_up", "1 when the last database probe succeeded", registry=r)
         self._db = None
 

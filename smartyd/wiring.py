@@ -42,6 +42,7 @@ from smartyd.partners import HTTPClientService
 from smartyd.payments import Payments
 from smartyd.streams import make_streams
 from smartyd.util.backoff import Backoff
+from smartyd.vod import enabled as vod_enabled, make_vod
 
 log = Logger()
 
@@ -63,7 +64,8 @@ class App:
 
 def needs_http_client(cfg: Config) -> bool:
     """True when an enabled feature talks to a partner over HTTP."""
-    return cfg.assist.enabled or cfg.payture.enabled or cfg.dreamkas.enabled
+    return (cfg.assist.enabled or cfg.payture.enabled or cfg.dreamkas.enabled
+            or vod_enabled(cfg))
 
 
 def build_app(
@@ -115,6 +117,9 @@ def build_app(
     if cfg.dreamkas.enabled:
         features["dreamkas"] = make_dreamkas(cfg.dreamkas, db=db, client=http_client,
                                              clock=reactor, metrics=metrics)
+    if vod_enabled(cfg):
+        features["vod"] = make_vod(cfg, db=db, client=http_client, clock=reactor,
+                                   metrics=metrics)
 
     # The billing is the core, not an optional feature: always built (its
     # charging job only in the charging modes), kept out of ``features`` and

@@ -65,9 +65,9 @@ def write(tmp_path, text):
          "[tokens] secret: environment variable SMARTYD_TEST_UNSET_VAR is not set"),
         # A feature that is not built has no section: it is refused, never ignored.
         ("[billing_api]\nenabled = true\n", "[billing_api]: unknown section"),
-        ("[megogo]\nenabled = true\n", "[megogo]: unknown section"),
-        ("[tvzavr]\nenabled = true\n", "[tvzavr]: unknown section"),
-        ("[irdeto]\nenabled = true\n", "[irdeto]: unknown section"),
+        ("[megogo]\nenabled = true\n", "[megogo] xml_url: required when enabled = true"),
+        ("[tvzavr]\nenabled = true\n", "[tvzavr] api_url: required when enabled = true"),
+        ("[irdeto]\nbogus = 1\n", "[irdeto] bogus: unknown key"),
         ("[assist]\nenabled = true\nshop_id = '1'\nlogin = 'l'\n",
          "[assist] password: required when enabled = true"),
         ("[payture]\nenabled = true\nhost = 'https://x.payture.com'\n",

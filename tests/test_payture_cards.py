@@ -22,7 +22,7 @@ from conftest import make_config
 from fakes.assist import in_memory_client
 from fakes.payture import FakePayture
 from smartyd import catalog, ledger
-from smartyd.admin.gateways import cmd_customer
+from smartyd.admin.billing import cmd_customer
 from smartyd.billing import engine
 from smartyd.config import ConfigError
 from smartyd.gateways import cards
@@ -218,15 +218,15 @@ async def test_cards_and_removal(db, metrics, fake):
 async def test_customer_autopay_command(db, metrics, fake):
     env = Env(db, metrics, fake, Clock())
     account = await env.account()
-    args = argparse.Namespace(id=account.customer_id, state="on")
+    args = argparse.Namespace(action="autopay", id=account.customer_id, state="on")
     out = await cmd_customer(db, args, env.cfg, None)
     assert out["autopay"] is True and out["cards"] == 0 and "note" in out
     assert await db.run(cards.autopay_enabled, account.customer_id)
-    out = await cmd_customer(db, argparse.Namespace(id=account.customer_id, state="off"),
+    out = await cmd_customer(db, argparse.Namespace(action="autopay", id=account.customer_id, state="off"),
                              env.cfg, None)
     assert out["autopay"] is False
     with pytest.raises(ledger.CustomerNotFound):
-        await cmd_customer(db, argparse.Namespace(id=999999, state="on"), env.cfg, None)
+        await cmd_customer(db, argparse.Namespace(action="autopay", id=999999, state="on"), env.cfg, None)
 
 
 # -- autopayment -----------------------------------------------------------------------------------------

@@ -24,7 +24,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet import task
 
 from smartyd import catalog, config as configmod, ledger, logs, payments
-from smartyd.admin import billing as billing_admin, fiscal as fiscal_admin, gateways as gateways_admin
+from smartyd.admin import (
+    billing as billing_admin,
+    fiscal as fiscal_admin,
+    gateways as gateways_admin,
+    vod as vod_admin,
+)
 from smartyd.billing import engine
 from smartyd.admin.errors import AdminError
 from smartyd.db import Database, DatabaseUnavailable
@@ -35,7 +40,7 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from typing import Any
 
 from smartyd import catalog, ledger
 from smartyd.admin.errors import AdminError
+from smartyd.admin.gateways import set_autopay
 from smartyd.billing import Charging, engine
 
 
@@ -47,6 +48,9 @@ def register(sub) -> dict:
     p.add_argument("--amount", required=True)
     p.add_argument("--days", type=int, required=True)
     p.add_argument("--at", help="ISO-8601 moment (default now)")
+    a = cu.add_parser("autopay", help="turn autopayment from the bound Payture card on or off")
+    a.add_argument("id", type=int)
+    a.add_argument("state", choices=("on", "off"))
 
     bi = sub.add_parser("billing", help="the charging job").add_subparsers(
         dest="action", required=True)
@@ -90,6 +94,8 @@ async def cmd_customer(db, args, cfg, reactor) -> Any:
         return await db.run(create)
     if args.action == "show":
         return await db.run(customer_json, args.id)
+    if args.action == "autopay":
+        return await set_autopay(db, args)
     if args.action == "statement":
 
         async def statement(tx):

@@ -61,14 +61,7 @@ def register(sub) -> dict:
     c = p.add_parser("card-remove", help="unbind a customer's card (Payture's Remove)")
     c.add_argument("customer", type=int)
     c.add_argument("card")
-
-    # (When the billing's own `customer` group lands, `autopay` moves into it.)
-    cu = sub.add_parser("customer", help="customers (autopayment)").add_subparsers(
-        dest="action", required=True)
-    c = cu.add_parser("autopay", help="turn autopayment from the bound card on or off")
-    c.add_argument("id", type=int)
-    c.add_argument("state", choices=("on", "off"))
-    return {"assist": cmd_assist, "payture": cmd_payture, "customer": cmd_customer}
+    return {"assist": cmd_assist, "payture": cmd_payture}
 
 
 async def _with_gateway(reactor, make, operation, partner: str):
@@ -164,7 +157,8 @@ async def cmd_payture(db, args, cfg, reactor) -> Any:
     return await _with_gateway(reactor, make, operation, "Payture")
 
 
-async def cmd_customer(db, args, cfg, reactor) -> Any:
+async def set_autopay(db, args) -> Any:
+    """``customer autopay ID on|off`` (registered with the billing's customer commands)."""
     out = await db.run(cards.set_autopay, args.id, args.state == "on")
     out["cards"] = len(await db.run(cards.list_cards, args.id))
     if out["autopay"] and not out["cards"]:

@@ -1,0 +1,249 @@
+"""
+The one catalog sync (MEGOGO and tvzavr share it; only the feed reader
+differs) and the VOD catalog's SQL (a repository module).
+
+A sync fetches the feed (L{PartnerHTTP}: time-out, body cap), parses it with
+the partner's reader in a worker thread (``iterparse``, elements cleared) a
+batch at a time, and writes each batch in its own transaction:
+
+  - a title is compared by the digest of its parsed content and its catalog
+    tariff: unchanged titles are not written at all, so an identical feed
+    writes nothing;
+  - new titles are inserted, changed (or hidden and back) ones updated, both
+    linked to the partner's ``catalog_tariff_id`` (the hidden tariff that
+    makes imported titles visible);
+  - partner genres never seen before are added to the genre map unmapped;
+    the map itself is applied when titles are read (L{get_title}), so an
+    operator's edit counts at once and on every sync;
+  - titles of ours that the feed no longer lists are hidden, never deleted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from itertools import islice
+from typing import Any, Callable, Iterator
+
+from attrs import define, frozen
+from twisted.internet import threads
+from twisted.logger import Logger
+
+from smartyd.db import Database, Tx
+from smartyd.ledger import LedgerError
+from smartyd.vod.feeds import READERS, Title
+
+log = Logger()
+
+BATCH = 1000
+
+
+class VodError(LedgerError):
+    """A VOD catalog operation was refused; the message says why."""
+
+
+@frozen
+class SyncResult:
+    titles: int = 0
+    added: int = 0
+    updated: int = 0
+    hidden: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"titles": self.titles, "added": self.added, "updated": self.updated,
+                "hidden": self.hidden, "seconds": round(self.seconds, 3)}
+
+
+# -- repository ------------------------------------------------------------------------------
+async def known_genres(tx: Tx, provider: str) -> set[str]:
+    rows = await tx.fetchall(
+        "SELECT partner_genre FROM vod_genre_map WHERE provider = %s", (provider,))
+    return {r[0] for r in rows}
+
+
+async def existing(tx: Tx, provider: str, ids: list[str]) -> dict[str, tuple]:
+    rows = await tx.fetchall(
+        "SELECT external_id, digest, tariff_id, hidden FROM vod_titles"
+        " WHERE provider = %s AND external_id = ANY(%s)", (provider, ids))
+    return {r[0]: r[1:] for r in rows}
+
+
+async def visible_ids(tx: Tx, provider: str) -> list[str]:
+    rows = await tx.fetchall(
+        "SELECT external_id FROM vod_titles WHERE provider = %s AND NOT hidden", (provider,))
+    return [r[0] for r in rows]
+
+
+def _row(provider: str, t: Title, tariff_id: int | None) -> tuple:
+    return (provider, t.external_id, t.name, t.name_en, t.year, t.country, t.story,
+            t.duration_sec, t.poster_url, list(t.genres), json.dumps(t.info, ensure_ascii=False),
+            t.svod, t.tvod, t.price, tariff_id, t.digest())
+
+
+_COLS = ("provider, external_id, name, name_en, year, country, story, duration_sec, poster_url,"
+         " partner_genres, info, svod, tvod, price, tariff_id, digest")
+# partner_genres travels as one array literal per row (unnest flattens arrays of arrays).
+_SELECT = ", ".join("u.partner_genres::text[]" if c.strip() == "partner_genres" else f"u.{c.strip()}"
+                    for c in _COLS.split(","))
+
+
+async def write_batch(tx: Tx, provider: str, titles: list[Title], tariff_id: int | None,
+                      genres_known: set[str]) -> tuple[int, int]:
+    """Insert new titles and update changed ones; returns (added, updated)."""
+    have = await existing(tx, provider, [t.external_id for t in titles])
+    new, changed = [], []
+    for t in titles:
+        old = have.get(t.external_id)
+        if old is None:
+            new.append(_row(provider, t, tariff_id))
+        elif old[0] != t.digest() or old[1] != tariff_id or old[2]:
+            changed.append(_row(provider, t, tariff_id))
+    genres = sorted({g for t in titles for g in t.genres} - genres_known)
+    if genres:
+        await tx.execute(
+            "INSERT INTO vod_genre_map (provider, partner_genre) SELECT %s, unnest(%s::text[])"
+            " ON CONFLICT DO NOTHING", (provider, genres))
+        genres_known.update(genres)
+    unnest = ("unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
+              " %s::text[], %s::int[], %s::text[], %s::text[], %s::jsonb[], %s::bool[],"
+              " %s::bool[], %s::numeric[], %s::bigint[], %s::text[])")
+    for rows, sql in (
+        (new, f"INSERT INTO vod_titles ({_COLS}) SELECT {_SELECT} FROM {unnest} AS u({_COLS})"
+              " ON CONFLICT (provider, external_id) DO NOTHING"),
+        (changed, f"UPDATE vod_titles v SET ({_COLS.replace('provider, external_id, ', '')},"
+                  " hidden, updated) = (u.name, u.name_en, u.year, u.country, u.story,"
+                  " u.duration_sec, u.poster_url, u.partner_genres::text[], u.info, u.svod, u.tvod,"
+                  " u.price, u.tariff_id, u.digest, false, now())"
+                  f" FROM {unnest} AS u({_COLS})"
+                  " WHERE v.provider = u.provider AND v.external_id = u.external_id"),
+    ):
+        if rows:
+            # partner_genres is text[] per row: pass it as a Postgres array literal.
+            cols = [list(c) for c in zip(*rows)]
+            cols[9] = [_pg_array(g) for g in cols[9]]
+            await tx.execute(sql, cols)
+    return len(new), len(changed)
+
+
+def _pg_array(items: list[str]) -> str:
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for i in items) + "}"
+
+
+async def hide(tx: Tx, provider: str, ids: list[str]) -> int:
+    if not ids:
+        return 0
+    rows = await tx.fetchall(
+        "UPDATE vod_titles SET hidden = true, updated = now() WHERE provider = %s"
+        " AND external_id = ANY(%s) AND NOT hidden RETURNING 1", (provider, ids))
+    return len(rows)
+
+
+_TITLE = (
+    "SELECT v.id, v.provider, v.external_id, v.name, v.name_en, v.year, v.country,"
+    " v.duration_sec, v.poster_url, v.partner_genres, v.svod, v.tvod, v.price, v.tariff_id,"
+    " v.hidden, coalesce((SELECT array_agg(DISTINCT g.name ORDER BY g.name)"
+    "  FROM vod_genre_map m JOIN vod_genres g ON g.id = m.genre_id"
+    "  WHERE m.provider = v.provider AND m.partner_genre = ANY(v.partner_genres)), '{}')"
+    " AS genres FROM vod_titles v"
+)
+
+
+async def get_title(tx: Tx, provider: str, external_id: str) -> dict | None:
+    """The title with our genres (the map applied) and ``hidden``."""
+    t = await tx.fetchdict(f"{_TITLE} WHERE v.provider = %s AND v.external_id = %s",
+                           (provider, external_id))
+    if t is not None and t["price"] is not None:
+        t["price"] = str(t["price"])
+    return t
+
+
+async def genres(tx: Tx, provider: str) -> list[dict]:
+    """The partner's genres, each with the genre of ours it maps to (or null)."""
+    return await tx.fetchdicts(
+        "SELECT m.partner_genre, g.name AS genre FROM vod_genre_map m"
+        " LEFT JOIN vod_genres g ON g.id = m.genre_id WHERE m.provider = %s"
+        " ORDER BY m.partner_genre", (provider,))
+
+
+async def map_genre(tx: Tx, provider: str, partner_genre: str, genre: str) -> dict:
+    """Map a partner genre onto our genre ``genre`` (created when new)."""
+    genre = genre.strip()
+    if not genre or len(genre) > 128:
+        raise VodError("a genre name is 1-128 characters")
+    gid = await tx.fetchval(
+        "INSERT INTO vod_genres (name) VALUES (%s) ON CONFLICT (name) DO UPDATE"
+        " SET name = EXCLUDED.name RETURNING id", (genre,))
+    await tx.execute(
+        "INSERT INTO vod_genre_map (provider, partner_genre, genre_id) VALUES (%s, %s, %s)"
+        " ON CONFLICT (provider, partner_genre) DO UPDATE SET genre_id = EXCLUDED.genre_id",
+        (provider, partner_genre, gid))
+    return {"provider": provider, "partner_genre": partner_genre, "genre": genre}
+
+
+# -- the sync ----------------------------------------------------------------------------------
+def _batches(titles: Iterator[Title], size: int) -> Callable[[], list[Title]]:
+    def next_batch() -> list[Title]:
+        return list(islice(titles, size))
+    return next_batch
+
+
+@define(eq=False)
+class CatalogSync:
+    """
+    One partner's catalog sync.  ``fetch()`` returns the feed's bytes (the
+    partner client's business); parsing runs in a worker thread a batch at a
+    time, never on the reactor.
+    """
+
+    provider: str
+    fetch: Callable[[], Any]
+    db: Database
+    clock: Any
+    catalog_tariff_id: int | None = None
+    metrics: Any = None
+    batch: int = BATCH
+    in_thread: Callable[..., Any] = threads.deferToThread
+
+    async def run(self) -> SyncResult:
+        started = self.clock.seconds()
+        body = await self.fetch()
+        result = await self.sync_bytes(body)
+        result = SyncResult(result.titles, result.added, result.updated, result.hidden,
+                            self.clock.seconds() - started)
+        if self.metrics is not None:
+            self.metrics.vod_sync_seconds.labels(self.provider).set(result.seconds)
+            for kind in ("titles", "added", "updated", "hidden"):
+                self.metrics.vod_sync_titles.labels(self.provider, kind).set(getattr(result, kind))
+        log.info("{provider} catalog sync: {titles} titles, {added} added, {updated} updated,"
+                 " {hidden} hidden", provider=self.provider, titles=result.titles,
+                 added=result.added, updated=result.updated, hidden=result.hidden)
+        return result
+
+    async def sync_bytes(self, body: bytes) -> SyncResult:
+        reader = READERS[self.provider]
+        next_batch = _batches(reader(io.BytesIO(body)), self.batch)
+        tariff = self.catalog_tariff_id or None
+        genres_known = await self.db.run(known_genres, self.provider)
+        seen: set[str] = set()
+        titles = added = updated = 0
+        while True:
+            batch = await self.in_thread(next_batch)
+            if not batch:
+                break
+            # A feed listing an id twice: the last copy wins, counted once.
+            unique = list({t.external_id: t for t in batch}.values())
+            unique = [t for t in unique if t.external_id not in seen]
+            seen.update(t.external_id for t in unique)
+            titles += len(unique)
+            a, u = await self.db.run(write_batch, self.provider, unique, tariff, genres_known)
+            added, updated = added + a, updated + u
+        if titles == 0:
+            # An empty (or unparsable) feed is a partner fault, not "everything vanished".
+            raise VodError(f"{self.provider} feed lists no titles; nothing hidden")
+        gone = [i for i in await self.db.run(visible_ids, self.provider) if i not in seen]
+        hidden = 0
+        for i in range(0, len(gone), self.batch):
+            hidden += await self.db.run(hide, self.provider, gone[i:i + self.batch])
+        return SyncResult(titles, added, updated, hidden)

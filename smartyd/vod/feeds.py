@@ -1,0 +1,175 @@
+"""
+The partners' catalog feeds, one reader per partner, each a generator of
+L{Title} records parsed with ``lxml.etree.iterparse`` (elements cleared as
+they are done, and their finished siblings dropped, so a 100 MB feed keeps
+memory flat).  Parser settings are those of L{smartyd.gateways.untrusted_xml}:
+no entities resolved, no network, no DTD.
+
+MEGOGO (``all_mgg.xml``; the shape the public record shows)::
+
+    <objects>
+      <object id="123" title="..." title_en="..." categories="..." genres="drama,comedy"
+              vod="svod,tvod" price="99.00">
+        <info year="2014" country="US"/>     (or <year>/<country> children)
+        <ratings imdb="7.1" kinopoisk="7.4"/>
+        <poster url="https://..."/>          (or the URL as text)
+        <duration_sec>7200</duration_sec>    (or <duration>)
+        <story>...</story>
+        <directors><person name="..."/></directors>   (or names as text)
+        <actors>...</actors>
+        <gallery><image url="..."/></gallery>
+      </object>
+    </objects>
+
+tvzavr publishes no partner API or feed description: ours, documented in
+L{smartyd.vod.tvzavr}, is::
+
+    <catalog>
+      <clip id="77" title="..." title_orig="..." year="2012" country="RU" genres="drama;comedy"
+            duration="5400" poster="https://..." svod="1" tvod="0" price="">
+        <description>...</description>
+      </clip>
+    </catalog>
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal, InvalidOperation
+from typing import IO, Iterator
+
+from attrs import asdict, field, frozen
+from lxml import etree
+
+
+@frozen
+class Title:
+    """One partner title as parsed: what the catalog stores and compares."""
+
+    external_id: str
+    name: str
+    name_en: str = ""
+    year: int | None = None
+    country: str = ""
+    story: str = ""
+    duration_sec: int | None = None
+    poster_url: str = ""
+    genres: tuple[str, ...] = ()
+    info: dict = field(factory=dict)
+    svod: bool = False
+    tvod: bool = False
+    price: Decimal | None = None
+
+    def digest(self) -> str:
+        """
+        A hash of the parsed content: the same title gives the same digest
+        whatever whitespace or attribute order the XML had.
+        """
+        data = asdict(self, recurse=False)
+        data["price"] = None if self.price is None else str(self.price)
+        data["genres"] = list(self.genres)
+        raw = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def _iterparse(source: IO[bytes], tag: str):
+    """(element) for every ``tag`` element, cleared after the caller is done with it."""
+    for _event, elem in etree.iterparse(
+            source, events=("end",), tag=tag, resolve_entities=False, no_network=True,
+            load_dtd=False, huge_tree=False, remove_comments=True, remove_pis=True):
+        yield elem
+        elem.clear(keep_tail=False)
+        # Drop the finished siblings the root still holds.
+        while elem.getprevious() is not None:
+            del elem.getparent()[0]
+
+
+def _text(e) -> str:
+    return " ".join((e.text or "").split()) if e is not None else ""
+
+
+def _int(v) -> int | None:
+    try:
+        return int(str(v).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _price(v) -> Decimal | None:
+    if v in (None, ""):
+        return None
+    try:
+        d = Decimal(str(v).strip())
+    except InvalidOperation:
+        return None
+    return d.quantize(Decimal("0.01")) if d.is_finite() and d >= 0 else None
+
+
+def _split(v: str | None, seps: str = ",;|") -> tuple[str, ...]:
+    out = [v or ""]
+    for sep in seps:
+        out = [p for part in out for p in part.split(sep)]
+    return tuple(dict.fromkeys(p.strip() for p in out if p.strip()))
+
+
+def _names(e) -> list[str]:
+    if e is None:
+        return []
+    kids = [c.get("name") or _text(c) for c in e]
+    return [k for k in kids if k] or list(_split(e.text))
+
+
+def read_megogo(source: IO[bytes]) -> Iterator[Title]:
+    """MEGOGO's ``all_mgg.xml``: one L{Title} per ``<object>`` with an id and a title."""
+    for obj in _iterparse(source, "object"):
+        external_id = (obj.get("id") or "").strip()
+        name = (obj.get("title") or "").strip()
+        if not external_id or not name:
+            continue
+        info_e = obj.find("info")
+        year = country = None
+        if info_e is not None:
+            year = info_e.get("year") or _text(info_e.find("year")) or None
+            country = info_e.get("country") or _text(info_e.find("country"))
+        ratings_e = obj.find("ratings")
+        poster_e = obj.find("poster")
+        poster = "" if poster_e is None else (poster_e.get("url") or _text(poster_e))
+        duration = _int(_text(obj.find("duration_sec")) or _text(obj.find("duration"))
+                        or obj.get("duration"))
+        gallery_e = obj.find("gallery")
+        info = {
+            "categories": list(_split(obj.get("categories"))),
+            "ratings": dict(sorted(ratings_e.attrib.items())) if ratings_e is not None else {},
+            "directors": _names(obj.find("directors")),
+            "actors": _names(obj.find("actors")),
+            "gallery": [g.get("url") or _text(g) for g in gallery_e] if gallery_e is not None
+            else [],
+        }
+        vod = {v.lower() for v in _split(obj.get("vod"))}
+        yield Title(
+            external_id=external_id, name=name, name_en=(obj.get("title_en") or "").strip(),
+            year=_int(year), country=(country or "").strip(), story=_text(obj.find("story")),
+            duration_sec=duration, poster_url=poster.strip(), genres=_split(obj.get("genres")),
+            info=info, svod="svod" in vod, tvod="tvod" in vod, price=_price(obj.get("price")),
+        )
+
+
+def read_tvzavr(source: IO[bytes]) -> Iterator[Title]:
+    """Our documented tvzavr feed: one L{Title} per ``<clip>``."""
+    for clip in _iterparse(source, "clip"):
+        external_id = (clip.get("id") or "").strip()
+        name = (clip.get("title") or "").strip()
+        if not external_id or not name:
+            continue
+        yield Title(
+            external_id=external_id, name=name, name_en=(clip.get("title_orig") or "").strip(),
+            year=_int(clip.get("year")), country=(clip.get("country") or "").strip(),
+            story=_text(clip.find("description")), duration_sec=_int(clip.get("duration")),
+            poster_url=(clip.get("poster") or "").strip(), genres=_split(clip.get("genres")),
+            svod=clip.get("svod") == "1", tvod=clip.get("tvod") == "1",
+            price=_price(clip.get("price")),
+        )
+
+
+READERS = {"megogo": read_megogo, "tvzavr": read_tvzavr}

@@ -1,0 +1,82 @@
+"""
+A fake MEGOGO partner billing (Klein, in-process), the wire format of
+smartyd/vod/megogo.py: GET /<partner_id>/user/create|user/subscriptions and
+/<partner_id>/subscription/subscribe|unsubscribe, answering JSON
+``{"successful": ...}``; and the ``all_mgg.xml`` feed at /all_mgg.xml.
+
+Knobs: ``down`` (every call answers 503), ``apply_then_fail`` (the next
+subscribe/unsubscribe takes effect, then the answer is a 502: the caller
+cannot tell it from a call that never happened);
+``calls`` lists (path, userId, serviceId) of every state-changing call applied.
+"""
+
+from __future__ import annotations
+
+import json
+
+from klein import Klein
+
+
+def _json(request, payload) -> bytes:
+    data = json.dumps(payload).encode()
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"content-length", str(len(data)).encode())
+    return data
+
+
+class FakeMegogo:
+    app = Klein()
+
+    def __init__(self, partner_id: int = 7):
+        self.partner_id = str(partner_id)
+        self.users: dict[str, set[int]] = {}
+        self.calls: list[tuple] = []
+        self.down = False
+        self.apply_then_fail = 0
+        self.feed = b"<objects/>"
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/all_mgg.xml")
+    def all_mgg(self, request):
+        request.setHeader(b"content-length", str(len(self.feed)).encode())
+        return self.feed
+
+    @app.route("/<pid>/<group>/<action>")
+    def api(self, request, pid, group, action):
+        if self.down:
+            request.setResponseCode(503)
+            return _json(request, {"successful": False, "message": "maintenance"})
+        if pid != self.partner_id:
+            return _json(request, {"successful": False, "message": "unknown partner"})
+        arg = lambda k: (request.args.get(k.encode()) or [b""])[0].decode()  # noqa: E731
+        uid = arg("userId")
+        if not uid:
+            return _json(request, {"successful": False, "message": "userId required"})
+        path = f"{group}/{action}"
+        if path == "user/create":
+            self.users.setdefault(uid, set())
+            self.calls.append((path, uid, None))
+            return _json(request, {"successful": True})
+        if path == "user/subscriptions":
+            if uid not in self.users:
+                return _json(request, {"successful": False, "message": "user not found"})
+            return _json(request, {"successful": True, "subscriptions": [
+                {"serviceId": s} for s in sorted(self.users[uid])]})
+        if path in ("subscription/subscribe", "subscription/unsubscribe"):
+            if uid not in self.users:
+                return _json(request, {"successful": False, "message": "user not found"})
+            service = int(arg("serviceId") or 0)
+            if action == "subscribe":
+                self.users[uid].add(service)
+            else:
+                self.users[uid].discard(service)
+            self.calls.append((path, uid, service))
+            if self.apply_then_fail:
+                self.apply_then_fail -= 1
+                request.setResponseCode(502)
+                return _json(request, {"successful": False, "message": "bad gateway"})
+            return _json(request, {"successful": True})
+        request.setResponseCode(404)
+        return _json(request, {"successful": False, "message": "no such method"})

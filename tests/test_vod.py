@@ -1,0 +1,433 @@
+"""
+Online cinemas and the Irdeto CAS (issue 15): the catalog sync, SVOD through
+the durable partner outbox (assign / remove / debt / payment, partner outage,
+a crash between write and send), the SSO token, the config sections.  Real
+PostgreSQL; partners are the in-process fakes in tests/fakes/; time is a
+``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from conftest import make_config
+from fakes import in_memory_client
+from fakes.irdeto import FakeIrdeto
+from fakes.megogo import FakeMegogo
+from fakes.tvzavr import FakeTvzavr
+from smartyd import catalog, ledger, payments
+from smartyd.admin import vod as vod_admin
+from smartyd.billing import engine, payment_hooks
+from smartyd.config import ConfigError
+from smartyd.metrics import Metrics
+from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+MEGOGO = {"enabled": True, "xml_url": "http://megogo.test/all_mgg.xml", "partner_id": 7,
+          "salt": "pepper-salt", "svod_service_id": 555, "tariff_id": 0,
+          "catalog_tariff_id": 0, "billing_url": "http://megogo.test", "user_prefix": "isp-"}
+
+
+def feed(*objects: str) -> bytes:
+    return ("<?xml version='1.0' encoding='utf-8'?>\n<objects>\n" + "\n".join(objects)
+            + "\n</objects>").encode("utf-8")
+
+
+def obj(i: int, title: str, genres: str = "drama", story: str = "A story.", pad: str = "") -> str:
+    return (f'<object id="{i}" title="{title}" title_en="T{i}" categories="films"'
+            f' genres="{genres}" vod="svod">{pad}<info year="2014" country="US"/>{pad}'
+            f'<poster url="https://img.test/{i}.jpg"/>{pad}<duration_sec>7200</duration_sec>'
+            f"<story>{story}</story><directors><person name='D {i}'/></directors></object>")
+
+
+class World:
+    """Billing + MEGOGO/tvzavr/Irdeto fakes + the vod feature built by make_vod."""
+
+    def __init__(self, db, tariffs: dict, **sections):
+        self.db = db
+        self.clock = Clock()
+        self.clock.advance(T0.timestamp())
+        self.metrics = Metrics()
+        self.megogo = FakeMegogo(partner_id=7)
+        self.tvzavr = FakeTvzavr("plf1", "tv-secret-123456")
+        self.irdeto = FakeIrdeto()
+        self.tariffs = tariffs
+        cfg = make_config(**sections)
+        self.cfg = cfg
+        router = _Hosts({b"megogo.test": self.megogo.resource(),
+                         b"tvzavr.test": self.tvzavr.resource(),
+                         b"irdeto.test": self.irdeto.resource()})
+        self.client = in_memory_client(router)
+        feature = make_vod(cfg, db=db, client=self.client, clock=self.clock,
+                           metrics=self.metrics)
+        self.vod = feature.handle
+        self.services = feature.services
+
+    async def calls(self, state=None):
+        return await self.db.run(outbox.list_calls, state)
+
+
+class _Hosts:
+    """Route a request by its Host header to one fake (one StubTreq for all partners)."""
+
+    isLeaf = True
+
+    def __init__(self, by_host):
+        self.by_host = by_host
+
+    def render(self, request):
+        host = request.getHeader(b"host") or b""
+        if isinstance(host, str):
+            host = host.encode()
+        return self.by_host[host.split(b":")[0]].render(request)
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+
+async def tariff(db, name, price="0.00") -> int:
+    t = await db.run(catalog.create_tariff, name, price)
+    return t["id"]
+
+
+async def customer_with_account(db, login: str, money: str = "0") -> tuple[int, int]:
+    account = await db.run(ledger.create_account, login)
+    if money != "0":
+        await db.run(ledger.credit, account.customer_id, money, "payment", "seed",
+                     f"seed:{login}")
+    return account.customer_id, account.id
+
+
+# -- catalog sync ---------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_sync_adds_changes_hides_and_identical_feed_writes_nothing(db):
+    cat = await tariff(db, "megogo-catalog")
+    w = World(db, {}, megogo={**MEGOGO, "catalog_tariff_id": cat, "tariff_id": cat})
+    sync = w.vod.syncs["megogo"]
+    w.megogo.feed = feed(obj(1, "One"), obj(2, "Two", "comedy, drama"), obj(3, "Three"))
+    r = await sync.run()
+    assert r.to_json() | {"seconds": 0} == {"titles": 3, "added": 3, "updated": 0, "hidden": 0,
+                                             "seconds": 0}
+    one = await db.run(catalog_sync.get_title, "megogo", "1")
+    assert one["name"] == "One" and one["hidden"] is False and one["tariff_id"] == cat
+    assert one["poster_url"] == "https://img.test/1.jpg" and one["year"] == 2014
+
+    # Same content, other whitespace/chunking: a parsed-content digest sees no change,
+    # and nothing is written (no row's xmin moves).
+    before = await db.run(lambda tx: tx.fetchall(
+        "SELECT external_id, xmin::text FROM vod_titles ORDER BY 1"))
+    w.megogo.feed = feed(obj(1, "One", pad="\n   "), obj(2, "Two", "comedy, drama", pad="\t"),
+                         obj(3, "Three"))
+    r = await sync.run()
+    assert (r.titles, r.added, r.updated, r.hidden) == (3, 0, 0, 0)
+    after = await db.run(lambda tx: tx.fetchall(
+        "SELECT external_id, xmin::text FROM vod_titles ORDER BY 1"))
+    assert after == before
+
+    # Title 2 changes, title 3 vanishes (hidden, not deleted), title 4 arrives.
+    w.megogo.feed = feed(obj(1, "One"), obj(2, "Two", "comedy, drama", story="New story."),
+                         obj(4, "Four"))
+    r = await sync.run()
+    assert (r.titles, r.added, r.updated, r.hidden) == (3, 1, 1, 1)
+    three = await db.run(catalog_sync.get_title, "megogo", "3")
+    assert three is not None and three["hidden"] is True
+    # Back in the feed: visible again.
+    w.megogo.feed = feed(obj(1, "One"), obj(2, "Two", "comedy, drama", story="New story."),
+                         obj(3, "Three"), obj(4, "Four"))
+    r = await sync.run()
+    assert (r.added, r.updated, r.hidden) == (0, 1, 0)
+    assert (await db.run(catalog_sync.get_title, "megogo", "3"))["hidden"] is False
+    assert w.metrics.vod_sync_titles.labels("megogo", "titles")._value.get() == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_genre_map_is_applied_to_titles(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    w.megogo.feed = feed(obj(1, "One", "drama,thriller"), obj(2, "Two", "комедия"))
+    await w.vod.syncs["megogo"].sync_bytes(w.megogo.feed)
+    genres = await db.run(catalog_sync.genres, "megogo")
+    assert genres == [{"partner_genre": "drama", "genre": None},
+                      {"partner_genre": "thriller", "genre": None},
+                      {"partner_genre": "комедия", "genre": None}]
+    await db.run(catalog_sync.map_genre, "megogo", "drama", "Drama")
+    await db.run(catalog_sync.map_genre, "megogo", "thriller", "Drama")
+    await db.run(catalog_sync.map_genre, "megogo", "комедия", "Comedy")
+    assert (await db.run(catalog_sync.get_title, "megogo", "1"))["genres"] == ["Drama"]
+    assert (await db.run(catalog_sync.get_title, "megogo", "2"))["genres"] == ["Comedy"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_feed_hides_nothing(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    await w.vod.syncs["megogo"].sync_bytes(feed(obj(1, "One")))
+    with pytest.raises(catalog_sync.VodError):
+        await w.vod.syncs["megogo"].sync_bytes(feed())
+    assert (await db.run(catalog_sync.get_title, "megogo", "1"))["hidden"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvzavr_sync_same_code_path_signed_fetch(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, tvzavr={"enabled": True, "api_url": "http://tvzavr.test", "plf": "plf1",
+                              "secret": "tv-secret-123456", "tvzavr_tariff_id": 3,
+                              "subscription_tariff_id": cat, "catalog_tariff_id": cat})
+    w.tvzavr.feed = (b"<catalog><clip id='77' title='Clip' genres='drama;comedy' svod='1'"
+                     b" duration='5400'><description>D</description></clip></catalog>")
+    r = await w.vod.syncs["tvzavr"].run()
+    assert (r.titles, r.added) == (1, 1)
+    t = await db.run(catalog_sync.get_title, "tvzavr", "77")
+    assert t["duration_sec"] == 5400 and t["svod"] is True
+
+
+# -- SVOD through the outbox ------------------------------------------------------------------
+async def megogo_world(db, **extra):
+    svod = await tariff(db, "megogo-svod", "100.00")
+    mixed = await tariff(db, "tv+megogo", "0.00")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": svod, "additional_tariffs_ids": [mixed],
+                              "catalog_tariff_id": svod, **extra})
+    return w, svod, mixed
+
+
+@pytest_twisted.ensureDeferred
+async def test_assign_subscribes_remove_last_unsubscribes(db):
+    w, svod, mixed = await megogo_world(db)
+    cid, aid = await customer_with_account(db, "alice", "100.00")
+    billing = make_config().billing
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert w.megogo.calls == [("user/create", uid, None),
+                              ("subscription/subscribe", uid, 555)]
+    # A second SVOD-carrying tariff changes nothing at MEGOGO.
+    await db.run(engine.assign, billing, None, mixed, customer_id=cid, at=T0)
+    await w.vod.outbox.run()
+    assert len(w.megogo.calls) == 2
+    await db.run(engine.remove, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    assert len(w.megogo.calls) == 2  # the mixed tariff still carries it
+    await db.run(engine.remove, billing, None, mixed, customer_id=cid, at=T0)
+    await w.vod.outbox.run()
+    assert w.megogo.calls[-1] == ("subscription/unsubscribe", uid, 555)
+    assert w.megogo.users[uid] == set()
+    assert await w.calls() == []  # nothing open
+
+
+@pytest_twisted.ensureDeferred
+async def test_debt_suspends_and_payment_resumes_at_megogo(db):
+    w, svod, _ = await megogo_world(db)
+    cid, aid = await customer_with_account(db, "bob", "100.00")
+    billing = make_config().billing
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert w.megogo.users[uid] == {555}
+    # The next period finds no money: suspended for debt, unsubscribed there.
+    await engine.run(db, billing, T0 + timedelta(days=31))
+    await w.vod.outbox.run()
+    assert w.megogo.users[uid] == set()
+    # A payment resumes the subscription in its own transaction: subscribed again.
+    await db.run(payments.accept, "osmp", "pay-1", aid, "100.00",
+                 hooks=payment_hooks(billing))
+    await w.vod.outbox.run()
+    assert w.megogo.users[uid] == {555}
+    assert [c[0] for c in w.megogo.calls] == [
+        "user/create", "subscription/subscribe", "subscription/unsubscribe",
+        "subscription/subscribe"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_outage_loses_nothing_and_keeps_order(db):
+    w, svod, _ = await megogo_world(db)
+    cid, aid = await customer_with_account(db, "carol", "0")
+    billing = make_config(billing={"mode": "full"}).billing  # no charging: plain assign/remove
+    w.megogo.down = True
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    await db.run(engine.remove, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    open_calls = await w.calls()
+    assert [c.op for c in open_calls] == ["create", "subscribe", "unsubscribe"]
+    assert open_calls[0].state == "unknown" and open_calls[1].state == "queued"
+    assert w.metrics.partner_outbox.labels("megogo", "unknown")._value.get() == 1
+    w.megogo.down = False
+    w.clock.advance(3600)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert [c[0] for c in w.megogo.calls] == ["user/create", "subscription/subscribe",
+                                              "subscription/unsubscribe"]
+    assert w.megogo.users[uid] == set()
+    assert await w.calls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_crash_after_claim_resends_only_when_not_in_effect(db):
+    w, svod, _ = await megogo_world(db)
+    cid, aid = await customer_with_account(db, "dave", "0")
+    billing = make_config(billing={"mode": "full"}).billing
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.plan_all()
+    # The worker claims the calls and dies before any request leaves.
+    now = w.clock.seconds()
+    claimed = await db.run(outbox.claim, now, now + 120, 10)
+    assert [c.op for c in claimed] == ["create"]
+    await w.vod.outbox.send_due()
+    assert w.megogo.calls == []  # under lease: nobody else sends it
+    w.clock.advance(121)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    # Looked up first (user unknown => not in effect), then sent once.
+    assert w.megogo.calls == [("user/create", uid, None), ("subscription/subscribe", uid, 555)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_of_unknown_outcome_that_took_effect_is_not_resent(db):
+    w, svod, _ = await megogo_world(db)
+    cid, aid = await customer_with_account(db, "erin", "0")
+    billing = make_config(billing={"mode": "full"}).billing
+    w.megogo.apply_then_fail = 1  # the subscribe takes effect, the answer is a 502
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    [call] = await w.calls()
+    assert (call.op, call.state) == ("subscribe", "unknown")
+    w.clock.advance(3600)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert w.megogo.calls.count(("subscription/subscribe", uid, 555)) == 1
+    assert w.megogo.users[uid] == {555}
+    assert await w.calls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_call_fails_holds_later_calls_and_retry_requeues(db):
+    w, svod, _ = await megogo_world(db, partner_id=8)  # the fake knows partner 7 only
+    cid, aid = await customer_with_account(db, "fred", "0")
+    billing = make_config(billing={"mode": "full"}).billing
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    calls = await w.calls()
+    assert [(c.op, c.state) for c in calls] == [("create", "failed"), ("subscribe", "queued")]
+    w.megogo.partner_id = "8"
+    assert (await db.run(outbox.retry, calls[0].id)).state == "queued"
+    await w.vod.outbox.run()
+    assert await w.calls() == []
+    assert w.megogo.users[f"isp-{cid}"] == {555}
+
+
+@pytest_twisted.ensureDeferred
+async def test_reconcile_logs_or_fixes(db):
+    w, svod, _ = await megogo_world(db, reconcile="fix")
+    cid, aid = await customer_with_account(db, "gina", "0")
+    billing = make_config(billing={"mode": "full"}).billing
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    w.megogo.users[uid].clear()  # someone unsubscribed at MEGOGO behind our back
+    assert await Reconcile(db, w.vod.partners["megogo"], fix=True).run() == 1
+    await w.vod.outbox.run()
+    assert w.megogo.users[uid] == {555}
+
+
+# -- tvzavr, Irdeto ---------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_tvzavr_and_irdeto_follow_tariffs(db):
+    sub = await tariff(db, "tvzavr-sub")
+    cas = await tariff(db, "cas-pack")
+    w = World(db, {}, tvzavr={"enabled": True, "api_url": "http://tvzavr.test", "plf": "plf1",
+                              "secret": "tv-secret-123456", "tvzavr_tariff_id": 3,
+                              "subscription_tariff_id": sub, "catalog_tariff_id": sub},
+              irdeto={"enabled": True, "host": "http://irdeto.test",
+                      "products": [{"tariff_id": cas, "product_ids": [101, 102]}]})
+    cid, aid = await customer_with_account(db, "hank", "0")
+    await db.run(lambda tx: tx.execute(
+        "INSERT INTO devices (uid, account_id) VALUES ('card-1', %s)", (aid,)))
+    billing = make_config(billing={"mode": "full"}).billing
+    await db.run(engine.assign, billing, aid, sub, at=T0)
+    await db.run(engine.assign, billing, None, cas, customer_id=cid, at=T0)
+    await w.vod.outbox.run()
+    assert w.tvzavr.subs[str(cid)] == {3}
+    assert w.irdeto.entitlements["card-1"] == {101, 102}
+    # check_accounts: a renewal for the running subscription.
+    assert await CheckAccounts(db).run() == 1
+    await w.vod.outbox.run()
+    assert ("renew", str(cid), 3) in w.tvzavr.calls
+    await db.run(engine.remove, billing, None, cas, customer_id=cid, at=T0)
+    await db.run(engine.remove, billing, aid, sub, at=T0)
+    await w.vod.outbox.run()
+    assert w.irdeto.entitlements["card-1"] == set()
+    assert w.tvzavr.subs[str(cid)] == set()
+
+
+# -- SSO, config --------------------------------------------------------------------------------
+def test_sso_token_is_md5_of_user_partner_salt():
+    cfg = make_config(megogo={**MEGOGO, "tariff_id": 1, "catalog_tariff_id": 1}).megogo
+    link = megogo.sso_link(cfg, 42)
+    assert link["isdn"] == "isp-42" and link["partner_key"] == "7"
+    assert link["token"] == hashlib.md5(b"isp-427pepper-salt").hexdigest()
+    assert "token=" + link["token"] in link["url"]
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"megogo": {"enabled": True}}, "[megogo] xml_url: required when enabled = true"),
+    ({"megogo": {"partner_id": "7"}}, "[megogo] partner_id: expected an integer"),
+    ({"megogo": {"reconcile": "maybe"}}, "[megogo] reconcile: expected one of log, fix"),
+    ({"megogo": {"tariff_id": 5, "additional_tariffs_ids": [5]}},
+     "[megogo] additional_tariffs_ids: lists tariff_id 5"),
+    ({"tvzavr": {"enabled": True, "api_url": "http://x"}},
+     "[tvzavr] plf: required when enabled = true"),
+    ({"irdeto": {"products": [{"tariff_id": 1}]}}, "[irdeto] products: entry 0"),
+    ({"irdeto": {"host": "ftp://x"}}, "[irdeto] host: expected an http(s) URL"),
+])
+def test_config_sections_validate(section, message):
+    with pytest.raises(ConfigError) as e:
+        make_config(**section)
+    assert message in str(e.value)
+
+
+def test_config_defaults_and_disabled_sections_build_nothing():
+    cfg = make_config()
+    assert (cfg.irdeto.host, cfg.irdeto.nationality, cfg.irdeto.region_tag) == (
+        "http://127.0.0.1:80", "RUS", "MO")
+    assert cfg.megogo.reconcile == "log" and not cfg.megogo.enabled
+    feature = make_vod(cfg, db=None, client=None, clock=Clock(), metrics=None)
+    assert feature.handle.partners == {} and feature.handle.syncs == {}
+
+
+# -- admin ------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_admin_vod_and_outbox_commands(db):
+    parser = argparse.ArgumentParser()
+    handlers = vod_admin.register(parser.add_subparsers(dest="command"))
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat,
+                              "partner_id": 8})
+    await w.vod.syncs["megogo"].sync_bytes(feed(obj(1, "One", "drama")))
+
+    async def admin(*argv):
+        args = parser.parse_args(argv)
+        return await handlers[args.command](db, args, w.cfg, None)
+
+    out = await admin("vod", "genre-map", "--provider", "megogo", "--partner-genre", "drama",
+                      "--genre", "Драма")
+    assert out["genre"] == "Драма"
+    shown = await admin("vod", "show", "--provider", "megogo", "--id", "1")
+    assert (shown["name"], shown["hidden"], shown["genres"]) == ("One", False, ["Драма"])
+    assert (await admin("vod", "genres", "--provider", "megogo"))["genres"] == [
+        {"partner_genre": "drama", "genre": "Драма"}]
+    cid, aid = await customer_with_account(db, "ivan", "0")
+    await db.run(engine.assign, make_config(billing={"mode": "full"}).billing, aid, cat, at=T0)
+    await w.vod.outbox.run()  # the fake knows partner 7: refused
+    listed = (await admin("outbox"))["calls"]
+    assert [(c["op"], c["state"]) for c in listed] == [("create", "failed"),
+                                                       ("subscribe", "queued")]
+    assert (await admin("outbox", "retry", str(listed[0]["id"])))["state"] == "queued"
+    with pytest.raises(ValueError):
+        await admin("outbox", "retry", str(listed[0]["id"]))
