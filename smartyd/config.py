@@ -350,8 +350,8 @@ def api_clients(v: Any) -> tuple[BillingAPIClient, ...]:
         if isinstance(cid, int) and not isinstance(cid, bool):
             cid = str(cid)
         try:
-            cid = string(cid)
-            key = string(raw.get("api_key"))
+            cid = string(cid if cid is not None else "")
+            key = string(raw.get("api_key", ""))
             allow = networks(raw.get("allow", []))
             shared = boolean(raw.get("shared", False))
         except ValueError as e:

@@ -11,16 +11,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import sys
 from decimal import Decimal
 from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, utils
 
 from conftest import make_config
 from fakes import in_memory_client
-from smartyd import catalog, ledger
+from smartyd import catalog, config as configmod, ledger
 from smartyd.billing_api import signature
 from smartyd.billing_api.params import FieldError, Params
 from smartyd.streams.entitlements import BLOCKED, OK as ENTITLED
@@ -370,7 +372,16 @@ async def test_account_lifecycle_with_hydra_and_axbills_shapes(db):
 
 
 @pytest_twisted.ensureDeferred
-async def test_account_tariffs_devices_and_messages(db):
+async def test_account_tariffs_devices_and_messages(db, pg_dsn, tmp_path):
+    cfg = tmp_path / "smartyd.toml"
+    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
+
+    async def admin_run(*args):
+        out = await utils.getProcessOutput(
+            sys.executable, ["-m", "smartyd.admin", "--config", str(cfg), *args],
+            env=dict(os.environ), errortoo=False)
+        return json.loads(out)
+
     _, billing, _ = make(db)
     t = await tariff(db)
     cid = (await billing.ok("customer/create", {"firstname": "a"}))["id"]
@@ -405,8 +416,8 @@ async def test_account_tariffs_devices_and_messages(db):
 
     msg = await billing.ok("account/message/create", {"abonement": "2001", "subject": "Hi",
                                                       "text": "Pay, please", "urgent": 0})
-    from smartyd.billing_api import repo
-    shown = await db.run(repo.account_messages, acc["account_id"])
+    # `smartyd-admin account show` lists them.
+    shown = (await admin_run("account", "show", str(acc["account_id"])))["messages"]
     assert [(m["id"], m["subject"], m["text"], m["urgent"]) for m in shown] == [
         (msg["id"], "Hi", "Pay, please", False)]
     assert (await billing("account/message/create", {"abonement": "2001"}))["error"] == 2
@@ -560,3 +571,28 @@ async def test_deactivate_stops_stream_entitlement_via_notify(db, world, entitle
     reloaded = entitlements.next_reload()
     await billing.ok("account/modify", {"abonement": "4001", "active": "0"})
     assert (await within(reloaded, 10)).entitlement(acc["account_id"], world.ch1) == BLOCKED
+
+
+# -- configuration ----------------------------------------------------------------------------
+def test_config_section():
+    cfg = config("reduced", ("customer/info/",))
+    assert cfg.billing_api.methods == ("customer/info",)
+    assert [c.client_id for c in cfg.billing_api.clients] == ["1", "7", "9", "5"]
+    assert cfg.billing_api.clients[2].shared and str(cfg.billing_api.clients[3].allow[0]) \
+        == "10.0.0.0/8"
+    assert KEY1 not in repr(cfg) and configmod.redacted(cfg)["billing_api"]["clients"] == "***"
+    for section, message in [
+        ({"enabled": True}, "[billing_api] clients: required"),
+        ({"clients": [{"client_id": "1"}]}, "api_key is empty"),
+        ({"clients": [{"client_id": "1", "api_key": "k", "secret": 1}]}, "unknown key secret"),
+        ({"clients": [{"client_id": "1", "api_key": "k"}, {"client_id": 1, "api_key": "j"}]},
+         "appears twice"),
+        ({"clients": [{"client_id": "1", "api_key": "k", "allow": ["x"]}]}, "not an address"),
+        ({"methods": ["customer/fly"]}, "unknown Billing API method"),
+    ]:
+        with pytest.raises(configmod.ConfigError, match=message.replace("[", r"\[")
+                           .replace("]", r"\]")):
+            make_config(billing_api=section)
+    with pytest.raises(configmod.ConfigError, match="methods: required"):
+        make_config(billing={"mode": "reduced"},
+                    billing_api={"enabled": True, "clients": [{"client_id": "1", "api_key": "k"}]})

@@ -64,7 +64,7 @@ def write(tmp_path, text):
         ("[tokens]\nsecret = 'env:SMARTYD_TEST_UNSET_VAR'\n",
          "[tokens] secret: environment variable SMARTYD_TEST_UNSET_VAR is not set"),
         # A feature that is not built has no section: it is refused, never ignored.
-        ("[billing_api]\nenabled = true\n", "[billing_api]: unknown section"),
+        ("[billing_api]\nenabled = true\n", "[billing_api] clients: required when enabled = true"),
         ("[megogo]\nenabled = true\n", "[megogo]: unknown section"),
         ("[tvzavr]\nenabled = true\n", "[tvzavr]: unknown section"),
         ("[irdeto]\nenabled = true\n", "[irdeto]: unknown section"),

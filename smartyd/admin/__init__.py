@@ -26,6 +26,7 @@ from twisted.internet import task
 from smartyd import catalog, config as configmod, ledger, logs, payments
 from smartyd.admin import fiscal as fiscal_admin, gateways as gateways_admin
 from smartyd.admin.errors import AdminError
+from smartyd.billing_api import repo as billing_api_repo
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
 from smartyd.db.migrate import current_version, migrate
@@ -126,6 +127,7 @@ async def cmd_account(db: Database, args) -> dict:
             out["ledger_sum"] = str(await ledger.ledger_sum(tx, account.customer_id))
             out["tariffs"] = await catalog.account_tariffs(tx, args.id)
             out["channels"] = await catalog.account_channels(tx, args.id)
+            out["messages"] = await billing_api_repo.account_messages(tx, args.id)
             return out
 
         return await db.run(show)
