@@ -25,7 +25,7 @@ from fakes import in_memory_client
 from smartyd import catalog, config as configmod, ledger
 from smartyd.billing_api import signature
 from smartyd.billing_api.params import FieldError, Params
-from smartyd.streams.entitlements import BLOCKED, OK as ENTITLED
+from smartyd.streams.entitlements import BLOCKED, OK as ENTITLED, Entitlements
 from streams_world import within
 from testapp import build
 
@@ -553,24 +553,28 @@ async def test_clients_see_only_their_customers_unless_shared(db):
 
 # -- streams stop -----------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
-async def test_deactivate_stops_stream_entitlement_via_notify(db, world, entitlements):
+async def test_deactivate_stops_stream_entitlement_via_notify(db, world, metrics):
     _, billing, _ = make(db)
     cid = (await billing.ok("customer/create", {"firstname": "a"}))["id"]
-    reloaded = entitlements.next_reload()
     acc = (await billing.ok("account/create", {"customer_id": cid, "abonement": "4001"}))
     await billing.ok("customer/tariff/assign", {"customer_id": cid, "tariff_id": world.basic})
-    snap = await within(reloaded, 10)
-    while snap.entitlement(acc["account_id"], world.ch1) != ENTITLED:  # a later NOTIFY
-        snap = await within(entitlements.next_reload(), 10)
-    reloaded = entitlements.next_reload()
-    await billing.ok("account/deactivate", {"abonement": "4001"})
-    assert (await within(reloaded, 10)).entitlement(acc["account_id"], world.ch1) == BLOCKED
-    reloaded = entitlements.next_reload()
-    await billing.ok("account/modify", {"abonement": "4001", "active": "true"})
-    assert (await within(reloaded, 10)).entitlement(acc["account_id"], world.ch1) == ENTITLED
-    reloaded = entitlements.next_reload()
-    await billing.ok("account/modify", {"abonement": "4001", "active": "0"})
-    assert (await within(reloaded, 10)).entitlement(acc["account_id"], world.ch1) == BLOCKED
+    # The snapshot service starts after the set-up: none of its notifications
+    # is pending, so each reload below is the one a change's NOTIFY caused.
+    entitlements = Entitlements(db, metrics=metrics, clock=reactor)
+    entitlements.startService()
+    try:
+        snap = await within(entitlements.when_loaded(), 10)
+        assert snap.entitlement(acc["account_id"], world.ch1) == ENTITLED
+        for method, params, expected in [
+                ("account/deactivate", {"abonement": "4001"}, BLOCKED),
+                ("account/modify", {"abonement": "4001", "active": "true"}, ENTITLED),
+                ("account/modify", {"abonement": "4001", "active": "0"}, BLOCKED)]:
+            reloaded = entitlements.next_reload()
+            await billing.ok(method, params)
+            assert (await within(reloaded, 10)).entitlement(acc["account_id"], world.ch1) \
+                == expected, method
+    finally:
+        await entitlements.stopService()
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -596,3 +600,14 @@ def test_config_section():
     with pytest.raises(configmod.ConfigError, match="methods: required"):
         make_config(billing={"mode": "reduced"},
                     billing_api={"enabled": True, "clients": [{"client_id": "1", "api_key": "k"}]})
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_form_body_without_content_type_and_unencoded_is_read(db):
+    # AXbills builds key=value&... itself (no URL-encoding of its digits/words).
+    _, billing, http = make(db)
+    pairs = billing.pairs({"firstname": "ax", "ext_id": "77"})
+    body = "&".join(f"{k}={v}" for k, v in pairs) + "&signature=" + contract_signature(pairs, KEY1)
+    resp = await http.post(BASE + "customer/create", data=body.encode())
+    assert json.loads(await resp.content())["error"] == 0
+    assert (await billing.ok("customer/info", {"ext_id": "77"}))["firstname"] == "ax"
