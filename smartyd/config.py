@@ -416,6 +416,89 @@ class Irdeto:
         return dict(self.products).get(tariff_id, ())
 
 
+# The Smarty Billing API methods smartyd answers (``/billing/api/<method>``);
+# ``[billing_api] methods`` names a subset of them for the ``reduced`` mode.
+BILLING_API_METHODS = (
+    "customer/create", "customer/modify", "customer/info", "customer/delete", "customer/list",
+    "customer/tariff/assign", "customer/tariff/remove",
+    "account/create", "account/modify", "account/info", "account/delete", "account/activate",
+    "account/deactivate", "account/list", "account/tariff/assign", "account/tariff/remove",
+    "account/device/create", "account/device/modify", "account/device/delete",
+    "account/message/create",
+    "tariff/list", "tariff/basic/list", "tariff/additional/list",
+    "transaction/create", "transaction/delete",
+)
+
+
+@frozen
+class BillingAPIClient:
+    """
+    One external billing: its ``client_id`` and ``api_key`` (the signing
+    key), ``allow`` (when set, the only networks it may call from) and
+    ``shared`` (it sees every customer, not only those it created).
+    """
+
+    client_id: str
+    api_key: str = field(repr=False)
+    allow: tuple = ()
+    shared: bool = False
+
+
+_CLIENT_KEYS = {"client_id", "api_key", "allow", "shared"}
+
+
+def api_clients(v: Any) -> tuple[BillingAPIClient, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ValueError("expected a list of tables {client_id, api_key, allow, shared}")
+    out, seen = [], set()
+    for i, raw in enumerate(v):
+        unknown = set(raw) - _CLIENT_KEYS
+        if unknown:
+            raise ValueError(f"entry {i}: unknown key {sorted(unknown)[0]}")
+        cid = raw.get("client_id")
+        if isinstance(cid, int) and not isinstance(cid, bool):
+            cid = str(cid)
+        try:
+            cid = string(cid if cid is not None else "")
+            key = string(raw.get("api_key", ""))
+            allow = networks(raw.get("allow", []))
+            shared = boolean(raw.get("shared", False))
+        except ValueError as e:
+            raise ValueError(f"entry {i}: {e}")
+        if not cid or len(cid) > 64 or not cid.isprintable() or cid != cid.strip():
+            raise ValueError(f"entry {i}: client_id must be 1-64 printable characters")
+        if not key:
+            # Not held to the token-secret rules: the key is the one the
+            # billing already signs with (the operator changes only the URL).
+            raise ValueError(f"entry {i}: api_key is empty")
+        if cid in seen:
+            raise ValueError(f"entry {i}: client_id {cid!r} appears twice")
+        seen.add(cid)
+        out.append(BillingAPIClient(cid, key, allow, shared))
+    return tuple(out)
+
+
+def api_methods(v: Any) -> tuple[str, ...]:
+    names = string_list(v)
+    for name in names:
+        if name.strip("/") not in BILLING_API_METHODS:
+            raise ValueError(f"unknown Billing API method {name!r}")
+    return tuple(n.strip("/") for n in names)
+
+
+@frozen
+class BillingAPI:
+    """
+    The Smarty Billing API (``/billing/api/<method>``) for external billings.
+    ``methods``: what the ``reduced`` billing mode answers (every method in
+    the other modes).
+    """
+
+    enabled: bool = _c(boolean, False)
+    clients: tuple = _c(api_clients, (), secret=True)
+    methods: tuple = _c(api_methods, ())
+
+
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -430,6 +513,7 @@ _SECTIONS = {
     "megogo": Megogo,
     "tvzavr": Tvzavr,
     "irdeto": Irdeto,
+    "billing_api": BillingAPI,
 }
 
 
@@ -448,6 +532,7 @@ class Config:
     megogo: Megogo = Megogo()
     tvzavr: Tvzavr = Tvzavr()
     irdeto: Irdeto = Irdeto()
+    billing_api: BillingAPI = BillingAPI()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":
@@ -494,6 +579,8 @@ def _cross_check(name: str, s: Any) -> None:
     if name == "tvzavr" and s.enabled:
         _required(name, s, "api_url", "plf", "secret", "tvzavr_tariff_id",
                   "subscription_tariff_id", "catalog_tariff_id")
+    if name == "billing_api" and s.enabled:
+        _required(name, s, "clients")
 
 
 def _required(name: str, section: Any, *keys: str) -> None:
@@ -588,7 +675,11 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
         if name not in _SECTIONS:
             raise ConfigError(f"[{name}]: unknown section")
         sections[name] = _section(name, _SECTIONS[name], value)
-    return Config(source=source, **sections)
+    cfg = Config(source=source, **sections)
+    if cfg.billing_api.enabled and cfg.billing.mode == "reduced" and not cfg.billing_api.methods:
+        raise ConfigError("[billing_api] methods: required when [billing] mode = \"reduced\""
+                          " (the methods the reduced mode answers)")
+    return cfg
 
 
 def load(path: str | None) -> Config:

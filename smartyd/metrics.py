@@ -28,6 +28,10 @@ class Metrics:
             "smartyd_osmp_answers", "OSMP answers by command and result code",
             ["command", "result"], registry=r,
         )
+        self.billing_api_answers = Counter(
+            "smartyd_billing_api_answers", "Billing API answers by method and error code",
+            ["method", "error"], registry=r,
+        )
         self.osmp_refused = Counter(
             "smartyd_osmp_refused_requests", "OSMP requests refused before the protocol (403/401)",
             ["reason"], registry=r,

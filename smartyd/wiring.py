@@ -28,6 +28,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from smartyd.billing import make_billing, payment_hooks as billing_hooks
+from smartyd.billing_api import make_billing_api
 from smartyd.config import Config
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.migrate import migrate
@@ -114,6 +115,11 @@ def build_app(
                                            payments=payments, metrics=metrics,
                                            trusted_proxies=cfg.http.trusted_proxies,
                                            billing=cfg.billing)
+    if cfg.billing_api.enabled:
+        features["billing_api"] = make_billing_api(cfg.billing_api, cfg.billing, db=db,
+                                                   clock=reactor, metrics=metrics,
+                                                   readiness=readiness,
+                                                   trusted_proxies=cfg.http.trusted_proxies)
     if cfg.dreamkas.enabled:
         features["dreamkas"] = make_dreamkas(cfg.dreamkas, db=db, client=http_client,
                                              clock=reactor, metrics=metrics)

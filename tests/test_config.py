@@ -64,10 +64,12 @@ def write(tmp_path, text):
         ("[tokens]\nsecret = 'env:SMARTYD_TEST_UNSET_VAR'\n",
          "[tokens] secret: environment variable SMARTYD_TEST_UNSET_VAR is not set"),
         # A feature that is not built has no section: it is refused, never ignored.
-        ("[billing_api]\nenabled = true\n", "[billing_api]: unknown section"),
+        ("[billing_api]\nenabled = true\n", "[billing_api] clients: required when enabled = true"),
         ("[megogo]\nenabled = true\n", "[megogo] xml_url: required when enabled = true"),
         ("[tvzavr]\nenabled = true\n", "[tvzavr] api_url: required when enabled = true"),
         ("[irdeto]\nbogus = 1\n", "[irdeto] bogus: unknown key"),
+        ("[epg]\nxmltv_url = 'x'\n", "[epg]: unknown section"),
+        ("[widgets]\nlanguage = 'ru'\n", "[widgets]: unknown section"),
         ("[assist]\nenabled = true\nshop_id = '1'\nlogin = 'l'\n",
          "[assist] password: required when enabled = true"),
         ("[payture]\nenabled = true\nhost = 'https://x.payture.com'\n",

@@ -32,6 +32,7 @@ from smartyd.admin import (
 )
 from smartyd.billing import engine
 from smartyd.admin.errors import AdminError
+from smartyd.billing_api import repo as billing_api_repo
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
 from smartyd.db.migrate import current_version, migrate
@@ -150,6 +151,7 @@ async def cmd_account(db: Database, args, cfg, reactor) -> dict:
             out["ledger_sum"] = str(await ledger.ledger_sum(tx, account.customer_id))
             out["tariffs"] = await catalog.account_tariffs(tx, args.id)
             out["channels"] = await catalog.account_channels(tx, args.id)
+            out["messages"] = await billing_api_repo.account_messages(tx, args.id)
             return out
 
         return await db.run(show)
