@@ -320,8 +320,11 @@ class Billing:
     """
     The built-in billing.  ``mode``: builtin and transactional charge tariffs
     (the charging job runs every ``charge_interval`` seconds, once
-    cluster-wide); full and reduced never charge (an external billing drives
-    tariffs and account states; payments are bookkeeping).
+    cluster-wide; in transactional mode the money comes as the Billing API's
+    transactions, which settle the customer like a payment); full and reduced
+    never charge (an external billing drives tariffs and account states;
+    payments and transactions are bookkeeping).  The daemon lifts only the
+    DEBT it declared, never one an external billing set.
     """
 
     mode: str = _c(one_of("builtin", "transactional", "full", "reduced"), "builtin")

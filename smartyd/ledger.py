@@ -339,11 +339,16 @@ async def customer_accounts(tx: Tx, customer_id: int) -> list[Account]:
 
 
 async def set_active(tx: Tx, account_id: int, active: bool, reason: str) -> Account:
-    """Activate or deactivate an account, saying why (``status_reason``)."""
+    """
+    Activate or deactivate an account, saying why (``status_reason``).  The
+    decision is the caller's from now on: the built-in billing no longer
+    lifts a DEBT it had declared (``debt_by_billing``).
+    """
     if not STATUS_REASON_RE.match(reason or ""):
         raise LedgerError("status_reason must be 1-20 characters of A-Z a-z 0-9 _ . - and space")
     updated = await tx.fetchval(
-        "UPDATE accounts SET active = %s, status_reason = %s, updated = now() WHERE id = %s"
+        "UPDATE accounts SET active = %s, status_reason = %s, debt_by_billing = false,"
+        " updated = now() WHERE id = %s"
         " RETURNING id",
         (active, reason, account_id),
     )

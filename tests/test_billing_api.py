@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -23,6 +24,8 @@ from twisted.internet import defer, reactor, utils
 from conftest import make_config
 from fakes import in_memory_client
 from smartyd import catalog, config as configmod, ledger
+from smartyd.billing import engine
+from smartyd.config import Billing as BillingConfig
 from smartyd.billing_api import signature
 from smartyd.billing_api.params import FieldError, Params
 from smartyd.streams.entitlements import BLOCKED, OK as ENTITLED, Entitlements
@@ -516,6 +519,83 @@ async def test_transactional_mode_charges_and_full_mode_does_not(db):
     await full.ok("transaction/create", {"customer_id": cid2, "id": 2, "amount": "100"})
     await full.ok("customer/tariff/assign", {"customer_id": cid2, "tariff_id": t})
     assert await balance(db, cid2) == Decimal("100.00")
+
+
+@pytest.mark.parametrize("mode", ["transactional", "builtin"])
+@pytest_twisted.ensureDeferred
+async def test_charging_modes_settle_on_a_transaction(db, mode):
+    # transactional (and builtin): the external billing's transaction is money
+    # in like any payment: the suspended charge is taken and DEBT lifted at once.
+    _, billing, _ = make(db, config(mode))
+    t = await tariff(db, price="30.00")
+    cid = (await billing.ok("customer/create", {"firstname": "a"}))["id"]
+    await billing.ok("account/create", {"customer_id": cid, "abonement": "5001"})
+    await billing.ok("customer/tariff/assign", {"customer_id": cid, "tariff_id": t})
+    acc = await billing.ok("account/info", {"abonement": "5001"})
+    assert (acc["active"], acc["status_reason"]) == (0, "DEBT")
+    assert (await billing.ok("customer/info", {"customer_id": cid}))["subscriptions"][0][
+        "is_closed"] is True
+    await billing.ok("transaction/create", {"customer_id": cid, "id": "T-1", "amount": "100"})
+    assert await balance(db, cid) == Decimal("70.00")
+    acc = await billing.ok("account/info", {"abonement": "5001"})
+    assert (acc["active"], acc["status_reason"]) == (1, "ACTIVE")
+    info = await billing.ok("customer/info", {"customer_id": cid})
+    assert info["subscriptions"][0]["is_closed"] is False and info["balance"] == 70
+    kinds = [e.kind for e in await db.run(ledger.statement, cid)]
+    assert kinds == ["transaction", "charge"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_transactional_mode_lifts_only_the_debt_it_declared(db):
+    # HYDRA blocks for its own debt with active=0 + DEBT; money in (a
+    # transaction, a run) must not undo the external billing's decision.
+    _, billing, _ = make(db, config("transactional"))
+    t = await tariff(db, price="30.00")
+    cid = (await billing.ok("customer/create", {"firstname": "a"}))["id"]
+    await billing.ok("account/create", {"customer_id": cid, "abonement": "5003"})
+    await billing.ok("transaction/create", {"customer_id": cid, "id": "T-1", "amount": "100"})
+    await billing.ok("customer/tariff/assign", {"customer_id": cid, "tariff_id": t})
+    await billing.ok("account/modify", {"abonement": "5003", "active": 0,
+                                        "status_reason": "DEBT"})
+    await billing.ok("transaction/create", {"customer_id": cid, "id": "T-2", "amount": "5"})
+    acc = await billing.ok("account/info", {"abonement": "5003"})
+    assert (acc["active"], acc["status_reason"]) == (0, "DEBT")
+    assert await balance(db, cid) == Decimal("75.00")
+    # The next period, charged by a run: still the billing's DEBT.
+    run = await engine.run(db, BillingConfig(mode="transactional"),
+                           engine.utc(time.time() + 31 * 86400))
+    assert run.charged == 1 and await balance(db, cid) == Decimal("45.00")
+    assert (await billing.ok("account/info", {"abonement": "5003"}))["active"] == 0
+    await billing.ok("account/modify", {"abonement": "5003", "active": 1,
+                                        "status_reason": "ACTIVE"})
+    assert (await billing.ok("account/info", {"abonement": "5003"}))["active"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_full_mode_transactions_are_bookkeeping_only(db):
+    # full: the balance shows the transactions, but nothing is charged and
+    # nothing the external billing set about access changes with money.
+    _, billing, _ = make(db, config("full"))
+    t = await tariff(db, price="30.00")
+    cid = (await billing.ok("customer/create", {"firstname": "a"}))["id"]
+    await billing.ok("account/create", {"customer_id": cid, "abonement": "5002"})
+    await billing.ok("customer/tariff/assign", {"customer_id": cid, "tariff_id": t})
+    await billing.ok("account/modify", {"abonement": "5002", "active": 0,
+                                        "status_reason": "DEBT"})  # HYDRA's debt
+    await billing.ok("transaction/create", {"customer_id": cid, "id": "T-1", "amount": "100"})
+    await billing.ok("transaction/create", {"customer_id": cid, "id": "T-2", "amount": "-150"})
+    assert await balance(db, cid) == Decimal("-50.00")
+    acc = await billing.ok("account/info", {"abonement": "5002"})
+    assert (acc["active"], acc["status_reason"]) == (0, "DEBT")  # still the billing's word
+    await billing.ok("account/activate", {"abonement": "5002"})
+    info = await billing.ok("customer/info", {"customer_id": cid})
+    assert info["subscriptions"][0]["is_closed"] is False  # entitled while assigned
+    assert info["subscriptions"][0]["end_date"] is None
+    assert [e.kind for e in await db.run(ledger.statement, cid)] == [
+        "transaction", "transaction"]
+    # A charging run (the job never runs in full mode; by hand) charges nothing.
+    assert (await engine.run(db, BillingConfig(mode="full"), engine.utc(2**31))).charged == 0
+    assert (await billing.ok("account/info", {"abonement": "5002"}))["active"] == 1
 
 
 # -- tenancy ----------------------------------------------------------------------------------

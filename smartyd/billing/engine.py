@@ -326,22 +326,27 @@ async def _write(tx: Tx, entries: list[tuple], subs: list[_Sub], returned: list[
 
 
 async def _account_states(tx: Tx, debtors: list[int], clear: list[int]) -> None:
-    """DEBT for the debtors' active accounts; DEBT lifted for the others'."""
+    """
+    DEBT for the debtors' active accounts; DEBT lifted for the others' --
+    only the DEBT this billing declared (``debt_by_billing``, migration
+    0011): a DEBT an external billing set through the Billing API
+    (transactional mode) is its decision, lifted by it.
+    """
     if debtors:
         ids = [r[0] for r in await tx.fetchall(
             "SELECT id FROM accounts WHERE customer_id = ANY(%s) AND active", (debtors,))]
         if ids:
             await tx.execute(
-                "UPDATE accounts SET active = false, status_reason = %s, updated = now()"
-                " WHERE id = ANY(%s)", (ledger.DEBT, ids))
+                "UPDATE accounts SET active = false, status_reason = %s, debt_by_billing = true,"
+                " updated = now() WHERE id = ANY(%s)", (ledger.DEBT, ids))
     if clear:
         ids = [r[0] for r in await tx.fetchall(
             "SELECT id FROM accounts WHERE customer_id = ANY(%s) AND NOT active"
-            " AND status_reason = %s", (clear, ledger.DEBT))]
+            " AND status_reason = %s AND debt_by_billing", (clear, ledger.DEBT))]
         if ids:
             await tx.execute(
-                "UPDATE accounts SET active = true, status_reason = %s, updated = now()"
-                " WHERE id = ANY(%s)", (ledger.ACTIVE, ids))
+                "UPDATE accounts SET active = true, status_reason = %s, debt_by_billing = false,"
+                " updated = now() WHERE id = ANY(%s)", (ledger.ACTIVE, ids))
 
 
 # -- the run --------------------------------------------------------------------------------
