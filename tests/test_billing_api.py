@@ -27,6 +27,7 @@ from smartyd import catalog, config as configmod, ledger
 from smartyd.billing import engine
 from smartyd.config import Billing as BillingConfig
 from smartyd.billing_api import signature
+from smartyd.gateways import cards
 from smartyd.billing_api.params import FieldError, Params
 from smartyd.streams.entitlements import BLOCKED, OK as ENTITLED, Entitlements
 from streams_world import within
@@ -596,6 +597,25 @@ async def test_full_mode_transactions_are_bookkeeping_only(db):
     # A charging run (the job never runs in full mode; by hand) charges nothing.
     assert (await engine.run(db, BillingConfig(mode="full"), engine.utc(2**31))).charged == 0
     assert (await billing.ok("account/info", {"abonement": "5002"}))["active"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_autopayment_enabled_follows_the_customers_autopay(db):
+    _, billing, _ = make(db)
+    cid = (await billing.ok("customer/create", {"firstname": "a"}))["id"]
+    other = (await billing.ok("customer/create", {"firstname": "b"}))["id"]
+
+    async def flags() -> tuple:
+        info = await billing.ok("customer/info", {"customer_id": cid})
+        listed = {c["id"]: c["autopayment_enabled"]
+                  for c in (await billing.ok("customer/list", get=True))["customers"]}
+        return info["autopayment_enabled"], listed
+
+    assert await flags() == (False, {cid: False, other: False})
+    await db.run(cards.set_autopay, cid, True)  # `smartyd-admin customer autopay ID on`
+    assert await flags() == (True, {cid: True, other: False})
+    await db.run(cards.set_autopay, cid, False)
+    assert await flags() == (False, {cid: False, other: False})
 
 
 # -- tenancy ----------------------------------------------------------------------------------

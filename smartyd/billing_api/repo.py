@@ -33,7 +33,8 @@ class Scope:
 
 # -- customers ----------------------------------------------------------------------------
 _CUSTOMER = ("c.id, c.firstname, c.middlename, c.lastname, c.comment, c.phone, c.email,"
-             " c.ext_id, c.contract_number, c.meta, c.balance, c.api_fields, c.client_id")
+             " c.ext_id, c.contract_number, c.meta, c.balance, c.api_fields, c.client_id,"
+             " c.autopay")
 
 
 async def find_customer(tx: Tx, scope: Scope, customer_id: int | None = None,

@@ -288,7 +288,8 @@ class BillingAPIService:
             "tariffs": [s["tariff_id"] for s in subs],
             "meta": c["meta"] or {},
             "birthdate": api.get("birthdate"),
-            "autopayment_enabled": False,
+            # Payture autopayment (`customer autopay ID on|off`, issue 17).
+            "autopayment_enabled": bool(c["autopay"]),
         }
 
     def _subscription(self, s: dict) -> dict:
