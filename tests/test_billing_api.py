@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, utils
+from twisted.internet import defer, reactor, task, utils
 
 from conftest import make_config
 from fakes import in_memory_client
@@ -29,8 +29,11 @@ from smartyd.config import Billing as BillingConfig
 from smartyd.billing_api import signature
 from smartyd.gateways import cards
 from smartyd.billing_api.params import FieldError, Params
+from smartyd.streams.check import Checker, prometheus_counters
 from smartyd.streams.entitlements import BLOCKED, OK as ENTITLED, Entitlements
-from streams_world import within
+from smartyd.streams.tokens import TokenCodec
+from smartyd.streams.web import StreamsApp
+from streams_world import PASSWORD, within
 from testapp import build
 
 KEY1, KEY7, KEY9, KEY5 = "k1-secret-of-billing", "k7-other-billing", "k9-shared", "k5-allowed"
@@ -616,6 +619,57 @@ async def test_autopayment_enabled_follows_the_customers_autopay(db):
     assert await flags() == (True, {cid: True, other: False})
     await db.run(cards.set_autopay, cid, False)
     assert await flags() == (False, {cid: False, other: False})
+
+
+# -- last_active ------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_last_active_is_the_last_stream_url_minted(db, world, entitlements, metrics):
+    # The contract leaves it open; smartyd: a successful POST /streams/url
+    # (the viewer's device logging in for a stream), written in the mint's
+    # own transaction at most once an hour per account (token checks never
+    # write).
+    _, _, http = make(db)
+    shared = Billing(http, "9", KEY9)
+    clock = task.Clock()
+    clock.advance(1_700_000_000)  # 2023-11-14T22:13:20Z
+    codec = TokenCodec(["s3cret"])
+    streams = in_memory_client(StreamsApp(
+        db, codec, Checker(codec, entitlements, clock, prometheus_counters(metrics, "http")),
+        clock, metrics, ttl=3600).resource())
+
+    async def mint(login="alice", channel="ch1") -> int:
+        r = await streams.post("http://smartyd/streams/url", data={
+            "login": login, "password": PASSWORD, "channel": channel, "ip": "203.0.113.9"})
+        return r.code
+
+    async def last_active(account_id):
+        return await db.fetchval("SELECT last_active FROM accounts WHERE id = %s",
+                                 (account_id,))
+
+    info = await shared.ok("account/info", {"account_id": world.alice})
+    assert info["last_active"] is None
+    assert await mint() == 200
+    first = await last_active(world.alice)
+    assert first == engine.utc(clock.seconds())
+    info = await shared.ok("account/info", {"account_id": world.alice})
+    assert info["last_active"] == "2023-11-14"
+    listed = {a["id"]: a["last_active"] for a in (await shared.ok("account/list"))["accounts"]}
+    assert listed[world.alice] == "2023-11-14" and listed[world.bob] is None
+
+    clock.advance(1800)  # within the hour: no write
+    assert await mint() == 200
+    assert await last_active(world.alice) == first
+    clock.advance(3600)  # past it: written again (now the 15th)
+    assert await mint() == 200
+    assert await last_active(world.alice) == engine.utc(clock.seconds())
+    assert (await shared.ok("account/info", {"account_id": world.alice}))["last_active"] \
+        == "2023-11-14"
+    clock.advance(3 * 3600)
+    assert (await mint(), await mint("carol"), await mint("bob")) == (200, 403, 403)
+    assert (await shared.ok("account/info", {"account_id": world.alice}))["last_active"] \
+        == "2023-11-15"
+    # Refused mints (blocked carol, bob without the channel) are no activity.
+    assert (await last_active(world.carol), await last_active(world.bob)) == (None, None)
 
 
 # -- tenancy ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ the check also answers on Smarty's ``/tvmiddleware/api/streamservice/token/check
 
 Minting authenticates an account (abonement login and password, or a
 registered device UID), reads its status and entitlement from the database --
-the truth, not the snapshot -- and returns the channel's URL mask filled in.
+the truth, not the snapshot -- and returns the channel's URL mask filled in;
+a granted mint is the account's ``last_active`` (at most one write an hour).
 Every refusal is the same 403 body, so the answer is no oracle for which logins
 exist, which are blocked or which channels they have; the reason goes to the
 debug log only.  An unknown login costs the same scrypt verification as a
@@ -14,6 +15,7 @@ wrong password.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from string import Template
 from typing import Any
 
@@ -36,6 +38,8 @@ log = Logger()
 _MAX_FIELD = 256
 _MAX_ID = 2**63 - 1
 _FORBIDDEN = {"error": "forbidden"}
+#: How stale ``accounts.last_active`` may get before a mint writes it again.
+LAST_ACTIVE_EVERY = timedelta(hours=1)
 SMARTY_CHECK = "/tvmiddleware/api/streamservice/token/check"
 #: The request headers the checker reads (nginx auth_request and Cesbo Astra).
 _CHECK_HEADERS = (b"x-original-uri", b"x-real-ip", b"x-session-id", b"x-channel-id",
@@ -92,11 +96,13 @@ async def account_by_device(tx: Tx, uid: str) -> ledger.Account | None:
     return None if account_id is None else await ledger.get_account(tx, account_id)
 
 
-async def grant(tx: Tx, account_id: int, channel_ref: str) -> tuple[str, dict | None]:
+async def grant(tx: Tx, account_id: int, channel_ref: str,
+                at: datetime | None = None) -> tuple[str, dict | None]:
     """
     The channel if the account may watch it now: C{("ok", channel)}, or
     C{(reason, None)} with reason C{blocked}, C{unknown_channel} or
-    C{not_entitled}.
+    C{not_entitled}.  Granted at ``at``, the account's ``last_active``
+    (the Billing API's ``account/info``) moves there.
     """
     active = await tx.fetchval("SELECT active FROM accounts WHERE id = %s", (account_id,))
     if not active:
@@ -112,7 +118,23 @@ async def grant(tx: Tx, account_id: int, channel_ref: str) -> tuple[str, dict | 
         " WHERE a.id = %s AND tc.channel_id = %s LIMIT 1",
         (account_id, channel["id"]),
     )
-    return ("ok", channel) if entitled else ("not_entitled", None)
+    if not entitled:
+        return "not_entitled", None
+    if at is not None:
+        await touch_last_active(tx, account_id, at)
+    return "ok", channel
+
+
+async def touch_last_active(tx: Tx, account_id: int, at: datetime) -> None:
+    """
+    ``accounts.last_active = at``, written at most once an hour per account
+    (the Billing API shows the day): a viewer zapping through channels costs
+    one row write an hour, not one per mint.  Token checks never write.
+    """
+    await tx.execute(
+        "UPDATE accounts SET last_active = %s WHERE id = %s"
+        " AND (last_active IS NULL OR last_active <= %s)",
+        (at, account_id, at - LAST_ACTIVE_EVERY))
 
 
 def stream_url(mask: str, token: str, account: int, channel: str, ip: str, expires: int) -> str:
@@ -159,7 +181,8 @@ class StreamsApp:
         account = await self._authenticate(mint)
         if account is None:
             return self._refuse(request, "bad_credentials", None, mint.channel)
-        reason, channel = await self.db.run(grant, account.id, mint.channel)
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        reason, channel = await self.db.run(grant, account.id, mint.channel, now)
         if channel is None:
             return self._refuse(request, reason, account.id, mint.channel)
         ip = mint.ip or client_ip(request, self.trusted_proxies)
