@@ -109,3 +109,17 @@ def test_existing_accounts_become_customers_with_their_money(fresh_dsn):
         new_id, new_customer = cur.fetchone()
         assert new_id == new_customer and new_id > nobody
         assert ppc.decode(ppc.encode(5907)) == 5907
+
+
+def test_debt_of_today_stays_the_billings_after_0011(fresh_dsn):
+    # Until 0011 only the charging job lifted DEBT: today's DEBT accounts keep
+    # being lifted by it; other states are nobody's debt.
+    with psycopg2.connect(fresh_dsn) as conn, conn.cursor() as cur:
+        apply(cur, range(1, 11))
+        for login, active, reason in [("debt", False, "DEBT"), ("block", False, "BLOCK"),
+                                      ("ok", True, "ACTIVE")]:
+            cur.execute("INSERT INTO accounts (login, active, status_reason) VALUES (%s, %s, %s)",
+                        (login, active, reason))
+        apply(cur, [11])
+        cur.execute("SELECT login, debt_by_billing FROM accounts ORDER BY id")
+        assert cur.fetchall() == [("debt", True), ("block", False), ("ok", False)]
