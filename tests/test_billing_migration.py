@@ -111,8 +111,8 @@ def test_existing_accounts_become_customers_with_their_money(fresh_dsn):
         assert ppc.decode(ppc.encode(5907)) == 5907
 
 
-def test_debt_of_today_stays_the_billings_after_0011(fresh_dsn):
-    # Until 0011 only the charging job lifted DEBT: today's DEBT accounts keep
+def test_debt_of_today_stays_the_billings_after_0013(fresh_dsn):
+    # Until 0013 only the charging job lifted DEBT: today's DEBT accounts keep
     # being lifted by it; other states are nobody's debt.
     with psycopg2.connect(fresh_dsn) as conn, conn.cursor() as cur:
         apply(cur, range(1, 11))

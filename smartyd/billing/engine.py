@@ -329,7 +329,7 @@ async def _account_states(tx: Tx, debtors: list[int], clear: list[int]) -> None:
     """
     DEBT for the debtors' active accounts; DEBT lifted for the others' --
     only the DEBT this billing declared (``debt_by_billing``, migration
-    0011): a DEBT an external billing set through the Billing API
+    0013): a DEBT an external billing set through the Billing API
     (transactional mode) is its decision, lifted by it.
     """
     if debtors:
