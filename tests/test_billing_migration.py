@@ -115,11 +115,11 @@ def test_debt_of_today_stays_the_billings_after_0013(fresh_dsn):
     # Until 0013 only the charging job lifted DEBT: today's DEBT accounts keep
     # being lifted by it; other states are nobody's debt.
     with psycopg2.connect(fresh_dsn) as conn, conn.cursor() as cur:
-        apply(cur, range(1, 11))
+        apply(cur, range(1, 13))
         for login, active, reason in [("debt", False, "DEBT"), ("block", False, "BLOCK"),
                                       ("ok", True, "ACTIVE")]:
             cur.execute("INSERT INTO accounts (login, active, status_reason) VALUES (%s, %s, %s)",
                         (login, active, reason))
-        apply(cur, [11])
+        apply(cur, [13])
         cur.execute("SELECT login, debt_by_billing FROM accounts ORDER BY id")
         assert cur.fetchall() == [("debt", True), ("block", False), ("ok", False)]
