@@ -75,7 +75,8 @@ PAGE_JS = b"""\
   var id = Number(document.documentElement.getAttribute("data-widget"));
   function report() {
     if (window.parent === window) { return; }
-    var h = Math.max(document.body.scrollHeight, document.documentElement.scrollHeight);
+    // The document's own height (scrollHeight never shrinks below the frame's).
+    var h = document.documentElement.getBoundingClientRect().height;
     window.parent.postMessage({smartydWidget: id, height: h}, "*");
   }
   window.addEventListener("load", report);
