@@ -7,7 +7,10 @@ XMLTV import against a fake feed.  The real browser is tests/test_widgets_browse
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from decimal import Decimal
 from html import unescape
@@ -15,7 +18,6 @@ from html import unescape
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.web.resource import Resource
 
 from conftest import make_config
 from fakes import in_memory_client
@@ -330,3 +332,39 @@ async def test_epg_refuses_a_feed_with_an_internal_dtd(db):
     with pytest.raises(EPGError, match="internal subset"):
         await env.app.app.features["epg"].handle.run()
     assert await db.fetchval("SELECT count(*) FROM epg_programmes") == 0
+
+
+# -- smartyd-admin -----------------------------------------------------------------------------------
+@pytest.fixture
+def admin(tmp_path, pg_dsn):
+    cfg = tmp_path / "smartyd.toml"
+    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
+
+    def run(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
+            capture_output=True, text=True, timeout=60)
+        return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, \
+            proc.stderr
+
+    return run
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_widget_create_channel_xmltv_id_account_show_by_login(db, admin):
+    basic, _, _ = await catalog_world(db)
+    code, out, _ = admin("widget", "create", "--type", "channels", "--title", "TV",
+                         "--tariff", str(basic))
+    assert code == 0 and out["type"] == "channels" and out["tariffs"] == [basic]
+    assert (await db.run(repo.get_widget, out["id"])).title == "TV"
+    code, _, err = admin("widget", "create", "--type", "signup", "--tariff", "999999")
+    assert code != 0 and "no tariff 999999" in err
+    code, out, _ = admin("channel", "create", "--name", "fourth", "--url-mask",
+                         "http://s.example/4/index.m3u8", "--xmltv-id", "fourth.example")
+    assert code == 0 and out["xmltv_id"] == "fourth.example"
+    assert await db.run(repo.xmltv_channels) == {"fourth.example": out["id"]}
+    account = await db.run(ledger.create_account, "signed-up", "")
+    code, out, _ = admin("account", "show", "--login", "signed-up")
+    assert code == 0 and out["id"] == account.id
+    code, _, err = admin("account", "show", "--login", "nobody")
+    assert code != 0 and "no account with login 'nobody'" in err
