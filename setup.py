@@ -29,6 +29,9 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
+            # The widgets' browser test drives Debian's chromium (smartyd-dev
+            # installs it); Playwright's own browser download is not used.
+            "playwright>=1.40",
         ],
     },
     entry_points={

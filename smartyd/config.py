@@ -502,6 +502,42 @@ class BillingAPI:
     methods: tuple = _c(api_methods, ())
 
 
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def origins(v: Any) -> tuple[str, ...]:
+    """Web origins (``https://isp.example``, no path): where widgets may be framed."""
+    out = string_list(v)
+    for item in out:
+        if not _ORIGIN_RE.match(item):
+            raise ValueError(f"not an origin like https://isp.example: {item!r}")
+    return out
+
+
+@frozen
+class Widgets:
+    """
+    The website widgets (``/widgets``, ``/captcha``): framed only by
+    ``allowed_origins`` (the CSP's ``frame-ancestors``); texts in
+    ``language``; the sign-up form asks a text ``captcha`` and accepts at
+    most ``signup_limit`` sign-ups per client address an hour.
+    """
+
+    enabled: bool = _c(boolean, False)
+    allowed_origins: tuple = _c(origins, ())
+    language: str = _c(one_of("ru", "en"), "ru")
+    captcha: bool = _c(boolean, True)
+    signup_limit: int = _c(integer(1, 1000), 3)
+
+
+@frozen
+class EPG:
+    """The TV guide: an XMLTV feed imported every ``sync_interval`` seconds."""
+
+    xmltv_url: str = _c(url, "")
+    sync_interval: int = _c(integer(60, 7 * 86400), 3600)
+
+
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -517,6 +553,8 @@ _SECTIONS = {
     "tvzavr": Tvzavr,
     "irdeto": Irdeto,
     "billing_api": BillingAPI,
+    "widgets": Widgets,
+    "epg": EPG,
 }
 
 
@@ -536,6 +574,8 @@ class Config:
     tvzavr: Tvzavr = Tvzavr()
     irdeto: Irdeto = Irdeto()
     billing_api: BillingAPI = BillingAPI()
+    widgets: Widgets = Widgets()
+    epg: EPG = EPG()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":
@@ -584,6 +624,9 @@ def _cross_check(name: str, s: Any) -> None:
                   "subscription_tariff_id", "catalog_tariff_id")
     if name == "billing_api" and s.enabled:
         _required(name, s, "clients")
+    if name == "widgets" and s.enabled:
+        # No origin named: no site could frame them; say so rather than serve nothing.
+        _required(name, s, "allowed_origins")
 
 
 def _required(name: str, section: Any, *keys: str) -> None:

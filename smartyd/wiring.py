@@ -44,6 +44,7 @@ from smartyd.payments import Payments
 from smartyd.streams import make_streams
 from smartyd.util.backoff import Backoff
 from smartyd.vod import enabled as vod_enabled, make_vod
+from smartyd.widgets import make_epg, make_widgets
 
 log = Logger()
 
@@ -66,7 +67,7 @@ class App:
 def needs_http_client(cfg: Config) -> bool:
     """True when an enabled feature talks to a partner over HTTP."""
     return (cfg.assist.enabled or cfg.payture.enabled or cfg.dreamkas.enabled
-            or vod_enabled(cfg))
+            or vod_enabled(cfg) or bool(cfg.epg.xmltv_url))
 
 
 def build_app(
@@ -125,6 +126,14 @@ def build_app(
                                              clock=reactor, metrics=metrics)
     if vod_enabled(cfg):
         features["vod"] = make_vod(cfg, db=db, client=http_client, clock=reactor,
+                                   metrics=metrics)
+    if cfg.widgets.enabled:
+        features["widgets"] = make_widgets(
+            cfg, db=db, clock=reactor, metrics=metrics,
+            assist=features["assist"].handle if "assist" in features else None,
+            payture=features["payture"].handle if "payture" in features else None)
+    if cfg.epg.xmltv_url:
+        features["epg"] = make_epg(cfg, db=db, client=http_client, clock=reactor,
                                    metrics=metrics)
 
     # The billing is the core, not an optional feature: always built (its

@@ -29,6 +29,7 @@ from smartyd.admin import (
     fiscal as fiscal_admin,
     gateways as gateways_admin,
     vod as vod_admin,
+    widgets as widgets_admin,
 )
 from smartyd.billing import engine
 from smartyd.admin.errors import AdminError
@@ -36,12 +37,13 @@ from smartyd.billing_api import repo as billing_api_repo
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
 from smartyd.db.migrate import current_version, migrate
+from smartyd.widgets import repo as widgets_repo
 
 __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--email")
     for action in ("show", "block", "unblock"):
         a = acc.add_parser(action)
-        a.add_argument("id", type=int)
+        if action == "show":  # by id, or --login (an account signed up on a widget)
+            a.add_argument("id", type=int, nargs="?")
+            a.add_argument("--login")
+        else:
+            a.add_argument("id", type=int)
         if action != "show":
             a.add_argument("--reason", help="status_reason (default BLOCK / ACTIVE)")
     a = acc.add_parser("limit", help="the account's own concurrent-session limit")
@@ -75,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--name", required=True)
     c.add_argument("--url-mask", required=True)
     c.add_argument("--streamer-id", help="the streamer's own channel id (Astra X-Channel-ID)")
+    c.add_argument("--xmltv-id", help="the channel's id in the XMLTV guide ([epg] xmltv_url)")
 
     tr = sub.add_parser("tariff", help="tariffs").add_subparsers(dest="action", required=True)
     c = tr.add_parser("create")
@@ -143,7 +150,15 @@ async def cmd_account(db: Database, args, cfg, reactor) -> dict:
         return (await db.run(create)).to_json()
     if args.action == "show":
 
+        if (args.id is None) == (args.login is None):
+            raise AdminError("account show: give an id or --login")
+
         async def show(tx):
+            if args.login is not None:
+                account = await ledger.find_account_by_login(tx, args.login)
+                if account is None:
+                    raise AdminError(f"no account with login {args.login!r}")
+                args.id = account.id
             account = await ledger.get_account(tx, args.id)
             if account is None:
                 raise AdminError(f"no account {args.id}")
@@ -165,8 +180,15 @@ async def cmd_account(db: Database, args, cfg, reactor) -> dict:
 
 
 async def cmd_channel(db: Database, args) -> dict:
-    return await db.run(catalog.create_channel, args.name, args.url_mask,
-                        streamer_id=args.streamer_id)
+    async def create(tx):
+        channel = await catalog.create_channel(tx, args.name, args.url_mask,
+                                               streamer_id=args.streamer_id)
+        if args.xmltv_id is not None:
+            await widgets_repo.set_xmltv_id(tx, channel["id"], args.xmltv_id)
+            channel["xmltv_id"] = args.xmltv_id
+        return channel
+
+    return await db.run(create)
 
 
 async def cmd_tariff(db: Database, args, cfg, reactor) -> dict:

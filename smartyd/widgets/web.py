@@ -1,0 +1,550 @@
+"""
+The widgets' HTTP side (``/widgets``, ``/captcha``).
+
+  - ``GET /widgets/api/get/<ID>?container_id=C[&...]``: the snippet's
+    script (L{smartyd.widgets.static.loader}): an iframe of
+    ``/widgets/page/<ID>`` in the element C, sized to its content, every
+    other query parameter passed on (``time`` is the snippet's cache buster).
+  - ``GET /widgets/page/<ID>``: the widget, server-rendered with
+    ``twisted.web.template`` (everything escaped); ``POST`` the same URL for
+    its form (sign-up, cabinet login, payment), ``POST .../tariff`` and
+    ``.../logout`` in the cabinet, ``GET .../result`` after a payment.
+  - ``GET /captcha``: a new question ``{"id", "question"}`` (JSON).
+  - ``GET /widgets/static/widget.js|widget.css``.
+
+Every page carries a content security policy (``frame-ancestors`` =
+``[widgets] allowed_origins``, scripts and styles from us only); every
+form a CSRF token bound to the session cookie (L{smartyd.widgets.session}):
+a POST without a valid one is answered 403 with a visible message and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from attrs import define, field
+from klein import Klein
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.server import Request
+from twisted.web.template import Tag, flattenString, tags
+
+from smartyd import catalog, ledger
+from smartyd.billing import engine
+from smartyd.gateways import orders
+from smartyd.gateways.assist import server_url
+from smartyd.http.addresses import client_ip
+from smartyd.http.auth import password_login
+from smartyd.http.handlers import endpoint, json_body
+from smartyd.partners import PartnerError
+from smartyd.widgets import repo
+from smartyd.widgets.session import Session, Sessions
+from smartyd.widgets.static import PAGE_CSS, PAGE_JS, loader
+from smartyd.widgets.texts import texts
+
+log = Logger()
+
+CAPTCHA_LIFETIME = 1800
+MAX_FIELD = 200
+MAX_AMOUNT = Decimal("1000000.00")
+SEED_ONLY_METHODS = ("w1", "arca", "paypal")  # the seed's; not offered here
+PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+class Refusal(Exception):
+    """A form refused: ``status`` and the text key (with its arguments) shown to the person."""
+
+    def __init__(self, status: int, key: str, **args: Any):
+        super().__init__(key)
+        self.status, self.key, self.args_ = status, key, args
+
+
+def new_password() -> str:
+    return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(10))
+
+
+def new_login() -> str:
+    return str(secrets.randbelow(9 * 10**9) + 10**9)  # ten digits, an abonement number
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+
+
+@define(slots=False)  # Klein binds its router to the instance
+class WidgetsWeb:
+    """The widgets' pages; ``assist`` / ``payture``: the gateway services (None: not offered)."""
+
+    cfg: Any  # smartyd.config.Config: [widgets], [billing], [assist]
+    db: Any
+    clock: Any
+    sessions: Sessions
+    metrics: Any = None
+    assist: Any = None
+    payture: Any = None
+    trusted_proxies: tuple = ()
+    thread: Any = field(default=deferToThread)
+
+    app = Klein()
+
+    def resource(self):
+        return self.app.resource()
+
+    @property
+    def t(self) -> dict[str, str]:
+        return texts(self.cfg.widgets.language)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+
+    # -- the snippet's script and the static files ---------------------------------------------
+    @app.route("/widgets/api/get/<int:widget_id>", methods=["GET"])
+    @endpoint("widgets_script")
+    async def script(self, request: Request, widget_id: int):
+        widget = await self.db.run(repo.get_widget, widget_id)
+        request.setHeader(b"content-type", b"application/javascript; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if widget is None:
+            request.setResponseCode(404)
+            return b"/* smartyd: no such widget */\n"
+        params = {}
+        for name, values in request.args.items():
+            try:
+                key, value = name.decode("utf-8"), values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if key not in ("container_id", "time") and len(key) <= 64 and len(value) <= 256:
+                params[key] = value
+        container = (request.args.get(b"container_id") or [b"widget-content"])[0]
+        return loader(widget.id, container.decode("utf-8", "replace")[:128], params,
+                      widget.title or self.t[widget.kind])
+
+    @app.route("/widgets/static/widget.js", methods=["GET"])
+    def page_js(self, request: Request):
+        return self._static(request, b"application/javascript; charset=utf-8", PAGE_JS)
+
+    @app.route("/widgets/static/widget.css", methods=["GET"])
+    def page_css(self, request: Request):
+        return self._static(request, b"text/css; charset=utf-8", PAGE_CSS)
+
+    def _static(self, request: Request, kind: bytes, body: bytes) -> bytes:
+        request.setHeader(b"content-type", kind)
+        request.setHeader(b"cache-control", b"public, max-age=3600")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return body
+
+    @app.route("/captcha", methods=["GET"])
+    @endpoint("widgets_captcha")
+    async def captcha(self, request: Request):
+        captcha_id, question = await self._new_captcha()
+        return json_body(request, 200, {"id": captcha_id, "question": question})
+
+    async def _new_captcha(self) -> tuple[str, str]:
+        a, b = secrets.randbelow(9) + 1, secrets.randbelow(9) + 1
+        captcha_id = secrets.token_urlsafe(16)
+        await self.db.run(repo.new_captcha, captcha_id, a + b,
+                          self.now() + timedelta(seconds=CAPTCHA_LIFETIME))
+        return captcha_id, f"{a} + {b} ="
+
+    # -- pages ----------------------------------------------------------------------------------
+    @app.route("/widgets/page/<int:widget_id>", methods=["GET"])
+    @endpoint("widgets_page")
+    async def page(self, request: Request, widget_id: int):
+        widget, session = await self._open(request, widget_id)
+        if widget is None:
+            return await self._html(request, 404, None, session, [self._message("no_widget")])
+        show = getattr(self, f"_show_{widget.kind}")
+        return await self._html(request, 200, widget, session, await show(request, widget,
+                                                                           session))
+
+    @app.route("/widgets/page/<int:widget_id>", methods=["POST"])
+    @endpoint("widgets_form")
+    async def form(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "submit")
+
+    @app.route("/widgets/page/<int:widget_id>/tariff", methods=["POST"])
+    @endpoint("widgets_form")
+    async def tariff(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "tariff")
+
+    @app.route("/widgets/page/<int:widget_id>/logout", methods=["POST"])
+    @endpoint("widgets_form")
+    async def logout(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "logout")
+
+    @app.route("/widgets/page/<int:widget_id>/result", methods=["GET"])
+    @endpoint("widgets_page")
+    async def result(self, request: Request, widget_id: int):
+        widget, session = await self._open(request, widget_id)
+        if widget is None or widget.kind != "payment":
+            return await self._html(request, 404, None, session, [self._message("no_widget")])
+        provider = self._arg(request, "provider") or "assist"
+        number = next((v for v in (self._arg(request, n) for n in (
+            "order", "ordernumber", "OrderNumber", "Order_IDP")) if v), "")
+        order = None
+        if provider in ("assist", "payture") and number.isdigit():
+            order = await self.db.run(orders.get, provider, number)
+        if order is None:
+            return await self._html(request, 404, widget, session, [self._message("no_order")])
+        state = self.t["credited"] if order.credited else self.t["pending"]
+        text = self.t["result"].format(order=order.order_number, amount=f"{order.amount:.2f}",
+                                       state=state)
+        return await self._html(request, 200, widget, session, [tags.p(text, class_=(
+            "notice" if order.credited else "message"), id="result")])
+
+    async def _post(self, request: Request, widget_id: int, action: str):
+        widget, session = await self._open(request, widget_id, create=False)
+        if widget is None:
+            return await self._html(request, 404, None, session, [self._message("no_widget")])
+        if not self.sessions.csrf_ok(session, self._arg(request, "csrf")):
+            log.info("widget {widget}: form refused without a valid CSRF token",
+                     widget=widget_id)
+            session = session or self.sessions.new()
+            self.sessions.write(request, session)
+            body = [self._message("bad_csrf")]
+            return await self._html(request, 403, widget, session, body)
+        handler = getattr(self, f"_{action}_{widget.kind}", None)
+        if handler is None:
+            return await self._html(request, 404, widget, session, [self._message("no_widget")])
+        try:
+            return await handler(request, widget, session)
+        except Refusal as e:
+            shown = await getattr(self, f"_show_{widget.kind}")(request, widget, session)
+            return await self._html(request, e.status, widget, session,
+                                    [self._message(e.key, **e.args_)] + shown)
+
+    async def _open(self, request: Request, widget_id: int, create: bool = True
+                    ) -> tuple[repo.Widget | None, Session | None]:
+        session = self.sessions.read(request)
+        if session is None and create:
+            session = self.sessions.new()
+            self.sessions.write(request, session)
+        return await self.db.run(repo.get_widget, widget_id), session
+
+    # -- rendering --------------------------------------------------------------------------------
+    def _arg(self, request: Request, name: str) -> str:
+        raw = (request.args.get(name.encode()) or [b""])[0]
+        try:
+            return raw.decode("utf-8")[:MAX_FIELD * 4].strip()
+        except UnicodeDecodeError:
+            return ""
+
+    def _message(self, key: str, **args: Any) -> Tag:
+        return tags.p(self.t[key].format(**args), class_="message", role="alert")
+
+    def _csrf(self, session: Session) -> Tag:
+        return tags.input(type="hidden", name="csrf", value=self.sessions.csrf_token(session))
+
+    def _csp(self, form_action: tuple[str, ...] = ()) -> bytes:
+        ancestors = " ".join(self.cfg.widgets.allowed_origins) or "'none'"
+        actions = " ".join(("'self'",) + tuple(a for a in form_action if a))
+        return (f"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+                f" form-action {actions}; frame-ancestors {ancestors}; base-uri 'none'"
+                ).encode("ascii")
+
+    async def _html(self, request: Request, status: int, widget: repo.Widget | None,
+                    session: Session | None, body: list, form_action: tuple[str, ...] = ()
+                    ) -> bytes:
+        title = (widget.title or self.t[widget.kind]) if widget else "smartyd"
+        document = tags.html(
+            tags.head(tags.meta(charset="utf-8"),
+                      tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+                      tags.title(title),
+                      tags.link(rel="stylesheet", href="/widgets/static/widget.css"),
+                      tags.script(src="/widgets/static/widget.js", defer="defer")),
+            tags.body(tags.div(tags.h1(title), *body, class_=f"widget widget-{widget.kind}"
+                                if widget else "widget")),
+            lang=self.cfg.widgets.language, **{"data-widget": str(widget.id if widget else 0)},
+        )
+        html = await flattenString(None, document)
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"referrer-policy", b"same-origin")
+        request.setHeader(b"content-security-policy", self._csp(form_action))
+        return b"<!DOCTYPE html>\n" + html
+
+    def _redirect(self, request: Request, widget: repo.Widget) -> bytes:
+        request.setResponseCode(303)
+        request.setHeader(b"location", f"/widgets/page/{widget.id}".encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+    # -- channels ---------------------------------------------------------------------------------
+    async def _show_channels(self, request, widget, session) -> list:
+        offered = await self.db.run(repo.tariffs_with_channels, widget.tariff_ids)
+        if not offered:
+            return [tags.p(self.t["no_channels"])]
+        out = []
+        for tariff in offered:
+            out.append(tags.section(
+                tags.h2(tariff["name"]),
+                tags.p(self.t["per_period"].format(price=f"{tariff['price']:.2f}",
+                                                   days=tariff["period_days"]), class_="price"),
+                tags.ul([tags.li(c["name"]) for c in tariff["channels"]], class_="channels"),
+                class_="tariff"))
+        return out
+
+    # -- sign-up ----------------------------------------------------------------------------------
+    async def _show_signup(self, request, widget, session) -> list:
+        t = self.t
+        rows = [self._csrf(session),
+                tags.label(t["name"], tags.input(name="name", required="required",
+                                                 maxlength=str(MAX_FIELD), autocomplete="name")),
+                tags.label(t["phone"], tags.input(name="phone", type="tel", maxlength="20",
+                                                  autocomplete="tel")),
+                tags.label(t["email"], tags.input(name="email", type="email",
+                                                  maxlength=str(MAX_FIELD),
+                                                  autocomplete="email"))]
+        if self.cfg.widgets.captcha:
+            captcha_id, question = await self._new_captcha()
+            rows += [tags.input(type="hidden", name="captcha_id", value=captcha_id),
+                     tags.label(tags.span(t["captcha_label"].format(question=question),
+                                          id="captcha-question"),
+                                tags.input(name="captcha", inputmode="numeric",
+                                           required="required", autocomplete="off",
+                                           **{"aria-describedby": "captcha-question"}))]
+        rows.append(tags.button(t["submit_signup"], type="submit"))
+        return [tags.form(*rows, method="post", action=f"/widgets/page/{widget.id}",
+                          id="signup")]
+
+    async def _submit_signup(self, request, widget, session) -> bytes:
+        if self.cfg.widgets.captcha:
+            answer = await self.db.run(repo.take_captcha, self._arg(request, "captcha_id")[:64],
+                                       self.now())
+            if answer is None or self._arg(request, "captcha") != str(answer):
+                raise Refusal(400, "bad_captcha")
+        name = self._arg(request, "name")
+        phone = self._arg(request, "phone") or None
+        email = self._arg(request, "email") or None
+        if not 1 <= len(name) <= MAX_FIELD or not name.isprintable():
+            raise Refusal(400, "bad_input", why=self.t["name"])
+        if phone is not None and (len(phone) > 20 or not all(c in "+0123456789 ()-"
+                                                             for c in phone)):
+            raise Refusal(400, "bad_input", why=self.t["phone"])
+        if email is not None and (len(email) > MAX_FIELD or "@" not in email[1:-1]
+                                  or not email.isprintable() or " " in email):
+            raise Refusal(400, "bad_input", why=self.t["email"])
+        password = new_password()
+        pw_hash = await self.thread(ledger.hash_password, password)
+        ip = client_ip(request, self.trusted_proxies)
+        now = self.now()
+
+        async def sign_up(tx):
+            if await repo.lock_signups(tx, ip, now - timedelta(hours=1)) >= \
+                    self.cfg.widgets.signup_limit:
+                return None
+            customer_id = await ledger.create_customer(tx, name, phone, email,
+                                                       comment="widget sign-up")
+            login = new_login()
+            while await ledger.find_account_by_login(tx, login) is not None:
+                login = new_login()
+            account = await ledger.create_account(tx, login, pw_hash, customer_id=customer_id)
+            for tariff_id in widget.tariff_ids:
+                await engine.assign(tx, self.cfg.billing, account.id, tariff_id, at=now)
+            await repo.record_signup(tx, ip, customer_id, now)
+            return account
+
+        account = await self.db.run(sign_up)
+        if account is None:
+            log.info("widget sign-up refused: limit reached for {ip}", ip=ip)
+            raise Refusal(429, "too_many")
+        log.info("widget {widget}: customer {customer} signed up with account {account}",
+                 widget=widget.id, customer=account.customer_id, account=account.id)
+        t = self.t
+        return await self._html(request, 200, widget, session, [
+            tags.p(t["signed_up"], class_="notice"),
+            tags.dl(tags.dt(t["login"]), tags.dd(account.login, id="new-login"),
+                    tags.dt(t["password"]), tags.dd(password, id="new-password"),
+                    class_="credentials")])
+
+    # -- cabinet -----------------------------------------------------------------------------------
+    async def _show_cabinet(self, request, widget, session) -> list:
+        t = self.t
+        account = None
+        if session is not None and session.account_id is not None:
+            account = await self.db.run(ledger.get_account, session.account_id)
+        if account is None:
+            return [tags.form(
+                self._csrf(session),
+                tags.label(t["login"], tags.input(name="login", required="required",
+                                                  autocomplete="username")),
+                tags.label(t["password"], tags.input(name="password", type="password",
+                                                     required="required",
+                                                     autocomplete="current-password")),
+                tags.button(t["submit_login"], type="submit"),
+                method="post", action=f"/widgets/page/{widget.id}", id="login")]
+
+        async def look(tx):
+            entries = await ledger.statement(tx, account.customer_id, limit=20)
+            offered = await repo.tariffs_with_channels(tx, widget.tariff_ids)
+            subs = await catalog.customer_subscriptions(tx, account.customer_id)
+            return entries, offered, subs
+
+        entries, offered, subs = await self.db.run(look)
+        mine = {s["tariff_id"]: s for s in subs
+                if s["account_id"] in (None, account.id)}
+        tariff_rows = []
+        for tariff in offered:
+            on = tariff["id"] in mine
+            tariff_rows.append(tags.tr(
+                tags.td(tariff["name"]),
+                tags.td(self.t["per_period"].format(price=f"{tariff['price']:.2f}",
+                                                    days=tariff["period_days"])),
+                tags.td(t["connected"] if on else ""),
+                tags.td(tags.form(
+                    self._csrf(session),
+                    tags.input(type="hidden", name="tariff_id", value=str(tariff["id"])),
+                    tags.input(type="hidden", name="action",
+                               value="disconnect" if on else "connect"),
+                    tags.button(t["disconnect"] if on else t["connect"], type="submit",
+                                class_="secondary" if on else ""),
+                    method="post", action=f"/widgets/page/{widget.id}/tariff",
+                    class_="inline"))))
+        return [
+            tags.p(f"{t['login']}: ", tags.strong(account.login)),
+            tags.p(f"{t['balance']}: ", tags.strong(f"{account.balance:.2f}", id="balance")),
+            tags.h2(t["tariffs"]), tags.table(tariff_rows, id="tariffs"),
+            tags.h2(t["statement"]),
+            tags.table([tags.tr(tags.td(e.created.strftime("%Y-%m-%d %H:%M")),
+                                tags.td(f"{e.amount:+.2f}"), tags.td(e.cause))
+                        for e in reversed(entries)], id="statement"),
+            tags.form(self._csrf(session), tags.button(t["logout"], type="submit",
+                                                       class_="secondary"),
+                      method="post", action=f"/widgets/page/{widget.id}/logout")]
+
+    async def _submit_cabinet(self, request, widget, session) -> bytes:
+        login, password = self._arg(request, "login"), self._arg(request, "password")
+        account = None
+        if login and password and len(login) <= 64 and len(password) <= 256:
+            account = await password_login(self.db, login, password)
+        if account is None:
+            raise Refusal(403, "bad_login")
+        self.sessions.write(request, self.sessions.new(account.id))  # a new sid: no fixation
+        return self._redirect(request, widget)
+
+    async def _logout_cabinet(self, request, widget, session) -> bytes:
+        self.sessions.write(request, self.sessions.new())
+        return self._redirect(request, widget)
+
+    async def _tariff_cabinet(self, request, widget, session) -> bytes:
+        if session.account_id is None:
+            return self._redirect(request, widget)
+        tariff = self._arg(request, "tariff_id")
+        action = self._arg(request, "action")
+        offered = await self.db.run(repo.tariffs_with_channels, widget.tariff_ids)
+        if not tariff.isdigit() or int(tariff) not in {o["id"] for o in offered} \
+                or action not in ("connect", "disconnect"):
+            raise Refusal(400, "tariff_failed")
+        change = engine.assign if action == "connect" else engine.remove
+        try:
+            await self.db.run(change, self.cfg.billing, session.account_id, int(tariff),
+                              at=self.now())
+        except ledger.LedgerError:
+            raise Refusal(400, "tariff_failed")
+        log.info("widget {widget}: account {account} {action}ed tariff {tariff}",
+                 widget=widget.id, account=session.account_id, action=action, tariff=tariff)
+        return self._redirect(request, widget)
+
+    # -- TV guide --------------------------------------------------------------------------------
+    async def _show_epg(self, request, widget, session) -> list:
+        now = self.now()
+
+        async def look(tx):
+            channel_ids = None
+            if session is not None and session.account_id is not None:
+                channel_ids = await catalog.account_channels(tx, session.account_id)
+            elif widget.tariff_ids:
+                channel_ids = await repo.tariff_channel_ids(tx, widget.tariff_ids)
+            return await repo.guide(tx, channel_ids, now, now + timedelta(hours=6))
+
+        guide = await self.db.run(look)
+        if not guide:
+            return [tags.p(self.t["no_guide"])]
+        out = []
+        for channel in guide:
+            rows = []
+            for p in channel["programmes"]:
+                title = [p["title"]]
+                if p["on_air"]:
+                    title.append(tags.span(self.t["on_air"], class_="badge"))
+                rows.append(tags.tr(
+                    tags.td(p["start"].astimezone(timezone.utc).strftime("%H:%M")),
+                    tags.td(*title), class_="onair" if p["on_air"] else ""))
+            out.append(tags.section(tags.h2(channel["name"]), tags.table(rows),
+                                    class_="guide"))
+        return out
+
+    # -- payment ---------------------------------------------------------------------------------
+    def _methods(self) -> list[str]:
+        return [m for m, s in (("assist", self.assist), ("payture", self.payture)) if s]
+
+    async def _show_payment(self, request, widget, session) -> list:
+        t = self.t
+        methods = self._methods()
+        wanted = self._arg(request, "payment_type")
+        out = []
+        if wanted in SEED_ONLY_METHODS:
+            out.append(self._message("not_offered", kind=wanted))
+        if not methods:
+            return out + [self._message("no_methods")]
+        out.append(tags.form(
+            self._csrf(session),
+            tags.label(t["amount"], tags.input(name="amount", value=self._arg(request, "amount"),
+                                               inputmode="decimal", required="required")),
+            tags.label(t["client_id"], tags.input(name="client_id",
+                                                  value=self._arg(request, "client_id"),
+                                                  inputmode="numeric", required="required")),
+            tags.label(t["payment_type"], tags.select(
+                [tags.option(m, value=m, **({"selected": "selected"} if m == wanted else {}))
+                 for m in methods], name="payment_type")),
+            tags.button(t["pay"], type="submit"),
+            method="post", action=f"/widgets/page/{widget.id}", id="payment"))
+        return out
+
+    async def _submit_payment(self, request, widget, session) -> bytes:
+        kind = self._arg(request, "payment_type")
+        if kind not in self._methods():
+            raise Refusal(400, "not_offered", kind=kind[:20] or "-")
+        try:
+            amount = Decimal(self._arg(request, "amount").replace(",", "."))
+        except InvalidOperation:
+            raise Refusal(400, "bad_input", why=self.t["amount"])
+        if not amount.is_finite() or not 0 < amount <= MAX_AMOUNT \
+                or amount.as_tuple().exponent < -2:
+            raise Refusal(400, "bad_input", why=self.t["amount"])
+        client = self._arg(request, "client_id")
+        accounts = await self.db.run(ledger.customer_accounts, int(client)) \
+            if client.isdigit() and len(client) < 19 else []
+        if not accounts:
+            raise Refusal(404, "no_customer")
+        account = accounts[0]
+        try:
+            if kind == "assist":
+                order, form = await self.assist.create_order(account.id, amount)
+                fields = [tags.input(type="hidden", name=k, value=v) for k, v in form.fields]
+                body = [tags.form(*fields, tags.button(self.t["to_gateway"], type="submit"),
+                                  method="post", action=form.url, target="_top",
+                                  id="gateway", **{"accept-charset": form.charset})]
+                return await self._html(request, 200, widget, session, body,
+                                        form_action=(_origin(server_url(self.assist.cfg)),))
+            order, url = await self.payture.create_order(
+                account.id, amount, client_ip(request, self.trusted_proxies))
+        except orders.OrderError:
+            raise Refusal(404, "no_customer")
+        except PartnerError:
+            raise Refusal(503, "gateway_down")
+        return await self._html(request, 200, widget, session, [
+            tags.p(tags.a(self.t["to_gateway"], href=url, target="_top", id="gateway"))])
+
+
+def page_url(widget_id: int, **query: str) -> str:
+    return f"/widgets/page/{widget_id}" + (f"?{urlencode(query)}" if query else "")

@@ -1,0 +1,47 @@
+"""A fake XMLTV feed: serves ``body`` at any path (as an EPG provider's web server does)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from xml.sax.saxutils import escape, quoteattr
+
+from twisted.web.resource import Resource
+
+from fakes import in_memory_client
+
+
+def xmltv_time(moment: datetime) -> str:
+    return moment.astimezone(timezone(timedelta(hours=3))).strftime("%Y%m%d%H%M%S +0300")
+
+
+def xmltv(programmes: list[tuple[str, datetime, datetime, str]], doctype: str = "") -> bytes:
+    """A guide: ``(channel, start, stop, title)`` rows (titles escaped as XMLTV does)."""
+    rows = "".join(
+        f'<programme start="{xmltv_time(a)}" stop="{xmltv_time(b)}" channel={quoteattr(ch)}>'
+        f'<title lang="en">{escape(title)}</title><desc>About {escape(title)}</desc></programme>\n'
+        for ch, a, b, title in programmes)
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n{doctype}<tv generator-info-name="fake">\n'
+            f'<channel id="first.example"><display-name>First</display-name></channel>\n'
+            f'{rows}</tv>\n').encode("utf-8")
+
+
+class FakeXMLTV(Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes = b""):
+        super().__init__()
+        self.body = body
+        self.requests: list[bytes] = []
+
+    def render_GET(self, request):
+        self.requests.append(request.path)
+        request.setHeader(b"content-type", b"application/xml")
+        return self.body
+
+    def client(self):
+        return in_memory_client(self)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)

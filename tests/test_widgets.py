@@ -1,0 +1,370 @@
+"""
+Website widgets through the app's root (``build_app`` + an in-memory client):
+the snippet's script, every widget type (channels, sign-up, cabinet, TV guide,
+payment), CSRF and captcha refusals, the per-address sign-up limit, and the
+XMLTV import against a fake feed.  The real browser is tests/test_widgets_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from datetime import timedelta
+from decimal import Decimal
+from html import unescape
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from conftest import make_config
+from fakes import in_memory_client
+from fakes.assist import FakeAssist
+from fakes.xmltv import FakeXMLTV, now_utc, xmltv
+from smartyd import catalog, ledger
+from smartyd.config import ConfigError
+from smartyd.http.auth import password_login
+from smartyd.widgets import repo
+from smartyd.widgets.epg import EPGError
+from testapp import build
+
+ORIGIN = "https://isp.example"
+ASSIST = {"enabled": True, "generation": "legacy", "shop_id": "111111", "login": "shoplogin",
+          "password": "shoppass1", "secret": "push-secret", "test_mode": True}
+BASE = "http://smartyd"
+
+
+def widgets_config(**over):
+    widgets = {"enabled": True, "allowed_origins": [ORIGIN], "language": "en", **over}
+    return make_config(widgets=widgets, assist=ASSIST)
+
+
+class Env:
+    def __init__(self, db, cfg=None, client=None):
+        self.db = db
+        self.fake = FakeAssist()
+        self.app = build(cfg or widgets_config(), reactor, db,
+                         http_client=client or self.fake.client())
+        self.web = in_memory_client(self.app.root)
+
+    async def widget(self, kind, title="", tariffs=()):
+        return (await self.db.run(repo.create_widget, kind, title, list(tariffs))).id
+
+    async def get(self, path, **kw):
+        r = await self.web.get(BASE + path, **kw)
+        return r, (await r.content()).decode("utf-8")
+
+    async def post(self, path, data, **kw):
+        r = await self.web.post(BASE + path, data=data, allow_redirects=False, **kw)
+        return r, (await r.content()).decode("utf-8")
+
+    async def form_page(self, widget_id):
+        """The page and its form's hidden fields (what a browser would post back)."""
+        r, html = await self.get(f"/widgets/page/{widget_id}")
+        hidden = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html))
+        return html, {k: unescape(v) for k, v in hidden.items()}
+
+
+async def catalog_world(db):
+    async def seed(tx):
+        a = await catalog.create_channel(tx, "first", "http://s.example/first/index.m3u8")
+        b = await catalog.create_channel(tx, "second", "http://s.example/second/index.m3u8")
+        c = await catalog.create_channel(tx, "third", "http://s.example/third/index.m3u8")
+        basic = await catalog.create_tariff(tx, "Basic <b>TV</b>", "10.00", [a["id"], b["id"]])
+        extra = await catalog.create_tariff(tx, "Extra", "5.00", [c["id"]])
+        return basic["id"], extra["id"], (a["id"], b["id"], c["id"])
+
+    return await db.run(seed)
+
+
+# -- config ------------------------------------------------------------------------------------------
+def test_widgets_config_requires_origins_and_refuses_non_origins():
+    with pytest.raises(ConfigError, match=r"\[widgets\] allowed_origins: required"):
+        make_config(widgets={"enabled": True})
+    with pytest.raises(ConfigError, match=r"\[widgets\] allowed_origins: not an origin"):
+        make_config(widgets={"enabled": True, "allowed_origins": ["https://isp.example/path"]})
+    with pytest.raises(ConfigError, match=r"\[epg\] sync_interval"):
+        make_config(epg={"sync_interval": 5})
+    cfg = make_config(widgets={"enabled": True, "allowed_origins": [ORIGIN], "language": "ru"})
+    assert cfg.widgets.captcha is True and cfg.widgets.signup_limit == 3
+
+
+# -- the snippet's script ----------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_script_renders_an_iframe_and_passes_other_parameters_on(db):
+    env = Env(db)
+    wid = await env.widget("payment", title="Pay </script>")
+    r, js = await env.get(f"/widgets/api/get/{wid}?container_id=widget-content&time=0.123"
+                          "&amount=150&client_id=77")
+    assert r.code == 200
+    assert r.headers.getRawHeaders("content-type") == ["application/javascript; charset=utf-8"]
+    assert '"widget-content"' in js and f"/widgets/api/get/\" + id" in js
+    assert '{"amount": "150", "client_id": "77"}' in js  # time and container_id not passed on
+    assert "document.currentScript" in js and "/widgets/page/" in js
+    assert "</script>" not in js and "Pay \\u003c/script\\u003e" in js
+    r, js = await env.get("/widgets/api/get/999999?container_id=x")
+    assert r.code == 404 and "no such widget" in js
+
+
+# -- channels ---------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_channels_grouped_by_the_widgets_tariffs_escaped_with_csp(db):
+    env = Env(db)
+    basic, extra, _ = await catalog_world(db)
+    everything = await env.widget("channels")
+    only_basic = await env.widget("channels", title="Our <i>channels</i>", tariffs=[basic])
+    r, html = await env.get(f"/widgets/page/{everything}")
+    assert r.code == 200
+    assert "first" in html and "second" in html and "third" in html and "Extra" in html
+    assert "Basic &lt;b&gt;TV&lt;/b&gt;" in html and "<b>TV" not in html
+    csp = r.headers.getRawHeaders("content-security-policy")[0]
+    assert f"frame-ancestors {ORIGIN}" in csp and "script-src 'self'" in csp
+    assert "unsafe-inline" not in csp
+    r, html = await env.get(f"/widgets/page/{only_basic}")
+    assert "Our &lt;i&gt;channels&lt;/i&gt;" in html
+    assert "second" in html and "third" not in html and "Extra" not in html
+
+
+# -- sign-up -----------------------------------------------------------------------------------------
+def captcha_answer(html: str) -> str:
+    a, b = re.search(r"(\d+) \+ (\d+) =", html).groups()
+    return str(int(a) + int(b))
+
+
+async def customers(db) -> int:
+    return await db.fetchval("SELECT count(*) FROM customers")
+
+
+@pytest_twisted.ensureDeferred
+async def test_signup_with_captcha_creates_customer_and_account_shown_once(db):
+    env = Env(db)
+    basic, _, (first, second, _) = await catalog_world(db)
+    wid = await env.widget("signup", tariffs=[basic])
+    html, hidden = await env.form_page(wid)
+    assert 'aria-describedby="captcha-question"' in html
+    # A wrong answer: refused visibly, nothing created, the captcha used up.
+    wrong = str(int(captcha_answer(html)) + 1)
+    r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "captcha": wrong,
+                                                     "name": "Ann", "email": "ann@example.com"})
+    assert r.code == 400 and "anti-robot answer is wrong" in page
+    assert await customers(db) == 0
+    r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "captcha": captcha_answer(html),
+                                                     "name": "Ann"})
+    assert r.code == 400 and await customers(db) == 0  # the same captcha twice: refused
+    # The right answer to a new question.
+    html, hidden = await env.form_page(wid)
+    r, page = await env.post(f"/widgets/page/{wid}", {
+        **hidden, "captcha": captcha_answer(html), "name": "Ann <script>", "phone": "+7 900 1",
+        "email": "ann@example.com"})
+    assert r.code == 200, page
+    login = re.search(r'id="new-login">([^<]+)<', page).group(1)
+    password = re.search(r'id="new-password">([^<]+)<', page).group(1)
+    account = await password_login(db, login, password)
+    assert account is not None
+    customer = await db.run(ledger.get_customer, account.customer_id)
+    assert customer.name == "Ann <script>" and customer.email == "ann@example.com"
+    assert await db.run(catalog.account_tariffs, account.id) == [basic]
+    # Shown once: the page again is a fresh form.
+    _, again = await env.get(f"/widgets/page/{wid}")
+    assert password not in again and login not in again
+
+
+@pytest_twisted.ensureDeferred
+async def test_signup_refuses_a_post_without_a_valid_csrf_token(db):
+    env = Env(db, widgets_config(captcha=False))
+    wid = await env.widget("signup")
+    _, hidden = await env.form_page(wid)
+    r, page = await env.post(f"/widgets/page/{wid}", {"name": "Eve"})
+    assert r.code == 403 and "did not come from this page" in page
+    r, page = await env.post(f"/widgets/page/{wid}", {"name": "Eve", "csrf": hidden["csrf"] + "x"})
+    assert r.code == 403
+    # Another browser (no session cookie) with a token lifted from this one.
+    r = await in_memory_client(env.app.root).post(f"{BASE}/widgets/page/{wid}",
+                                                  data={"name": "Eve", "csrf": hidden["csrf"]})
+    assert r.code == 403
+    assert await customers(db) == 0
+    r, page = await env.post(f"/widgets/page/{wid}", {"name": "Eve", "csrf": hidden["csrf"]})
+    assert r.code == 200 and await customers(db) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_signup_is_limited_per_client_address(db):
+    env = Env(db, widgets_config(captcha=False, signup_limit=2))
+    wid = await env.widget("signup")
+    _, hidden = await env.form_page(wid)
+    codes = []
+    for i in range(3):
+        r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "name": f"n{i}"})
+        codes.append(r.code)
+    assert codes == [200, 200, 429] and "Too many sign-ups" in page
+    assert await customers(db) == 2
+    ips = await db.fetchval("SELECT count(DISTINCT ip) FROM widget_signups")
+    assert ips == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_signup_refuses_bad_input_visibly(db):
+    env = Env(db, widgets_config(captcha=False))
+    wid = await env.widget("signup")
+    _, hidden = await env.form_page(wid)
+    r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "name": "Bob",
+                                                     "email": "not-an-address"})
+    assert r.code == 400 and "Please check the form: E-mail" in page
+    assert await customers(db) == 0
+
+
+# -- cabinet -----------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_cabinet_login_balance_and_tariff_connect_disconnect(db):
+    env = Env(db)
+    basic, extra, _ = await catalog_world(db)
+    account = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    await db.run(ledger.credit, account.customer_id, "50.00", "payment", "test", "t:1")
+    wid = await env.widget("cabinet", tariffs=[basic, extra])
+    html, hidden = await env.form_page(wid)
+    assert 'id="login"' in html
+    wrong, unknown = [(await env.post(f"/widgets/page/{wid}", {**hidden, "login": login,
+                                                                "password": "nope"}))
+                      for login in ("carol", "nobody")]
+    assert wrong[0].code == unknown[0].code == 403
+    assert "Wrong login or password" in wrong[1] and wrong[1] == unknown[1]
+    r, _ = await env.post(f"/widgets/page/{wid}", {**hidden, "login": "carol",
+                                                  "password": "pw-carol"})
+    assert r.code == 303
+    html, hidden = await env.form_page(wid)
+    assert 'id="balance">50.00<' in html and "carol" in html
+    r, _ = await env.post(f"/widgets/page/{wid}/tariff", {**hidden, "tariff_id": str(extra),
+                                                         "action": "connect"})
+    assert r.code == 303
+    html, hidden = await env.form_page(wid)
+    assert 'id="balance">45.00<' in html and "connected" in html
+    assert await db.run(catalog.account_tariffs, account.id) == [extra]
+    # A tariff the widget does not offer is refused, visibly.
+    other = await db.run(catalog.create_tariff, "Hidden", "1.00", [], hidden=True)
+    r, page = await env.post(f"/widgets/page/{wid}/tariff", {**hidden, "tariff_id": str(
+        other["id"]), "action": "connect"})
+    assert r.code == 400 and "cannot be changed" in page
+    r, _ = await env.post(f"/widgets/page/{wid}/tariff", {**hidden, "tariff_id": str(extra),
+                                                         "action": "disconnect"})
+    assert await db.run(catalog.account_tariffs, account.id) == []
+    r, _ = await env.post(f"/widgets/page/{wid}/logout", hidden)
+    html, _ = await env.form_page(wid)
+    assert 'id="login"' in html and "balance" not in html
+
+
+# -- payment -----------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_payment_form_to_assist_and_back_to_a_credited_result(db):
+    env = Env(db)
+    account = await db.run(ledger.create_account, "dave", "")
+    wid = await env.widget("payment")
+    r, html = await env.get(f"/widgets/page/{wid}?amount=150.00&client_id="
+                            f"{account.customer_id}&payment_type=w1")
+    assert "The payment method w1 is not offered here" in html
+    assert 'value="150.00"' in html and f'value="{account.customer_id}"' in html
+    _, hidden = await env.form_page(wid)
+    # Without the token: refused, no order.
+    r, page = await env.post(f"/widgets/page/{wid}", {"amount": "150.00", "payment_type": "assist",
+                                                     "client_id": str(account.customer_id)})
+    assert r.code == 403
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 0
+    r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "amount": "1.234",
+                                                     "payment_type": "assist",
+                                                     "client_id": str(account.customer_id)})
+    assert r.code == 400 and "Please check the form: Amount" in page
+    r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "amount": "150.00",
+                                                     "payment_type": "paypal",
+                                                     "client_id": str(account.customer_id)})
+    assert r.code == 400 and "paypal is not offered" in page
+    r, page = await env.post(f"/widgets/page/{wid}", {**hidden, "amount": "150.00",
+                                                     "payment_type": "assist",
+                                                     "client_id": str(account.customer_id)})
+    assert r.code == 200, page
+    number = re.search(r'name="Order_IDP" value="(\d+)"', page).group(1)
+    assert 'name="Subtotal_P" value="150.00"' in page and 'target="_top"' in page
+    assert "form-action 'self' https://" in r.headers.getRawHeaders("content-security-policy")[0]
+    env.fake.pay(number, "150.00")
+    await env.app.app.features["assist"].handle.poll()
+    r, html = await env.get(f"/widgets/page/{wid}/result?order={number}")
+    assert r.code == 200 and f"Payment {number}: 150.00, credited" in html
+    assert (await db.run(ledger.get_account, account.id)).balance == Decimal("150.00")
+
+
+# -- TV guide ----------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_epg_imported_from_xmltv_shows_the_programme_on_air(db):
+    now = now_utc()
+    feed = FakeXMLTV(xmltv([
+        ("first.example", now - timedelta(minutes=30), now + timedelta(minutes=30), "News & <Weather>"),
+        ("first.example", now + timedelta(minutes=30), now + timedelta(minutes=90), "Film"),
+        ("first.example", now - timedelta(days=3), now - timedelta(days=2, hours=23), "Old"),
+        ("nobody.example", now, now + timedelta(hours=1), "Unmatched"),
+    ]))
+    cfg = make_config(widgets={"enabled": True, "allowed_origins": [ORIGIN], "language": "en"},
+                      epg={"xmltv_url": "http://epg.example/guide.xml"})
+    env = Env(db, cfg, client=feed.client())
+    _, _, (first, _, _) = await catalog_world(db)
+    await db.run(repo.set_xmltv_id, first, "first.example")
+    sync = env.app.app.features["epg"].handle
+    result = await sync.run()
+    assert feed.requests == [b"/guide.xml"]
+    assert result.to_json() == {"programmes": 4, "stored": 3, "skipped": 1, "pruned": 1}
+    wid = await env.widget("epg")
+    r, html = await env.get(f"/widgets/page/{wid}")
+    assert r.code == 200
+    on_air = re.search(r'<tr class="onair">.*?</tr>', html).group(0)
+    assert "News &amp; &lt;Weather&gt;" in on_air and "on air" in on_air
+    assert "Film" in html and "Old" not in html and "Unmatched" not in html
+    # Again: idempotent (upserts), nothing more to prune.
+    assert (await sync.run()).to_json()["stored"] == 3
+    assert await db.fetchval("SELECT count(*) FROM epg_programmes") == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_epg_refuses_a_feed_with_an_internal_dtd(db):
+    now = now_utc()
+    evil = xmltv([("first.example", now, now + timedelta(hours=1), "&boom;")],
+                 doctype='<!DOCTYPE tv [<!ENTITY boom "x">]>\n')
+    cfg = make_config(epg={"xmltv_url": "http://epg.example/guide.xml"})
+    env = Env(db, cfg, client=FakeXMLTV(evil).client())
+    with pytest.raises(EPGError, match="internal subset"):
+        await env.app.app.features["epg"].handle.run()
+    assert await db.fetchval("SELECT count(*) FROM epg_programmes") == 0
+
+
+# -- smartyd-admin -----------------------------------------------------------------------------------
+@pytest.fixture
+def admin(tmp_path, pg_dsn):
+    cfg = tmp_path / "smartyd.toml"
+    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
+
+    def run(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
+            capture_output=True, text=True, timeout=60)
+        return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, \
+            proc.stderr
+
+    return run
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_widget_create_channel_xmltv_id_account_show_by_login(db, admin):
+    basic, _, _ = await catalog_world(db)
+    code, out, _ = admin("widget", "create", "--type", "channels", "--title", "TV",
+                         "--tariff", str(basic))
+    assert code == 0 and out["type"] == "channels" and out["tariffs"] == [basic]
+    assert (await db.run(repo.get_widget, out["id"])).title == "TV"
+    code, _, err = admin("widget", "create", "--type", "signup", "--tariff", "999999")
+    assert code != 0 and "no tariff 999999" in err
+    code, out, _ = admin("channel", "create", "--name", "fourth", "--url-mask",
+                         "http://s.example/4/index.m3u8", "--xmltv-id", "fourth.example")
+    assert code == 0 and out["xmltv_id"] == "fourth.example"
+    assert await db.run(repo.xmltv_channels) == {"fourth.example": out["id"]}
+    account = await db.run(ledger.create_account, "signed-up", "")
+    code, out, _ = admin("account", "show", "--login", "signed-up")
+    assert code == 0 and out["id"] == account.id
+    code, _, err = admin("account", "show", "--login", "nobody")
+    assert code != 0 and "no account with login 'nobody'" in err
