@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from conftest import make_config
@@ -26,7 +28,7 @@ from smartyd.admin import vod as vod_admin
 from smartyd.billing import engine, payment_hooks
 from smartyd.config import ConfigError
 from smartyd.metrics import Metrics
-from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox
+from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox, tvod
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -366,6 +368,101 @@ async def test_tvzavr_and_irdeto_follow_tariffs(db):
     assert w.tvzavr.subs[str(cid)] == set()
 
 
+# -- TVOD -----------------------------------------------------------------------------------
+def tvod_obj(i: int, title: str, price: str = "30.00", vod: str = "tvod") -> str:
+    return (f'<object id="{i}" title="{title}" genres="drama" vod="{vod}" price="{price}">'
+            f"<story>S</story></object>")
+
+
+async def tvod_world(db, money: str):
+    cat = await tariff(db, "megogo-cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    await w.vod.syncs["megogo"].sync_bytes(feed(tvod_obj(9, "Nine"), tvod_obj(8, "Eight", vod="svod")))
+    cid, aid = await customer_with_account(db, "tina", money)
+    return w, cid, aid
+
+
+async def money_state(db, cid) -> tuple:
+    """Everything a purchase may touch: balance, ledger sum and rows, purchases, outbox."""
+    balance = (await db.run(ledger.get_customer, cid)).balance
+    total = await db.run(ledger.ledger_sum, cid)
+    rows = len(await db.run(ledger.statement, cid))
+    bought = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM vod_purchases"))
+    calls = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM partner_calls"))
+    return balance, total, rows, bought, calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvod_buy_debits_once_through_the_ledger_and_grants_at_megogo(db):
+    w, cid, aid = await tvod_world(db, "100.00")
+    p, created = await w.vod.tvod.buy("megogo", aid, "9", "order-1")
+    assert created and p.amount == Decimal("30.00") and p.to_json()["access"] is True
+    assert await db.run(tvod.has_access, aid, "megogo", "9")
+    # A repeat (the same account + title + purchase id) changes nothing.
+    again, created = await w.vod.tvod.buy("megogo", aid, "9", "order-1")
+    assert not created and again.id == p.id
+    balance, total, rows, bought, calls = await money_state(db, cid)
+    assert (balance, total, rows, bought) == (Decimal("70.00"), Decimal("70.00"), 2, 1)
+    [entry] = [e for e in await db.run(ledger.statement, cid) if e.kind == "tvod"]
+    assert entry.amount == Decimal("-30.00") and entry.account_id == aid
+    assert entry.idem_key.endswith(":order-1")
+    # The grant goes out through the outbox (user/create first for a new user).
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert w.megogo.calls == [("user/create", uid, None), ("tvod/grant", uid, "9")]
+    assert w.megogo.titles[uid] == {("9", "order-1")}
+    # Another purchase id is another purchase.
+    _, created = await w.vod.tvod.buy("megogo", aid, "9", "order-2")
+    assert created and (await money_state(db, cid))[0] == Decimal("40.00")
+    await w.vod.outbox.run()
+    assert w.megogo.calls[-1] == ("tvod/grant", uid, "9")  # no second user/create
+    assert await db.run(ledger.balance_mismatches) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvod_concurrent_copies_debit_once_and_money_for_one_buys_one(db):
+    w, cid, aid = await tvod_world(db, "50.00")
+    results = await defer.gatherResults([
+        defer.Deferred.fromCoroutine(w.vod.tvod.buy("megogo", aid, "9", "same"))
+        for _ in range(4)])
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert len({p.id for p, _ in results}) == 1
+    assert (await money_state(db, cid))[:4] == (Decimal("20.00"), Decimal("20.00"), 2, 1)
+    # 20.00 left: of two concurrent 30.00 purchases neither fits; top up to 40.00, one fits.
+    await db.run(ledger.credit, cid, "20.00", "payment", "top-up", "top-up:1")
+    outcomes = await defer.DeferredList([
+        defer.Deferred.fromCoroutine(w.vod.tvod.buy("megogo", aid, "9", f"race-{i}"))
+        for i in range(2)], consumeErrors=True)
+    ok = [r for good, r in outcomes if good]
+    refused = [r for good, r in outcomes if not good]
+    assert len(ok) == 1 and len(refused) == 1 and refused[0].check(tvod.InsufficientFunds)
+    assert (await money_state(db, cid))[:4] == (Decimal("10.00"), Decimal("10.00"), 4, 2)
+    assert await db.run(ledger.balance_mismatches) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvod_refusals_change_nothing(db):
+    w, cid, aid = await tvod_world(db, "10.00")
+    before = await money_state(db, cid)
+    with pytest.raises(tvod.InsufficientFunds):
+        await w.vod.tvod.buy("megogo", aid, "9", "order-1")
+    with pytest.raises(catalog_sync.VodError, match="not sold individually"):
+        await w.vod.tvod.buy("megogo", aid, "8", "order-1")  # SVOD only
+    with pytest.raises(catalog_sync.VodError, match="no megogo title"):
+        await w.vod.tvod.buy("megogo", aid, "404", "order-1")
+    with pytest.raises(catalog_sync.VodError, match="purchase id"):
+        await w.vod.tvod.buy("megogo", aid, "9", "")
+    with pytest.raises(catalog_sync.VodError, match="no TVOD interface"):
+        await tvod.Tvod(db, {"megogo": object()}).buy("megogo", aid, "9", "order-1")
+    with pytest.raises(catalog_sync.VodError, match="not enabled"):
+        await tvod.Tvod(db, {}).buy("megogo", aid, "9", "order-1")
+    assert await money_state(db, cid) == before
+    assert not await db.run(tvod.has_access, aid, "megogo", "9")
+    # A credit limit (the billing's floor) lets the balance go below zero, no further.
+    p, _ = await tvod.Tvod(db, w.vod.partners, Decimal("20.00")).buy("megogo", aid, "9", "o")
+    assert (await money_state(db, cid))[0] == Decimal("-20.00")
+
+
 # -- SSO, config --------------------------------------------------------------------------------
 def test_sso_token_is_md5_of_user_partner_salt():
     cfg = make_config(megogo={**MEGOGO, "tariff_id": 1, "catalog_tariff_id": 1}).megogo
@@ -431,3 +528,27 @@ async def test_admin_vod_and_outbox_commands(db):
     assert (await admin("outbox", "retry", str(listed[0]["id"])))["state"] == "queued"
     with pytest.raises(ValueError):
         await admin("outbox", "retry", str(listed[0]["id"]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_vod_buy(db):
+    parser = argparse.ArgumentParser()
+    handlers = vod_admin.register(parser.add_subparsers(dest="command"))
+    w, cid, aid = await tvod_world(db, "100.00")
+
+    async def admin(*argv):
+        args = parser.parse_args(argv)
+        return await handlers[args.command](db, args, w.cfg, Clock())
+
+    argv = ("vod", "buy", "--account", str(aid), "--provider", "megogo", "--id", "9",
+            "--purchase-id", "z-1")
+    out = await admin(*argv)
+    assert (out["created"], out["amount"], out["access"], out["title"]) == (
+        True, "30.00", True, "9")
+    assert (await admin(*argv))["created"] is False
+    assert (await money_state(db, cid))[0] == Decimal("70.00")
+    for z in ("z-2", "z-3"):
+        await admin(*argv[:-1], z)
+    with pytest.raises(tvod.InsufficientFunds):
+        await admin(*argv[:-1], "z-4")
+    assert (await money_state(db, cid))[:4] == (Decimal("10.00"), Decimal("10.00"), 4, 3)

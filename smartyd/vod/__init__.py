@@ -28,6 +28,7 @@ from smartyd.vod import outbox
 from smartyd.vod.catalog_sync import CatalogSync
 from smartyd.vod.irdeto import IrdetoClient, IrdetoPartner
 from smartyd.vod.megogo import MegogoClient, MegogoPartner
+from smartyd.vod.tvod import Tvod
 from smartyd.vod.tvzavr import TvzavrClient, TvzavrPartner
 
 log = Logger()
@@ -247,7 +248,7 @@ class Vod:
     outbox: Outbox
     syncs: dict
     partners: dict
-    health: Any = None
+    tvod: Tvod | None = None
 
 
 def make_vod(cfg: Config, *, db: Database, client: Any, clock: Any, metrics: Any) -> Feature:
@@ -274,4 +275,5 @@ def make_vod(cfg: Config, *, db: Database, client: Any, clock: Any, metrics: Any
                                Reconcile(db, parts["megogo"], cfg.megogo.reconcile == "fix").run,
                                clock, db=db, metrics=metrics,
                                initial_delay=cfg.megogo.sync_interval))
-    return Feature(services=tuple(services), handle=Vod(box, syncs, parts))
+    tvod = Tvod(db, parts, cfg.billing.credit_limit)
+    return Feature(services=tuple(services), handle=Vod(box, syncs, parts, tvod))
