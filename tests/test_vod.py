@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -19,6 +20,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from conftest import make_config
+from testapp import build as build_app
 from fakes import in_memory_client
 from fakes.irdeto import FakeIrdeto
 from fakes.megogo import FakeMegogo
@@ -461,6 +463,38 @@ async def test_tvod_refusals_change_nothing(db):
     # A credit limit (the billing's floor) lets the balance go below zero, no further.
     p, _ = await tvod.Tvod(db, w.vod.partners, Decimal("20.00")).buy("megogo", aid, "9", "o")
     assert (await money_state(db, cid))[0] == Decimal("-20.00")
+
+
+# -- /health ----------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_health_shows_a_stuck_outbox_and_stays_200(db):
+    cfg = make_config(megogo={**MEGOGO, "tariff_id": 1, "catalog_tariff_id": 1},
+                      irdeto={"enabled": True, "host": "http://irdeto.test"})
+    clock = Clock()
+    clock.advance(T0.timestamp())
+    app = build_app(cfg, clock, db, http_client=in_memory_client(FakeMegogo().resource()))
+    http = in_memory_client(app.root)
+
+    async def health():
+        r = await http.get("http://smartyd/health")
+        return r.code, json.loads(await r.content())
+
+    code, body = await health()
+    assert code == 200 and body["outbox"] == {"irdeto": "ok", "megogo": "ok"}
+    # An open call younger than an hour is not stuck; older, it is.
+    await db.run(lambda tx: tx.execute(
+        "INSERT INTO partner_calls (provider, user_key, customer_id, op, created)"
+        " VALUES ('megogo', 'isp-1', 1, 'create', %s)", (T0 - timedelta(minutes=30),)))
+    assert (await health())[1]["outbox"]["megogo"] == "ok"
+    clock.advance(3600)
+    code, body = await health()
+    assert (code, body["status"], body["outbox"]) == (
+        200, "ok", {"irdeto": "ok", "megogo": "stuck"})
+    # A failed call is stuck at once.
+    await db.run(lambda tx: tx.execute(
+        "INSERT INTO partner_calls (provider, user_key, customer_id, op, state, created)"
+        " VALUES ('irdeto', 'card', 1, 'add', 'failed', %s)", (T0 + timedelta(hours=1),)))
+    assert (await health())[1]["outbox"] == {"irdeto": "stuck", "megogo": "stuck"}
 
 
 # -- SSO, config --------------------------------------------------------------------------------

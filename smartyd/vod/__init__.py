@@ -201,6 +201,12 @@ class Outbox:
     async def stuck(self) -> list[str]:
         return await self.db.run(outbox.stuck, outbox.at(self.clock.seconds()) - STUCK_AFTER)
 
+    async def health(self) -> dict:
+        """``/health``'s ``outbox`` field: each enabled partner ``ok`` or ``stuck``."""
+        stuck = set(await self.stuck())
+        return {"outbox": {p: "stuck" if p in stuck else "ok"
+                           for p in sorted(set(self.partners) | stuck)}}
+
 
 @define(eq=False)
 class CheckAccounts:
@@ -276,4 +282,5 @@ def make_vod(cfg: Config, *, db: Database, client: Any, clock: Any, metrics: Any
                                clock, db=db, metrics=metrics,
                                initial_delay=cfg.megogo.sync_interval))
     tvod = Tvod(db, parts, cfg.billing.credit_limit)
-    return Feature(services=tuple(services), handle=Vod(box, syncs, parts, tvod))
+    return Feature(services=tuple(services), handle=Vod(box, syncs, parts, tvod),
+                   health=box.health)
