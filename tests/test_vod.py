@@ -14,9 +14,14 @@ import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import attrs
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.internet.task import Clock
 
 from conftest import make_config
@@ -30,6 +35,7 @@ from smartyd.admin import vod as vod_admin
 from smartyd.billing import engine, payment_hooks
 from smartyd.config import ConfigError
 from smartyd.metrics import Metrics
+from smartyd.partners import PartnerHTTP, PartnerProtocolError
 from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox, tvod
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -190,6 +196,110 @@ async def test_tvzavr_sync_same_code_path_signed_fetch(db):
     assert (r.titles, r.added) == (1, 1)
     t = await db.run(catalog_sync.get_title, "tvzavr", "77")
     assert t["duration_sec"] == 5400 and t["svod"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_sync_parses_the_body_as_it_arrives_and_writes_before_its_end(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    pieces = [b"<?xml version='1.0' encoding='utf-8'?>\n<objects>"]
+    pieces += [obj(i, f"T{i}").encode() for i in range(1, 2501)] + [b"</objects>"]
+    written_midway = []
+
+    async def fetch(on_chunk):
+        for n, piece in enumerate(pieces):
+            pending = on_chunk(piece)
+            if pending is not None:
+                await pending
+            if n == 2000:  # 500 titles not even sent yet
+                written_midway.append(await db.run(lambda tx: tx.fetchval(
+                    "SELECT count(*) FROM vod_titles")))
+
+    r = await attrs.evolve(w.vod.syncs["megogo"], fetch=fetch).run()
+    assert (r.titles, r.added) == (2500, 2500)
+    assert written_midway[0] >= 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_feed_is_refused_and_hides_nothing(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    await w.vod.syncs["megogo"].sync_bytes(feed(obj(1, "One")))
+    with pytest.raises(catalog_sync.VodError, match="not well-formed"):
+        await w.vod.syncs["megogo"].sync_bytes(b"<objects><object id='2' title='x'></objects>")
+    assert (await db.run(catalog_sync.get_title, "megogo", "1"))["hidden"] is False
+
+
+class _Transport:
+    def __init__(self):
+        self.events = []
+
+    def pauseProducing(self):
+        self.events.append("pause")
+
+    def resumeProducing(self):
+        self.events.append("resume")
+
+    def stopProducing(self):
+        self.events.append("stop")
+
+
+class _Response:
+    code = 200
+    length = UNKNOWN_LENGTH
+    headers = Headers()
+
+    def __init__(self):
+        self.transport = _Transport()
+        self.protocol = None
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+
+class _Client:
+    def __init__(self, response):
+        self.response = response
+
+    def request(self, method, url, **kw):
+        return defer.succeed(self.response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_stream_pauses_the_body_while_the_consumer_works():
+    response = _Response()
+    http = PartnerHTTP("feed", _Client(response), Clock(), max_body=100)
+    got, gate = [], defer.Deferred()
+
+    def on_chunk(data):
+        got.append(data)
+        return gate if data == b"one" else None
+
+    done = defer.Deferred.fromCoroutine(http.stream("GET", "http://x/feed", on_chunk))
+    response.protocol.dataReceived(b"one")
+    response.protocol.dataReceived(b"two")  # already read: queued, not handed over
+    assert got == [b"one"] and response.transport.events == ["pause"]
+    response.protocol.connectionLost(Failure(ResponseDone()))
+    assert not done.called  # the consumer is still busy with "one"
+    gate.callback(None)
+    assert got == [b"one", b"two"]
+    await done
+
+    # A consumer's error ends the exchange; so does a body over max_body.
+    for chunk, error in ((b"bad", ValueError), (b"x" * 101, PartnerProtocolError)):
+        response = _Response()
+        http = PartnerHTTP("feed", _Client(response), Clock(), max_body=100)
+
+        def on_chunk(data):
+            if data == b"bad":
+                raise ValueError("consumer broke")
+
+        done = defer.Deferred.fromCoroutine(http.stream("GET", "http://x/feed", on_chunk))
+        response.protocol.dataReceived(chunk)
+        assert response.transport.events == ["stop"]
+        with pytest.raises(error):
+            await done
 
 
 # -- SVOD through the outbox ------------------------------------------------------------------

@@ -67,8 +67,8 @@ def catalog_syncs(cfg: Config, client: Any, db: Database, clock: Any,
         http = PartnerHTTP("megogo-feed", client, clock, metrics, timeout=600.0,
                            max_body=512 * 1024 * 1024)
 
-        async def fetch_megogo() -> bytes:
-            return (await http.request("GET", cfg.megogo.xml_url)).body
+        async def fetch_megogo(on_chunk) -> None:
+            await http.stream("GET", cfg.megogo.xml_url, on_chunk)
 
         out["megogo"] = CatalogSync("megogo", fetch_megogo, db, clock,
                                     cfg.megogo.catalog_tariff_id, metrics)
