@@ -633,6 +633,18 @@ def test_config_sections_validate(section, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("key", ["mobile_private_key", "mobile_public_key",
+                                 "smart_tv_private_key", "smart_tv_public_key",
+                                 "stb_private_key", "stb_public_key"])
+def test_megogo_device_keys_are_refused_not_ignored(key):
+    # MEGOGO's device keys sign the apps' own api.megogo.net calls; smartyd makes none,
+    # so accepting them would be accepting a setting that does nothing.
+    with pytest.raises(ConfigError) as e:
+        make_config(megogo={key: "k"})
+    assert f"[megogo] {key}: not used by smartyd" in str(e.value)
+    assert "README" in str(e.value)
+
+
 def test_config_defaults_and_disabled_sections_build_nothing():
     cfg = make_config()
     assert (cfg.irdeto.host, cfg.irdeto.nationality, cfg.irdeto.region_tag) == (
