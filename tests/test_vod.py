@@ -489,7 +489,8 @@ def tvod_obj(i: int, title: str, price: str = "30.00", vod: str = "tvod") -> str
 async def tvod_world(db, money: str):
     cat = await tariff(db, "megogo-cat")
     w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
-    await w.vod.syncs["megogo"].sync_bytes(feed(tvod_obj(9, "Nine"), tvod_obj(8, "Eight", vod="svod")))
+    await w.vod.syncs["megogo"].sync_bytes(feed(tvod_obj(9, "Nine"),
+                                                tvod_obj(8, "Eight", vod="svod")))
     cid, aid = await customer_with_account(db, "tina", money)
     return w, cid, aid
 
