@@ -367,12 +367,6 @@ class Megogo:
 
     enabled: bool = _c(boolean, False)
     xml_url: str = _c(url, "")
-    mobile_private_key: str = _c(string, "", secret=True)
-    mobile_public_key: str = _c(string, "")
-    smart_tv_private_key: str = _c(string, "", secret=True)
-    smart_tv_public_key: str = _c(string, "")
-    stb_private_key: str = _c(string, "", secret=True)
-    stb_public_key: str = _c(string, "")
     partner_id: int = _c(integer(0), 0)
     salt: str = _c(string, "", secret=True)
     svod_service_id: int = _c(integer(0), 0)
@@ -582,12 +576,25 @@ class Config:
         return attrs.evolve(self, **sections)
 
 
+# Keys of the seed that smartyd refuses on purpose (not silently ignored), and why.
+# MEGOGO's per-device key pairs sign the MEGOGO apps' own calls to
+# api.megogo.net (sign = md5(params + private key) + public key); smartyd makes
+# no such call (the catalog comes from xml_url, SVOD/TVOD from billing_url).
+_NOT_USED = {
+    ("megogo", f"{device}_{kind}_key"): "the MEGOGO apps' api.megogo.net signing key"
+    for device in ("mobile", "smart_tv", "stb") for kind in ("private", "public")
+}
+
+
 def _section(name: str, cls: type, raw: Any) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"[{name}]: expected a table")
     known = {f.name: f for f in attrs.fields(cls)}
     values = {}
     for key, value in raw.items():
+        if (name, key) in _NOT_USED:
+            raise ConfigError(f"[{name}] {key}: not used by smartyd ({_NOT_USED[name, key]});"
+                              " remove it (README, Partners)")
         if key not in known:
             raise ConfigError(f"[{name}] {key}: unknown key")
         try:

@@ -6,7 +6,7 @@ depend on it, not on the composition root that imports them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from attrs import define, frozen
 from twisted.web.resource import Resource
@@ -21,11 +21,15 @@ class Feature:
     @ivar services: started once the schema is in place, stopped with the daemon.
     @ivar handle: the feature's main object (its service), for admin commands
         and tests; None when there is nothing to hand out.
+    @ivar health: optional; called by ``/health`` (while the database answers)
+        for a dict merged into its body, e.g. ``{"outbox": {"megogo": "stuck"}}``.
+        Informational: it never turns ``/health`` into a 503 (the database does).
     """
 
     mounts: tuple[tuple[str, Resource], ...] = ()
     services: tuple[Any, ...] = ()
     handle: Any = None
+    health: Callable[[], Awaitable[dict]] | None = None
 
 
 @define

@@ -143,7 +143,8 @@ def build_app(
     autopay = features["payture"].handle.autopay if "payture" in features else None
     billing = make_billing(cfg.billing, db=db, clock=reactor, metrics=metrics,
                            before_settle=autopay.before_settle if autopay else None)
-    health = Health(db, metrics, reactor, started=reactor.seconds(), ready=readiness).resource()
+    health = Health(db, metrics, reactor, started=reactor.seconds(), ready=readiness,
+                    sources=[f.health for f in features.values() if f.health]).resource()
     root = Root([("/health", health), ("/metrics", health)])
     for feature in features.values():
         for prefix, resource in feature.mounts:

@@ -6,6 +6,7 @@ from twisted.internet import reactor
 
 from testapp import build as build_parts
 from smartyd.config import Config
+from smartyd.http.health import Health
 from smartyd.metrics import Metrics
 
 
@@ -58,3 +59,19 @@ async def test_health_503_while_the_database_is_down_then_recovers(own_cluster, 
     own_cluster.start()
     r = await http.get("http://smartyd/health")
     assert r.code == 200 and json.loads(await r.content())["db"] == "ok"
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_sources_add_fields_and_a_failing_one_is_left_out(db):
+    async def good():
+        return {"outbox": {"megogo": "stuck"}, "status": "overridden?"}
+
+    async def bad():
+        raise RuntimeError("boom")
+
+    health = Health(db, Metrics(), reactor, started=reactor.seconds(), sources=[bad, good])
+    http = _stub_treq(health.resource())
+    r = await http.get("http://smartyd/health")
+    body = json.loads(await r.content())
+    assert r.code == 200
+    assert body["outbox"] == {"megogo": "stuck"} and body["status"] == "ok"

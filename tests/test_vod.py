@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
+import attrs
 import pytest
 import pytest_twisted
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.internet.task import Clock
 
 from conftest import make_config
+from testapp import build as build_app
 from fakes import in_memory_client
 from fakes.irdeto import FakeIrdeto
 from fakes.megogo import FakeMegogo
@@ -26,7 +35,8 @@ from smartyd.admin import vod as vod_admin
 from smartyd.billing import engine, payment_hooks
 from smartyd.config import ConfigError
 from smartyd.metrics import Metrics
-from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox
+from smartyd.partners import PartnerHTTP, PartnerProtocolError
+from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox, tvod
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -186,6 +196,110 @@ async def test_tvzavr_sync_same_code_path_signed_fetch(db):
     assert (r.titles, r.added) == (1, 1)
     t = await db.run(catalog_sync.get_title, "tvzavr", "77")
     assert t["duration_sec"] == 5400 and t["svod"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_sync_parses_the_body_as_it_arrives_and_writes_before_its_end(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    pieces = [b"<?xml version='1.0' encoding='utf-8'?>\n<objects>"]
+    pieces += [obj(i, f"T{i}").encode() for i in range(1, 2501)] + [b"</objects>"]
+    written_midway = []
+
+    async def fetch(on_chunk):
+        for n, piece in enumerate(pieces):
+            pending = on_chunk(piece)
+            if pending is not None:
+                await pending
+            if n == 2000:  # 500 titles not even sent yet
+                written_midway.append(await db.run(lambda tx: tx.fetchval(
+                    "SELECT count(*) FROM vod_titles")))
+
+    r = await attrs.evolve(w.vod.syncs["megogo"], fetch=fetch).run()
+    assert (r.titles, r.added) == (2500, 2500)
+    assert written_midway[0] >= 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_feed_is_refused_and_hides_nothing(db):
+    cat = await tariff(db, "cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    await w.vod.syncs["megogo"].sync_bytes(feed(obj(1, "One")))
+    with pytest.raises(catalog_sync.VodError, match="not well-formed"):
+        await w.vod.syncs["megogo"].sync_bytes(b"<objects><object id='2' title='x'></objects>")
+    assert (await db.run(catalog_sync.get_title, "megogo", "1"))["hidden"] is False
+
+
+class _Transport:
+    def __init__(self):
+        self.events = []
+
+    def pauseProducing(self):
+        self.events.append("pause")
+
+    def resumeProducing(self):
+        self.events.append("resume")
+
+    def stopProducing(self):
+        self.events.append("stop")
+
+
+class _Response:
+    code = 200
+    length = UNKNOWN_LENGTH
+    headers = Headers()
+
+    def __init__(self):
+        self.transport = _Transport()
+        self.protocol = None
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+
+class _Client:
+    def __init__(self, response):
+        self.response = response
+
+    def request(self, method, url, **kw):
+        return defer.succeed(self.response)
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_stream_pauses_the_body_while_the_consumer_works():
+    response = _Response()
+    http = PartnerHTTP("feed", _Client(response), Clock(), max_body=100)
+    got, gate = [], defer.Deferred()
+
+    def on_chunk(data):
+        got.append(data)
+        return gate if data == b"one" else None
+
+    done = defer.Deferred.fromCoroutine(http.stream("GET", "http://x/feed", on_chunk))
+    response.protocol.dataReceived(b"one")
+    response.protocol.dataReceived(b"two")  # already read: queued, not handed over
+    assert got == [b"one"] and response.transport.events == ["pause"]
+    response.protocol.connectionLost(Failure(ResponseDone()))
+    assert not done.called  # the consumer is still busy with "one"
+    gate.callback(None)
+    assert got == [b"one", b"two"]
+    await done
+
+    # A consumer's error ends the exchange; so does a body over max_body.
+    for chunk, error in ((b"bad", ValueError), (b"x" * 101, PartnerProtocolError)):
+        response = _Response()
+        http = PartnerHTTP("feed", _Client(response), Clock(), max_body=100)
+
+        def on_chunk(data):
+            if data == b"bad":
+                raise ValueError("consumer broke")
+
+        done = defer.Deferred.fromCoroutine(http.stream("GET", "http://x/feed", on_chunk))
+        response.protocol.dataReceived(chunk)
+        assert response.transport.events == ["stop"]
+        with pytest.raises(error):
+            await done
 
 
 # -- SVOD through the outbox ------------------------------------------------------------------
@@ -366,6 +480,134 @@ async def test_tvzavr_and_irdeto_follow_tariffs(db):
     assert w.tvzavr.subs[str(cid)] == set()
 
 
+# -- TVOD -----------------------------------------------------------------------------------
+def tvod_obj(i: int, title: str, price: str = "30.00", vod: str = "tvod") -> str:
+    return (f'<object id="{i}" title="{title}" genres="drama" vod="{vod}" price="{price}">'
+            f"<story>S</story></object>")
+
+
+async def tvod_world(db, money: str):
+    cat = await tariff(db, "megogo-cat")
+    w = World(db, {}, megogo={**MEGOGO, "tariff_id": cat, "catalog_tariff_id": cat})
+    await w.vod.syncs["megogo"].sync_bytes(feed(tvod_obj(9, "Nine"),
+                                                tvod_obj(8, "Eight", vod="svod")))
+    cid, aid = await customer_with_account(db, "tina", money)
+    return w, cid, aid
+
+
+async def money_state(db, cid) -> tuple:
+    """Everything a purchase may touch: balance, ledger sum and rows, purchases, outbox."""
+    balance = (await db.run(ledger.get_customer, cid)).balance
+    total = await db.run(ledger.ledger_sum, cid)
+    rows = len(await db.run(ledger.statement, cid))
+    bought = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM vod_purchases"))
+    calls = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM partner_calls"))
+    return balance, total, rows, bought, calls
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvod_buy_debits_once_through_the_ledger_and_grants_at_megogo(db):
+    w, cid, aid = await tvod_world(db, "100.00")
+    p, created = await w.vod.tvod.buy("megogo", aid, "9", "order-1")
+    assert created and p.amount == Decimal("30.00") and p.to_json()["access"] is True
+    assert await db.run(tvod.has_access, aid, "megogo", "9")
+    # A repeat (the same account + title + purchase id) changes nothing.
+    again, created = await w.vod.tvod.buy("megogo", aid, "9", "order-1")
+    assert not created and again.id == p.id
+    balance, total, rows, bought, calls = await money_state(db, cid)
+    assert (balance, total, rows, bought) == (Decimal("70.00"), Decimal("70.00"), 2, 1)
+    [entry] = [e for e in await db.run(ledger.statement, cid) if e.kind == "tvod"]
+    assert entry.amount == Decimal("-30.00") and entry.account_id == aid
+    assert entry.idem_key.endswith(":order-1")
+    # The grant goes out through the outbox (user/create first for a new user).
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert w.megogo.calls == [("user/create", uid, None), ("tvod/grant", uid, "9")]
+    assert w.megogo.titles[uid] == {("9", "order-1")}
+    # Another purchase id is another purchase.
+    _, created = await w.vod.tvod.buy("megogo", aid, "9", "order-2")
+    assert created and (await money_state(db, cid))[0] == Decimal("40.00")
+    await w.vod.outbox.run()
+    assert w.megogo.calls[-1] == ("tvod/grant", uid, "9")  # no second user/create
+    assert await db.run(ledger.balance_mismatches) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvod_concurrent_copies_debit_once_and_money_for_one_buys_one(db):
+    w, cid, aid = await tvod_world(db, "50.00")
+    results = await defer.gatherResults([
+        defer.Deferred.fromCoroutine(w.vod.tvod.buy("megogo", aid, "9", "same"))
+        for _ in range(4)])
+    assert sorted(created for _, created in results) == [False, False, False, True]
+    assert len({p.id for p, _ in results}) == 1
+    assert (await money_state(db, cid))[:4] == (Decimal("20.00"), Decimal("20.00"), 2, 1)
+    # 20.00 left: of two concurrent 30.00 purchases neither fits; top up to 40.00, one fits.
+    await db.run(ledger.credit, cid, "20.00", "payment", "top-up", "top-up:1")
+    outcomes = await defer.DeferredList([
+        defer.Deferred.fromCoroutine(w.vod.tvod.buy("megogo", aid, "9", f"race-{i}"))
+        for i in range(2)], consumeErrors=True)
+    ok = [r for good, r in outcomes if good]
+    refused = [r for good, r in outcomes if not good]
+    assert len(ok) == 1 and len(refused) == 1 and refused[0].check(tvod.InsufficientFunds)
+    assert (await money_state(db, cid))[:4] == (Decimal("10.00"), Decimal("10.00"), 4, 2)
+    assert await db.run(ledger.balance_mismatches) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvod_refusals_change_nothing(db):
+    w, cid, aid = await tvod_world(db, "10.00")
+    before = await money_state(db, cid)
+    with pytest.raises(tvod.InsufficientFunds):
+        await w.vod.tvod.buy("megogo", aid, "9", "order-1")
+    with pytest.raises(catalog_sync.VodError, match="not sold individually"):
+        await w.vod.tvod.buy("megogo", aid, "8", "order-1")  # SVOD only
+    with pytest.raises(catalog_sync.VodError, match="no megogo title"):
+        await w.vod.tvod.buy("megogo", aid, "404", "order-1")
+    with pytest.raises(catalog_sync.VodError, match="purchase id"):
+        await w.vod.tvod.buy("megogo", aid, "9", "")
+    with pytest.raises(catalog_sync.VodError, match="no TVOD interface"):
+        await tvod.Tvod(db, {"megogo": object()}).buy("megogo", aid, "9", "order-1")
+    with pytest.raises(catalog_sync.VodError, match="not enabled"):
+        await tvod.Tvod(db, {}).buy("megogo", aid, "9", "order-1")
+    assert await money_state(db, cid) == before
+    assert not await db.run(tvod.has_access, aid, "megogo", "9")
+    # A credit limit (the billing's floor) lets the balance go below zero, no further.
+    p, _ = await tvod.Tvod(db, w.vod.partners, Decimal("20.00")).buy("megogo", aid, "9", "o")
+    assert (await money_state(db, cid))[0] == Decimal("-20.00")
+
+
+# -- /health ----------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_health_shows_a_stuck_outbox_and_stays_200(db):
+    cfg = make_config(megogo={**MEGOGO, "tariff_id": 1, "catalog_tariff_id": 1},
+                      irdeto={"enabled": True, "host": "http://irdeto.test"})
+    clock = Clock()
+    clock.advance(T0.timestamp())
+    app = build_app(cfg, clock, db, http_client=in_memory_client(FakeMegogo().resource()))
+    http = in_memory_client(app.root)
+
+    async def health():
+        r = await http.get("http://smartyd/health")
+        return r.code, json.loads(await r.content())
+
+    code, body = await health()
+    assert code == 200 and body["outbox"] == {"irdeto": "ok", "megogo": "ok"}
+    # An open call younger than an hour is not stuck; older, it is.
+    await db.run(lambda tx: tx.execute(
+        "INSERT INTO partner_calls (provider, user_key, customer_id, op, created)"
+        " VALUES ('megogo', 'isp-1', 1, 'create', %s)", (T0 - timedelta(minutes=30),)))
+    assert (await health())[1]["outbox"]["megogo"] == "ok"
+    clock.advance(3600)
+    code, body = await health()
+    assert (code, body["status"], body["outbox"]) == (
+        200, "ok", {"irdeto": "ok", "megogo": "stuck"})
+    # A failed call is stuck at once.
+    await db.run(lambda tx: tx.execute(
+        "INSERT INTO partner_calls (provider, user_key, customer_id, op, state, created)"
+        " VALUES ('irdeto', 'card', 1, 'add', 'failed', %s)", (T0 + timedelta(hours=1),)))
+    assert (await health())[1]["outbox"] == {"irdeto": "stuck", "megogo": "stuck"}
+
+
 # -- SSO, config --------------------------------------------------------------------------------
 def test_sso_token_is_md5_of_user_partner_salt():
     cfg = make_config(megogo={**MEGOGO, "tariff_id": 1, "catalog_tariff_id": 1}).megogo
@@ -390,6 +632,18 @@ def test_config_sections_validate(section, message):
     with pytest.raises(ConfigError) as e:
         make_config(**section)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["mobile_private_key", "mobile_public_key",
+                                 "smart_tv_private_key", "smart_tv_public_key",
+                                 "stb_private_key", "stb_public_key"])
+def test_megogo_device_keys_are_refused_not_ignored(key):
+    # MEGOGO's device keys sign the apps' own api.megogo.net calls; smartyd makes none,
+    # so accepting them would be accepting a setting that does nothing.
+    with pytest.raises(ConfigError) as e:
+        make_config(megogo={key: "k"})
+    assert f"[megogo] {key}: not used by smartyd" in str(e.value)
+    assert "README" in str(e.value)
 
 
 def test_config_defaults_and_disabled_sections_build_nothing():
@@ -431,3 +685,27 @@ async def test_admin_vod_and_outbox_commands(db):
     assert (await admin("outbox", "retry", str(listed[0]["id"])))["state"] == "queued"
     with pytest.raises(ValueError):
         await admin("outbox", "retry", str(listed[0]["id"]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_vod_buy(db):
+    parser = argparse.ArgumentParser()
+    handlers = vod_admin.register(parser.add_subparsers(dest="command"))
+    w, cid, aid = await tvod_world(db, "100.00")
+
+    async def admin(*argv):
+        args = parser.parse_args(argv)
+        return await handlers[args.command](db, args, w.cfg, Clock())
+
+    argv = ("vod", "buy", "--account", str(aid), "--provider", "megogo", "--id", "9",
+            "--purchase-id", "z-1")
+    out = await admin(*argv)
+    assert (out["created"], out["amount"], out["access"], out["title"]) == (
+        True, "30.00", True, "9")
+    assert (await admin(*argv))["created"] is False
+    assert (await money_state(db, cid))[0] == Decimal("70.00")
+    for z in ("z-2", "z-3"):
+        await admin(*argv[:-1], z)
+    with pytest.raises(tvod.InsufficientFunds):
+        await admin(*argv[:-1], "z-4")
+    assert (await money_state(db, cid))[:4] == (Decimal("10.00"), Decimal("10.00"), 4, 3)

@@ -100,7 +100,7 @@ async def test_script_renders_an_iframe_and_passes_other_parameters_on(db):
                           "&amount=150&client_id=77")
     assert r.code == 200
     assert r.headers.getRawHeaders("content-type") == ["application/javascript; charset=utf-8"]
-    assert '"widget-content"' in js and f"/widgets/api/get/\" + id" in js
+    assert '"widget-content"' in js and "/widgets/api/get/\" + id" in js
     assert '{"amount": "150", "client_id": "77"}' in js  # time and container_id not passed on
     assert "document.currentScript" in js and "/widgets/page/" in js
     assert "</script>" not in js and "Pay \\u003c/script\\u003e" in js

@@ -5,6 +5,9 @@
   vod show --provider P --id X               a title (X = the partner's id), our genres, hidden
   vod genres --provider P                    the partner's genres and what each maps to
   vod genre-map --provider P --partner-genre G --genre NAME
+  vod buy --account A --provider P --id X --purchase-id Z
+                                             TVOD: the account buys title X (debited once per
+                                             account + title + purchase id; the grant is queued)
   outbox [--state S]                         open (or state S) partner calls
   outbox retry ID                            a failed call queued again
 """
@@ -12,8 +15,9 @@
 from __future__ import annotations
 
 from smartyd.partners import HTTPClientService, PartnerError
-from smartyd.vod import catalog_syncs, outbox
+from smartyd.vod import catalog_syncs, outbox, partners
 from smartyd.vod.catalog_sync import genres, get_title, map_genre
+from smartyd.vod.tvod import Tvod
 
 PROVIDERS = ("megogo", "tvzavr")
 
@@ -32,6 +36,11 @@ def register(sub) -> dict:
     s.add_argument("--provider", required=True, choices=PROVIDERS)
     s.add_argument("--partner-genre", required=True)
     s.add_argument("--genre", required=True)
+    s = v.add_parser("buy")
+    s.add_argument("--account", required=True, type=int)
+    s.add_argument("--provider", required=True, choices=PROVIDERS)
+    s.add_argument("--id", required=True)
+    s.add_argument("--purchase-id", required=True)
     o = sub.add_parser("outbox", help="partner calls (MEGOGO, tvzavr, Irdeto)")
     o.add_argument("--state", choices=("queued", "sending", "unknown", "done", "failed"))
     actions = o.add_subparsers(dest="action")
@@ -57,6 +66,13 @@ async def cmd_vod(db, args, cfg, reactor) -> dict:
         if title is None:
             raise ValueError(f"no {args.provider} title {args.id}")
         return title
+    if args.action == "buy":
+        # The grant is only queued here (same transaction); the daemon's outbox sends it,
+        # so the partners need no HTTP client in this process.
+        tvod = Tvod(db, partners(cfg, None, reactor), cfg.billing.credit_limit)
+        purchase, created = await tvod.buy(args.provider, args.account, args.id,
+                                           args.purchase_id)
+        return {**purchase.to_json(), "created": created}
     if args.action == "genres":
         return {"provider": args.provider, "genres": await db.run(genres, args.provider)}
     return await db.run(map_genre, args.provider, args.partner_genre, args.genre)

@@ -24,7 +24,8 @@ Errors:
 
 from __future__ import annotations
 
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 
 from treq.client import HTTPClient
 from attrs import define, field, frozen
@@ -154,6 +155,60 @@ class PartnerHTTP:
         self._count("ok")
         return response
 
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        on_chunk: Callable[[bytes], Any],
+        *,
+        params: Any = None,
+        headers: dict | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """
+        Like L{request} for a 200 answer, but the body is not collected: each
+        chunk goes to ``on_chunk`` as it arrives (a big feed is never held
+        whole).  When ``on_chunk`` returns an awaitable the body is paused
+        (back-pressure) and the next chunk waits until it completes; its error
+        ends the exchange with that error.  ``timeout`` covers the whole
+        exchange, consumer included; ``max_body`` caps the bytes streamed.
+        """
+        limit = self.timeout if timeout is None else timeout
+        kwargs: dict[str, Any] = {"headers": headers or {}}
+        if params is not None:
+            kwargs["params"] = params
+        exchange = _Deadline(self._stream(method, url, kwargs, on_chunk), limit, self.clock)
+        try:
+            code = await exchange.result
+        except Exception as e:
+            failure = self._failed(method, url, e, limit if exchange.expired else None)
+            if failure is e:
+                raise
+            raise failure from e
+        if code >= 500:
+            self._count("server_error")
+            raise PartnerUnavailable(self.partner, f"{method} {_path(url)} answered HTTP {code}")
+        if code != 200:
+            self._count("refused")
+            raise PartnerRefused(self.partner, f"{method} {_path(url)} answered HTTP {code}",
+                                 code=str(code))
+        self._count("ok")
+
+    async def _stream(self, method: str, url: str, kwargs: dict, on_chunk) -> int:
+        response = await self.client.request(method, url, **kwargs)
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            return response.code
+        if isinstance(response.length, int) and response.length > self.max_body:
+            response.deliverBody(_Discard())
+            raise _TooLarge()
+        if response.length == 0:
+            return response.code
+        reader = _StreamReader(on_chunk, self.max_body)
+        response.deliverBody(reader)
+        await reader.done
+        return response.code
+
     def _failed(self, method: str, url: str, error: Exception,
                 expired_after: float | None) -> Exception:
         """Count a failed exchange; the typed error to raise (or ``error`` itself)."""
@@ -254,6 +309,77 @@ class _BodyReader(Protocol):
 
     def abort(self, _d) -> None:
         if self.transport is not None:
+            self.transport.stopProducing()
+
+
+class _StreamReader(Protocol):
+    """
+    Hands body chunks to ``on_chunk`` one at a time, in order; while an
+    awaitable it returned runs, the transport is paused and chunks already
+    read wait in a queue.  ``done`` fires once the body is over and every
+    chunk consumed; cancelling it (our time-out) drops the connection.
+    """
+
+    def __init__(self, on_chunk, max_body: int):
+        self.on_chunk = on_chunk
+        self.max_body = max_body
+        self.seen = 0
+        self.queue: deque[bytes] = deque()
+        self.busy = False
+        self.lost = None
+        self.done: defer.Deferred = defer.Deferred(self.abort)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.done.called:
+            return
+        self.seen += len(data)
+        if self.seen > self.max_body:
+            self._fail(_TooLarge())
+            return
+        self.queue.append(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        while self.queue and not self.busy and not self.done.called:
+            try:
+                pending = self.on_chunk(self.queue.popleft())
+            except BaseException as e:
+                self._fail(e)
+                return
+            if pending is not None:
+                self.busy = True
+                if self.lost is None:
+                    self.transport.pauseProducing()
+                defer.ensureDeferred(pending).addCallbacks(self._consumed, self._fail)
+                return
+        if not self.queue and not self.busy and self.lost is not None and not self.done.called:
+            if self.lost.check(ResponseDone, PotentialDataLoss):
+                self.done.callback(None)
+            else:
+                self.done.errback(self.lost)
+
+    def _consumed(self, _result) -> None:
+        self.busy = False
+        if self.done.called:
+            return
+        if self.lost is None:
+            self.transport.resumeProducing()
+        self._pump()
+
+    def _fail(self, error) -> None:
+        self.busy = False
+        if self.done.called:
+            return
+        if self.lost is None:
+            self.transport.stopProducing()
+        self.done.errback(error)
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        self.lost = reason
+        self._pump()
+
+    def abort(self, _d) -> None:
+        if self.lost is None and self.transport is not None:
             self.transport.stopProducing()
 
 

@@ -28,6 +28,7 @@ from smartyd.vod import outbox
 from smartyd.vod.catalog_sync import CatalogSync
 from smartyd.vod.irdeto import IrdetoClient, IrdetoPartner
 from smartyd.vod.megogo import MegogoClient, MegogoPartner
+from smartyd.vod.tvod import Tvod
 from smartyd.vod.tvzavr import TvzavrClient, TvzavrPartner
 
 log = Logger()
@@ -66,8 +67,8 @@ def catalog_syncs(cfg: Config, client: Any, db: Database, clock: Any,
         http = PartnerHTTP("megogo-feed", client, clock, metrics, timeout=600.0,
                            max_body=512 * 1024 * 1024)
 
-        async def fetch_megogo() -> bytes:
-            return (await http.request("GET", cfg.megogo.xml_url)).body
+        async def fetch_megogo(on_chunk) -> None:
+            await http.stream("GET", cfg.megogo.xml_url, on_chunk)
 
         out["megogo"] = CatalogSync("megogo", fetch_megogo, db, clock,
                                     cfg.megogo.catalog_tariff_id, metrics)
@@ -200,6 +201,12 @@ class Outbox:
     async def stuck(self) -> list[str]:
         return await self.db.run(outbox.stuck, outbox.at(self.clock.seconds()) - STUCK_AFTER)
 
+    async def health(self) -> dict:
+        """``/health``'s ``outbox`` field: each enabled partner ``ok`` or ``stuck``."""
+        stuck = set(await self.stuck())
+        return {"outbox": {p: "stuck" if p in stuck else "ok"
+                           for p in sorted(set(self.partners) | stuck)}}
+
 
 @define(eq=False)
 class CheckAccounts:
@@ -247,7 +254,7 @@ class Vod:
     outbox: Outbox
     syncs: dict
     partners: dict
-    health: Any = None
+    tvod: Tvod | None = None
 
 
 def make_vod(cfg: Config, *, db: Database, client: Any, clock: Any, metrics: Any) -> Feature:
@@ -274,4 +281,6 @@ def make_vod(cfg: Config, *, db: Database, client: Any, clock: Any, metrics: Any
                                Reconcile(db, parts["megogo"], cfg.megogo.reconcile == "fix").run,
                                clock, db=db, metrics=metrics,
                                initial_delay=cfg.megogo.sync_interval))
-    return Feature(services=tuple(services), handle=Vod(box, syncs, parts))
+    tvod = Tvod(db, parts, cfg.billing.credit_limit)
+    return Feature(services=tuple(services), handle=Vod(box, syncs, parts, tvod),
+                   health=box.health)

@@ -2,9 +2,10 @@
 The one catalog sync (MEGOGO and tvzavr share it; only the feed reader
 differs) and the VOD catalog's SQL (a repository module).
 
-A sync fetches the feed (L{PartnerHTTP}: time-out, body cap), parses it with
-the partner's reader in a worker thread (``iterparse``, elements cleared) a
-batch at a time, and writes each batch in its own transaction:
+A sync streams the feed (L{PartnerHTTP.stream}: time-out, body cap,
+back-pressure) into the partner's incremental reader (L{FeedParser}, elements
+cleared) in a worker thread as the body arrives, and writes each batch of
+titles in its own transaction:
 
   - a title is compared by the digest of its parsed content and its catalog
     tariff: unchanged titles are not written at all, so an identical feed
@@ -20,18 +21,19 @@ batch at a time, and writes each batch in its own transaction:
 
 from __future__ import annotations
 
-import io
 import json
-from itertools import islice
-from typing import Any, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, Callable
 
-from attrs import define, frozen
+from attrs import define, field, frozen
+from lxml import etree
 from twisted.internet import threads
 from twisted.logger import Logger
 
 from smartyd.db import Database, Tx
 from smartyd.ledger import LedgerError
-from smartyd.vod.feeds import READERS, Title
+from smartyd.vod.feeds import FeedParser, Title
 
 log = Logger()
 
@@ -183,33 +185,47 @@ async def map_genre(tx: Tx, provider: str, partner_genre: str, genre: str) -> di
 
 
 # -- the sync ----------------------------------------------------------------------------------
-def _batches(titles: Iterator[Title], size: int) -> Callable[[], list[Title]]:
-    def next_batch() -> list[Title]:
-        return list(islice(titles, size))
-    return next_batch
+SLICE = 256 * 1024
+
+
+def _one_thread() -> tuple[Callable[..., Any], Callable[[], None]]:
+    """
+    ``(run, shutdown)``: ``run(f, *args)`` -> a Deferred of ``f(*args)`` called in
+    one dedicated thread, calls in order (an lxml parser stays on the thread
+    that fed it first).  The reactor's thread pool only waits for the result.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vod-feed")
+
+    def run(f: Callable[..., Any], *args: Any):
+        return threads.deferToThread(lambda: executor.submit(f, *args).result())
+
+    return run, lambda: executor.shutdown(wait=False)
 
 
 @define(eq=False)
 class CatalogSync:
     """
-    One partner's catalog sync.  ``fetch()`` returns the feed's bytes (the
-    partner client's business); parsing runs in a worker thread a batch at a
-    time, never on the reactor.
+    One partner's catalog sync.  ``fetch(on_chunk)`` streams the feed's body
+    into ``on_chunk`` (the partner client's business: L{PartnerHTTP.stream}),
+    pausing the body while the awaitable ``on_chunk`` returns runs.  The body
+    is parsed as it arrives, a slice of at most L{SLICE} bytes at a time, in
+    one worker thread (never on the reactor), and written a batch at a time,
+    so neither the body nor more than a batch and a slice of titles is held.
     """
 
     provider: str
-    fetch: Callable[[], Any]
+    fetch: Callable[[Callable[[bytes], Any]], Any]
     db: Database
     clock: Any
     catalog_tariff_id: int | None = None
     metrics: Any = None
     batch: int = BATCH
-    in_thread: Callable[..., Any] = threads.deferToThread
 
     async def run(self) -> SyncResult:
         started = self.clock.seconds()
-        body = await self.fetch()
-        result = await self.sync_bytes(body)
+        async with self._session() as session:
+            await self.fetch(session.on_chunk)
+            result = await session.finish()
         result = SyncResult(result.titles, result.added, result.updated, result.hidden,
                             self.clock.seconds() - started)
         if self.metrics is not None:
@@ -222,28 +238,87 @@ class CatalogSync:
         return result
 
     async def sync_bytes(self, body: bytes) -> SyncResult:
-        reader = READERS[self.provider]
-        next_batch = _batches(reader(io.BytesIO(body)), self.batch)
-        tariff = self.catalog_tariff_id or None
+        """One sync of a feed already in memory (tests, tools): the same path as L{run}."""
+        async with self._session() as session:
+            await session.feed(body)
+            return await session.finish()
+
+    @asynccontextmanager
+    async def _session(self):
+        run, shutdown = _one_thread()
         genres_known = await self.db.run(known_genres, self.provider)
-        seen: set[str] = set()
-        titles = added = updated = 0
-        while True:
-            batch = await self.in_thread(next_batch)
-            if not batch:
-                break
-            # A feed listing an id twice: the last copy wins, counted once.
-            unique = list({t.external_id: t for t in batch}.values())
-            unique = [t for t in unique if t.external_id not in seen]
-            seen.update(t.external_id for t in unique)
-            titles += len(unique)
-            a, u = await self.db.run(write_batch, self.provider, unique, tariff, genres_known)
-            added, updated = added + a, updated + u
-        if titles == 0:
+        try:
+            yield _Session(self, FeedParser(self.provider), run, genres_known)
+        finally:
+            shutdown()
+
+
+@define(eq=False)
+class _Session:
+    """One sync in progress: chunks in, titles out in batches, counts kept."""
+
+    sync: CatalogSync
+    parser: FeedParser
+    in_thread: Callable[..., Any]
+    genres_known: set
+    buffered: list = field(factory=list)
+    size: int = 0
+    pending: list = field(factory=list)
+    seen: set = field(factory=set)
+    titles: int = 0
+    added: int = 0
+    updated: int = 0
+
+    def on_chunk(self, data: bytes):
+        """Buffer small chunks; a full slice is parsed (the body waits meanwhile)."""
+        self.buffered.append(data)
+        self.size += len(data)
+        if self.size < SLICE:
+            return None
+        return self.feed(self._take())
+
+    def _take(self) -> bytes:
+        data = b"".join(self.buffered)
+        self.buffered, self.size = [], 0
+        return data
+
+    async def feed(self, data: bytes) -> None:
+        for i in range(0, len(data), SLICE):
+            self.pending.extend(await self.in_thread(self._parse, data[i:i + SLICE]))
+            while len(self.pending) >= self.sync.batch:
+                batch = self.pending[:self.sync.batch]
+                del self.pending[:self.sync.batch]
+                await self._write(batch)
+
+    def _parse(self, data: bytes) -> list[Title]:
+        try:
+            return self.parser.feed(data) if data else self.parser.close()
+        except etree.XMLSyntaxError as e:
+            raise VodError(f"{self.sync.provider} feed is not well-formed XML: {e}")
+
+    async def _write(self, batch: list[Title]) -> None:
+        # A feed listing an id twice: counted once (within a batch the last copy wins).
+        unique = list({t.external_id: t for t in batch}.values())
+        unique = [t for t in unique if t.external_id not in self.seen]
+        if not unique:
+            return
+        self.seen.update(t.external_id for t in unique)
+        self.titles += len(unique)
+        a, u = await self.sync.db.run(write_batch, self.sync.provider, unique,
+                                      self.sync.catalog_tariff_id or None, self.genres_known)
+        self.added, self.updated = self.added + a, self.updated + u
+
+    async def finish(self) -> SyncResult:
+        await self.feed(self._take())
+        self.pending.extend(await self.in_thread(self._parse, b""))
+        await self._write(self.pending)
+        self.pending = []
+        sync = self.sync
+        if self.titles == 0:
             # An empty (or unparsable) feed is a partner fault, not "everything vanished".
-            raise VodError(f"{self.provider} feed lists no titles; nothing hidden")
-        gone = [i for i in await self.db.run(visible_ids, self.provider) if i not in seen]
+            raise VodError(f"{sync.provider} feed lists no titles; nothing hidden")
+        gone = [i for i in await sync.db.run(visible_ids, sync.provider) if i not in self.seen]
         hidden = 0
-        for i in range(0, len(gone), self.batch):
-            hidden += await self.db.run(hide, self.provider, gone[i:i + self.batch])
-        return SyncResult(titles, added, updated, hidden)
+        for i in range(0, len(gone), sync.batch):
+            hidden += await sync.db.run(hide, sync.provider, gone[i:i + sync.batch])
+        return SyncResult(self.titles, self.added, self.updated, hidden)

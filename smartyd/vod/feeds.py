@@ -1,9 +1,12 @@
 """
-The partners' catalog feeds, one reader per partner, each a generator of
-L{Title} records parsed with ``lxml.etree.iterparse`` (elements cleared as
-they are done, and their finished siblings dropped, so a 100 MB feed keeps
-memory flat).  Parser settings are those of L{smartyd.gateways.untrusted_xml}:
-no entities resolved, no network, no DTD.
+The partners' catalog feeds: one element reader per partner (an element ->
+L{Title}), driven by L{FeedParser}, an incremental parser
+(``lxml.etree.XMLPullParser``, the feed-driven form of ``iterparse``) that is
+fed the body chunk by chunk as it arrives and returns the titles each chunk
+completed; elements are cleared as they are done and their finished siblings
+dropped, so neither the body nor its tree is ever held whole and a 100 MB
+feed keeps memory flat.  Parser settings are those of
+L{smartyd.gateways.untrusted_xml}: no entities resolved, no network, no DTD.
 
 MEGOGO (``all_mgg.xml``; the shape the public record shows)::
 
@@ -73,16 +76,46 @@ class Title:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def _iterparse(source: IO[bytes], tag: str):
-    """(element) for every ``tag`` element, cleared after the caller is done with it."""
-    for _event, elem in etree.iterparse(
-            source, events=("end",), tag=tag, resolve_entities=False, no_network=True,
-            load_dtd=False, huge_tree=False, remove_comments=True, remove_pis=True):
-        yield elem
-        elem.clear(keep_tail=False)
-        # Drop the finished siblings the root still holds.
-        while elem.getprevious() is not None:
-            del elem.getparent()[0]
+class FeedParser:
+    """
+    One feed, parsed incrementally: L{feed} each chunk of the body as it
+    arrives, then L{close}; each returns the titles its bytes completed.  Not
+    thread-safe: one parser is fed from one thread at a time.
+    """
+
+    def __init__(self, provider: str):
+        self.tag, self.convert = READERS[provider]
+        self.parser = etree.XMLPullParser(
+            events=("end",), tag=self.tag, resolve_entities=False, no_network=True,
+            load_dtd=False, huge_tree=False, remove_comments=True, remove_pis=True)
+
+    def feed(self, data: bytes) -> list[Title]:
+        self.parser.feed(data)
+        return self._drain()
+
+    def close(self) -> list[Title]:
+        self.parser.close()
+        return self._drain()
+
+    def _drain(self) -> list[Title]:
+        out = []
+        for _event, elem in self.parser.read_events():
+            title = self.convert(elem)
+            if title is not None:
+                out.append(title)
+            elem.clear(keep_tail=False)
+            # Drop the finished siblings the root still holds.
+            while elem.getprevious() is not None:
+                del elem.getparent()[0]
+        return out
+
+
+def read(provider: str, source: IO[bytes], chunk: int = 64 * 1024) -> Iterator[Title]:
+    """Every title of a whole feed read from a file (tests, tools)."""
+    parser = FeedParser(provider)
+    while data := source.read(chunk):
+        yield from parser.feed(data)
+    yield from parser.close()
 
 
 def _text(e) -> str:
@@ -120,56 +153,60 @@ def _names(e) -> list[str]:
     return [k for k in kids if k] or list(_split(e.text))
 
 
-def read_megogo(source: IO[bytes]) -> Iterator[Title]:
+def megogo_title(obj) -> Title | None:
     """MEGOGO's ``all_mgg.xml``: one L{Title} per ``<object>`` with an id and a title."""
-    for obj in _iterparse(source, "object"):
-        external_id = (obj.get("id") or "").strip()
-        name = (obj.get("title") or "").strip()
-        if not external_id or not name:
-            continue
-        info_e = obj.find("info")
-        year = country = None
-        if info_e is not None:
-            year = info_e.get("year") or _text(info_e.find("year")) or None
-            country = info_e.get("country") or _text(info_e.find("country"))
-        ratings_e = obj.find("ratings")
-        poster_e = obj.find("poster")
-        poster = "" if poster_e is None else (poster_e.get("url") or _text(poster_e))
-        duration = _int(_text(obj.find("duration_sec")) or _text(obj.find("duration"))
-                        or obj.get("duration"))
-        gallery_e = obj.find("gallery")
-        info = {
-            "categories": list(_split(obj.get("categories"))),
-            "ratings": dict(sorted(ratings_e.attrib.items())) if ratings_e is not None else {},
-            "directors": _names(obj.find("directors")),
-            "actors": _names(obj.find("actors")),
-            "gallery": [g.get("url") or _text(g) for g in gallery_e] if gallery_e is not None
-            else [],
-        }
-        vod = {v.lower() for v in _split(obj.get("vod"))}
-        yield Title(
-            external_id=external_id, name=name, name_en=(obj.get("title_en") or "").strip(),
-            year=_int(year), country=(country or "").strip(), story=_text(obj.find("story")),
-            duration_sec=duration, poster_url=poster.strip(), genres=_split(obj.get("genres")),
-            info=info, svod="svod" in vod, tvod="tvod" in vod, price=_price(obj.get("price")),
-        )
+    external_id = (obj.get("id") or "").strip()
+    name = (obj.get("title") or "").strip()
+    if not external_id or not name:
+        return None
+    # One pass over the children (the first of each tag), not a find() per field:
+    # this is the sync's hot loop (100,000 titles).
+    kids: dict = {}
+    for child in obj:
+        kids.setdefault(child.tag, child)
+    info_e = kids.get("info")
+    year = country = None
+    if info_e is not None:
+        year = info_e.get("year") or _text(info_e.find("year")) or None
+        country = info_e.get("country") or _text(info_e.find("country"))
+    ratings_e = kids.get("ratings")
+    poster_e = kids.get("poster")
+    poster = "" if poster_e is None else (poster_e.get("url") or _text(poster_e))
+    duration = _int(_text(kids.get("duration_sec")) or _text(kids.get("duration"))
+                    or obj.get("duration"))
+    gallery_e = kids.get("gallery")
+    info = {
+        "categories": list(_split(obj.get("categories"))),
+        "ratings": dict(sorted(ratings_e.attrib.items())) if ratings_e is not None else {},
+        "directors": _names(kids.get("directors")),
+        "actors": _names(kids.get("actors")),
+        "gallery": [g.get("url") or _text(g) for g in gallery_e] if gallery_e is not None
+        else [],
+    }
+    vod = {v.lower() for v in _split(obj.get("vod"))}
+    return Title(
+        external_id=external_id, name=name, name_en=(obj.get("title_en") or "").strip(),
+        year=_int(year), country=(country or "").strip(), story=_text(kids.get("story")),
+        duration_sec=duration, poster_url=poster.strip(), genres=_split(obj.get("genres")),
+        info=info, svod="svod" in vod, tvod="tvod" in vod, price=_price(obj.get("price")),
+    )
 
 
-def read_tvzavr(source: IO[bytes]) -> Iterator[Title]:
+def tvzavr_title(clip) -> Title | None:
     """Our documented tvzavr feed: one L{Title} per ``<clip>``."""
-    for clip in _iterparse(source, "clip"):
-        external_id = (clip.get("id") or "").strip()
-        name = (clip.get("title") or "").strip()
-        if not external_id or not name:
-            continue
-        yield Title(
-            external_id=external_id, name=name, name_en=(clip.get("title_orig") or "").strip(),
-            year=_int(clip.get("year")), country=(clip.get("country") or "").strip(),
-            story=_text(clip.find("description")), duration_sec=_int(clip.get("duration")),
-            poster_url=(clip.get("poster") or "").strip(), genres=_split(clip.get("genres")),
-            svod=clip.get("svod") == "1", tvod=clip.get("tvod") == "1",
-            price=_price(clip.get("price")),
-        )
+    external_id = (clip.get("id") or "").strip()
+    name = (clip.get("title") or "").strip()
+    if not external_id or not name:
+        return None
+    return Title(
+        external_id=external_id, name=name, name_en=(clip.get("title_orig") or "").strip(),
+        year=_int(clip.get("year")), country=(clip.get("country") or "").strip(),
+        story=_text(clip.find("description")), duration_sec=_int(clip.get("duration")),
+        poster_url=(clip.get("poster") or "").strip(), genres=_split(clip.get("genres")),
+        svod=clip.get("svod") == "1", tvod=clip.get("tvod") == "1",
+        price=_price(clip.get("price")),
+    )
 
 
-READERS = {"megogo": read_megogo, "tvzavr": read_tvzavr}
+# provider -> (the element a title is, its reader)
+READERS = {"megogo": ("object", megogo_title), "tvzavr": ("clip", tvzavr_title)}

@@ -11,6 +11,14 @@ say nothing, our reading, kept honest by tests/fakes/megogo.py):
         -> JSON {"successful": true|false, "message": "...",
                  "subscriptions": [{"serviceId": S, ...}]}   (the last call only)
 
+TVOD (a title bought by one of the customer's accounts): the public record
+shows no partner-billing method for it, so this is OUR assumed shape, behind
+the L{smartyd.vod.tvod.TvodPartner} interface and the fake::
+
+    GET {billing_url}/{partner_id}/tvod/grant?userId=U&objectId=X&purchaseId=Z
+    GET {billing_url}/{partner_id}/tvod/list?userId=U
+        -> JSON {"successful": true, "objects": [{"objectId": X, "purchaseId": Z}]}
+
 ``successful: false`` is a refusal.  One MEGOGO user per customer:
 ``userId = user_prefix + customer id``.  The SSO link for MEGOGO's own apps
 carries ``isdn`` (the userId), ``partner_key`` (partner_id) and
@@ -79,6 +87,22 @@ class MegogoClient:
         await self._get("subscription/unsubscribe",
                         {"userId": uid, "serviceId": str(service_id)})
 
+    async def grant_title(self, uid: str, object_id: str, purchase_id: str) -> None:
+        await self._get("tvod/grant", {"userId": uid, "objectId": object_id,
+                                       "purchaseId": purchase_id})
+
+    async def titles(self, uid: str) -> set[tuple[str, str]] | None:
+        """(objectId, purchaseId) granted to the user; None when MEGOGO knows no such user."""
+        try:
+            body = await self._get("tvod/list", {"userId": uid})
+        except PartnerRefused:
+            return None
+        objects = body.get("objects") or []
+        if not isinstance(objects, list):
+            raise PartnerProtocolError(PROVIDER, "tvod/list: objects not a list")
+        return {(str(o.get("objectId")), str(o.get("purchaseId"))) for o in objects
+                if isinstance(o, dict)}
+
     async def subscriptions(self, uid: str) -> set[int] | None:
         """The user's service ids at MEGOGO; None when MEGOGO knows no such user."""
         try:
@@ -113,6 +137,19 @@ class MegogoPartner:
         out.append(("subscribe" if wanted else "unsubscribe", {"service_id": service}, None))
         return out
 
+    def tvod_user(self, customer_id: int) -> str:
+        return user_id(self.cfg, customer_id)
+
+    def tvod_calls(self, customer_id: int, external_id: str, purchase_id: str,
+                   known: dict) -> list[tuple]:
+        """The grant of a bought title (``user/create`` first when the user is new)."""
+        uid = user_id(self.cfg, customer_id)
+        out = []
+        if not known.get("user"):
+            out.append((uid, "create", {}, "user"))
+        out.append((uid, "tvod", {"object_id": external_id, "purchase_id": purchase_id}, None))
+        return out
+
     async def send(self, call) -> None:
         if call.op == "create":
             await self.client.create_user(call.user_key)
@@ -120,10 +157,17 @@ class MegogoPartner:
             await self.client.subscribe(call.user_key, call.args["service_id"])
         elif call.op == "unsubscribe":
             await self.client.unsubscribe(call.user_key, call.args["service_id"])
+        elif call.op == "tvod":
+            await self.client.grant_title(call.user_key, call.args["object_id"],
+                                          call.args["purchase_id"])
         else:
             raise PartnerRefused(PROVIDER, f"unknown op {call.op}")
 
     async def in_effect(self, call) -> bool:
+        if call.op == "tvod":
+            granted = await self.client.titles(call.user_key)
+            return granted is not None and (
+                (call.args["object_id"], call.args["purchase_id"]) in granted)
         subs = await self.client.subscriptions(call.user_key)
         if call.op == "create":
             return subs is not None

@@ -55,10 +55,10 @@ class TvzavrClient:
             params["tariff"] = tariff
         return params
 
-    async def catalog(self) -> bytes:
-        response = await self.http.request("GET", f"{self.cfg.api_url}/catalog",
-                                           params=self._params(), timeout=600)
-        return response.body
+    async def catalog(self, on_chunk) -> None:
+        """The XML feed, streamed into ``on_chunk`` (L{PartnerHTTP.stream})."""
+        await self.http.stream("GET", f"{self.cfg.api_url}/catalog", on_chunk,
+                               params=self._params(), timeout=600)
 
     async def _json(self, method: str, path: str, params: dict) -> dict:
         kw = {"params": params} if method == "GET" else {"data": params}

@@ -1,13 +1,14 @@
 """
 A fake MEGOGO partner billing (Klein, in-process), the wire format of
 smartyd/vod/megogo.py: GET /<partner_id>/user/create|user/subscriptions and
-/<partner_id>/subscription/subscribe|unsubscribe, answering JSON
-``{"successful": ...}``; and the ``all_mgg.xml`` feed at /all_mgg.xml.
+/<partner_id>/subscription/subscribe|unsubscribe, /<partner_id>/tvod/grant|list
+(TVOD, our assumed shape), answering JSON ``{"successful": ...}``; and the ``all_mgg.xml`` feed at /all_mgg.xml.
 
 Knobs: ``down`` (every call answers 503), ``apply_then_fail`` (the next
 subscribe/unsubscribe takes effect, then the answer is a 502: the caller
 cannot tell it from a call that never happened);
-``calls`` lists (path, userId, serviceId) of every state-changing call applied.
+``calls`` lists (path, userId, serviceId or objectId) of every state-changing
+call applied; ``titles`` maps a user to the (objectId, purchaseId) granted.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeMegogo:
     def __init__(self, partner_id: int = 7):
         self.partner_id = str(partner_id)
         self.users: dict[str, set[int]] = {}
+        self.titles: dict[str, set[tuple[str, str]]] = {}
         self.calls: list[tuple] = []
         self.down = False
         self.apply_then_fail = 0
@@ -77,6 +79,18 @@ class FakeMegogo:
                 self.apply_then_fail -= 1
                 request.setResponseCode(502)
                 return _json(request, {"successful": False, "message": "bad gateway"})
+            return _json(request, {"successful": True})
+        if path == "tvod/list":
+            if uid not in self.users:
+                return _json(request, {"successful": False, "message": "user not found"})
+            return _json(request, {"successful": True, "objects": [
+                {"objectId": o, "purchaseId": p} for o, p in sorted(self.titles.get(uid, ()))]})
+        if path == "tvod/grant":
+            object_id, purchase_id = arg("objectId"), arg("purchaseId")
+            if uid not in self.users or not object_id or not purchase_id:
+                return _json(request, {"successful": False, "message": "bad grant"})
+            self.titles.setdefault(uid, set()).add((object_id, purchase_id))
+            self.calls.append((path, uid, object_id))
             return _json(request, {"successful": True})
         request.setResponseCode(404)
         return _json(request, {"successful": False, "message": "no such method"})
