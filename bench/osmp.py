@@ -65,9 +65,9 @@ TARGETS = {"pay": 0.25, "check": 0.5}
 PGBENCH_SCRIPT = """\
 \\set acc random(1, {accounts})
 BEGIN;
-UPDATE accounts SET balance = balance + 10.00, updated = now() WHERE id = :acc RETURNING balance AS bal \\gset
-INSERT INTO ledger (account_id, amount, kind, cause, idem_key, balance_after) VALUES (:acc, 10.00, 'payment', 'direct', 'direct:' || gen_random_uuid(), :bal) RETURNING id AS lid \\gset
-INSERT INTO payments (provider, external_id, account_id, amount, ledger_id) VALUES ('direct', gen_random_uuid()::text, :acc, 10.00, :lid);
+UPDATE customers SET balance = balance + 10.00, updated = now() WHERE id = :acc RETURNING balance AS bal \\gset
+INSERT INTO ledger (customer_id, account_id, amount, kind, cause, idem_key, balance_after) VALUES (:acc, :acc, 10.00, 'payment', 'direct', 'direct:' || gen_random_uuid(), :bal) RETURNING id AS lid \\gset
+INSERT INTO payments (provider, external_id, account_id, customer_id, amount, ledger_id) VALUES ('direct', gen_random_uuid()::text, :acc, :acc, 10.00, :lid);
 COMMIT;
 """
 
@@ -240,9 +240,9 @@ def verify(dsn: str, pays_ok: int) -> dict:
         cur.execute("SELECT count(*) FROM ledger WHERE idem_key LIKE 'payment:osmp:%%'")
         ledger_rows = cur.fetchone()[0]
         cur.execute(
-            "SELECT count(*) FROM (SELECT a.id FROM accounts a LEFT JOIN ledger l"
-            " ON l.account_id = a.id GROUP BY a.id, a.balance"
-            " HAVING a.balance <> coalesce(sum(l.amount), 0)) m"
+            "SELECT count(*) FROM (SELECT c.id FROM customers c LEFT JOIN ledger l"
+            " ON l.customer_id = c.id GROUP BY c.id, c.balance"
+            " HAVING c.balance <> coalesce(sum(l.amount), 0)) m"
         )
         mismatches = cur.fetchone()[0]
     ok = payments == linked == ledger_rows == pays_ok and mismatches == 0
