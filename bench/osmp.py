@@ -225,8 +225,11 @@ def direct(dsn: str, clients: int, seconds: float, accounts: int, workdir: Path)
         [str(pg_bin("pgbench")), "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
          "-T", str(int(seconds)), "-f", str(script),
          "-h", params["host"], "-p", params["port"], "-U", params["user"], params["dbname"]],
-        capture_output=True, text=True, check=True,
-    ).stdout
+        capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{out.stderr}")
+    out = out.stdout
     m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     if m is None:
         raise SystemExit(f"cannot read pgbench's output:\n{out}")
@@ -279,8 +282,11 @@ def main() -> None:
             daemons.append(Daemon(root / f"smartyd-{i}", args.pool_size, dsn=dsn))
             daemons[-1].start()
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO accounts (login) SELECT 'bench' || g"
+            # Ids 1..N, each with its customer of the same id (the trigger of
+            # migration 0006): payment codes and pgbench address customer g.
+            cur.execute("INSERT INTO accounts (id, login) SELECT g, 'bench' || g"
                         " FROM generate_series(1, %s) g", (args.accounts,))
+            cur.execute("SELECT setval('accounts_id_seq', %s)", (args.accounts,))
         txn_ids = itertools.count(10**9)
         port, n, secs = [d.port for d in daemons], args.terminals, args.seconds
         asyncio.run(drive(port, n, 1.0, check_paths(args.accounts, txn_ids)))  # warm-up
