@@ -180,8 +180,21 @@ BEGIN
     IF payee_account IS NOT NULL THEN
         SELECT a.customer_id INTO v_customer FROM accounts a WHERE a.id = payee_account;
     END IF;
-    IF v_customer IS DISTINCT FROM payee_customer
-       OR EXISTS (SELECT 1 FROM ledger l
+    IF v_customer IS DISTINCT FROM payee_customer THEN
+        outcome := 'python';
+        RETURN;
+    END IF;
+    -- A repeat: answered from its payment; nothing runs (no hook, no settling).
+    SELECT p.id, p.provider, p.external_id, p.account_id, p.amount, p.status, p.ledger_id,
+           p.external_date, p.details, p.created, p.customer_id
+      INTO o_id, o_provider, o_external_id, o_account_id, o_amount, o_status, o_ledger_id,
+           o_external_date, o_details, o_created, o_customer_id
+      FROM payments p WHERE p.provider = p_provider AND p.external_id = p_external_id;
+    IF FOUND THEN
+        outcome := 'exists';
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM ledger l
                    WHERE l.idem_key = 'payment:' || p_provider || ':' || p_external_id)
        OR (p_settle AND (
               EXISTS (SELECT 1 FROM subscriptions s WHERE s.customer_id = v_customer
@@ -200,6 +213,7 @@ BEGIN
     ON CONFLICT (provider, external_id) DO NOTHING
     RETURNING id INTO v_payment;
     IF v_payment IS NULL THEN
+        -- A copy committed since the look above (it held another customer's lock).
         outcome := 'exists';
         SELECT p.id, p.provider, p.external_id, p.account_id, p.amount, p.status, p.ledger_id,
                p.external_date, p.details, p.created, p.customer_id
