@@ -65,9 +65,9 @@ TARGETS = {"pay": 0.25, "check": 0.5}
 PGBENCH_SCRIPT = """\
 \\set acc random(1, {accounts})
 BEGIN;
-UPDATE accounts SET balance = balance + 10.00, updated = now() WHERE id = :acc RETURNING balance AS bal \\gset
-INSERT INTO ledger (account_id, amount, kind, cause, idem_key, balance_after) VALUES (:acc, 10.00, 'payment', 'direct', 'direct:' || gen_random_uuid(), :bal) RETURNING id AS lid \\gset
-INSERT INTO payments (provider, external_id, account_id, amount, ledger_id) VALUES ('direct', gen_random_uuid()::text, :acc, 10.00, :lid);
+UPDATE customers SET balance = balance + 10.00, updated = now() WHERE id = :acc RETURNING balance AS bal \\gset
+INSERT INTO ledger (customer_id, account_id, amount, kind, cause, idem_key, balance_after) VALUES (:acc, :acc, 10.00, 'payment', 'direct', 'direct:' || gen_random_uuid(), :bal) RETURNING id AS lid \\gset
+INSERT INTO payments (provider, external_id, account_id, customer_id, amount, ledger_id) VALUES ('direct', gen_random_uuid()::text, :acc, :acc, 10.00, :lid);
 COMMIT;
 """
 
@@ -225,8 +225,11 @@ def direct(dsn: str, clients: int, seconds: float, accounts: int, workdir: Path)
         [str(pg_bin("pgbench")), "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
          "-T", str(int(seconds)), "-f", str(script),
          "-h", params["host"], "-p", params["port"], "-U", params["user"], params["dbname"]],
-        capture_output=True, text=True, check=True,
-    ).stdout
+        capture_output=True, text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"pgbench failed:\n{out.stderr}")
+    out = out.stdout
     m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     if m is None:
         raise SystemExit(f"cannot read pgbench's output:\n{out}")
@@ -240,9 +243,9 @@ def verify(dsn: str, pays_ok: int) -> dict:
         cur.execute("SELECT count(*) FROM ledger WHERE idem_key LIKE 'payment:osmp:%%'")
         ledger_rows = cur.fetchone()[0]
         cur.execute(
-            "SELECT count(*) FROM (SELECT a.id FROM accounts a LEFT JOIN ledger l"
-            " ON l.account_id = a.id GROUP BY a.id, a.balance"
-            " HAVING a.balance <> coalesce(sum(l.amount), 0)) m"
+            "SELECT count(*) FROM (SELECT c.id FROM customers c LEFT JOIN ledger l"
+            " ON l.customer_id = c.id GROUP BY c.id, c.balance"
+            " HAVING c.balance <> coalesce(sum(l.amount), 0)) m"
         )
         mismatches = cur.fetchone()[0]
     ok = payments == linked == ledger_rows == pays_ok and mismatches == 0
@@ -279,8 +282,11 @@ def main() -> None:
             daemons.append(Daemon(root / f"smartyd-{i}", args.pool_size, dsn=dsn))
             daemons[-1].start()
         with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO accounts (login) SELECT 'bench' || g"
+            # Ids 1..N, each with its customer of the same id (the trigger of
+            # migration 0006): payment codes and pgbench address customer g.
+            cur.execute("INSERT INTO accounts (id, login) SELECT g, 'bench' || g"
                         " FROM generate_series(1, %s) g", (args.accounts,))
+            cur.execute("SELECT setval('accounts_id_seq', %s)", (args.accounts,))
         txn_ids = itertools.count(10**9)
         port, n, secs = [d.port for d in daemons], args.terminals, args.seconds
         asyncio.run(drive(port, n, 1.0, check_paths(args.accounts, txn_ids)))  # warm-up

@@ -520,34 +520,13 @@ async def find_payee(tx: Tx, ref: int | str, lock: bool = False) -> Payee | None
     The payee an id (a customer id) or a login (an account) names.  With
     ``lock`` the customer row is locked FOR UPDATE (see L{payments.accept}
     for the lock order).
+
+    One statement, the server-side C{payee_lookup} (migration 0011): an OSMP
+    check is this one round trip (L{Database.run_statement}).
     """
-    account_id = None
-    if isinstance(ref, int):
-        customer_id = ref
-    else:
-        row = await tx.fetchone("SELECT id, customer_id FROM accounts WHERE login = %s", (ref,))
-        if row is None:
-            return None
-        account_id, customer_id = row
-    balance = await tx.fetchval(
-        "SELECT balance FROM customers WHERE id = %s" + (" FOR UPDATE" if lock else ""),
-        (customer_id,),
+    row = await tx.fetchone(
+        "SELECT customer_id, account_id, balance, payments_allowed, active"
+        " FROM payee_lookup(%s, %s, %s)",
+        (ref if isinstance(ref, int) else None, ref if isinstance(ref, str) else None, lock),
     )
-    if balance is None:
-        return None
-    if account_id is not None:
-        allowed, active = await tx.fetchone(
-            "SELECT payments_allowed, active OR status_reason = %s FROM accounts WHERE id = %s",
-            (DEBT, account_id),
-        )
-    else:
-        # A customer with exactly one account (every migrated one): the
-        # payment is recorded as that account's too.
-        allowed, active, count, only = await tx.fetchone(
-            "SELECT coalesce(bool_and(payments_allowed), true),"
-            " coalesce(bool_or(active OR status_reason = %s), true), count(*), min(id)"
-            " FROM accounts WHERE customer_id = %s",
-            (DEBT, customer_id),
-        )
-        account_id = only if count == 1 else None
-    return Payee(customer_id, account_id, balance, allowed, active)
+    return None if row is None else Payee(*row)

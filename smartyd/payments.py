@@ -69,7 +69,33 @@ _COLUMNS = (
 
 # Hooks run inside the accepting transaction for each new payment (e.g. the
 # fiscal receipt queue).  Each is ``async hook(tx, payment)``.
+#
+# A hook that the one-statement accept (L{accept_in_sql}, migration 0011)
+# does in SQL says so with an attribute ``in_sql``: the tuple of that
+# function's flags that do its work (L{SQL_FLAGS}; empty: nothing to do).  A
+# hook without it runs in Python, and so the payment takes the Python path.
 AcceptHook = Callable[[Tx, Payment], object]
+
+# The flags of the SQL function C{payment_accept}:
+#   settle   the billing settles the payer (engine.payment_hook): the
+#            function hands the payment to the Python path when the customer
+#            has anything to settle, and settling nothing is nothing to do;
+#   receipt  the fiscal receipt job (fiscal.enqueue_receipt) is inserted.
+SQL_FLAGS = frozenset({"settle", "receipt"})
+
+
+def sql_plan(hooks) -> frozenset[str] | None:
+    """
+    The C{payment_accept} flags that do the work of ``hooks``, or None when
+    one of them must run in Python (then so must the whole accept).
+    """
+    flags: set[str] = set()
+    for hook in hooks:
+        in_sql = getattr(hook, "in_sql", None)
+        if in_sql is None or not SQL_FLAGS.issuperset(in_sql):
+            return None
+        flags.update(in_sql)
+    return frozenset(flags)
 
 
 async def get(tx: Tx, provider: str, external_id: str) -> Payment | None:
@@ -145,6 +171,62 @@ async def accept(
     for hook in hooks:
         await hook(tx, payment)
     return payment, True
+
+
+@frozen
+class SQLAccept:
+    """
+    What C{payment_accept} did (see migration 0011 for the outcomes).
+
+    @ivar outcome: ``created``, ``exists``, ``refused``, ``no_payee`` or
+        ``python`` (nothing written: run the Python path).
+    @ivar payee: the payee the reference names (its row was locked), or None.
+    @ivar payment: the payment created now or found under the external id.
+    """
+
+    outcome: str
+    payee: ledger.Payee | None
+    payment: Payment | None
+
+
+async def accept_in_sql(
+    tx: Tx,
+    provider: str,
+    external_id: str,
+    ref: int | str,
+    amount: object,
+    *,
+    details: dict | None = None,
+    external_date=None,
+    accept: bool = True,
+    flags: frozenset[str] = frozenset(),
+) -> SQLAccept:
+    """
+    L{ledger.find_payee} (locked) then L{accept} with the hooks ``flags``
+    name, as one statement: meant for L{Database.run_statement}, where the
+    statement is the whole transaction (one round trip).
+
+    ``ref`` is a customer id or an account login.  With ``accept`` False (a
+    refusal known beforehand) only the payee and the payment under the id are
+    read.  A payee that may not be paid is not credited (``refused``); the
+    caller decides the refusal from the payee, as on the Python path.
+    """
+    if accept:
+        amount = ledger.money(amount)
+        if amount <= 0:
+            raise ledger.LedgerError("a payment is positive")
+    else:
+        amount = None  # only looking
+    row = await tx.fetchone(
+        "SELECT * FROM payment_accept(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (provider, external_id, ref if isinstance(ref, int) else None,
+         ref if isinstance(ref, str) else None, amount, json.dumps(details or {}),
+         external_date, accept, "settle" in flags, "receipt" in flags),
+    )
+    outcome, payee, payment = row[0], row[1:6], row[6:]
+    return SQLAccept(outcome,
+                     None if payee[0] is None else ledger.Payee(*payee),
+                     None if payment[0] is None else Payment(*payment))
 
 
 @frozen

@@ -409,6 +409,9 @@ def payment_hook(cfg: BillingConfig):
     async def after_payment(tx: Tx, payment) -> None:
         await settle(tx, cfg, [payment.customer_id], payment.created)
 
+    # The one-statement accept (migration 0011, payments.accept_in_sql) hands
+    # the payment to this Python path whenever settle would write anything.
+    after_payment.in_sql = ("settle",)
     return after_payment
 
 

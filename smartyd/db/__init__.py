@@ -85,18 +85,21 @@ class RetryableError(DatabaseUnavailable):
 class Tx:
     """One transaction's cursor, with small typed helpers."""
 
-    def __init__(self, cursor: txpostgres.Cursor):
+    def __init__(self, cursor: txpostgres.Cursor, on_statement: Callable[[], None] | None = None):
         self._cursor = cursor
+        self._on_statement = on_statement
 
     async def execute(self, sql: str, params: Any = None) -> None:
+        if self._on_statement is not None:
+            self._on_statement()
         await self._cursor.execute(sql, params)
 
     async def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
-        await self._cursor.execute(sql, params)
+        await self.execute(sql, params)
         return self._cursor.fetchall()
 
     async def fetchone(self, sql: str, params: Any = None) -> tuple | None:
-        await self._cursor.execute(sql, params)
+        await self.execute(sql, params)
         return self._cursor.fetchone()
 
     async def fetchval(self, sql: str, params: Any = None) -> Any:
@@ -104,7 +107,7 @@ class Tx:
         return None if row is None else row[0]
 
     async def fetchdicts(self, sql: str, params: Any = None) -> list[dict]:
-        await self._cursor.execute(sql, params)
+        await self.execute(sql, params)
         names = [c.name for c in self._cursor.description]
         return [dict(zip(names, row)) for row in self._cursor.fetchall()]
 
@@ -189,6 +192,9 @@ class Database:
     _waiters: deque = field(factory=deque)
     _all: list = field(factory=list)
     _closed: bool = False
+    # Statements sent to the server by this pool's transactions (BEGIN and
+    # COMMIT included): the round trips, each a poll cycle of the reactor.
+    round_trips: int = field(default=0, init=False)
 
     def __attrs_post_init__(self):
         self._free.extend([None] * self.size)
@@ -258,7 +264,20 @@ class Database:
         """
         return Deferred.fromCoroutine(self._run(fn, args, kwargs))
 
-    async def _run(self, fn, args, kwargs):
+    def run_statement(self, fn: Callable[..., Awaitable[T]], *args: Any,
+                      **kwargs: Any) -> "Deferred[T]":
+        """
+        Run ``await fn(tx, *args, **kwargs)`` with no BEGIN/COMMIT around it:
+        each statement ``fn`` sends is a transaction of its own (autocommit).
+
+        For work that is one statement (a server-side function that does a
+        whole transaction, a single read): one round trip instead of three,
+        and on this one reactor thread each round trip is a full poll cycle.
+        Failures are translated as in L{run}.
+        """
+        return Deferred.fromCoroutine(self._run(fn, args, kwargs, transaction=False))
+
+    async def _run(self, fn, args, kwargs, transaction: bool = True):
         conn = await self._acquire()
         try:
             if _dead(conn):
@@ -268,9 +287,14 @@ class Database:
                 except _CONNECTION_ERRORS as e:
                     self._unavailable()
                     raise DatabaseUnavailable(f"cannot connect: {one_line(e)}") from e
-            d = conn.runInteraction(
-                lambda cursor: Deferred.fromCoroutine(fn(Tx(cursor), *args, **kwargs))
-            )
+            if transaction:
+                self.round_trips += 2  # BEGIN, then COMMIT or ROLLBACK
+                d = conn.runInteraction(
+                    lambda cursor: Deferred.fromCoroutine(
+                        fn(Tx(cursor, self._sent), *args, **kwargs))
+                )
+            else:
+                d = Deferred.fromCoroutine(fn(Tx(conn.cursor(), self._sent), *args, **kwargs))
             d.addTimeout(self.timeout, self.reactor)
             try:
                 return await d
@@ -285,6 +309,9 @@ class Database:
                 raise error from e
         finally:
             self._release(conn)
+
+    def _sent(self) -> None:
+        self.round_trips += 1
 
     def _unavailable(self) -> None:
         if self.on_unavailable is not None:

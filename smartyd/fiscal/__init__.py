@@ -44,6 +44,10 @@ async def enqueue_receipt(tx, payment) -> None:
     await jobs.enqueue(tx, payment.id, payment.provider, payment.external_id)
 
 
+# The one-statement accept (migration 0011) inserts the same job itself.
+enqueue_receipt.in_sql = ("receipt",)
+
+
 def payment_hooks(cfg: DreamkasConfig) -> tuple[AcceptHook, ...]:
     """What every accepted payment must do for fiscalization, in its own transaction."""
     return (enqueue_receipt,) if cfg.enabled and cfg.always_fiscalize else ()
