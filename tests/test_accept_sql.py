@@ -135,8 +135,10 @@ async def test_a_due_promise_or_a_debt_account_alone_also_takes_the_python_path(
     a = await db.run(ledger.create_account, "alice", account_id=42)
     s = service(db)
     now = engine.utc(s.clock.seconds())
-    # A DEBT account without a suspended subscription: settle reactivates it.
+    # A DEBT account (declared by the billing, migration 0013) without a
+    # suspended subscription: settle reactivates it.
     await db.run(ledger.set_active, a.id, False, ledger.DEBT)
+    await db.execute("UPDATE accounts SET debt_by_billing = true WHERE id = %s", (a.id,))
     before = db.round_trips
     assert (await s.pay(request(s, "pay", ppc.encode(a.customer_id), "3001"))).result == 0
     assert db.round_trips - before > 1
