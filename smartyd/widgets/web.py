@@ -21,6 +21,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -174,6 +175,21 @@ class WidgetsWeb:
     async def tariff(self, request: Request, widget_id: int):
         return await self._post(request, widget_id, "tariff")
 
+    @app.route("/widgets/page/<int:widget_id>/account", methods=["POST"])
+    @endpoint("widgets_form")
+    async def add_account(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "account")
+
+    @app.route("/widgets/page/<int:widget_id>/password", methods=["POST"])
+    @endpoint("widgets_form")
+    async def password(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "password")
+
+    @app.route("/widgets/page/<int:widget_id>/profile", methods=["POST"])
+    @endpoint("widgets_form")
+    async def profile(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "profile")
+
     @app.route("/widgets/page/<int:widget_id>/logout", methods=["POST"])
     @endpoint("widgets_form")
     async def logout(self, request: Request, widget_id: int):
@@ -316,6 +332,14 @@ class WidgetsWeb:
         return [tags.form(*rows, method="post", action=f"/widgets/page/{widget.id}",
                           id="signup")]
 
+    def _check_contacts(self, phone: str | None, email: str | None) -> None:
+        if phone is not None and (len(phone) > 20 or not all(c in "+0123456789 ()-"
+                                                             for c in phone)):
+            raise Refusal(400, "bad_input", why=self.t["phone"])
+        if email is not None and (len(email) > MAX_FIELD or "@" not in email[1:-1]
+                                  or not email.isprintable() or " " in email):
+            raise Refusal(400, "bad_input", why=self.t["email"])
+
     async def _submit_signup(self, request, widget, session) -> bytes:
         if self.cfg.widgets.captcha:
             answer = await self.db.run(repo.take_captcha, self._arg(request, "captcha_id")[:64],
@@ -327,12 +351,7 @@ class WidgetsWeb:
         email = self._arg(request, "email") or None
         if not 1 <= len(name) <= MAX_FIELD or not name.isprintable():
             raise Refusal(400, "bad_input", why=self.t["name"])
-        if phone is not None and (len(phone) > 20 or not all(c in "+0123456789 ()-"
-                                                             for c in phone)):
-            raise Refusal(400, "bad_input", why=self.t["phone"])
-        if email is not None and (len(email) > MAX_FIELD or "@" not in email[1:-1]
-                                  or not email.isprintable() or " " in email):
-            raise Refusal(400, "bad_input", why=self.t["email"])
+        self._check_contacts(phone, email)
         password = new_password()
         pw_hash = await self.thread(ledger.hash_password, password)
         ip = client_ip(request, self.trusted_proxies)
@@ -387,9 +406,11 @@ class WidgetsWeb:
             entries = await ledger.statement(tx, account.customer_id, limit=20)
             offered = await repo.tariffs_with_channels(tx, widget.tariff_ids)
             subs = await catalog.customer_subscriptions(tx, account.customer_id)
-            return entries, offered, subs
+            accounts = await ledger.customer_accounts(tx, account.customer_id)
+            customer = await ledger.get_customer(tx, account.customer_id)
+            return entries, offered, subs, accounts, customer
 
-        entries, offered, subs = await self.db.run(look)
+        entries, offered, subs, accounts, customer = await self.db.run(look)
         mine = {s["tariff_id"]: s for s in subs
                 if s["account_id"] in (None, account.id)}
         tariff_rows = []
@@ -417,9 +438,133 @@ class WidgetsWeb:
             tags.table([tags.tr(tags.td(e.created.strftime("%Y-%m-%d %H:%M")),
                                 tags.td(f"{e.amount:+.2f}"), tags.td(e.cause))
                         for e in reversed(entries)], id="statement"),
+            *self._accounts_part(widget, session, accounts),
+            *self._profile_part(widget, session, customer),
             tags.form(self._csrf(session), tags.button(t["logout"], type="submit",
                                                        class_="secondary"),
                       method="post", action=f"/widgets/page/{widget.id}/logout")]
+
+    def _accounts_part(self, widget, session, accounts: list) -> list:
+        t = self.t
+        action = f"/widgets/page/{widget.id}"
+        return [
+            tags.h2(t["accounts"]),
+            tags.ul([tags.li(a.login) for a in accounts], id="accounts"),
+            tags.form(self._csrf(session), tags.button(t["add_account"], type="submit",
+                                                       class_="secondary"),
+                      method="post", action=action + "/account", id="add-account"),
+            tags.h3(t["change_password"]),
+            tags.form(
+                self._csrf(session),
+                tags.label(t["account"], tags.select(
+                    [tags.option(a.login, value=str(a.id)) for a in accounts],
+                    name="account_id")),
+                tags.label(t["new_password"], tags.input(
+                    name="new_password", type="password", required="required", minlength="8",
+                    maxlength="256", autocomplete="new-password")),
+                tags.label(t["repeat_password"], tags.input(
+                    name="new_password2", type="password", required="required",
+                    minlength="8", maxlength="256", autocomplete="new-password")),
+                tags.label(t["current_password"], tags.input(
+                    name="password", type="password", required="required",
+                    autocomplete="current-password")),
+                tags.button(t["change_password"], type="submit"),
+                method="post", action=action + "/password", id="change-password")]
+
+    def _profile_part(self, widget, session, customer) -> list:
+        t = self.t
+        return [
+            tags.h2(t["profile"]),
+            tags.form(
+                self._csrf(session),
+                tags.label(t["phone"], tags.input(name="phone", type="tel", maxlength="20",
+                                                  value=customer.phone or "",
+                                                  autocomplete="tel")),
+                tags.label(t["email"], tags.input(name="email", type="email",
+                                                  maxlength=str(MAX_FIELD),
+                                                  value=customer.email or "",
+                                                  autocomplete="email")),
+                tags.button(t["save"], type="submit"),
+                method="post", action=f"/widgets/page/{widget.id}/profile", id="profile")]
+
+    async def _logged_in(self, session) -> ledger.Account | None:
+        if session is None or session.account_id is None:
+            return None
+        return await self.db.run(ledger.get_account, session.account_id)
+
+    async def _cabinet_notice(self, request, widget, session, notice: list) -> bytes:
+        """The cabinet with ``notice`` above it (a change done; credentials shown once)."""
+        shown = await self._show_cabinet(request, widget, session)
+        return await self._html(request, 200, widget, session, notice + shown)
+
+    async def _account_cabinet(self, request, widget, session) -> bytes:
+        """Add an account to the logged-in customer; its login and password are shown once."""
+        account = await self._logged_in(session)
+        if account is None:
+            return self._redirect(request, widget)
+        password = new_password()
+        pw_hash = await self.thread(ledger.hash_password, password)
+
+        async def add(tx):
+            if await repo.lock_customer_accounts(tx, account.customer_id) >= repo.MAX_ACCOUNTS:
+                return None
+            login = new_login()
+            while await ledger.find_account_by_login(tx, login) is not None:
+                login = new_login()
+            return await ledger.create_account(tx, login, pw_hash,
+                                               customer_id=account.customer_id)
+
+        added = await self.db.run(add)
+        if added is None:
+            raise Refusal(400, "too_many_accounts")
+        log.info("widget {widget}: customer {customer} added account {account}",
+                 widget=widget.id, customer=account.customer_id, account=added.id)
+        t = self.t
+        return await self._cabinet_notice(request, widget, session, [
+            tags.p(t["account_added"], class_="notice"),
+            tags.dl(tags.dt(t["login"]), tags.dd(added.login, id="new-login"),
+                    tags.dt(t["password"]), tags.dd(password, id="new-password"),
+                    class_="credentials")])
+
+    async def _password_cabinet(self, request, widget, session) -> bytes:
+        """
+        Set the password of one of the customer's accounts; the logged-in
+        account's current password is asked again (a session left open on a
+        shared computer does not hand the accounts over).
+        """
+        account = await self._logged_in(session)
+        if account is None:
+            return self._redirect(request, widget)
+        new, again = self._arg(request, "new_password"), self._arg(request, "new_password2")
+        target = self._arg(request, "account_id")
+        if not 8 <= len(new) <= 256 or not hmac.compare_digest(new.encode(), again.encode()):
+            raise Refusal(400, "passwords_differ")
+        current = self._arg(request, "password")
+        if not current or len(current) > 256 or                 await password_login(self.db, account.login, current) is None:
+            raise Refusal(403, "bad_password")
+        if not target.isdigit() or len(target) > 18:
+            raise Refusal(400, "bad_input", why=self.t["account"])
+        pw_hash = await self.thread(ledger.hash_password, new)
+        if not await self.db.run(repo.set_account_password, account.customer_id, int(target),
+                                 pw_hash):
+            raise Refusal(400, "bad_input", why=self.t["account"])
+        log.info("widget {widget}: password of account {target} changed by account {account}",
+                 widget=widget.id, target=int(target), account=account.id)
+        return await self._cabinet_notice(request, widget, session, [
+            tags.p(self.t["password_changed"], class_="notice", role="status")])
+
+    async def _profile_cabinet(self, request, widget, session) -> bytes:
+        account = await self._logged_in(session)
+        if account is None:
+            return self._redirect(request, widget)
+        phone = self._arg(request, "phone") or None
+        email = self._arg(request, "email") or None
+        self._check_contacts(phone, email)
+        await self.db.run(repo.set_contacts, account.customer_id, phone, email)
+        log.info("widget {widget}: customer {customer} changed the profile",
+                 widget=widget.id, customer=account.customer_id)
+        return await self._cabinet_notice(request, widget, session, [
+            tags.p(self.t["profile_saved"], class_="notice", role="status")])
 
     async def _submit_cabinet(self, request, widget, session) -> bytes:
         login, password = self._arg(request, "login"), self._arg(request, "password")
