@@ -389,6 +389,43 @@ async def test_payment_form_to_assist_and_back_to_a_credited_result(db):
     assert (await db.run(ledger.get_account, account.id)).balance == Decimal("150.00")
 
 
+@pytest_twisted.ensureDeferred
+async def test_payment_of_an_order_created_earlier_overrides_amount_and_client(db):
+    env = Env(db)
+    erin = await db.run(ledger.create_account, "erin", "")
+    other = await db.run(ledger.create_account, "frank", "")
+    assist = env.app.app.features["assist"].handle
+    earlier, _ = await assist.create_order(erin.id, "70.00")  # e.g. an operator's invoice
+    number = earlier.order_number
+    wid = await env.widget("payment")
+    query = f"order_id={number}&amount=999.00&client_id={other.customer_id}"
+    r, html = await env.get(f"/widgets/page/{wid}?{query}")
+    assert r.code == 200 and f'id="order">Order {number}: 70.00<' in html
+    assert "999.00" not in html and f'value="{other.customer_id}"' not in html
+    hidden = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html))
+    assert hidden["order_id"] == number
+    pay = {"order_id": number, "amount": "999.00", "client_id": str(other.customer_id),
+           "payment_type": "assist"}
+    r, page = await env.post(f"/widgets/page/{wid}", pay)
+    assert r.code == 403  # no token
+    r, page = await env.post(f"/widgets/page/{wid}", {**pay, "csrf": unescape(hidden["csrf"])})
+    assert r.code == 200, page
+    assert f'name="Order_IDP" value="{number}"' in page and 'name="Subtotal_P" value="70.00"' in page
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 1  # no new order
+    env.fake.pay(number, "70.00")
+    await assist.poll()
+    assert (await db.run(ledger.get_account, erin.id)).balance == Decimal("70.00")
+    assert (await db.run(ledger.get_account, other.id)).balance == Decimal("0.00")
+    # Paid: it cannot be paid again; an unknown order neither.
+    for ref in (number, "987654321"):
+        r, html = await env.get(f"/widgets/page/{wid}?order_id={ref}")
+        assert "No such payment order, or it is paid already" in html and "Order_IDP" not in html
+        r, page = await env.post(f"/widgets/page/{wid}", {**pay, "order_id": ref,
+                                                         "csrf": unescape(hidden["csrf"])})
+        assert r.code == 404 and "Order_IDP" not in page
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 1
+
+
 # -- TV guide ----------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_epg_imported_from_xmltv_shows_the_programme_on_air(db):

@@ -41,6 +41,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "passwords_differ": "The new passwords differ or are shorter than 8 characters.",
         "profile": "Profile", "save": "Save", "profile_saved": "Saved.",
         "no_transaction": "No such payment order, or it is paid already.",
+        "order": "Order {order}: {amount}",
     },
     "ru": {
         "channels": "Каналы", "signup": "Регистрация", "cabinet": "Личный кабинет",
@@ -80,6 +81,7 @@ TEXTS: dict[str, dict[str, str]] = {
         "passwords_differ": "Новые пароли не совпадают или короче 8 символов.",
         "profile": "Профиль", "save": "Сохранить", "profile_saved": "Сохранено.",
         "no_transaction": "Такого заказа нет, или он уже оплачен.",
+        "order": "Заказ {order}: {amount}",
     },
 }
 

@@ -38,7 +38,8 @@ from twisted.web.template import Tag, flattenString, tags
 from smartyd import catalog, ledger
 from smartyd.billing import engine
 from smartyd.gateways import orders
-from smartyd.gateways.assist import server_url
+from smartyd.gateways.assist import payment_form, server_url
+from smartyd.gateways.assist_service import NEW_DAYS as ORDER_DAYS
 from smartyd.http.addresses import client_ip
 from smartyd.http.auth import password_login
 from smartyd.http.handlers import endpoint, json_body
@@ -632,6 +633,35 @@ class WidgetsWeb:
     def _methods(self) -> list[str]:
         return [m for m, s in (("assist", self.assist), ("payture", self.payture)) if s]
 
+    async def _gateway_form(self, request, widget, session, form) -> bytes:
+        """The ASSIST form the payer sends to the gateway's page (the whole window, not the frame)."""
+        fields = [tags.input(type="hidden", name=k, value=v) for k, v in form.fields]
+        body = [tags.form(*fields, tags.button(self.t["to_gateway"], type="submit"),
+                          method="post", action=form.url, target="_top",
+                          id="gateway", **{"accept-charset": form.charset})]
+        return await self._html(request, 200, widget, session, body,
+                                form_action=(_origin(server_url(self.assist.cfg)),))
+
+    async def _earlier_order(self, number: str) -> orders.Order | None:
+        """
+        The seed's ``order_id``, "a transaction created earlier", is in our
+        model an ASSIST gateway order created before the payer came: by
+        ``smartyd-admin assist order`` (an operator's invoice), by ``POST
+        /payments/assist/order`` (the operator's site or app) or by an
+        earlier attempt in this widget.  It may be paid while the poll still
+        watches it: not credited, not final, not authorised yet, and younger
+        than the poll's window (an older one would never be credited).
+        None: no such order, or it cannot be paid any more.
+        """
+        if self.assist is None or not number.isdigit() or len(number) > 18:
+            return None
+        order = await self.db.run(orders.get, "assist", number)
+        if order is None or order.credited or order.status not in ("new", "declined", "unknown"):
+            return None
+        if order.created < self.now() - timedelta(days=ORDER_DAYS):
+            return None
+        return order
+
     async def _show_payment(self, request, widget, session) -> list:
         t = self.t
         methods = self._methods()
@@ -641,6 +671,20 @@ class WidgetsWeb:
             out.append(self._message("not_offered", kind=wanted))
         if not methods:
             return out + [self._message("no_methods")]
+        number = self._arg(request, "order_id")
+        if number:
+            # The order's amount and client override the snippet's; it is paid by its gateway.
+            order = await self._earlier_order(number)
+            if order is None:
+                return out + [self._message("no_transaction")]
+            return out + [tags.form(
+                self._csrf(session),
+                tags.input(type="hidden", name="order_id", value=order.order_number),
+                tags.input(type="hidden", name="payment_type", value="assist"),
+                tags.p(t["order"].format(order=order.order_number,
+                                         amount=f"{order.amount:.2f}"), id="order"),
+                tags.button(t["pay"], type="submit"),
+                method="post", action=f"/widgets/page/{widget.id}", id="payment")]
         out.append(tags.form(
             self._csrf(session),
             tags.label(t["amount"], tags.input(name="amount", value=self._arg(request, "amount"),
@@ -659,6 +703,16 @@ class WidgetsWeb:
         kind = self._arg(request, "payment_type")
         if kind not in self._methods():
             raise Refusal(400, "not_offered", kind=kind[:20] or "-")
+        number = self._arg(request, "order_id")
+        if number:
+            order = await self._earlier_order(number)
+            if order is None:
+                raise Refusal(404, "no_transaction")
+            log.info("widget {widget}: ASSIST order {order} paid again", widget=widget.id,
+                     order=order.order_number)
+            form = payment_form(self.assist.cfg, order.order_number, order.amount,
+                                order.two_stage)
+            return await self._gateway_form(request, widget, session, form)
         try:
             amount = Decimal(self._arg(request, "amount").replace(",", "."))
         except InvalidOperation:
@@ -675,12 +729,7 @@ class WidgetsWeb:
         try:
             if kind == "assist":
                 order, form = await self.assist.create_order(account.id, amount)
-                fields = [tags.input(type="hidden", name=k, value=v) for k, v in form.fields]
-                body = [tags.form(*fields, tags.button(self.t["to_gateway"], type="submit"),
-                                  method="post", action=form.url, target="_top",
-                                  id="gateway", **{"accept-charset": form.charset})]
-                return await self._html(request, 200, widget, session, body,
-                                        form_action=(_origin(server_url(self.assist.cfg)),))
+                return await self._gateway_form(request, widget, session, form)
             order, url = await self.payture.create_order(
                 account.id, amount, client_ip(request, self.trusted_proxies))
         except orders.OrderError:
