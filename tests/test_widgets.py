@@ -254,6 +254,103 @@ async def test_cabinet_login_balance_and_tariff_connect_disconnect(db):
     assert 'id="login"' in html and "balance" not in html
 
 
+async def logged_in(env, db, wid, login="carol", password="pw-carol"):
+    _, hidden = await env.form_page(wid)
+    r, _ = await env.post(f"/widgets/page/{wid}", {**hidden, "login": login,
+                                                  "password": password})
+    assert r.code == 303
+    return await env.form_page(wid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_cabinet_adds_an_account_shown_once_and_refuses_without_csrf(db):
+    env = Env(db)
+    carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    wid = await env.widget("cabinet")
+    html, hidden = await logged_in(env, db, wid)
+    assert 'id="accounts"><li>carol</li></ul>' in html and 'id="add-account"' in html
+    r, page = await env.post(f"/widgets/page/{wid}/account", {})
+    assert r.code == 403 and "did not come from this page" in page
+    assert len(await db.run(ledger.customer_accounts, carol.customer_id)) == 1
+    r, page = await env.post(f"/widgets/page/{wid}/account", hidden)
+    assert r.code == 200, page
+    login = re.search(r'id="new-login">([^<]+)<', page).group(1)
+    password = re.search(r'id="new-password">([^<]+)<', page).group(1)
+    added = await password_login(db, login, password)
+    assert added is not None and added.customer_id == carol.customer_id
+    assert f"<li>{login}</li>" in page  # listed among the customer's accounts
+    _, again = await env.get(f"/widgets/page/{wid}")
+    assert password not in again  # shown once
+    # Another browser, not logged in (its own valid token): nothing to add to.
+    stranger = Env.__new__(Env)
+    stranger.db, stranger.app = db, env.app
+    stranger.web = in_memory_client(env.app.root)
+    _, theirs = await stranger.form_page(wid)
+    r, _ = await stranger.post(f"/widgets/page/{wid}/account", theirs)
+    assert r.code == 303
+    assert len(await db.run(ledger.customer_accounts, carol.customer_id)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_cabinet_changes_a_password_of_the_customers_own_accounts_only(db):
+    env = Env(db)
+    carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    second = await db.run(ledger.create_account, "carol2", ledger.hash_password("pw-second"),
+                          None, carol.customer_id)
+    other = await db.run(ledger.create_account, "mallory", ledger.hash_password("pw-mallory"))
+    wid = await env.widget("cabinet")
+    html, hidden = await logged_in(env, db, wid)
+    assert f'<option value="{second.id}">carol2</option>' in html
+    url = f"/widgets/page/{wid}/password"
+    change = {"account_id": str(second.id), "new_password": "new-secret-1",
+              "new_password2": "new-secret-1", "password": "pw-carol"}
+    r, page = await env.post(url, change)  # no token
+    assert r.code == 403 and "did not come from this page" in page
+    r, page = await env.post(url, {**hidden, **change, "password": "wrong"})
+    assert r.code == 403 and "Your current password is wrong" in page
+    r, page = await env.post(url, {**hidden, **change, "new_password2": "new-secret-2"})
+    assert r.code == 400 and "The new passwords differ" in page
+    r, page = await env.post(url, {**hidden, **change, "new_password": "short",
+                                   "new_password2": "short"})
+    assert r.code == 400 and "The new passwords differ" in page
+    r, page = await env.post(url, {**hidden, **change, "account_id": str(other.id)})
+    assert r.code == 400 and "Please check the form: Account" in page
+    assert await password_login(db, "mallory", "pw-mallory") is not None
+    assert await password_login(db, "carol2", "pw-second") is not None  # nothing changed yet
+    r, page = await env.post(url, {**hidden, **change})
+    assert r.code == 200 and "The password is changed" in page
+    assert await password_login(db, "carol2", "new-secret-1") is not None
+    assert await password_login(db, "carol2", "pw-second") is None
+    assert await password_login(db, "carol", "pw-carol") is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_cabinet_profile_phone_and_email_validated_and_escaped(db):
+    env = Env(db)
+    carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    wid = await env.widget("cabinet")
+    html, hidden = await logged_in(env, db, wid)
+    assert 'id="profile"' in html
+    url = f"/widgets/page/{wid}/profile"
+    r, page = await env.post(url, {"phone": "+7 900 1", "email": "c@example.com"})
+    assert r.code == 403
+    r, page = await env.post(url, {**hidden, "phone": "call me", "email": "c@example.com"})
+    assert r.code == 400 and "Please check the form: Phone" in page
+    r, page = await env.post(url, {**hidden, "phone": "", "email": "not-an-address"})
+    assert r.code == 400 and "Please check the form: E-mail" in page
+    customer = await db.run(ledger.get_customer, carol.customer_id)
+    assert customer.phone is None and customer.email is None  # refused: nothing changed
+    r, page = await env.post(url, {**hidden, "phone": "+7 900 1",
+                                   "email": '"><script>@x.example'})
+    assert r.code == 200 and "Saved." in page
+    assert 'value="&quot;&gt;&lt;script&gt;@x.example"' in page and "<script>@" not in page
+    customer = await db.run(ledger.get_customer, carol.customer_id)
+    assert customer.phone == "+7 900 1" and customer.email == '"><script>@x.example'
+    r, page = await env.post(url, {**hidden, "phone": "", "email": "c@example.com"})
+    customer = await db.run(ledger.get_customer, carol.customer_id)
+    assert customer.phone is None and customer.email == "c@example.com"
+
+
 # -- payment -----------------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_payment_form_to_assist_and_back_to_a_credited_result(db):
@@ -290,6 +387,43 @@ async def test_payment_form_to_assist_and_back_to_a_credited_result(db):
     r, html = await env.get(f"/widgets/page/{wid}/result?order={number}")
     assert r.code == 200 and f"Payment {number}: 150.00, credited" in html
     assert (await db.run(ledger.get_account, account.id)).balance == Decimal("150.00")
+
+
+@pytest_twisted.ensureDeferred
+async def test_payment_of_an_order_created_earlier_overrides_amount_and_client(db):
+    env = Env(db)
+    erin = await db.run(ledger.create_account, "erin", "")
+    other = await db.run(ledger.create_account, "frank", "")
+    assist = env.app.app.features["assist"].handle
+    earlier, _ = await assist.create_order(erin.id, "70.00")  # e.g. an operator's invoice
+    number = earlier.order_number
+    wid = await env.widget("payment")
+    query = f"order_id={number}&amount=999.00&client_id={other.customer_id}"
+    r, html = await env.get(f"/widgets/page/{wid}?{query}")
+    assert r.code == 200 and f'id="order">Order {number}: 70.00<' in html
+    assert "999.00" not in html and f'value="{other.customer_id}"' not in html
+    hidden = dict(re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html))
+    assert hidden["order_id"] == number
+    pay = {"order_id": number, "amount": "999.00", "client_id": str(other.customer_id),
+           "payment_type": "assist"}
+    r, page = await env.post(f"/widgets/page/{wid}", pay)
+    assert r.code == 403  # no token
+    r, page = await env.post(f"/widgets/page/{wid}", {**pay, "csrf": unescape(hidden["csrf"])})
+    assert r.code == 200, page
+    assert f'name="Order_IDP" value="{number}"' in page and 'name="Subtotal_P" value="70.00"' in page
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 1  # no new order
+    env.fake.pay(number, "70.00")
+    await assist.poll()
+    assert (await db.run(ledger.get_account, erin.id)).balance == Decimal("70.00")
+    assert (await db.run(ledger.get_account, other.id)).balance == Decimal("0.00")
+    # Paid: it cannot be paid again; an unknown order neither.
+    for ref in (number, "987654321"):
+        r, html = await env.get(f"/widgets/page/{wid}?order_id={ref}")
+        assert "No such payment order, or it is paid already" in html and "Order_IDP" not in html
+        r, page = await env.post(f"/widgets/page/{wid}", {**pay, "order_id": ref,
+                                                         "csrf": unescape(hidden["csrf"])})
+        assert r.code == 404 and "Order_IDP" not in page
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 1
 
 
 # -- TV guide ----------------------------------------------------------------------------------------

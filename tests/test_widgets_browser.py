@@ -17,18 +17,26 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from datetime import timedelta
+from decimal import Decimal
+from html import escape
+from urllib.parse import urlencode
 
 import pytest_twisted
+from treq.client import HTTPClient
 from playwright.sync_api import sync_playwright
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import blockingCallFromThread, deferToThread
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
 from conftest import make_config
-from smartyd import catalog
+from fakes.assist import FakeAssist
+from fakes.xmltv import FakeXMLTV, now_utc, xmltv
+from smartyd import catalog, ledger
 from smartyd.http.auth import password_login
 from smartyd.http.root import make_site
 from smartyd.widgets import repo
@@ -120,6 +128,11 @@ async def test_channels_and_signup_widgets_embedded_from_another_origin(db, tmp_
         os.makedirs(shots, exist_ok=True)
         profile = tmp_path / "chromium-profile"
         seen = await deferToThread(browse, operator, shots, str(profile))
+        # The signed-up account mints a stream URL (what a player does with it).
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        minted = await client.post(f"http://{host}/streams/url", data={
+            "login": seen["login"], "password": seen["password"], "channel": "first"})
+        mint = await minted.json()
     finally:
         await smartyd_port.stopListening()
         await operator_port.stopListening()
@@ -132,3 +145,185 @@ async def test_channels_and_signup_widgets_embedded_from_another_origin(db, tmp_
     assert account is not None
     assert await db.run(catalog.account_tariffs, account.id) == [basic]
     assert os.path.getsize(os.path.join(shots, "channels.png")) > 1000
+    assert minted.code == 200 and mint["url"] == "http://s.example/1/index.m3u8"
+    assert len(mint["token"]) > 20 and mint["expires"] > 0
+
+
+# -- cabinet, payment and TV guide ----------------------------------------------------------------
+PAYER_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Fake ASSIST</title></head>
+<body style="font-family: sans-serif"><h1>Fake ASSIST</h1>
+<p id="paid">Order {order}: {amount} paid.</p>
+<p><a id="back" href="{back}">Back to the shop</a></p></body></html>
+"""
+
+
+class FakeAssistSite(Resource):
+    """
+    The fake ASSIST on a real port: its Klein app (the report the daemon
+    polls) plus the payer's page the widget's form posts to.  The page pays
+    the order at once (a bill in the fake's report) and links back to the
+    shop's ``URL_RETURN_OK`` with ``?ordernumber=N`` as ASSIST does.
+    """
+
+    isLeaf = True
+
+    def __init__(self, fake: FakeAssist):
+        super().__init__()
+        self.fake, self.inner = fake, fake.app.resource()
+        self.purchases: list[dict] = []
+
+    def render(self, request):
+        if request.path != b"/shops/purchase.cfm":
+            return self.inner.render(request)
+        form = {k.decode(): v[0].decode("utf-8", "replace") for k, v in request.args.items()}
+        self.purchases.append(form)
+        order, amount = form["Order_IDP"], form["Subtotal_P"]
+        self.fake.pay(order, amount)
+        back = form["URL_RETURN_OK"] + ("&" if "?" in form["URL_RETURN_OK"] else "?") + \
+            urlencode({"ordernumber": order})
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return PAYER_PAGE.format(order=escape(order), amount=escape(amount),
+                                 back=escape(back, quote=True)).encode("utf-8")
+
+
+def browse_account(operator: str, shots: str, profile: str, login: str, password: str,
+                   poll) -> dict:
+    """In a worker thread: the TV guide, the cabinet, a payment and the cabinet again."""
+    seen: dict = {}
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 720, "height": 640})
+        try:
+            page = context.new_page()
+            page.goto(f"{operator}/epg.html")
+            frame = page.frame_locator("#widget-content iframe")
+            on_air = frame.locator("tr.onair")
+            on_air.wait_for(timeout=15000)
+            seen["on_air"] = on_air.all_inner_texts()
+            seen["guide"] = frame.locator("section.guide").all_inner_texts()
+            page.screenshot(path=os.path.join(shots, "epg.png"), full_page=True)
+
+            page.goto(f"{operator}/cabinet.html")
+            frame = page.frame_locator("#widget-content iframe")
+            frame.get_by_label("Login").fill(login)
+            frame.get_by_label("Password").fill(password)
+            frame.get_by_role("button", name="Log in").click()
+            seen["balance_before"] = frame.locator("#balance").inner_text(timeout=15000)
+            frame.locator("#tariffs tr", has_text="Sport").get_by_role(
+                "button", name="Connect").click()
+            frame.locator("#tariffs tr", has_text="Sport").get_by_text("connected").wait_for(
+                timeout=15000)
+            seen["balance_connected"] = frame.locator("#balance").inner_text()
+            seen["statement"] = frame.locator("#statement").inner_text()
+            page.screenshot(path=os.path.join(shots, "cabinet.png"), full_page=True)
+
+            page.goto(f"{operator}/payment.html")
+            frame = page.frame_locator("#widget-content iframe")
+            seen["amount_field"] = frame.get_by_label("Amount").input_value(timeout=15000)
+            page.screenshot(path=os.path.join(shots, "payment.png"), full_page=True)
+            frame.get_by_role("button", name="Pay").click()
+            frame.get_by_role("button", name="Continue to the payment page").click()
+            seen["gateway"] = page.locator("#paid").inner_text(timeout=15000)
+            page.locator("#back").click()
+            seen["result_before_poll"] = page.locator("#result").inner_text(timeout=15000)
+            seen["polled"] = poll()  # the daemon asks the fake gateway's report
+            page.reload()
+            seen["result"] = page.locator("#result").inner_text(timeout=15000)
+            page.screenshot(path=os.path.join(shots, "payment-done.png"), full_page=True)
+
+            page.goto(f"{operator}/cabinet.html")
+            frame = page.frame_locator("#widget-content iframe")
+            seen["balance_paid"] = frame.locator("#balance").inner_text(timeout=15000)
+        finally:
+            context.close()
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_epg_cabinet_and_payment_widgets_embedded_from_another_origin(db, tmp_path):
+    assert os.access(CHROMIUM, os.X_OK), (
+        f"{CHROMIUM} is missing: apt-get install chromium (./smartyd-dev test does)")
+    now = now_utc()
+    feed = FakeXMLTV(xmltv([
+        ("first.example", now - timedelta(minutes=20), now + timedelta(minutes=40),
+         "Evening <News>"),
+        ("first.example", now + timedelta(minutes=40), now + timedelta(minutes=100), "Film"),
+    ]))
+    fake = FakeAssist()
+    gateway = FakeAssistSite(fake)
+    pages = Resource()
+    # The daemon's port must be known to configure ``return_url``: its root is set once built.
+    daemon = make_site(Resource(), 1 << 20, reactor=reactor)
+    ports = []
+    try:
+        for resource in (pages, feed, gateway):
+            ports.append(await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+                Site(resource)))
+        operator, feed_url, gateway_url = (f"http://127.0.0.1:{p.getHost().port}" for p in ports)
+        ports.append(await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            daemon))
+        host = f"127.0.0.1:{ports[-1].getHost().port}"
+
+        async def seed(tx):
+            a = await catalog.create_channel(tx, "first", "http://s.example/1/index.m3u8")
+            b = await catalog.create_channel(tx, "second", "http://s.example/2/index.m3u8")
+            await repo.set_xmltv_id(tx, a["id"], "first.example")
+            sport = await catalog.create_tariff(tx, "Sport", "10.00", [b["id"]])
+            account = await ledger.create_account(tx, "carol", ledger.hash_password("pw-carol"))
+            await ledger.credit(tx, account.customer_id, "50.00", "payment", "test", "t:1")
+            ids = {kind: (await repo.create_widget(tx, kind, "", tariffs)).id
+                   for kind, tariffs in (("epg", []), ("cabinet", [sport["id"]]),
+                                         ("payment", []))}
+            return account, ids
+
+        account, ids = await db.run(seed)
+        cfg = make_config(
+            widgets={"enabled": True, "allowed_origins": [operator], "language": "en"},
+            epg={"xmltv_url": f"{feed_url}/guide.xml"},
+            assist={"enabled": True, "generation": "legacy", "shop_id": "111111",
+                    "login": "shoplogin", "password": "shoppass1", "secret": "push-secret",
+                    "server": gateway_url,
+                    "return_url": f"http://{host}/widgets/page/{ids['payment']}/result"})
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor,
+                                                                        persistent=False)))
+        app = build(cfg, reactor, db, http_client=client)
+        daemon.resource = app.root
+        imported = await app.app.features["epg"].handle.run()
+        extra = {"payment": f"&amount=150.00&client_id={account.customer_id}"
+                            "&payment_type=assist"}
+        for kind, wid in ids.items():
+            html = SNIPPET.replace("HOST", host).replace("ID", str(wid)).replace(
+                "container_id=widget-content", "container_id=widget-content" + extra.get(kind, ""))
+            pages.putChild(f"{kind}.html".encode(), Data(html.encode(), "text/html; charset=utf-8"))
+        shots = os.environ.get("SMARTYD_WIDGET_SCREENSHOTS") or str(tmp_path)
+        os.makedirs(shots, exist_ok=True)
+        poll = app.app.features["assist"].handle.poll
+
+        def poll_from_thread():
+            return blockingCallFromThread(reactor, lambda: defer.ensureDeferred(poll()))
+
+        seen = await deferToThread(browse_account, operator, shots,
+                                   str(tmp_path / "chromium-profile"), "carol", "pw-carol",
+                                   poll_from_thread)
+    finally:
+        for port in ports:
+            await port.stopListening()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+    assert imported.to_json()["stored"] == 2
+    assert len(seen["on_air"]) == 1 and "Evening <News>" in seen["on_air"][0]
+    assert "on air" in seen["on_air"][0] and "Film" in seen["guide"][0]
+    assert seen["balance_before"] == "50.00" and seen["balance_connected"] == "40.00"
+    assert "-10.00" in seen["statement"]
+    assert seen["amount_field"] == "150.00"
+    [purchase] = gateway.purchases
+    number = purchase["Order_IDP"]
+    assert purchase["Subtotal_P"] == "150.00" and seen["gateway"] == f"Order {number}: 150.00 paid."
+    assert seen["result_before_poll"] == f"Payment {number}: 150.00, not credited yet."
+    assert seen["result"] == f"Payment {number}: 150.00, credited."
+    assert seen["balance_paid"] == "190.00"
+    assert (await db.run(ledger.get_account, account.id)).balance == Decimal("190.00")
+    for name in ("epg.png", "cabinet.png", "payment.png"):
+        assert os.path.getsize(os.path.join(shots, name)) > 1000

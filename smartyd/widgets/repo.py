@@ -157,3 +157,29 @@ async def tariff_channel_ids(tx: Tx, tariff_ids: tuple[int, ...]) -> list[int]:
         "SELECT DISTINCT channel_id FROM tariff_channels WHERE tariff_id = ANY(%s)",
         (list(tariff_ids),))
     return [r[0] for r in rows]
+
+
+# -- the cabinet's changes -----------------------------------------------------------------
+MAX_ACCOUNTS = 10  # a customer adds at most this many accounts from the cabinet
+
+
+async def lock_customer_accounts(tx: Tx, customer_id: int) -> int:
+    """The customer's account count, its row locked (two racing adds cannot both pass)."""
+    await tx.execute("SELECT 1 FROM customers WHERE id = %s FOR UPDATE", (customer_id,))
+    return await tx.fetchval("SELECT count(*) FROM accounts WHERE customer_id = %s",
+                             (customer_id,))
+
+
+async def set_account_password(tx: Tx, customer_id: int, account_id: int,
+                               password_hash: str) -> bool:
+    """Set the password of ``account_id`` if it is one of the customer's (False: it is not)."""
+    done = await tx.fetchval(
+        "UPDATE accounts SET password_hash = %s WHERE id = %s AND customer_id = %s"
+        " RETURNING id", (password_hash, account_id, customer_id))
+    return done is not None
+
+
+async def set_contacts(tx: Tx, customer_id: int, phone: str | None, email: str | None) -> None:
+    """The customer's phone and e-mail as given (None clears one)."""
+    await tx.execute("UPDATE customers SET phone = %s, email = %s, updated = now()"
+                     " WHERE id = %s", (phone, email, customer_id))

@@ -21,6 +21,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -37,7 +38,8 @@ from twisted.web.template import Tag, flattenString, tags
 from smartyd import catalog, ledger
 from smartyd.billing import engine
 from smartyd.gateways import orders
-from smartyd.gateways.assist import server_url
+from smartyd.gateways.assist import payment_form, server_url
+from smartyd.gateways.assist_service import NEW_DAYS as ORDER_DAYS
 from smartyd.http.addresses import client_ip
 from smartyd.http.auth import password_login
 from smartyd.http.handlers import endpoint, json_body
@@ -173,6 +175,21 @@ class WidgetsWeb:
     @endpoint("widgets_form")
     async def tariff(self, request: Request, widget_id: int):
         return await self._post(request, widget_id, "tariff")
+
+    @app.route("/widgets/page/<int:widget_id>/account", methods=["POST"])
+    @endpoint("widgets_form")
+    async def add_account(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "account")
+
+    @app.route("/widgets/page/<int:widget_id>/password", methods=["POST"])
+    @endpoint("widgets_form")
+    async def password(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "password")
+
+    @app.route("/widgets/page/<int:widget_id>/profile", methods=["POST"])
+    @endpoint("widgets_form")
+    async def profile(self, request: Request, widget_id: int):
+        return await self._post(request, widget_id, "profile")
 
     @app.route("/widgets/page/<int:widget_id>/logout", methods=["POST"])
     @endpoint("widgets_form")
@@ -316,6 +333,14 @@ class WidgetsWeb:
         return [tags.form(*rows, method="post", action=f"/widgets/page/{widget.id}",
                           id="signup")]
 
+    def _check_contacts(self, phone: str | None, email: str | None) -> None:
+        if phone is not None and (len(phone) > 20 or not all(c in "+0123456789 ()-"
+                                                             for c in phone)):
+            raise Refusal(400, "bad_input", why=self.t["phone"])
+        if email is not None and (len(email) > MAX_FIELD or "@" not in email[1:-1]
+                                  or not email.isprintable() or " " in email):
+            raise Refusal(400, "bad_input", why=self.t["email"])
+
     async def _submit_signup(self, request, widget, session) -> bytes:
         if self.cfg.widgets.captcha:
             answer = await self.db.run(repo.take_captcha, self._arg(request, "captcha_id")[:64],
@@ -327,12 +352,7 @@ class WidgetsWeb:
         email = self._arg(request, "email") or None
         if not 1 <= len(name) <= MAX_FIELD or not name.isprintable():
             raise Refusal(400, "bad_input", why=self.t["name"])
-        if phone is not None and (len(phone) > 20 or not all(c in "+0123456789 ()-"
-                                                             for c in phone)):
-            raise Refusal(400, "bad_input", why=self.t["phone"])
-        if email is not None and (len(email) > MAX_FIELD or "@" not in email[1:-1]
-                                  or not email.isprintable() or " " in email):
-            raise Refusal(400, "bad_input", why=self.t["email"])
+        self._check_contacts(phone, email)
         password = new_password()
         pw_hash = await self.thread(ledger.hash_password, password)
         ip = client_ip(request, self.trusted_proxies)
@@ -387,9 +407,11 @@ class WidgetsWeb:
             entries = await ledger.statement(tx, account.customer_id, limit=20)
             offered = await repo.tariffs_with_channels(tx, widget.tariff_ids)
             subs = await catalog.customer_subscriptions(tx, account.customer_id)
-            return entries, offered, subs
+            accounts = await ledger.customer_accounts(tx, account.customer_id)
+            customer = await ledger.get_customer(tx, account.customer_id)
+            return entries, offered, subs, accounts, customer
 
-        entries, offered, subs = await self.db.run(look)
+        entries, offered, subs, accounts, customer = await self.db.run(look)
         mine = {s["tariff_id"]: s for s in subs
                 if s["account_id"] in (None, account.id)}
         tariff_rows = []
@@ -417,9 +439,133 @@ class WidgetsWeb:
             tags.table([tags.tr(tags.td(e.created.strftime("%Y-%m-%d %H:%M")),
                                 tags.td(f"{e.amount:+.2f}"), tags.td(e.cause))
                         for e in reversed(entries)], id="statement"),
+            *self._accounts_part(widget, session, accounts),
+            *self._profile_part(widget, session, customer),
             tags.form(self._csrf(session), tags.button(t["logout"], type="submit",
                                                        class_="secondary"),
                       method="post", action=f"/widgets/page/{widget.id}/logout")]
+
+    def _accounts_part(self, widget, session, accounts: list) -> list:
+        t = self.t
+        action = f"/widgets/page/{widget.id}"
+        return [
+            tags.h2(t["accounts"]),
+            tags.ul([tags.li(a.login) for a in accounts], id="accounts"),
+            tags.form(self._csrf(session), tags.button(t["add_account"], type="submit",
+                                                       class_="secondary"),
+                      method="post", action=action + "/account", id="add-account"),
+            tags.h3(t["change_password"]),
+            tags.form(
+                self._csrf(session),
+                tags.label(t["account"], tags.select(
+                    [tags.option(a.login, value=str(a.id)) for a in accounts],
+                    name="account_id")),
+                tags.label(t["new_password"], tags.input(
+                    name="new_password", type="password", required="required", minlength="8",
+                    maxlength="256", autocomplete="new-password")),
+                tags.label(t["repeat_password"], tags.input(
+                    name="new_password2", type="password", required="required",
+                    minlength="8", maxlength="256", autocomplete="new-password")),
+                tags.label(t["current_password"], tags.input(
+                    name="password", type="password", required="required",
+                    autocomplete="current-password")),
+                tags.button(t["change_password"], type="submit"),
+                method="post", action=action + "/password", id="change-password")]
+
+    def _profile_part(self, widget, session, customer) -> list:
+        t = self.t
+        return [
+            tags.h2(t["profile"]),
+            tags.form(
+                self._csrf(session),
+                tags.label(t["phone"], tags.input(name="phone", type="tel", maxlength="20",
+                                                  value=customer.phone or "",
+                                                  autocomplete="tel")),
+                tags.label(t["email"], tags.input(name="email", type="email",
+                                                  maxlength=str(MAX_FIELD),
+                                                  value=customer.email or "",
+                                                  autocomplete="email")),
+                tags.button(t["save"], type="submit"),
+                method="post", action=f"/widgets/page/{widget.id}/profile", id="profile")]
+
+    async def _logged_in(self, session) -> ledger.Account | None:
+        if session is None or session.account_id is None:
+            return None
+        return await self.db.run(ledger.get_account, session.account_id)
+
+    async def _cabinet_notice(self, request, widget, session, notice: list) -> bytes:
+        """The cabinet with ``notice`` above it (a change done; credentials shown once)."""
+        shown = await self._show_cabinet(request, widget, session)
+        return await self._html(request, 200, widget, session, notice + shown)
+
+    async def _account_cabinet(self, request, widget, session) -> bytes:
+        """Add an account to the logged-in customer; its login and password are shown once."""
+        account = await self._logged_in(session)
+        if account is None:
+            return self._redirect(request, widget)
+        password = new_password()
+        pw_hash = await self.thread(ledger.hash_password, password)
+
+        async def add(tx):
+            if await repo.lock_customer_accounts(tx, account.customer_id) >= repo.MAX_ACCOUNTS:
+                return None
+            login = new_login()
+            while await ledger.find_account_by_login(tx, login) is not None:
+                login = new_login()
+            return await ledger.create_account(tx, login, pw_hash,
+                                               customer_id=account.customer_id)
+
+        added = await self.db.run(add)
+        if added is None:
+            raise Refusal(400, "too_many_accounts")
+        log.info("widget {widget}: customer {customer} added account {account}",
+                 widget=widget.id, customer=account.customer_id, account=added.id)
+        t = self.t
+        return await self._cabinet_notice(request, widget, session, [
+            tags.p(t["account_added"], class_="notice"),
+            tags.dl(tags.dt(t["login"]), tags.dd(added.login, id="new-login"),
+                    tags.dt(t["password"]), tags.dd(password, id="new-password"),
+                    class_="credentials")])
+
+    async def _password_cabinet(self, request, widget, session) -> bytes:
+        """
+        Set the password of one of the customer's accounts; the logged-in
+        account's current password is asked again (a session left open on a
+        shared computer does not hand the accounts over).
+        """
+        account = await self._logged_in(session)
+        if account is None:
+            return self._redirect(request, widget)
+        new, again = self._arg(request, "new_password"), self._arg(request, "new_password2")
+        target = self._arg(request, "account_id")
+        if not 8 <= len(new) <= 256 or not hmac.compare_digest(new.encode(), again.encode()):
+            raise Refusal(400, "passwords_differ")
+        current = self._arg(request, "password")
+        if not current or len(current) > 256 or                 await password_login(self.db, account.login, current) is None:
+            raise Refusal(403, "bad_password")
+        if not target.isdigit() or len(target) > 18:
+            raise Refusal(400, "bad_input", why=self.t["account"])
+        pw_hash = await self.thread(ledger.hash_password, new)
+        if not await self.db.run(repo.set_account_password, account.customer_id, int(target),
+                                 pw_hash):
+            raise Refusal(400, "bad_input", why=self.t["account"])
+        log.info("widget {widget}: password of account {target} changed by account {account}",
+                 widget=widget.id, target=int(target), account=account.id)
+        return await self._cabinet_notice(request, widget, session, [
+            tags.p(self.t["password_changed"], class_="notice", role="status")])
+
+    async def _profile_cabinet(self, request, widget, session) -> bytes:
+        account = await self._logged_in(session)
+        if account is None:
+            return self._redirect(request, widget)
+        phone = self._arg(request, "phone") or None
+        email = self._arg(request, "email") or None
+        self._check_contacts(phone, email)
+        await self.db.run(repo.set_contacts, account.customer_id, phone, email)
+        log.info("widget {widget}: customer {customer} changed the profile",
+                 widget=widget.id, customer=account.customer_id)
+        return await self._cabinet_notice(request, widget, session, [
+            tags.p(self.t["profile_saved"], class_="notice", role="status")])
 
     async def _submit_cabinet(self, request, widget, session) -> bytes:
         login, password = self._arg(request, "login"), self._arg(request, "password")
@@ -487,6 +633,35 @@ class WidgetsWeb:
     def _methods(self) -> list[str]:
         return [m for m, s in (("assist", self.assist), ("payture", self.payture)) if s]
 
+    async def _gateway_form(self, request, widget, session, form) -> bytes:
+        """The ASSIST form the payer sends to the gateway's page (the whole window, not the frame)."""
+        fields = [tags.input(type="hidden", name=k, value=v) for k, v in form.fields]
+        body = [tags.form(*fields, tags.button(self.t["to_gateway"], type="submit"),
+                          method="post", action=form.url, target="_top",
+                          id="gateway", **{"accept-charset": form.charset})]
+        return await self._html(request, 200, widget, session, body,
+                                form_action=(_origin(server_url(self.assist.cfg)),))
+
+    async def _earlier_order(self, number: str) -> orders.Order | None:
+        """
+        The seed's ``order_id``, "a transaction created earlier", is in our
+        model an ASSIST gateway order created before the payer came: by
+        ``smartyd-admin assist order`` (an operator's invoice), by ``POST
+        /payments/assist/order`` (the operator's site or app) or by an
+        earlier attempt in this widget.  It may be paid while the poll still
+        watches it: not credited, not final, not authorised yet, and younger
+        than the poll's window (an older one would never be credited).
+        None: no such order, or it cannot be paid any more.
+        """
+        if self.assist is None or not number.isdigit() or len(number) > 18:
+            return None
+        order = await self.db.run(orders.get, "assist", number)
+        if order is None or order.credited or order.status not in ("new", "declined", "unknown"):
+            return None
+        if order.created < self.now() - timedelta(days=ORDER_DAYS):
+            return None
+        return order
+
     async def _show_payment(self, request, widget, session) -> list:
         t = self.t
         methods = self._methods()
@@ -496,6 +671,20 @@ class WidgetsWeb:
             out.append(self._message("not_offered", kind=wanted))
         if not methods:
             return out + [self._message("no_methods")]
+        number = self._arg(request, "order_id")
+        if number:
+            # The order's amount and client override the snippet's; it is paid by its gateway.
+            order = await self._earlier_order(number)
+            if order is None:
+                return out + [self._message("no_transaction")]
+            return out + [tags.form(
+                self._csrf(session),
+                tags.input(type="hidden", name="order_id", value=order.order_number),
+                tags.input(type="hidden", name="payment_type", value="assist"),
+                tags.p(t["order"].format(order=order.order_number,
+                                         amount=f"{order.amount:.2f}"), id="order"),
+                tags.button(t["pay"], type="submit"),
+                method="post", action=f"/widgets/page/{widget.id}", id="payment")]
         out.append(tags.form(
             self._csrf(session),
             tags.label(t["amount"], tags.input(name="amount", value=self._arg(request, "amount"),
@@ -514,6 +703,16 @@ class WidgetsWeb:
         kind = self._arg(request, "payment_type")
         if kind not in self._methods():
             raise Refusal(400, "not_offered", kind=kind[:20] or "-")
+        number = self._arg(request, "order_id")
+        if number:
+            order = await self._earlier_order(number)
+            if order is None:
+                raise Refusal(404, "no_transaction")
+            log.info("widget {widget}: ASSIST order {order} paid again", widget=widget.id,
+                     order=order.order_number)
+            form = payment_form(self.assist.cfg, order.order_number, order.amount,
+                                order.two_stage)
+            return await self._gateway_form(request, widget, session, form)
         try:
             amount = Decimal(self._arg(request, "amount").replace(",", "."))
         except InvalidOperation:
@@ -530,12 +729,7 @@ class WidgetsWeb:
         try:
             if kind == "assist":
                 order, form = await self.assist.create_order(account.id, amount)
-                fields = [tags.input(type="hidden", name=k, value=v) for k, v in form.fields]
-                body = [tags.form(*fields, tags.button(self.t["to_gateway"], type="submit"),
-                                  method="post", action=form.url, target="_top",
-                                  id="gateway", **{"accept-charset": form.charset})]
-                return await self._html(request, 200, widget, session, body,
-                                        form_action=(_origin(server_url(self.assist.cfg)),))
+                return await self._gateway_form(request, widget, session, form)
             order, url = await self.payture.create_order(
                 account.id, amount, client_ip(request, self.trusted_proxies))
         except orders.OrderError:
