@@ -705,6 +705,16 @@ def test_megogo_device_keys_are_refused_not_ignored(key):
     assert "README" in str(e.value)
 
 
+def test_megogo_tvod_collection_is_refused_not_ignored():
+    # A MEGOGO collection lives in MEGOGO's own content API (api.megogo.net, the apps'):
+    # smartyd reads no collection; what is sold individually is each title's
+    # vod="tvod" and price in all_mgg.xml, and the grant carries only the title.
+    with pytest.raises(ConfigError) as e:
+        make_config(megogo={"available_tvod_collection_id": 12})
+    assert "[megogo] available_tvod_collection_id: not used by smartyd" in str(e.value)
+    assert "vod=" in str(e.value) and "README" in str(e.value)
+
+
 def test_config_defaults_and_disabled_sections_build_nothing():
     cfg = make_config()
     assert (cfg.irdeto.host, cfg.irdeto.nationality, cfg.irdeto.region_tag) == (
