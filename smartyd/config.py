@@ -370,7 +370,6 @@ class Megogo:
     partner_id: int = _c(integer(0), 0)
     salt: str = _c(string, "", secret=True)
     svod_service_id: int = _c(integer(0), 0)
-    available_tvod_collection_id: int = _c(integer(0), 0)
     tariff_id: int = _c(integer(0), 0)
     additional_tariffs_ids: tuple = _c(int_list, ())
     catalog_tariff_id: int = _c(integer(0), 0)
@@ -580,10 +579,16 @@ class Config:
 # MEGOGO's per-device key pairs sign the MEGOGO apps' own calls to
 # api.megogo.net (sign = md5(params + private key) + public key); smartyd makes
 # no such call (the catalog comes from xml_url, SVOD/TVOD from billing_url).
+# available_tvod_collection_id names a collection of MEGOGO's own content API
+# (api.megogo.net, the apps'); smartyd reads none: a title is sold individually
+# when all_mgg.xml says vod="tvod" with a price, and the grant names the title.
 _NOT_USED = {
     ("megogo", f"{device}_{kind}_key"): "the MEGOGO apps' api.megogo.net signing key"
     for device in ("mobile", "smart_tv", "stb") for kind in ("private", "public")
 }
+_NOT_USED["megogo", "available_tvod_collection_id"] = (
+    "a collection of the MEGOGO apps' api.megogo.net; what is sold individually is each"
+    " title's vod=\"tvod\" and price in all_mgg.xml")
 
 
 def _section(name: str, cls: type, raw: Any) -> Any:

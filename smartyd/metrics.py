@@ -93,7 +93,8 @@ class Metrics:
             registry=r,
         )
         self.vod_sync_titles = Gauge(
-            "smartyd_vod_sync_titles", "Titles in the feed / added / updated / hidden by the"
+            "smartyd_vod_sync_titles", "Titles in the feed / added / updated / hidden / unchanged"
+            " (skipped unconverted) by the"
             " last catalog sync", ["provider", "kind"], registry=r,
         )
         self.partner_outbox = Gauge(

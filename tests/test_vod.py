@@ -17,6 +17,7 @@ from decimal import Decimal
 import attrs
 import pytest
 import pytest_twisted
+from lxml import etree
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -36,7 +37,8 @@ from smartyd.billing import engine, payment_hooks
 from smartyd.config import ConfigError
 from smartyd.metrics import Metrics
 from smartyd.partners import PartnerHTTP, PartnerProtocolError
-from smartyd.vod import CheckAccounts, Reconcile, catalog_sync, make_vod, megogo, outbox, tvod
+from smartyd.vod import (CheckAccounts, Reconcile, catalog_sync, feeds, make_vod, megogo, outbox,
+                         tvod)
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -155,6 +157,63 @@ async def test_sync_adds_changes_hides_and_identical_feed_writes_nothing(db):
     assert (r.added, r.updated, r.hidden) == (0, 1, 0)
     assert (await db.run(catalog_sync.get_title, "megogo", "3"))["hidden"] is False
     assert w.metrics.vod_sync_titles.labels("megogo", "titles")._value.get() == 4
+
+
+def test_element_digest_is_of_parsed_content_not_of_bytes():
+    def digest(xml: str) -> str:
+        return feeds.element_digest(etree.fromstring(xml))
+
+    base = digest('<object id="1" title="A"><info year="2014"/><story>S t</story></object>')
+    # Indentation, attribute order and quoting, empty-element form: the same element.
+    assert digest("<object title='A' id='1'>\n  <info year='2014'></info>\n\t"
+                  "<story>S t</story>\n</object>") == base
+    # Content differs: the digest does.
+    assert digest('<object id="1" title="A"><info year="2015"/><story>S t</story></object>') \
+        != base
+    assert digest('<object id="1" title="A "><info year="2014"/><story>S t</story></object>') \
+        != base
+    assert digest('<object id="1" title="A"><info year="2014"/><story>S  t</story></object>') \
+        != base
+
+
+@pytest_twisted.ensureDeferred
+async def test_unchanged_titles_are_not_converted_and_old_rows_get_their_element_digest(db):
+    cat = await tariff(db, "megogo-catalog")
+    w = World(db, {}, megogo={**MEGOGO, "catalog_tariff_id": cat, "tariff_id": cat})
+    sync = w.vod.syncs["megogo"]
+    skipped = w.metrics.vod_sync_titles.labels("megogo", "unchanged")
+    w.megogo.feed = feed(obj(1, "One"), obj(2, "Two"), obj(3, "Three"))
+    await sync.run()
+    assert skipped._value.get() == 0
+    # Unchanged elements (whitespace between elements aside) are skipped unconverted.
+    w.megogo.feed = feed(obj(1, "One", pad="\n  "), obj(2, "Two"), obj(3, "Three"))
+    r = await sync.run()
+    assert (r.titles, r.added, r.updated, r.hidden, skipped._value.get()) == (3, 0, 0, 0, 3)
+    # One title changes: it alone is converted and written.
+    w.megogo.feed = feed(obj(1, "One"), obj(2, "Two", story="Other."), obj(3, "Three"))
+    r = await sync.run()
+    assert (r.titles, r.updated, skipped._value.get()) == (3, 1, 2)
+
+    # Rows from before migration 0014 have no element digest: converted once,
+    # compared by the parsed title's digest (not counted as updated, content
+    # untouched), their element digest stored; the next sync skips them.
+    await db.run(lambda tx: tx.execute("UPDATE vod_titles SET element_digest = NULL"))
+    before = await db.run(lambda tx: tx.fetchall(
+        "SELECT external_id, digest, updated FROM vod_titles ORDER BY 1"))
+    r = await sync.run()
+    assert (r.titles, r.added, r.updated, skipped._value.get()) == (3, 0, 0, 0)
+    assert await db.run(lambda tx: tx.fetchall(
+        "SELECT external_id, digest, updated FROM vod_titles ORDER BY 1")) == before
+    assert await db.run(lambda tx: tx.fetchval(
+        "SELECT count(*) FROM vod_titles WHERE element_digest IS NULL")) == 0
+    r = await sync.run()
+    assert (r.updated, skipped._value.get()) == (0, 3)
+
+    # Another catalog tariff: no title is unchanged any more, every one is relinked.
+    other = await tariff(db, "megogo-catalog-2")
+    r = await attrs.evolve(sync, catalog_tariff_id=other).run()
+    assert (r.updated, skipped._value.get()) == (3, 0)
+    assert (await db.run(catalog_sync.get_title, "megogo", "2"))["tariff_id"] == other
 
 
 @pytest_twisted.ensureDeferred
@@ -644,6 +703,16 @@ def test_megogo_device_keys_are_refused_not_ignored(key):
         make_config(megogo={key: "k"})
     assert f"[megogo] {key}: not used by smartyd" in str(e.value)
     assert "README" in str(e.value)
+
+
+def test_megogo_tvod_collection_is_refused_not_ignored():
+    # A MEGOGO collection lives in MEGOGO's own content API (api.megogo.net, the apps'):
+    # smartyd reads no collection; what is sold individually is each title's
+    # vod="tvod" and price in all_mgg.xml, and the grant carries only the title.
+    with pytest.raises(ConfigError) as e:
+        make_config(megogo={"available_tvod_collection_id": 12})
+    assert "[megogo] available_tvod_collection_id: not used by smartyd" in str(e.value)
+    assert "vod=" in str(e.value) and "README" in str(e.value)
 
 
 def test_config_defaults_and_disabled_sections_build_nothing():

@@ -7,9 +7,15 @@ back-pressure) into the partner's incremental reader (L{FeedParser}, elements
 cleared) in a worker thread as the body arrives, and writes each batch of
 titles in its own transaction:
 
-  - a title is compared by the digest of its parsed content and its catalog
-    tariff: unchanged titles are not written at all, so an identical feed
-    writes nothing;
+  - the element digests (L{smartyd.vod.feeds.element_digest}) of the visible
+    titles are loaded once, a page at a time, before the body: the parser
+    thread does not even convert an element whose digest is unchanged (and
+    whose catalog tariff is the sync's), and such a title costs the reactor
+    an id in a set -- an unchanged feed is parsed and hashed, nothing more;
+  - any other title is converted, and its row and the digest of its parsed
+    content built, in the parser thread; it is then compared by that digest
+    and its catalog tariff: unchanged titles are not written (only a stale
+    element digest is refreshed), so an identical feed writes nothing;
   - new titles are inserted, changed (or hidden and back) ones updated, both
     linked to the partner's ``catalog_tariff_id`` (the hidden tariff that
     makes imported titles visible);
@@ -17,6 +23,9 @@ titles in its own transaction:
     the map itself is applied when titles are read (L{get_title}), so an
     operator's edit counts at once and on every sync;
   - titles of ours that the feed no longer lists are hidden, never deleted.
+
+The reactor's share of each step is bounded: pages of L{PAGE} rows, batches
+of L{BATCH} rows prepared off the reactor.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
+import attrs
 from attrs import define, field, frozen
 from lxml import etree
 from twisted.internet import threads
@@ -38,6 +48,7 @@ from smartyd.vod.feeds import FeedParser, Title
 log = Logger()
 
 BATCH = 1000
+PAGE = 5000
 
 
 class VodError(LedgerError):
@@ -51,6 +62,9 @@ class SyncResult:
     updated: int = 0
     hidden: int = 0
     seconds: float = 0.0
+    # Titles skipped by their unchanged element digest, never converted (a metric;
+    # not in the CLI's JSON, whose keys the issue fixes).
+    unchanged: int = 0
 
     def to_json(self) -> dict:
         return {"titles": self.titles, "added": self.added, "updated": self.updated,
@@ -66,69 +80,89 @@ async def known_genres(tx: Tx, provider: str) -> set[str]:
 
 async def existing(tx: Tx, provider: str, ids: list[str]) -> dict[str, tuple]:
     rows = await tx.fetchall(
-        "SELECT external_id, digest, tariff_id, hidden FROM vod_titles"
+        "SELECT external_id, digest, tariff_id, hidden, element_digest FROM vod_titles"
         " WHERE provider = %s AND external_id = ANY(%s)", (provider, ids))
     return {r[0]: r[1:] for r in rows}
 
 
-async def visible_ids(tx: Tx, provider: str) -> list[str]:
-    rows = await tx.fetchall(
-        "SELECT external_id FROM vod_titles WHERE provider = %s AND NOT hidden", (provider,))
-    return [r[0] for r in rows]
+async def visible_page(tx: Tx, provider: str, tariff_id: int | None, after: str,
+                       limit: int) -> list[tuple[str, str | None]]:
+    """
+    Visible titles after ``after`` (in external id order): ``(external_id,
+    element digest)``, the digest None when the title is not linked to
+    ``tariff_id`` (so it is converted and rewritten).
+    """
+    return await tx.fetchall(
+        "SELECT external_id, CASE WHEN tariff_id IS NOT DISTINCT FROM %s THEN element_digest"
+        " END FROM vod_titles WHERE provider = %s AND NOT hidden AND external_id > %s"
+        " ORDER BY external_id LIMIT %s", (tariff_id, provider, after, limit))
 
 
-def _row(provider: str, t: Title, tariff_id: int | None) -> tuple:
+def _row(provider: str, t: Title, tariff_id: int | None,
+         element_digest: str) -> tuple[tuple, tuple[str, ...]]:
+    """
+    ``(row, partner genres)`` of the title, built in the parser thread so the
+    JSON and the hashing stay off the reactor.
+    """
     return (provider, t.external_id, t.name, t.name_en, t.year, t.country, t.story,
-            t.duration_sec, t.poster_url, list(t.genres), json.dumps(t.info, ensure_ascii=False),
-            t.svod, t.tvod, t.price, tariff_id, t.digest())
+            t.duration_sec, t.poster_url, _pg_array(t.genres),
+            json.dumps(t.info, ensure_ascii=False), t.svod, t.tvod, t.price, tariff_id,
+            t.digest(), element_digest), t.genres
 
 
 _COLS = ("provider, external_id, name, name_en, year, country, story, duration_sec, poster_url,"
-         " partner_genres, info, svod, tvod, price, tariff_id, digest")
+         " partner_genres, info, svod, tvod, price, tariff_id, digest, element_digest")
 # partner_genres travels as one array literal per row (unnest flattens arrays of arrays).
 _SELECT = ", ".join("u.partner_genres::text[]" if c.strip() == "partner_genres" else f"u.{c.strip()}"
                     for c in _COLS.split(","))
+_UNNEST = ("unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
+           " %s::text[], %s::int[], %s::text[], %s::text[], %s::jsonb[], %s::bool[],"
+           " %s::bool[], %s::numeric[], %s::bigint[], %s::text[], %s::text[])")
+_INSERT = (f"INSERT INTO vod_titles ({_COLS}) SELECT {_SELECT} FROM {_UNNEST} AS u({_COLS})"
+           " ON CONFLICT (provider, external_id) DO NOTHING")
+_UPDATE = (f"UPDATE vod_titles v SET ({_COLS.replace('provider, external_id, ', '')},"
+           " hidden, updated) = (u.name, u.name_en, u.year, u.country, u.story,"
+           " u.duration_sec, u.poster_url, u.partner_genres::text[], u.info, u.svod, u.tvod,"
+           " u.price, u.tariff_id, u.digest, u.element_digest, false, now())"
+           f" FROM {_UNNEST} AS u({_COLS})"
+           " WHERE v.provider = u.provider AND v.external_id = u.external_id")
 
 
-async def write_batch(tx: Tx, provider: str, titles: list[Title], tariff_id: int | None,
+async def write_batch(tx: Tx, provider: str, titles: list[tuple],
                       genres_known: set[str]) -> tuple[int, int]:
-    """Insert new titles and update changed ones; returns (added, updated)."""
-    have = await existing(tx, provider, [t.external_id for t in titles])
-    new, changed = [], []
-    for t in titles:
-        old = have.get(t.external_id)
+    """
+    Insert new titles and update changed ones (``titles`` from L{_row});
+    returns (added, updated).  A title whose parsed content and tariff are
+    unchanged is not written, except to store its element digest when stale.
+    """
+    have = await existing(tx, provider, [r[1] for r, _g in titles])
+    new, changed, stale = [], [], []
+    for r, _g in titles:
+        old = have.get(r[1])
         if old is None:
-            new.append(_row(provider, t, tariff_id))
-        elif old[0] != t.digest() or old[1] != tariff_id or old[2]:
-            changed.append(_row(provider, t, tariff_id))
-    genres = sorted({g for t in titles for g in t.genres} - genres_known)
+            new.append(r)
+        elif old[0] != r[15] or old[1] != r[14] or old[2]:
+            changed.append(r)
+        elif old[3] != r[16]:
+            stale.append(r)
+    genres = sorted({g for _r, gs in titles for g in gs} - genres_known)
     if genres:
         await tx.execute(
             "INSERT INTO vod_genre_map (provider, partner_genre) SELECT %s, unnest(%s::text[])"
             " ON CONFLICT DO NOTHING", (provider, genres))
         genres_known.update(genres)
-    unnest = ("unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::int[], %s::text[],"
-              " %s::text[], %s::int[], %s::text[], %s::text[], %s::jsonb[], %s::bool[],"
-              " %s::bool[], %s::numeric[], %s::bigint[], %s::text[])")
-    for rows, sql in (
-        (new, f"INSERT INTO vod_titles ({_COLS}) SELECT {_SELECT} FROM {unnest} AS u({_COLS})"
-              " ON CONFLICT (provider, external_id) DO NOTHING"),
-        (changed, f"UPDATE vod_titles v SET ({_COLS.replace('provider, external_id, ', '')},"
-                  " hidden, updated) = (u.name, u.name_en, u.year, u.country, u.story,"
-                  " u.duration_sec, u.poster_url, u.partner_genres::text[], u.info, u.svod, u.tvod,"
-                  " u.price, u.tariff_id, u.digest, false, now())"
-                  f" FROM {unnest} AS u({_COLS})"
-                  " WHERE v.provider = u.provider AND v.external_id = u.external_id"),
-    ):
-        if rows:
-            # partner_genres is text[] per row: pass it as a Postgres array literal.
-            cols = [list(c) for c in zip(*rows)]
-            cols[9] = [_pg_array(g) for g in cols[9]]
-            await tx.execute(sql, cols)
+    for batch, sql in ((new, _INSERT), (changed, _UPDATE)):
+        if batch:
+            await tx.execute(sql, [list(c) for c in zip(*batch)])
+    if stale:
+        await tx.execute(
+            "UPDATE vod_titles v SET element_digest = u.d FROM unnest(%s::text[], %s::text[])"
+            " AS u(id, d) WHERE v.provider = %s AND v.external_id = u.id",
+            ([r[1] for r in stale], [r[16] for r in stale], provider))
     return len(new), len(changed)
 
 
-def _pg_array(items: list[str]) -> str:
+def _pg_array(items) -> str:
     return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"'
                           for i in items) + "}"
 
@@ -226,11 +260,10 @@ class CatalogSync:
         async with self._session() as session:
             await self.fetch(session.on_chunk)
             result = await session.finish()
-        result = SyncResult(result.titles, result.added, result.updated, result.hidden,
-                            self.clock.seconds() - started)
+        result = attrs.evolve(result, seconds=self.clock.seconds() - started)
         if self.metrics is not None:
             self.metrics.vod_sync_seconds.labels(self.provider).set(result.seconds)
-            for kind in ("titles", "added", "updated", "hidden"):
+            for kind in ("titles", "added", "updated", "hidden", "unchanged"):
                 self.metrics.vod_sync_titles.labels(self.provider, kind).set(getattr(result, kind))
         log.info("{provider} catalog sync: {titles} titles, {added} added, {updated} updated,"
                  " {hidden} hidden", provider=self.provider, titles=result.titles,
@@ -247,10 +280,29 @@ class CatalogSync:
     async def _session(self):
         run, shutdown = _one_thread()
         genres_known = await self.db.run(known_genres, self.provider)
+        visible = await self._visible()
         try:
-            yield _Session(self, FeedParser(self.provider), run, genres_known)
+            yield _Session(self, FeedParser(self.provider, visible), run, genres_known,
+                           visible)
         finally:
             shutdown()
+
+    async def _visible(self) -> dict[str, str | None]:
+        """
+        The visible titles and their element digests, a page at a time (no
+        page costs the reactor more than L{PAGE} rows): 100,000 ids and
+        digests are a few MB, and they spare both the conversion of every
+        unchanged title and a query per batch of them.
+        """
+        out: dict[str, str | None] = {}
+        after = ""
+        while True:
+            page = await self.db.run(visible_page, self.provider,
+                                     self.catalog_tariff_id or None, after, PAGE)
+            out.update(page)
+            if len(page) < PAGE:
+                return out
+            after = page[-1][0]
 
 
 @define(eq=False)
@@ -261,6 +313,7 @@ class _Session:
     parser: FeedParser
     in_thread: Callable[..., Any]
     genres_known: set
+    visible: dict
     buffered: list = field(factory=list)
     size: int = 0
     pending: list = field(factory=list)
@@ -268,6 +321,7 @@ class _Session:
     titles: int = 0
     added: int = 0
     updated: int = 0
+    unchanged: int = 0
 
     def on_chunk(self, data: bytes):
         """Buffer small chunks; a full slice is parsed (the body waits meanwhile)."""
@@ -284,41 +338,66 @@ class _Session:
 
     async def feed(self, data: bytes) -> None:
         for i in range(0, len(data), SLICE):
-            self.pending.extend(await self.in_thread(self._parse, data[i:i + SLICE]))
+            same, rows = await self.in_thread(self._parse, data[i:i + SLICE])
+            self._unchanged(same)
+            self.pending.extend(rows)
             while len(self.pending) >= self.sync.batch:
                 batch = self.pending[:self.sync.batch]
                 del self.pending[:self.sync.batch]
                 await self._write(batch)
 
-    def _parse(self, data: bytes) -> list[Title]:
+    def _parse(self, data: bytes) -> tuple[list[str], list[tuple]]:
+        """
+        In the parser thread: the slice's unchanged titles (ids) and the rows
+        of the others (L{_row}: converted, hashed, serialised here).
+        """
         try:
-            return self.parser.feed(data) if data else self.parser.close()
+            parsed = self.parser.feed(data) if data else self.parser.close()
         except etree.XMLSyntaxError as e:
             raise VodError(f"{self.sync.provider} feed is not well-formed XML: {e}")
+        provider, tariff = self.sync.provider, self.sync.catalog_tariff_id or None
+        same, rows = [], []
+        for key, title, digest in parsed:
+            if title is None:
+                same.append(key)
+            else:
+                rows.append(_row(provider, title, tariff, digest))
+        return same, rows
 
-    async def _write(self, batch: list[Title]) -> None:
+    def _unchanged(self, ids: list[str]) -> None:
+        # A feed listing an id twice: counted once (the first copy wins).
+        fresh = [i for i in ids if i not in self.seen]
+        self.seen.update(fresh)
+        self.titles += len(fresh)
+        self.unchanged += len(fresh)
+
+    async def _write(self, batch: list[tuple]) -> None:
         # A feed listing an id twice: counted once (within a batch the last copy wins).
-        unique = list({t.external_id: t for t in batch}.values())
-        unique = [t for t in unique if t.external_id not in self.seen]
+        unique = list({r[1]: (r, g) for r, g in batch}.values())
+        unique = [t for t in unique if t[0][1] not in self.seen]
         if not unique:
             return
-        self.seen.update(t.external_id for t in unique)
+        self.seen.update(r[1] for r, _g in unique)
         self.titles += len(unique)
         a, u = await self.sync.db.run(write_batch, self.sync.provider, unique,
-                                      self.sync.catalog_tariff_id or None, self.genres_known)
+                                      self.genres_known)
         self.added, self.updated = self.added + a, self.updated + u
 
     async def finish(self) -> SyncResult:
         await self.feed(self._take())
-        self.pending.extend(await self.in_thread(self._parse, b""))
+        same, rows = await self.in_thread(self._parse, b"")
+        self._unchanged(same)
+        self.pending.extend(rows)
         await self._write(self.pending)
         self.pending = []
         sync = self.sync
         if self.titles == 0:
             # An empty (or unparsable) feed is a partner fault, not "everything vanished".
             raise VodError(f"{sync.provider} feed lists no titles; nothing hidden")
-        gone = [i for i in await sync.db.run(visible_ids, sync.provider) if i not in self.seen]
+        # Visible when the sync began and not in the feed (a title this sync
+        # inserted or showed again is in ``seen``).
+        gone = [i for i in self.visible if i not in self.seen]
         hidden = 0
         for i in range(0, len(gone), sync.batch):
             hidden += await sync.db.run(hide, sync.provider, gone[i:i + sync.batch])
-        return SyncResult(self.titles, self.added, self.updated, hidden)
+        return SyncResult(self.titles, self.added, self.updated, hidden, unchanged=self.unchanged)

@@ -8,6 +8,15 @@ dropped, so neither the body nor its tree is ever held whole and a 100 MB
 feed keeps memory flat.  Parser settings are those of
 L{smartyd.gateways.untrusted_xml}: no entities resolved, no network, no DTD.
 
+Each title element also gets an L{element_digest}: a hash of the element's
+canonical form (C14N: attribute order, quoting, entity and empty-element forms
+normalised) with the whitespace-only text between its elements dropped, so it
+depends on the parsed element alone, never on the body's bytes, indentation or
+how the parser was fed.  Given the digests a sync stored last time
+(``known``), an element whose digest is unchanged is not converted at all:
+the same element always converts to the same L{Title}, and conversion is the
+parse's costliest step.
+
 MEGOGO (``all_mgg.xml``; the shape the public record shows)::
 
     <objects>
@@ -39,8 +48,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal, InvalidOperation
-from typing import IO, Iterator
+from typing import IO, Iterator, Mapping
 
 from attrs import asdict, field, frozen
 from lxml import etree
@@ -76,33 +86,60 @@ class Title:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+# Whitespace-only text between two pieces of markup.  In C14N output "<" never
+# occurs raw inside text or attribute values, so this matches nothing else.
+_BETWEEN_TAGS = re.compile(rb">\s+<")
+
+
+def element_digest(elem) -> str:
+    """
+    A hash of the element's parsed content: its C14N form (without its tail)
+    with whitespace-only text between elements dropped.  Every reader treats
+    whitespace-only text as no text, so equal digests mean equal titles.
+    """
+    c14n = etree.tostring(elem, method="c14n", with_tail=False)
+    return hashlib.blake2b(_BETWEEN_TAGS.sub(b"><", c14n), digest_size=16).hexdigest()
+
+
 class FeedParser:
     """
     One feed, parsed incrementally: L{feed} each chunk of the body as it
-    arrives, then L{close}; each returns the titles its bytes completed.  Not
-    thread-safe: one parser is fed from one thread at a time.
+    arrives, then L{close}; each returns ``(external_id, title, digest)`` for
+    the titles its bytes completed (``digest``: L{element_digest}).  ``title``
+    is None when ``known`` (external id -> the element digest stored last
+    time) has this digest: the element is unchanged and was not converted.
+    Not thread-safe: one parser is fed from one thread at a time; ``known`` is
+    only read.
     """
 
-    def __init__(self, provider: str):
+    def __init__(self, provider: str, known: Mapping[str, str | None] | None = None):
         self.tag, self.convert = READERS[provider]
+        self.known = known if known is not None else {}
         self.parser = etree.XMLPullParser(
             events=("end",), tag=self.tag, resolve_entities=False, no_network=True,
             load_dtd=False, huge_tree=False, remove_comments=True, remove_pis=True)
 
-    def feed(self, data: bytes) -> list[Title]:
+    def feed(self, data: bytes) -> list[tuple[str, Title | None, str]]:
         self.parser.feed(data)
         return self._drain()
 
-    def close(self) -> list[Title]:
+    def close(self) -> list[tuple[str, Title | None, str]]:
         self.parser.close()
         return self._drain()
 
-    def _drain(self) -> list[Title]:
+    def _drain(self) -> list[tuple[str, Title | None, str]]:
         out = []
+        known = self.known
         for _event, elem in self.parser.read_events():
-            title = self.convert(elem)
-            if title is not None:
-                out.append(title)
+            digest = element_digest(elem)
+            # Every reader's external id is the element's "id" attribute, stripped.
+            key = (elem.get("id") or "").strip()
+            if key and known.get(key) == digest:
+                out.append((key, None, digest))
+            else:
+                title = self.convert(elem)
+                if title is not None:
+                    out.append((title.external_id, title, digest))
             elem.clear(keep_tail=False)
             # Drop the finished siblings the root still holds.
             while elem.getprevious() is not None:
@@ -114,8 +151,8 @@ def read(provider: str, source: IO[bytes], chunk: int = 64 * 1024) -> Iterator[T
     """Every title of a whole feed read from a file (tests, tools)."""
     parser = FeedParser(provider)
     while data := source.read(chunk):
-        yield from parser.feed(data)
-    yield from parser.close()
+        yield from (t for _key, t, _digest in parser.feed(data))
+    yield from (t for _key, t, _digest in parser.close())
 
 
 def _text(e) -> str:
