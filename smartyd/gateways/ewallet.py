@@ -50,8 +50,7 @@ from urllib.parse import urlencode
 
 from attrs import define, field, frozen
 
-from smartyd.gateways.payture import PARTNER, PaytureAnswer
-from smartyd.gateways.untrusted_xml import parse_untrusted_xml
+from smartyd.gateways.payture import PARTNER, PaytureAnswer, answer_element, parse_answer
 from smartyd.partners import PartnerHTTP, PartnerProtocolError, PartnerRefused
 
 USER_NOT_FOUND = "USER_NOT_FOUND"
@@ -104,26 +103,14 @@ def encode_data(pairs: list[tuple[str, object]]) -> str:
     return ";".join(out)
 
 
-def _root(body: bytes, command: str):
-    root = parse_untrusted_xml(body)
-    if root is None:
-        raise PartnerProtocolError(PARTNER, f"{command}: not XML (or XML with a DTD)")
-    if not isinstance(root.tag, str) or root.tag != command:
-        raise PartnerProtocolError(PARTNER, f"{command}: unexpected answer element")
-    if root.get("Success") is None:
-        raise PartnerProtocolError(PARTNER, f"{command}: answer without Success")
-    return root
-
-
 def parse(body: bytes, command: str) -> PaytureAnswer:
-    root = _root(body, command)
-    return PaytureAnswer(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
+    return parse_answer(body, (command,))
 
 
 def parse_cards(body: bytes) -> tuple[PaytureAnswer, list[Card]]:
     """A GetList answer and its cards (an Item without a usable CardId is skipped)."""
-    root = _root(body, "GetList")
-    answer = PaytureAnswer(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
+    root = answer_element(body, ("GetList",))
+    answer = PaytureAnswer.of(root)
     cards = []
     for item in root:
         if not isinstance(item.tag, str) or item.tag != "Item":

@@ -63,6 +63,11 @@ class PaytureAnswer:
     command: str
     attrs: dict
 
+    @classmethod
+    def of(cls, root) -> "PaytureAnswer":
+        """The answer element's name and attributes (each value capped)."""
+        return cls(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
+
     @property
     def success(self) -> bool:
         return self.attrs.get("Success", "").strip().lower() == "true"
@@ -72,8 +77,11 @@ class PaytureAnswer:
         return v.strip() if isinstance(v, str) else None
 
 
-def parse_answer(body: bytes, commands: tuple[str, ...]) -> PaytureAnswer:
-    """The answer element; HTML, garbage or another element -> L{PartnerProtocolError}."""
+def answer_element(body: bytes, commands: tuple[str, ...]):
+    """
+    The answer's root element, checked: HTML, garbage, another element or no
+    ``Success`` -> L{PartnerProtocolError}.  (InPay and eWallet answer alike.)
+    """
     root = parse_untrusted_xml(body)
     if root is None:
         raise PartnerProtocolError(PARTNER, f"{commands[0]}: not XML (or XML with a DTD)")
@@ -81,7 +89,12 @@ def parse_answer(body: bytes, commands: tuple[str, ...]) -> PaytureAnswer:
         raise PartnerProtocolError(PARTNER, f"{commands[0]}: unexpected answer element")
     if root.get("Success") is None:
         raise PartnerProtocolError(PARTNER, f"{commands[0]}: answer without Success")
-    return PaytureAnswer(root.tag, {str(k): str(v)[:256] for k, v in root.attrib.items()})
+    return root
+
+
+def parse_answer(body: bytes, commands: tuple[str, ...]) -> PaytureAnswer:
+    """The answer element as a L{PaytureAnswer}."""
+    return PaytureAnswer.of(answer_element(body, commands))
 
 
 @frozen
