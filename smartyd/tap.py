@@ -160,6 +160,8 @@ class SmartyService(MultiService):
         log.info("listening on {listen} (HTTP)", listen=self.cfg.http.listen, console=True)
 
     def startService(self):
+        # From here on initdb/pg_ctl run only in threads (supervisor, stop).
+        embedded.guard_reactor_thread()
         signal.signal(signal.SIGUSR1, lambda *_: self.reactor.callFromThread(self.reopen_log))
         super().startService()
         # Everything built so far lives as long as the daemon: out of the

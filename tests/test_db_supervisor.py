@@ -1,10 +1,12 @@
 """The embedded-cluster supervisor, driven by task.Clock with a fake cluster."""
 
 import pytest
+import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.internet.threads import deferToThread
 
-from smartyd.db.embedded import EmbeddedError
+from smartyd.db.embedded import EmbeddedError, _blocking_run, guard_reactor_thread
 from smartyd.db.supervisor import ClusterSupervisor
 
 
@@ -146,3 +148,17 @@ def test_embedded_restart_timeout_is_configurable_and_validated():
             from_dict({"database": {"embedded_restart_timeout": bad}})
         assert "[database] embedded_restart_timeout" in str(caught.value)
         assert message in str(caught.value)
+
+
+@pytest_twisted.ensureDeferred
+async def test_pg_ctl_is_refused_on_the_running_reactors_thread():
+    """initdb/pg_ctl block: from the reactor's thread they are refused, from a thread they run."""
+    assert _blocking_run(["true"]).returncode == 0  # unguarded: the test suite's own use
+    guard_reactor_thread()  # what the daemon does as it starts
+    try:
+        with pytest.raises(EmbeddedError, match="would block the running reactor"):
+            _blocking_run(["true"])
+        done = await deferToThread(_blocking_run, ["true"])
+        assert done.returncode == 0
+    finally:
+        guard_reactor_thread(False)

@@ -2,9 +2,15 @@
 The embedded PostgreSQL cluster: a private server under ``<state dir>/pgdata``.
 
 The server binaries come from the ``pgserver`` wheel.  Everything here is
-blocking (it runs ``initdb`` and ``pg_ctl``) and is meant for start-up and
-shutdown only: the daemon calls it before the reactor runs, the admin CLI and
-the test suite call it from ordinary code.
+blocking (it runs ``initdb`` and ``pg_ctl``): the daemon calls it before the
+reactor runs and, once it runs, only from threads (the supervisor's restarts,
+the stop at shutdown); the admin CLI and the test suite call it from ordinary
+code.  In the daemon L{_blocking_run} enforces that (the daemon turns the
+guard on with L{guard_reactor_thread} as it starts): a process started from
+the reactor's thread while the reactor runs is refused -- it would stall
+every terminal and streamer for as long as ``pg_ctl`` takes.  (The test
+suite's fixtures start clusters on pytest-twisted's reactor thread on
+purpose, so the guard is the daemon's, not the module's default.)
 
 The cluster listens on a Unix socket only (no TCP), with ``trust`` auth for
 local connections: the socket directory is private to the user running the
@@ -21,10 +27,12 @@ import importlib.util
 import os
 import pwd
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from attrs import frozen
+from twisted.python import threadable
 
 PORT = 5432
 DBNAME = "smartyd"
@@ -33,6 +41,30 @@ _SERVICE_USER = "pgserver"  # the user the server runs as when we are root
 
 class EmbeddedError(Exception):
     """The embedded cluster could not be initialised, started or stopped."""
+
+
+_guarded = False
+
+
+def guard_reactor_thread(on: bool = True) -> None:
+    """From now on, refuse initdb/pg_ctl on the running reactor's thread (the daemon's policy)."""
+    global _guarded
+    _guarded = on
+
+
+def _on_running_reactor_thread() -> bool:
+    # The reactor module is looked up, never imported: importing it would
+    # install the default reactor in a process (the CLI) that has none yet.
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return bool(getattr(reactor, "running", False)) and threadable.isInIOThread()
+
+
+def _blocking_run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """C{subprocess.run}, refused on the thread of a running reactor."""
+    if _guarded and _on_running_reactor_thread():
+        raise EmbeddedError(
+            f"{Path(args[0]).name} would block the running reactor: call it in a thread")
+    return subprocess.run(args, **kwargs)
 
 
 def _pg_install() -> Path:
@@ -118,7 +150,7 @@ class EmbeddedCluster:
             kwargs["user"] = _SERVICE_USER
             kwargs["group"] = _SERVICE_USER
         try:
-            proc = subprocess.run(
+            proc = _blocking_run(
                 args,
                 capture_output=True,
                 text=True,
@@ -141,7 +173,7 @@ class EmbeddedCluster:
         try:
             pw = pwd.getpwnam(_SERVICE_USER)
         except KeyError:
-            subprocess.run(
+            _blocking_run(
                 ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin",
                  _SERVICE_USER],
                 check=True, capture_output=True,
