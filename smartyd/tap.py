@@ -193,4 +193,5 @@ class SmartyService(MultiService):
                 log.info("embedded PostgreSQL stopped")
             except Exception as e:
                 log.error("stopping embedded PostgreSQL failed: {error}", error=one_line(e))
+        embedded.guard_reactor_thread(False)
         self.observer.close()

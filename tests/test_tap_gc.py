@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 
 from conftest import make_config
 from smartyd import tap
+from smartyd.db import embedded
 
 
 def test_start_freezes_the_startup_heap(tmp_path):
@@ -29,4 +30,5 @@ def test_start_freezes_the_startup_heap(tmp_path):
     finally:
         gc.unfreeze()
         signal.signal(signal.SIGUSR1, previous)
+        embedded.guard_reactor_thread(False)  # process-wide, like the signal: undone
         service.observer.close()
