@@ -5,6 +5,14 @@
 #   bench/tokens.sh                       # uses python3 on PATH
 #   PYTHON=/path/to/venv/bin/python DURATION=10s CONNECTIONS=50 bench/tokens.sh
 #   SESSIONS=0 bench/tokens.sh            # without a concurrent-session limit
+#   DURATION=1s WARMUP=0 CONNECTIONS=4 bench/tokens.sh   # a smoke run, figures meaningless
+#
+# Set-up is what an operator does under the default configuration: an account,
+# a channel and a 1.00 tariff made with smartyd-admin, 100.00 paid to the
+# account's customer through OSMP (as a terminal pays) before the tariff is
+# assigned, so the built-in billing charges it and the account stays ACTIVE.
+# A set-up step that fails stops the script with one line naming the step and
+# what it answered.
 #
 # By default the bench account's tariff has a concurrent-session limit
 # (SESSIONS=2), so every check also renews the session's lease (the token is
@@ -24,7 +32,7 @@ set -euo pipefail
 
 PYTHON=${PYTHON:-$(command -v python3 || true)}
 DURATION=${DURATION:-10s}
-WARMUP=${WARMUP:-2s}
+WARMUP=${WARMUP:-2s}   # 0: no warm-up run
 CONNECTIONS=${CONNECTIONS:-50}
 SESSIONS=${SESSIONS:-2}
 
@@ -109,7 +117,9 @@ run_wrk() {
     local name=$1 pin=$2 url=$3 out="$WORK/wrk-$1.txt"
     local -a prefix=()
     [ -n "$pin" ] && prefix=(taskset -c "$pin")
-    "${prefix[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    if [ "$WARMUP" != 0 ]; then
+        "${prefix[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$url" >/dev/null
+    fi
     "${prefix[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out"
     if grep -q "Non-2xx" "$out"; then
         echo "$name: wrk saw non-2xx answers:" >&2
@@ -210,20 +220,61 @@ admin() {
     "$BIN/smartyd-admin" --config "$WORK/smartyd.toml" "$@"
 }
 
-json_field() {  # json_field FIELD < JSON
-    "$PYTHON" -c "import json, sys; print(json.load(sys.stdin)['$1'])"
+# json_field STEP FIELD... < ANSWER: the FIELDs (space-separated) of set-up step STEP's
+# JSON answer; when it is not such JSON (an error, a refusal), one line naming the step
+# and its answer, and a non-zero exit.
+json_field() {
+    "$PYTHON" -c '
+import json, sys
+step, fields, text = sys.argv[1], sys.argv[2:], sys.stdin.read()
+try:
+    answer = json.loads(text)
+    print(" ".join(str(answer[f]) for f in fields))
+except (ValueError, KeyError, TypeError):
+    one_line = " ".join(text.split())[:300] or "nothing"
+    sys.exit(f"tokens.sh: set-up failed: {step} answered: {one_line}")
+' "$@"
+}
+
+# osmp_pay PPC SUM: pay SUM to the payment code PPC as an OSMP terminal does (the
+# default [osmp]: enabled, loopback allowed, user "osmp" with an empty password);
+# anything but result 0 stops the script with one line.
+osmp_pay() {
+    local url answer
+    url=$("$PYTHON" -c '
+import sys, time
+from smartyd.osmp import format_txn_date
+port, code, amount = sys.argv[1:]
+print(f"http://127.0.0.1:{port}/payments/osmp?command=pay&txn_id={int(time.time() * 1000)}"
+      f"&account={code}&sum={amount}&txn_date={format_txn_date(time.time())}")
+' "$HTTP_PORT" "$1" "$2")
+    answer=$(curl -s -u osmp: -w " (HTTP %{http_code})" "$url" || true)
+    case "$answer" in
+        *"<result>0</result>"*) ;;
+        *) echo "tokens.sh: set-up failed: OSMP pay of $2 to $1 answered:" \
+                "$(echo "$answer" | tr -s ' \n' ' ' | cut -c1-300)" >&2
+           exit 1 ;;
+    esac
 }
 
 echo "smartyd, workers = 1 on CPU 0, wrk on CPU 1 ..."
 start_daemon 1 0
-ACCOUNT=$(admin account create --login bench --password bench-password | json_field id)
-CHANNEL=$(admin channel create --name ch1 --url-mask 'http://127.0.0.1/ch1/index.m3u8?token=$token' | json_field id)
+ANSWER=$(admin account create --login bench --password bench-password 2>&1 \
+    | json_field "smartyd-admin account create" id ppc)
+read -r ACCOUNT PPC <<<"$ANSWER"
+CHANNEL=$(admin channel create --name ch1 --url-mask 'http://127.0.0.1/ch1/index.m3u8?token=$token' 2>&1 \
+    | json_field "smartyd-admin channel create" id)
 LIMIT=()
 [ "$SESSIONS" != 0 ] && LIMIT=(--sessions "$SESSIONS")
-TARIFF=$(admin tariff create --name basic --price 1.00 --channel "$CHANNEL" "${LIMIT[@]}" | json_field id)
-admin tariff assign "$ACCOUNT" "$TARIFF" >/dev/null
-TOKEN=$(curl -sf -d login=bench -d password=bench-password -d channel=ch1 -d ip=127.0.0.1 \
-    "http://127.0.0.1:$HTTP_PORT/streams/url" | json_field token)
+TARIFF=$(admin tariff create --name basic --price 1.00 --channel "$CHANNEL" "${LIMIT[@]}" 2>&1 \
+    | json_field "smartyd-admin tariff create" id)
+osmp_pay "$PPC" 100.00  # before the assignment: the built-in billing charges the tariff at once
+admin tariff assign "$ACCOUNT" "$TARIFF" 2>&1 | json_field "smartyd-admin tariff assign" >/dev/null
+STATE=$(admin account show "$ACCOUNT" 2>&1 | json_field "smartyd-admin account show" status_reason)
+[ "$STATE" = ACTIVE ] \
+    || { echo "tokens.sh: set-up failed: the account is $STATE after the tariff was assigned" >&2; exit 1; }
+TOKEN=$(curl -s -d login=bench -d password=bench-password -d channel=ch1 -d ip=127.0.0.1 \
+    "http://127.0.0.1:$HTTP_PORT/streams/url" | json_field "POST /streams/url" token)
 FAST_URL="http://127.0.0.1:$FAST_PORT/streams/check?token=$TOKEN&name=ch1"
 wait_for 10 "the fast listener to allow the token" status_is 200 "$FAST_URL"
 status_is 403 "http://127.0.0.1:$FAST_PORT/streams/check?token=${TOKEN}x&name=ch1" \
