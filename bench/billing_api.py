@@ -20,7 +20,10 @@ afterwards that every answer-0 call is exactly one transaction row with one
 ledger row and that every balance equals its ledger.
 
     python bench/billing_api.py [--seconds 5] [--rounds 3] [--clients 16]
-                                [--customers 1000] [--pool-size 16]
+                                [--customers 1000] [--pool-size 16] [--warmup 1]
+
+The last line printed is the figures as one JSON object (``api_per_s``,
+``direct_tps``, ``api_over_direct``, ``consistency``).
 
 Reuses the daemon runner and the lean HTTP/1.1 reader of ``bench/osmp.py``.
 """
@@ -36,7 +39,6 @@ import random
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -46,7 +48,7 @@ from urllib.parse import urlencode
 import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import osmp as osmp_bench  # noqa: E402  (bench/osmp.py: the daemon runner, HTTP reader)
+import osmp as osmp_bench  # noqa: E402  (bench/osmp.py: the daemon runner, HTTP reader, pgbench)
 
 from smartyd.billing_api.signature import sign  # noqa: E402
 
@@ -121,17 +123,7 @@ def direct(dsn: str, clients: int, seconds: float, customers: tuple[int, int],
     script = workdir / "transaction.sql"
     lo, hi = customers
     script.write_text(PGBENCH_SCRIPT.format(customers=hi).replace("random(1,", f"random({lo},"))
-    params = dict(kv.split("=", 1) for kv in dsn.split())
-    out = subprocess.run(
-        [str(osmp_bench.pg_bin("pgbench")), "-n", "-c", str(clients),
-         "-j", str(min(clients, os.cpu_count() or 1)), "-T", str(int(seconds)), "-f", str(script),
-         "-h", params["host"], "-p", params["port"], "-U", params["user"], params["dbname"]],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
-    if m is None:
-        raise SystemExit(f"cannot read pgbench's output:\n{out}")
-    return float(m.group(1))
+    return osmp_bench.pgbench(dsn, clients, seconds, script)
 
 
 def verify(dsn: str, answered_0: int) -> dict:
@@ -154,11 +146,14 @@ def verify(dsn: str, answered_0: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="per phase and round")
+    p.add_argument("--seconds", type=osmp_bench.phase_seconds, default=5.0,
+                   help="per phase and round (at least 1)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--customers", type=int, default=1000)
     p.add_argument("--pool-size", type=int, default=16, help="[database] pool_size")
+    p.add_argument("--warmup", type=osmp_bench.warmup_seconds, default=1.0,
+                   help="seconds of calls before the rounds (0: none)")
     p.add_argument("--keep", action="store_true", help="keep the state dir")
     args = p.parse_args()
 
@@ -175,7 +170,8 @@ def main() -> None:
             ids = sorted(r[0] for r in cur.fetchall())
         txn_ids = itertools.count(10**9)
         n, secs = args.clients, args.seconds
-        asyncio.run(drive(daemon.port, n, 1.0, transaction_bodies(ids, txn_ids)))  # warm-up
+        if args.warmup:
+            asyncio.run(drive(daemon.port, n, args.warmup, transaction_bodies(ids, txn_ids)))
 
         rounds, answered_0 = [], 0
         warm = verify(dsn, 0)["transactions"]
@@ -200,6 +196,9 @@ def main() -> None:
         print(f"direct (pgbench)             {median['direct']:8.1f} tx/s  (same transaction)")
         print(f"api/direct                   {ratio:8.2f}       (median of per-round ratios)")
         print(f"consistency      {json.dumps(checked)}")
+        print(json.dumps({"api_per_s": round(median["api"], 1),
+                          "direct_tps": round(median["direct"], 1),
+                          "api_over_direct": round(ratio, 3), "consistency": checked}))
         if not checked["ok"]:
             raise SystemExit("inconsistent ledger after the run")
     finally:

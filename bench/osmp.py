@@ -22,6 +22,11 @@ balance equals its ledger.
 
     /tmp/v/bin/python bench/osmp.py [--seconds 5] [--rounds 3] [--terminals 16]
                                     [--accounts 1000] [--pool-size 16] [--instances 1]
+                                    [--warmup 1]
+
+The last line printed is the figures as one JSON object (``pay_per_s``,
+``check_per_s``, ``direct_tps``, ``pay_over_direct``, ``check_over_direct``,
+``consistency``).
 
 ``--instances N`` starts N smartyd processes on the one database (as behind a
 load balancer) and spreads the terminals over them.
@@ -83,6 +88,28 @@ def pg_bin(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin" / name
 
 
+def last_line(text: str) -> str:
+    """The last non-empty line of a process's output (its error, as a rule)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def phase_seconds(text: str) -> float:
+    """``--seconds``: at least 1, as pgbench runs whole seconds."""
+    seconds = float(text)
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 (pgbench runs whole seconds): {text}")
+    return seconds
+
+
+def warmup_seconds(text: str) -> float:
+    """``--warmup``: 0 (none) or more."""
+    seconds = float(text)
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"0 or more: {text}")
+    return seconds
+
+
 # -- the daemon ----------------------------------------------------------------------------
 class Daemon:
     """
@@ -117,7 +144,8 @@ class Daemon:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"the daemon exited: {self.proc.stderr.read().decode()}")
+                raise SystemExit(f"the daemon exited with status {self.proc.returncode}:"
+                                 f" {last_line(self.proc.stderr.read().decode())}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
                                             timeout=2) as r:
@@ -216,10 +244,8 @@ def check_paths(accounts: int, txn_ids):
 
 
 # -- PostgreSQL alone -------------------------------------------------------------------------
-def direct(dsn: str, clients: int, seconds: float, accounts: int, workdir: Path) -> float:
-    """Transactions per second of the same transaction run by pgbench."""
-    script = workdir / "pay.sql"
-    script.write_text(PGBENCH_SCRIPT.format(accounts=accounts))
+def pgbench(dsn: str, clients: int, seconds: float, script: Path) -> float:
+    """Transactions per second of ``script`` run by pgbench for ``seconds`` (whole)."""
     params = dict(kv.split("=", 1) for kv in dsn.split())
     out = subprocess.run(
         [str(pg_bin("pgbench")), "-n", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
@@ -228,12 +254,18 @@ def direct(dsn: str, clients: int, seconds: float, accounts: int, workdir: Path)
         capture_output=True, text=True,
     )
     if out.returncode != 0:
-        raise SystemExit(f"pgbench failed:\n{out.stderr}")
-    out = out.stdout
-    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+        raise SystemExit(f"pgbench failed: {last_line(out.stderr)}")
+    m = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
     if m is None:
-        raise SystemExit(f"cannot read pgbench's output:\n{out}")
+        raise SystemExit(f"cannot read pgbench's output: {last_line(out.stdout)}")
     return float(m.group(1))
+
+
+def direct(dsn: str, clients: int, seconds: float, accounts: int, workdir: Path) -> float:
+    """Transactions per second of the same transaction run by pgbench."""
+    script = workdir / "pay.sql"
+    script.write_text(PGBENCH_SCRIPT.format(accounts=accounts))
+    return pgbench(dsn, clients, seconds, script)
 
 
 def verify(dsn: str, pays_ok: int) -> dict:
@@ -262,13 +294,16 @@ def percentiles(latencies: list) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="per phase and round")
+    p.add_argument("--seconds", type=phase_seconds, default=5.0,
+                   help="per phase and round (at least 1)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--terminals", type=int, default=16)
     p.add_argument("--accounts", type=int, default=1000)
     p.add_argument("--pool-size", type=int, default=16, help="[database] pool_size")
     p.add_argument("--instances", type=int, default=1,
                    help="smartyd processes on the one database (terminals spread over them)")
+    p.add_argument("--warmup", type=warmup_seconds, default=1.0,
+                   help="seconds of checks before the rounds (0: none)")
     p.add_argument("--keep", action="store_true", help="keep the state dir")
     args = p.parse_args()
 
@@ -289,7 +324,8 @@ def main() -> None:
             cur.execute("SELECT setval('accounts_id_seq', %s)", (args.accounts,))
         txn_ids = itertools.count(10**9)
         port, n, secs = [d.port for d in daemons], args.terminals, args.seconds
-        asyncio.run(drive(port, n, 1.0, check_paths(args.accounts, txn_ids)))  # warm-up
+        if args.warmup:
+            asyncio.run(drive(port, n, args.warmup, check_paths(args.accounts, txn_ids)))
 
         # Rounds of pay, check, direct: the machine's other load (and the
         # database's growth) then weighs on all three alike.
@@ -325,6 +361,12 @@ def main() -> None:
             print(f"{name + '/direct':16} {ratio:8.2f}       {verdict} the target"
                   f" >= {TARGETS[name]} (median of per-round ratios)")
         print(f"consistency      {json.dumps(checked)}")
+        print(json.dumps({"pay_per_s": round(median["pay"], 1),
+                          "check_per_s": round(median["check"], 1),
+                          "direct_tps": round(median["direct"], 1),
+                          "pay_over_direct": round(ratios["pay"], 3),
+                          "check_over_direct": round(ratios["check"], 3),
+                          "consistency": checked}))
         if not checked["ok"]:
             raise SystemExit("inconsistent ledger after the run")
     finally:

@@ -42,7 +42,8 @@ def wait(predicate, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"daemon exited: {proc.stderr.read().decode()}")
+            lines = proc.stderr.read().decode().strip().splitlines() or ["no output"]
+            raise SystemExit(f"the daemon exited with status {proc.returncode}: {lines[-1]}")
         if predicate():
             return time.monotonic()
         time.sleep(0.01)  # polling another process's readiness (benchmark, not a test)

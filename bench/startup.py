@@ -35,7 +35,8 @@ def start(state: Path):
                             cwd=state.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"daemon exited: {proc.stderr.read().decode()}")
+            lines = proc.stderr.read().decode().strip().splitlines() or ["no output"]
+            raise SystemExit(f"the daemon exited with status {proc.returncode}: {lines[-1]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
                 if r.status == 200:

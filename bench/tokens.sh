@@ -299,8 +299,9 @@ result=$(run_wrk smartyd-2 "" "$FAST_URL")
 read -r TWO_RPS TWO_P99 <<<"$result"
 stop_daemon
 
-# -- report ------------------------------------------------------------------------------------
+# -- report (the last line: the figures as one JSON object) ------------------------------------
 "$PYTHON" - "$NGINX_RPS" "$NGINX_P99" "$ONE_RPS" "$ONE_P99" "$TWO_RPS" "$TWO_P99" <<'EOF'
+import json
 import sys
 
 nginx_rps, nginx_p99, one_rps, one_p99, two_rps, two_p99 = map(float, sys.argv[1:])
@@ -317,4 +318,8 @@ print(f"workers = 1 vs nginx: {ratio:.2f}x, p99 {one_p99:.2f} ms"
       f"   (target >= 0.25x with p99 <= 5 ms: {'met' if ok1 else 'NOT met'})")
 print(f"workers = 2 vs 1:     {scale:.2f}x"
       f"   (target >= 1.6x: {'met' if ok2 else 'NOT met'})")
+print(json.dumps({"nginx_rps": nginx_rps, "nginx_p99_ms": nginx_p99,
+                  "workers1_rps": one_rps, "workers1_p99_ms": one_p99,
+                  "workers2_rps": two_rps, "workers2_p99_ms": two_p99,
+                  "workers1_over_nginx": round(ratio, 3), "workers2_over_workers1": round(scale, 3)}))
 EOF

@@ -182,11 +182,13 @@ def main() -> None:
         if dsn is None:
             state = os.path.join(work, "pg")
             dsn = EmbeddedCluster.in_state_dir(state).ensure_running()
-        out = subprocess.run(
+        child = subprocess.run(
             [sys.executable, __file__, "--dsn", dsn,
              "--child-url", f"http://127.0.0.1:{port}/all_mgg.xml"],
-            check=True, stdout=subprocess.PIPE, text=True).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+            stdout=subprocess.PIPE, text=True)
+        if child.returncode != 0:  # its own error went to stderr above
+            raise SystemExit(f"the syncing child exited with status {child.returncode}")
+        result = json.loads(child.stdout.strip().splitlines()[-1])
         result = {"titles": args.titles, "feed_mb": round(size / 1e6, 1),
                   "generate_seconds": round(generated, 1), **result,
                   "second_over_first": round(result["second"]["seconds"]

@@ -1,0 +1,183 @@
+"""
+Every script under bench/, run as an operator runs it (its own process, its
+own flags, tiny sizes), must still set itself up and print its figures, so a
+benchmark cannot break silently.  Smoke runs, not measurements: nothing here
+is timed, the figures are only checked to be there and to hold together.
+
+To add a benchmark: one L{Bench} entry in BENCHES (the script, the flags that
+make it a second or two, the external programs it needs, a check of the
+figures it prints).  A script prints its figures as one JSON object on its
+last line.  It is skipped, naming the program, only when an external program
+(wrk, nginx, ...) is missing; a script that lacks nothing must pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from attrs import field, frozen
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT = 300  # a stuck script fails the test instead of hanging the suite
+
+# Where each external program comes from, for the skip message.
+INSTALL = {
+    "nginx": "apt-get install -y nginx-light (or nginx)",
+    "wrk": "apt-get install -y wrk",
+    "taskset": "apt-get install -y util-linux",
+    "curl": "apt-get install -y curl",
+}
+
+
+def environment(extra: dict | None = None) -> dict:
+    """This checkout's code and this interpreter (twistd, smartyd-admin beside it)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHON=sys.executable)
+    env.update(extra or {})
+    return env
+
+
+@frozen
+class Bench:
+    script: str                              # path in the checkout
+    args: tuple[str, ...]                    # tiny sizes: a second or two of work
+    check: Callable[[dict], None]            # asserts on the figures (the last line's JSON)
+    tools: tuple[str, ...] = ()              # external programs it needs (skip when missing)
+    env: dict = field(factory=dict)          # settings a shell script takes from the environment
+    unusable: Callable[[], str | None] = lambda: None  # why this machine cannot run it, if so
+
+    def command(self) -> list[str]:
+        path = str(ROOT / self.script)
+        return [path, *self.args] if path.endswith(".sh") else [sys.executable, path, *self.args]
+
+
+def positive(figures: dict, *keys: str) -> None:
+    for key in keys:
+        assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures)
+
+
+def check_billing(f: dict) -> None:
+    assert f["customers"] == f["charged"] == 20, f
+    assert f["balance_mismatches"] == 0, f
+    assert f["seconds"] >= 0 and f["max_stall_ms"] >= 0, f
+
+
+def check_billing_api(f: dict) -> None:
+    positive(f, "api_per_s", "direct_tps", "api_over_direct")
+    assert f["consistency"]["ok"] and f["consistency"]["answered_0"] > 0, f
+
+
+def check_osmp(f: dict) -> None:
+    positive(f, "pay_per_s", "check_per_s", "direct_tps", "pay_over_direct", "check_over_direct")
+    assert f["consistency"]["ok"] and f["consistency"]["answered_0"] > 0, f
+
+
+def check_pg_restart(f: dict) -> None:
+    assert len(f["total_s"]) == 1 and f["total_s"][0] > 0, f
+    assert len(f["restart_s"]) == 1 and f["restart_s"][0] > 0, f
+
+
+def check_startup(f: dict) -> None:
+    for start in ("cold", "warm", "after_sigkill"):
+        positive(f[start], "min_s", "median_s", "max_s")
+
+
+def check_vod_sync(f: dict) -> None:
+    assert f["titles"] == f["first"]["titles"] == f["second"]["titles"] == 20, f
+    assert f["first"]["added"] == 20, f
+    assert f["second"]["added"] == f["second"]["updated"] == 0, f
+    positive(f["first"], "peak_rss_mb")
+
+
+def check_tokens(f: dict) -> None:
+    positive(f, "nginx_rps", "workers1_rps", "workers2_rps",
+             "nginx_p99_ms", "workers1_p99_ms", "workers2_p99_ms")
+
+
+def tokens_unusable() -> str | None:
+    if (os.cpu_count() or 1) < 2:
+        return "bench/tokens.sh needs 2 CPUs (server and wrk pinned apart)"
+    nginx = subprocess.run(["nginx", "-V"], capture_output=True, text=True)
+    if "--with-http_secure_link_module" not in nginx.stderr + nginx.stdout:
+        return "bench/tokens.sh needs nginx with the secure_link module (Debian's nginx-light)"
+    return None
+
+
+BENCHES = [
+    Bench("bench/billing.py", ("--customers", "20"), check_billing),
+    Bench("bench/billing_api.py", ("--seconds", "1", "--rounds", "1", "--clients", "2",
+                                   "--customers", "10", "--pool-size", "2", "--warmup", "0"),
+          check_billing_api),
+    Bench("bench/osmp.py", ("--seconds", "1", "--rounds", "1", "--terminals", "2",
+                            "--accounts", "10", "--pool-size", "2", "--warmup", "0"),
+          check_osmp),
+    Bench("bench/pg_restart.py", ("--runs", "1"), check_pg_restart),
+    Bench("bench/startup.py", ("--runs", "1"), check_startup),
+    Bench("bench/vod_sync.py", ("--titles", "20"), check_vod_sync),
+    Bench("bench/tokens.sh", (), check_tokens, tools=("nginx", "wrk", "taskset", "curl"),
+          env={"DURATION": "1s", "WARMUP": "0", "CONNECTIONS": "4"}, unusable=tokens_unusable),
+]
+
+
+def skip_if_missing(bench: Bench) -> None:
+    for tool in bench.tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{bench.script} needs {tool}, not installed"
+                        f" (Debian/Ubuntu: {INSTALL.get(tool, tool)})")
+    reason = bench.unusable()
+    if reason:
+        pytest.skip(reason)
+
+
+def tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.mark.parametrize("bench", BENCHES, ids=[Path(b.script).name for b in BENCHES])
+def test_bench_prints_its_figures(bench):
+    skip_if_missing(bench)
+    proc = subprocess.run(bench.command(), cwd=ROOT, env=environment(bench.env),
+                          capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, (
+        f"{bench.script} exited {proc.returncode}\n--- stderr\n{tail(proc.stderr)}"
+        f"\n--- stdout\n{tail(proc.stdout)}")
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"{bench.script} printed nothing"
+    try:
+        figures = json.loads(lines[-1])
+    except ValueError:
+        pytest.fail(f"{bench.script}: the last line is not the figures' JSON: {lines[-1]!r}")
+    bench.check(figures)
+
+
+def test_tokens_profile_serves_checks():
+    """bench/tokens_profile.py serves until stopped: its token passes, a forged one is refused."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "tokens_profile.py"), "--accounts", "100"],
+        cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], RUN_TIMEOUT)
+        assert ready, "bench/tokens_profile.py printed no 'port token' line"
+        line = proc.stdout.readline()
+        assert line, f"bench/tokens_profile.py exited: {tail(proc.stderr.read())}"
+        port, token = line.split()
+        url = f"http://127.0.0.1:{port}/streams/check?name=ch7&token="
+        with urllib.request.urlopen(url + token, timeout=10) as answer:
+            assert answer.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url + token + "x", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
