@@ -340,6 +340,22 @@ class Billing:
         return self.mode in ("builtin", "transactional")
 
 
+def partner_key(v: Any) -> str:
+    """
+    An identifier a partner issues (MEGOGO's ``partner_id``): any string; an
+    integer (older configs wrote one) becomes its digits, and 0 -- the old
+    "not set" -- becomes "" (still "not set").
+    """
+    v = _env(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 0:
+            raise ValueError(f"expected a string (or a non-negative integer), got {v!r}")
+        return str(v) if v else ""
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
 def irdeto_products(v: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """``[{tariff_id = 5, product_ids = [101, 102]}, ...]``: a tariff's Irdeto products."""
     if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
@@ -367,7 +383,7 @@ class Megogo:
 
     enabled: bool = _c(boolean, False)
     xml_url: str = _c(url, "")
-    partner_id: int = _c(integer(0), 0)
+    partner_id: str = _c(partner_key, "")
     salt: str = _c(string, "", secret=True)
     svod_service_id: int = _c(integer(0), 0)
     tariff_id: int = _c(integer(0), 0)
