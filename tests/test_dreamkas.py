@@ -475,6 +475,35 @@ async def test_lookup_of_a_lost_post_pages_to_the_end_then_posts_again(db, kit, 
 
 
 @pytest_twisted.ensureDeferred
+async def test_lookup_against_a_list_that_ignores_paging_ends_and_posts_again(db, kit, fake):
+    # GET /operations ignores limit, offset and externalId (Ubilling's notes):
+    # every page is the same list.  A page with no id not already seen is the end.
+    fake.filters_external_id = False
+    fake.honours_paging = False
+    for i in range(3):
+        fake.add_operation(f"someone-else-{i}")
+    fake.post_modes = ["500"]  # Dreamkas did not create it, but we cannot know
+    [payment] = await pay(db)
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    assert (job.state, job.attempts) == ("posting", 1)
+    kit.clock.advance(POLL)
+    await kit.worker.run()  # look-up: the list, the same list again: not found, POST again
+    job = await job_of(db, payment)
+    assert fake.list_pages == [(1000, 0), (1000, 3)]
+    assert job.state == "pending" and fake.posts[job.external_id] == 2
+    kit.clock.advance(POLL)
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    assert job.state == "done"
+    assert fake.bodies[job.operation_id]["externalId"] == job.external_id
+    assert fake.receipts_per_external_id()[job.external_id] == 1
+    # A later look-up finds it in the unpaged list at once: never posted a third time.
+    assert (await kit.api.find_operation(job.external_id)).id == job.operation_id
+    assert fake.posts[job.external_id] == 2
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_job_is_not_sent_once_its_lease_is_too_short(db, fake):
     # lease 120 s, three requests of 30 s per job: only the claim's first
     # instant leaves room to send; what is left of the batch is handed back.
