@@ -313,6 +313,7 @@ class Dreamkas:
     cache_lifetime: int = _c(integer(1), 1800)
     webhook_secret: str = _c(string, "", secret=True)
     poll_interval: int = _c(integer(1), 30)
+    stuck_after: int = _c(integer(60), 3600)
 
 
 @frozen
@@ -634,6 +635,9 @@ def _cross_check(name: str, s: Any) -> None:
         _check_token_secrets(s)
     if name == "dreamkas" and s.enabled and not s.token:
         raise ConfigError("[dreamkas] token: required when enabled = true")
+    if name == "dreamkas" and s.stuck_after <= s.poll_interval:
+        raise ConfigError(f"[dreamkas] stuck_after: {s.stuck_after} is not above poll_interval"
+                          f" {s.poll_interval} (a job is looked at once per poll)")
     if name == "payture" and s.enabled:
         _required(name, s, "host", "merchant_pay_key")
         if s.remember_card != "not_checked" and not s.merchant_add_key:

@@ -24,6 +24,7 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     assert cfg.osmp.account == "ppc" and cfg.osmp.max_sum == Decimal("15000.00")
     assert cfg.tokens.keys == ((tmp_path / "var" / "token-secret").read_text().strip(),)
     assert cfg.assist.poll_interval == 600 and cfg.dreamkas.cache_lifetime == 1800
+    assert cfg.dreamkas.stuck_after == 3600
 
 
 def test_example_file_loads_and_names_every_key(tmp_path, monkeypatch):
@@ -98,6 +99,10 @@ def write(tmp_path, text):
          "[assist] password: required when enabled = true"),
         ("[payture]\nenabled = true\nhost = 'https://x.payture.com'\n",
          "[payture] merchant_pay_key: required when enabled = true"),
+        ("[dreamkas]\nstuck_after = 59\n", "[dreamkas] stuck_after: must be at least 60"),
+        ("[dreamkas]\nstuck_after = '1h'\n", "[dreamkas] stuck_after: expected an integer"),
+        ("[dreamkas]\nstuck_after = 120\npoll_interval = 120\n",
+         "[dreamkas] stuck_after: 120 is not above poll_interval 120"),
         ("[http\n", "not valid TOML"),
     ],
 )
