@@ -313,6 +313,7 @@ class Dreamkas:
     cache_lifetime: int = _c(integer(1), 1800)
     webhook_secret: str = _c(string, "", secret=True)
     poll_interval: int = _c(integer(1), 30)
+    stuck_after: int = _c(integer(60), 3600)
 
 
 @frozen
@@ -338,6 +339,22 @@ class Billing:
     def charges(self) -> bool:
         """True when the daemon charges tariffs itself."""
         return self.mode in ("builtin", "transactional")
+
+
+def partner_key(v: Any) -> str:
+    """
+    An identifier a partner issues (MEGOGO's ``partner_id``): any string; an
+    integer (older configs wrote one) becomes its digits, and 0 -- the old
+    "not set" -- becomes "" (still "not set").
+    """
+    v = _env(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 0:
+            raise ValueError(f"expected a string (or a non-negative integer), got {v!r}")
+        return str(v) if v else ""
+    if not isinstance(v, str):
+        raise ValueError(f"expected a string, got {type(v).__name__}")
+    return v
 
 
 def irdeto_products(v: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
@@ -367,7 +384,7 @@ class Megogo:
 
     enabled: bool = _c(boolean, False)
     xml_url: str = _c(url, "")
-    partner_id: int = _c(integer(0), 0)
+    partner_id: str = _c(partner_key, "")
     salt: str = _c(string, "", secret=True)
     svod_service_id: int = _c(integer(0), 0)
     tariff_id: int = _c(integer(0), 0)
@@ -618,6 +635,9 @@ def _cross_check(name: str, s: Any) -> None:
         _check_token_secrets(s)
     if name == "dreamkas" and s.enabled and not s.token:
         raise ConfigError("[dreamkas] token: required when enabled = true")
+    if name == "dreamkas" and s.stuck_after <= s.poll_interval:
+        raise ConfigError(f"[dreamkas] stuck_after: {s.stuck_after} is not above poll_interval"
+                          f" {s.poll_interval} (a job is looked at once per poll)")
     if name == "payture" and s.enabled:
         _required(name, s, "host", "merchant_pay_key")
         if s.remember_card != "not_checked" and not s.merchant_add_key:

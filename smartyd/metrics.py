@@ -67,6 +67,11 @@ class Metrics:
         self.receipts = Counter(
             "smartyd_receipts", "Fiscal receipt jobs by final state", ["state"], registry=r
         )
+        self.receipts_stuck = Gauge(
+            "smartyd_receipts_stuck", "Fiscal receipt jobs in one open state for longer than"
+            " [dreamkas] stuck_after (the shared queue's count: the same on every instance)",
+            ["state"], registry=r,
+        )
         self.billing_charges = Counter(
             "smartyd_billing_charges", "Tariff charges taken by the charging job", registry=r
         )

@@ -24,6 +24,7 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     assert cfg.osmp.account == "ppc" and cfg.osmp.max_sum == Decimal("15000.00")
     assert cfg.tokens.keys == ((tmp_path / "var" / "token-secret").read_text().strip(),)
     assert cfg.assist.poll_interval == 600 and cfg.dreamkas.cache_lifetime == 1800
+    assert cfg.dreamkas.stuck_after == 3600
 
 
 def test_example_file_loads_and_names_every_key(tmp_path, monkeypatch):
@@ -37,6 +38,29 @@ def test_example_file_loads_and_names_every_key(tmp_path, monkeypatch):
         assert f"[{name}]" in text
         for f in attrs.fields(cls):
             assert f"\n{f.name} =" in text or f"# {f.name} =" in text, f"[{name}] {f.name}"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("'isp-demo'", "isp-demo"),  # MEGOGO issues it: not promised to be a number
+    ("'12345'", "12345"),
+    ("12345", "12345"),          # an integer, as configs wrote it before
+    ("0", ""),                   # the old "not set"
+    ("''", ""),
+])
+def test_megogo_partner_id_is_a_string(tmp_path, monkeypatch, value, expected):
+    monkeypatch.chdir(tmp_path)  # the state dir (token secret) is ./var
+    cfg = config.load(write(tmp_path, f"[megogo]\npartner_id = {value}\n"))
+    assert cfg.megogo.partner_id == expected
+
+
+def test_megogo_partner_id_string_starts_megogo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = ("[megogo]\nenabled = true\nxml_url = 'https://megogo.test/all_mgg.xml'\n"
+            "partner_id = 'isp-demo'\nsalt = 's'\nsvod_service_id = 5\ntariff_id = 1\n"
+            "catalog_tariff_id = 2\n")
+    assert config.load(write(tmp_path, text)).megogo.partner_id == "isp-demo"
+    with pytest.raises(config.ConfigError, match=r"\[megogo\] partner_id: required"):
+        config.load(write(tmp_path, text.replace("'isp-demo'", "0")))
 
 
 def write(tmp_path, text):
@@ -75,6 +99,10 @@ def write(tmp_path, text):
          "[assist] password: required when enabled = true"),
         ("[payture]\nenabled = true\nhost = 'https://x.payture.com'\n",
          "[payture] merchant_pay_key: required when enabled = true"),
+        ("[dreamkas]\nstuck_after = 59\n", "[dreamkas] stuck_after: must be at least 60"),
+        ("[dreamkas]\nstuck_after = '1h'\n", "[dreamkas] stuck_after: expected an integer"),
+        ("[dreamkas]\nstuck_after = 120\npoll_interval = 120\n",
+         "[dreamkas] stuck_after: 120 is not above poll_interval 120"),
         ("[http\n", "not valid TOML"),
     ],
 )

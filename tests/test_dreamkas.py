@@ -21,7 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from conftest import make_config
+from conftest import captured_events, make_config
 from fakes.dreamkas import FakeDreamkas, in_memory_client
 from smartyd import ledger, payments
 from smartyd.wiring import build_app
@@ -233,7 +233,7 @@ async def test_success_posts_once_then_follows_to_success(db, kit, fake):
     [payment] = await pay(db, amount="100.45", email="ivan@example.com",
                           details={"service": "Интернет"})
     stats = await kit.worker.run()
-    assert stats == {"posted": 1, "followed": 0}
+    assert stats == {"posted": 1, "followed": 0, "stuck": 0}
     job = await job_of(db, payment)
     assert job.state == "pending" and job.operation_id == fake.operation_for(job.external_id)["id"]
     assert seconds(job.next_attempt_at) == POLL  # the first status poll, on our clock
@@ -249,9 +249,9 @@ async def test_success_posts_once_then_follows_to_success(db, kit, fake):
     assert body["attributes"] == {"phone": "+79001234567", "email": "ivan@example.com"}
     assert body["total"] == {"priceSum": 10045}
 
-    assert await kit.worker.run() == {"posted": 0, "followed": 0}  # nothing due yet
+    assert await kit.worker.run() == {"posted": 0, "followed": 0, "stuck": 0}  # nothing due yet
     kit.clock.advance(POLL)
-    assert await kit.worker.run() == {"posted": 0, "followed": 1}
+    assert await kit.worker.run() == {"posted": 0, "followed": 1, "stuck": 0}
     job = await job_of(db, payment)
     assert job.state == "done" and job.receipt_id == f"rcpt-{job.operation_id}"
     assert job.operation_status == "SUCCESS" and job.last_error is None
@@ -472,6 +472,35 @@ async def test_lookup_of_a_lost_post_pages_to_the_end_then_posts_again(db, kit, 
     assert fake.list_pages == [(1000, 0), (1000, 1000), (1000, 1500)]  # to the empty page
     assert job.state == "pending" and fake.posts[job.external_id] == 2
     assert len(fake.bodies) == 1501
+
+
+@pytest_twisted.ensureDeferred
+async def test_lookup_against_a_list_that_ignores_paging_ends_and_posts_again(db, kit, fake):
+    # GET /operations ignores limit, offset and externalId (Ubilling's notes):
+    # every page is the same list.  A page with no id not already seen is the end.
+    fake.filters_external_id = False
+    fake.honours_paging = False
+    for i in range(3):
+        fake.add_operation(f"someone-else-{i}")
+    fake.post_modes = ["500"]  # Dreamkas did not create it, but we cannot know
+    [payment] = await pay(db)
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    assert (job.state, job.attempts) == ("posting", 1)
+    kit.clock.advance(POLL)
+    await kit.worker.run()  # look-up: the list, the same list again: not found, POST again
+    job = await job_of(db, payment)
+    assert fake.list_pages == [(1000, 0), (1000, 3)]
+    assert job.state == "pending" and fake.posts[job.external_id] == 2
+    kit.clock.advance(POLL)
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    assert job.state == "done"
+    assert fake.bodies[job.operation_id]["externalId"] == job.external_id
+    assert fake.receipts_per_external_id()[job.external_id] == 1
+    # A later look-up finds it in the unpaged list at once: never posted a third time.
+    assert (await kit.api.find_operation(job.external_id)).id == job.operation_id
+    assert fake.posts[job.external_id] == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -766,6 +795,79 @@ async def test_device_id_zero_needs_exactly_one_device(db, kit, fake):
     assert job.state == "pending" and fake.bodies[job.operation_id]["deviceId"] == 2
 
 
+# -- stuck receipts: a gauge, and one warning per job and state ------------------------------------
+STUCK = 600
+
+
+async def rounds(kit, seconds: float, every: float = POLL) -> None:
+    """A worker round every ``every`` seconds for ``seconds`` of the kit's clock."""
+    for _ in range(int(seconds // every)):
+        kit.clock.advance(every)
+        await kit.worker.run()
+
+
+def stuck_gauge(kit) -> dict:
+    return {s: kit.metrics.receipts_stuck.labels(s)._value.get()
+            for s in ("queued", "posting", "pending")}
+
+
+def stuck_warnings(events) -> list:
+    return [(e["payment_id"], e["state"]) for e in events
+            if "stuck_after" in e.get("log_format", "") and e.get("log_level").name == "warn"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_receipt_stuck_queued_is_counted_and_warned_once_across_restarts(db, fake):
+    fake.devices.append({"id": 2, "name": "Касса 2"})  # device_id 0: which one? never posted
+    kit = Kit(db, fake, stuck_after=STUCK)
+    [payment] = await pay(db)
+    with captured_events("smartyd.fiscal.worker") as events:
+        await kit.worker.run()
+        await rounds(kit, STUCK - POLL)  # claimed and handed back every round: still queued
+        assert stuck_gauge(kit) == {"queued": 0, "posting": 0, "pending": 0}
+        assert stuck_warnings(events) == []
+        await rounds(kit, 2 * POLL)
+        assert stuck_gauge(kit) == {"queued": 1, "posting": 0, "pending": 0}
+        assert stuck_warnings(events) == [(payment.id, "queued")]
+        await rounds(kit, 10 * POLL)
+        assert stuck_warnings(events) == [(payment.id, "queued")]  # once, not every round
+        # A restart (a new worker, new metrics; the same queue): counted, not warned again.
+        kit = Kit(db, fake, clock=kit.clock, stuck_after=STUCK)
+        await kit.worker.run()
+        assert stuck_gauge(kit)["queued"] == 1
+        assert stuck_warnings(events) == [(payment.id, "queued")]
+        # The device is set: the receipt moves on, and is no longer stuck.
+        kit = Kit(db, fake, clock=kit.clock, stuck_after=STUCK, device_id=2)
+        assert (await kit.worker.run())["stuck"] == 0
+        assert (await job_of(db, payment)).state == "pending"
+        assert stuck_gauge(kit) == {"queued": 0, "posting": 0, "pending": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_receipt_stuck_posting_then_pending_is_warned_once_per_state(db, kit, fake):
+    kit.worker.stuck_after = STUCK
+    fake.post_modes = ["500"] * 5  # tries back off 30, 60, 120, 240, 480 s: over 600 s posting
+    fake.polls_until_done = 10 ** 6  # then the cash device never prints it
+    [payment] = await pay(db)
+    with captured_events("smartyd.fiscal.worker") as events:
+        await kit.worker.run()
+        await rounds(kit, 1020, every=60)
+        job = await job_of(db, payment)
+        assert job.state == "pending" and fake.posts[job.external_id] == 6
+        assert stuck_warnings(events) == [(payment.id, "posting")]
+        assert stuck_gauge(kit) == {"queued": 0, "posting": 0, "pending": 0}
+        await rounds(kit, STUCK + POLL)
+        assert stuck_gauge(kit) == {"queued": 0, "posting": 0, "pending": 1}
+        assert stuck_warnings(events) == [(payment.id, "posting"), (payment.id, "pending")]
+        await rounds(kit, 3600, every=600)  # status polls back off to hourly: still one warning
+        assert stuck_warnings(events) == [(payment.id, "posting"), (payment.id, "pending")]
+        fake.complete(job.operation_id)
+        await rounds(kit, 3600, every=600)
+    assert (await job_of(db, payment)).state == "done"
+    assert stuck_gauge(kit) == {"queued": 0, "posting": 0, "pending": 0}
+    assert fake.receipts_per_external_id() == {job.external_id: 1}
+
+
 # -- wiring: install, the poller, the admin commands ----------------------------------------------
 def dreamkas_config(**overrides):
     section = {"enabled": True, "token": TOKEN, "api_url": API, "device_id": 109266,
@@ -780,7 +882,8 @@ async def test_install_wires_client_poller_webhook_and_hook(db):
     assert not app.payments.hooks and "dreamkas" not in app.features
     assert not any(isinstance(s, HTTPClientService) for s in app.services)
 
-    app = build_app(dreamkas_config(), reactor=reactor, db=db, metrics=Metrics())
+    app = build_app(dreamkas_config(stuck_after=900), reactor=reactor, db=db, metrics=Metrics())
+    assert app.features["dreamkas"].handle.stuck_after == 900
     [client] = [s for s in app.services if isinstance(s, HTTPClientService)]
     [poller] = app.features["dreamkas"].services
     assert isinstance(poller, Poller)

@@ -676,9 +676,34 @@ def test_sso_token_is_md5_of_user_partner_salt():
     assert "token=" + link["token"] in link["url"]
 
 
+def test_sso_uses_a_string_partner_id_as_it_is():
+    pid = "isp/demo ü"  # MEGOGO issues the id: any string
+    cfg = make_config(megogo={**MEGOGO, "partner_id": pid, "tariff_id": 1,
+                              "catalog_tariff_id": 1}).megogo
+    link = megogo.sso_link(cfg, 42)
+    assert link["partner_key"] == pid
+    assert link["token"] == hashlib.md5(f"isp-42{pid}pepper-salt".encode()).hexdigest()
+    assert "partner_key=isp%2Fdemo+%C3%BC&" in link["url"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_partner_id_is_one_escaped_path_segment(db):
+    pid = "isp/demo ü"
+    w, svod, _ = await megogo_world(db, partner_id=pid)
+    w.megogo.partner_id = pid
+    cid, aid = await customer_with_account(db, "olga", "100.00")
+    await db.run(engine.assign, make_config().billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    assert await w.calls() == []
+    assert w.megogo.users[f"isp-{cid}"] == {555}
+    assert w.megogo.paths[:2] == ["/isp%2Fdemo%20%C3%BC/user/create",
+                                  "/isp%2Fdemo%20%C3%BC/subscription/subscribe"]
+
+
 @pytest.mark.parametrize("section, message", [
     ({"megogo": {"enabled": True}}, "[megogo] xml_url: required when enabled = true"),
-    ({"megogo": {"partner_id": "7"}}, "[megogo] partner_id: expected an integer"),
+    ({"megogo": {"partner_id": -7}}, "[megogo] partner_id: expected a string"),
+    ({"megogo": {"partner_id": 7.5}}, "[megogo] partner_id: expected a string"),
     ({"megogo": {"reconcile": "maybe"}}, "[megogo] reconcile: expected one of log, fix"),
     ({"megogo": {"tariff_id": 5, "additional_tariffs_ids": [5]}},
      "[megogo] additional_tariffs_ids: lists tariff_id 5"),

@@ -15,7 +15,9 @@ a missed receipt is a fine, a double receipt a tax error.  When
     as they happen (L{DreamkasWebhook}); the webhook URL is registered in the
     Dreamkas Kabinet (or ``POST /api/webhooks``) with ``operations`` on;
   - devices and positions are cached for ``cache_lifetime`` seconds
-    (L{DreamkasCache}); ``smartyd-admin receipts refresh-cache`` refetches them.
+    (L{DreamkasCache}); ``smartyd-admin receipts refresh-cache`` refetches them;
+  - a job in one open state for longer than ``stuck_after`` seconds is
+    counted in ``smartyd_receipts_stuck{state}`` and logged as a warning once.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def make_dreamkas(cfg: DreamkasConfig, *, db, client, clock, metrics) -> Feature
     worker = ReceiptWorker(
         db, api, DreamkasCache(db, api, clock, cfg.cache_lifetime), clock,
         device_id=cfg.device_id, tax_mode=cfg.tax_mode, poll_interval=cfg.poll_interval,
-        metrics=metrics,
+        metrics=metrics, stuck_after=cfg.stuck_after,
     )
     # No cluster-wide lock: the queue is safe for every instance to work at
     # once (claims skip each other's rows).

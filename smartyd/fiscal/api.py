@@ -20,11 +20,15 @@ Kabinet lists (``GET /api/receipts``, ``/api/products``: ``limit`` and
 ``offset`` query parameters, a bare array or ``{"data": [...]}``), and that
 an operation a POST created is listed there, on some page, whether or not
 the ``externalId`` filter is honoured.  So the look-up reads page after page
-(``offset`` advanced by what each page held; an empty page is the end,
-because a server may cap ``limit`` below what we asked) and stops as soon
-as the operation is found -- at most ``max_pages`` pages.  When that bound
-is reached before the end of the list, the answer is "unknown", not "not
-found": the job is not re-POSTed on a guess.
+(``offset`` advanced by what each page held) and stops as soon as the
+operation is found -- at most ``max_pages`` pages.  The list ends at an
+empty page (a server may cap ``limit`` below what we asked, so a short page
+is not the end) or at a page that brings no operation id not already seen:
+a server that ignores ``limit``/``offset`` (Ubilling's integration notes
+that this endpoint ignores its filters) answers the same list for every
+page, and that list is all there is to read.  When ``max_pages`` is reached
+before the end of the list, the answer is "unknown", not "not found": the
+job is not re-POSTed on a guess.
 
 The HTTP rules (time-outs, body caps, typed errors) are L{PartnerHTTP}'s.
 The token travels in a header only and never reaches a log event.
@@ -172,11 +176,13 @@ class DreamkasAPI:
         The public docs do not promise a server-side ``externalId`` filter on
         the operation list, so every page is filtered here as well, and the
         list is paged through (see the module docstring) until the operation
-        turns up, the list ends, or ``max_pages`` pages were read -- then
+        turns up, the list ends (an empty page, or one that brings no id not
+        already seen), or ``max_pages`` pages were read -- then
         L{PartnerUnavailable}: whether it exists is not known, and the caller
         must not POST again on the strength of a partial list.
         """
         offset = 0
+        seen: set[str] = set()
         for _ in range(self.max_pages):
             response = await self.http.request(
                 "GET", self._url("/operations"),
@@ -185,8 +191,13 @@ class DreamkasAPI:
                 headers=self._headers(),
             )
             page = _items(_json(response, "GET /operations"), "GET /operations")
-            if not page:
-                return None
+            ids = {_text(item.get("id"), 128) for item in page if isinstance(item, dict)}
+            ids.discard(None)
+            if page and not ids:
+                raise PartnerProtocolError(PARTNER, "GET /operations: a page without operation ids")
+            if not ids - seen:
+                return None  # empty, or a page seen before: paging ignored, the list ended
+            seen |= ids
             found = None
             for item in page:
                 if isinstance(item, dict) and item.get("externalId") == external_id:

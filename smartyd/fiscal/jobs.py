@@ -17,7 +17,9 @@ L{apply_operation}, under the row lock: the first to bring a terminal status
 wins and the second finds nothing to do.
 
 Times are passed in (from the worker's injected clock); the table never asks
-PostgreSQL's ``now()`` when a job is due.
+PostgreSQL's ``now()`` when a job is due -- nor how long it has been in its
+state: ``state_since`` is set NULL by every change of state and stamped with
+the worker's clock by its next round (L{stuck}; migration 0018 says why).
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ class ClaimedPost:
     phone: str | None
     email: str | None
     tariff_name: str | None
+    prior_since: datetime | None = None  # state_since before the claim
 
     @property
     def uncertain(self) -> bool:
@@ -198,14 +201,16 @@ async def claim_for_post(tx: Tx, now: float, lease_until: float, limit: int) -> 
     """
     claimed = await tx.fetchall(
         "WITH due AS ("
-        "  SELECT id, state AS prior FROM receipt_jobs"
+        "  SELECT id, state AS prior, state_since AS prior_since FROM receipt_jobs"
         "  WHERE state IN ('queued', 'posting') AND next_attempt_at <= %(now)s"
         "  ORDER BY next_attempt_at, id LIMIT %(limit)s"
         "  FOR UPDATE SKIP LOCKED)"
         " UPDATE receipt_jobs j SET state = 'posting', claim = j.claim + 1,"
-        "   next_attempt_at = %(lease)s, updated = now()"
+        "   next_attempt_at = %(lease)s, updated = now(),"
+        "   state_since = CASE WHEN due.prior = 'posting' THEN due.prior_since END"
         " FROM due WHERE j.id = due.id"
-        " RETURNING j.id, j.claim, due.prior, j.external_id, j.attempts, j.receipt, j.payment_id",
+        " RETURNING j.id, j.claim, due.prior, j.external_id, j.attempts, j.receipt, j.payment_id,"
+        "   due.prior_since",
         {"now": at(now), "lease": at(lease_until), "limit": limit},
     )
     if not claimed:
@@ -222,11 +227,12 @@ async def claim_for_post(tx: Tx, now: float, lease_until: float, limit: int) -> 
         )
     }
     out = []
-    for job_id, claim, prior, external_id, attempts, receipt, payment_id in sorted(claimed):
+    for (job_id, claim, prior, external_id, attempts, receipt, payment_id,
+         prior_since) in sorted(claimed):
         provider, amount, details, account_id, phone, email, tariff = context[payment_id]
         out.append(ClaimedPost(
             job_id, claim, prior, external_id, attempts, receipt, payment_id, provider,
-            amount, details or {}, account_id, phone, email, tariff,
+            amount, details or {}, account_id, phone, email, tariff, prior_since,
         ))
     return out
 
@@ -282,9 +288,10 @@ async def retry_later(tx: Tx, job_id: int, claim: int, from_state: str, to_state
     """Count a failed try and make the job due again at ``next_at``."""
     await tx.execute(
         "UPDATE receipt_jobs SET state = %s, attempts = attempts + 1, last_error = %s,"
-        " next_attempt_at = %s, updated = now()"
+        " next_attempt_at = %s, updated = now(),"
+        " state_since = CASE WHEN state = %s THEN state_since END"
         " WHERE id = %s AND claim = %s AND state = %s",
-        (to_state, error[:1000], at(next_at), job_id, claim, from_state),
+        (to_state, error[:1000], at(next_at), to_state, job_id, claim, from_state),
     )
     return tx.rowcount == 1
 
@@ -343,7 +350,8 @@ async def apply_operation(tx: Tx, op: Operation, next_poll_at: float,
     if state in ("queued", "posting"):
         await tx.execute(
             "UPDATE receipt_jobs SET state = 'pending', operation_id = %s, operation_status = %s,"
-            " last_error = NULL, next_attempt_at = %s, updated = now() WHERE id = %s",
+            " last_error = NULL, next_attempt_at = %s, updated = now(), state_since = NULL"
+            " WHERE id = %s",
             (op.id, op.status, at(next_poll_at), job_id),
         )
         return payment_id, "pending"
@@ -365,7 +373,63 @@ async def release_unsent(tx: Tx, claimed: list, now: float) -> None:
     """Hand jobs claimed in vain (never POSTed) back, as they were, due now."""
     for c in claimed:
         await tx.execute(
-            "UPDATE receipt_jobs SET state = %s, next_attempt_at = %s, updated = now()"
+            "UPDATE receipt_jobs SET state = %s, next_attempt_at = %s, updated = now(),"
+            " state_since = %s"
             " WHERE id = %s AND claim = %s AND state = 'posting'",
-            (c.prior, at(now), c.id, c.claim),
+            (c.prior, at(now), c.prior_since, c.id, c.claim),
         )
+
+
+# -- stuck jobs ------------------------------------------------------------------------------
+@frozen
+class StuckJob:
+    """A job just found in one open state for longer than ``stuck_after``."""
+
+    id: int
+    payment_id: int
+    external_id: str
+    state: str
+    since: datetime
+    attempts: int
+    last_error: str | None
+
+
+async def stuck(tx: Tx, now: float, stuck_after: float, limit: int
+                ) -> tuple[dict[str, int], list[StuckJob]]:
+    """
+    Stamp the open jobs whose ``state_since`` is NULL with ``now``; count, per
+    open state, the jobs in it since ``now - stuck_after`` or before; and
+    return up to ``limit`` of them not yet warned of in their state, marked
+    warned (once per job and state; rows another transaction holds are left
+    for a later round).
+    """
+    await tx.execute(
+        "UPDATE receipt_jobs SET state_since = %s WHERE id IN ("
+        "  SELECT id FROM receipt_jobs"
+        "  WHERE state IN ('queued', 'posting', 'pending') AND state_since IS NULL"
+        "  FOR UPDATE SKIP LOCKED)",
+        (at(now),),
+    )
+    cutoff = at(now - stuck_after)
+    rows = await tx.fetchall(
+        "SELECT state, count(*) FROM receipt_jobs"
+        " WHERE state IN ('queued', 'posting', 'pending') AND state_since <= %s"
+        " GROUP BY state",
+        (cutoff,),
+    )
+    counts = {state: 0 for state in OPEN_STATES}
+    counts.update({state: n for state, n in rows})
+    newly = await tx.fetchall(
+        "WITH s AS ("
+        "  SELECT id FROM receipt_jobs"
+        "  WHERE state IN ('queued', 'posting', 'pending') AND state_since <= %s"
+        "    AND NOT state = ANY(stuck_warned)"
+        "  ORDER BY state_since, id LIMIT %s"
+        "  FOR UPDATE SKIP LOCKED)"
+        " UPDATE receipt_jobs j SET stuck_warned = j.stuck_warned || j.state"
+        " FROM s WHERE j.id = s.id"
+        " RETURNING j.id, j.payment_id, j.external_id, j.state, j.state_since, j.attempts,"
+        "   j.last_error",
+        (cutoff, limit),
+    )
+    return counts, [StuckJob(*r) for r in sorted(newly, key=lambda r: (r[4], r[0]))]

@@ -10,7 +10,12 @@ A run
      and only re-POSTed -- with the same ``externalId`` and body -- when
      Dreamkas shows no operation for it;
   2. follows pending operations (``GET /operations/{id}``) whose next poll is
-     due, a batch at a time, until SUCCESS or ERROR.
+     due, a batch at a time, until SUCCESS or ERROR;
+  3. watches for jobs stuck in one open state for longer than ``stuck_after``
+     seconds (``[dreamkas] stuck_after``): the gauge
+     ``smartyd_receipts_stuck{state}`` counts them (the one queue's count, the
+     same on every instance), and each is logged as a warning once per state
+     (L{jobs.stuck}).
 
 Failed tries back off per job (``base * 2**(attempts-1)``, capped) on the
 injected clock; ``max_attempts`` failed tries fail the job with its reason.
@@ -86,6 +91,7 @@ class ReceiptWorker:
     max_attempts: int = 10
     max_backoff: float = 3600.0
     max_batches: int = 20
+    stuck_after: float = 3600.0
     _semaphore: Any = field(init=False, default=None)
 
     def __attrs_post_init__(self):
@@ -94,13 +100,14 @@ class ReceiptWorker:
     # -- the run ---------------------------------------------------------------------------
     async def run(self) -> dict:
         """One pass; raises only what the poller should back off for."""
-        stats = {"posted": 0, "followed": 0}
+        stats = {"posted": 0, "followed": 0, "stuck": 0}
         failure: Exception | None = None
         try:
             stats["posted"] = await self.post_due()
         except (PartnerError, FiscalSetupError) as e:
             failure = e
         stats["followed"] = await self.follow_due()
+        stats["stuck"] = await self.watch_stuck()
         if isinstance(failure, FiscalSetupError):
             log.error("dreamkas receipts cannot be posted: {error}", error=str(failure))
         elif failure is not None:
@@ -349,3 +356,22 @@ class ReceiptWorker:
                 await jobs.operation_unknown(tx, c.id, c.claim, result,
                                              now + self._backoff(attempts))
         return changed
+
+    # -- 3. stuck jobs ---------------------------------------------------------------------
+    async def watch_stuck(self) -> int:
+        """Count the jobs stuck in an open state; warn of each once per state."""
+        now = self._now()
+        counts, newly = await self.db.run(jobs.stuck, now, self.stuck_after, self.batch)
+        if self.metrics is not None:
+            for state, n in counts.items():
+                self.metrics.receipts_stuck.labels(state).set(n)
+        for j in newly:
+            log.warn(
+                "receipt for payment {payment_id} has been {state} for {seconds} s, longer than"
+                " [dreamkas] stuck_after ({stuck_after} s): externalId {external_id},"
+                " {attempts} failed tries, last error: {error}",
+                payment_id=j.payment_id, job_id=j.id, state=j.state,
+                seconds=int(now - j.since.timestamp()), stuck_after=int(self.stuck_after),
+                external_id=j.external_id, attempts=j.attempts, error=j.last_error or "none",
+            )
+        return sum(counts.values())

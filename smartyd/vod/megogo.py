@@ -19,6 +19,10 @@ the L{smartyd.vod.tvod.TvodPartner} interface and the fake::
     GET {billing_url}/{partner_id}/tvod/list?userId=U
         -> JSON {"successful": true, "objects": [{"objectId": X, "purchaseId": Z}]}
 
+``partner_id`` is the string MEGOGO issues (not promised to be a number): in
+the path it is one segment, percent-escaped (``quote(partner_id, safe="")``);
+in the SSO link and token it is used as it is.
+
 ``successful: false`` is a refusal.  One MEGOGO user per customer:
 ``userId = user_prefix + customer id``.  The SSO link for MEGOGO's own apps
 carries ``isdn`` (the userId), ``partner_key`` (partner_id) and
@@ -28,7 +32,7 @@ carries ``isdn`` (the userId), ``partner_key`` (partner_id) and
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from attrs import define
 
@@ -52,7 +56,7 @@ def sso_token(cfg: MegogoConfig, customer_id: int) -> str:
 
 def sso_link(cfg: MegogoConfig, customer_id: int) -> dict:
     uid = user_id(cfg, customer_id)
-    params = {"isdn": uid, "partner_key": str(cfg.partner_id),
+    params = {"isdn": uid, "partner_key": cfg.partner_id,
               "token": sso_token(cfg, customer_id)}
     return {**params, "url": f"{SSO_URL}?{urlencode(params)}"}
 
@@ -63,7 +67,7 @@ class MegogoClient:
     http: PartnerHTTP
 
     def _url(self, path: str) -> str:
-        return f"{self.cfg.billing_url}/{self.cfg.partner_id}/{path}"
+        return f"{self.cfg.billing_url}/{quote(self.cfg.partner_id, safe='')}/{path}"
 
     async def _get(self, path: str, params: dict) -> dict:
         response = await self.http.request("GET", self._url(path), params=params)

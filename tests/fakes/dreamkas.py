@@ -10,7 +10,9 @@ A fake Dreamkas Kabinet API (Klein, in-process) speaking the real JSON wire form
                                 (``limit``, default 10 and capped at 1000, and ``offset``;
                                 a bare array); filtered by ?externalId= unless
                                 ``filters_external_id`` is off (the public docs do not
-                                promise that filter)
+                                promise that filter); with ``honours_paging`` off,
+                                ``limit`` and ``offset`` are ignored: every page is the
+                                whole list (Ubilling's notes: the filters are ignored)
   GET  /api/devices          -> devices
   GET  /api/v2/products      -> positions
 
@@ -18,7 +20,7 @@ Knobs for the tests: ``post_modes`` (a queue: "500", "hang" -- the POST never
 reaches Dreamkas and never answers --, "accept-hang" -- Dreamkas creates the
 operation, the answer never comes), ``polls_until_done``, ``errors`` (per
 externalId), ``hold_polls`` (answers to status polls wait for L{release}),
-``filters_external_id``; L{add_operation} lists an operation posted by someone else.
+``filters_external_id``, ``honours_paging``; L{add_operation} lists an operation posted by someone else.
 
 L{in_memory_client} is a StubTreq whose connections are pumped whenever a
 response finishes, so handlers that answer later (Deferreds) need no manual
@@ -79,6 +81,7 @@ class FakeDreamkas:
         self.errors: dict[str, tuple[str, str]] = {}
         self.hold_polls = False
         self.filters_external_id = True
+        self.honours_paging = True
         self.list_pages: list[tuple[int, int]] = []  # (limit, offset) of each list request
         self.held: list[tuple[defer.Deferred, object]] = []
         self.hung: list[defer.Deferred] = []
@@ -259,6 +262,8 @@ class FakeDreamkas:
         ops = [op for op in self.operations.values()
                if wanted is None or not self.filters_external_id
                or op["externalId"] == wanted.decode()]
+        if not self.honours_paging:
+            return _json(request, 200, ops)
         return _json(request, 200, ops[offset:offset + limit])
 
     @app.route("/api/devices", methods=["GET"])

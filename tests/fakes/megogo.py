@@ -4,6 +4,10 @@ smartyd/vod/megogo.py: GET /<partner_id>/user/create|user/subscriptions and
 /<partner_id>/subscription/subscribe|unsubscribe, /<partner_id>/tvod/grant|list
 (TVOD, our assumed shape), answering JSON ``{"successful": ...}``; and the ``all_mgg.xml`` feed at /all_mgg.xml.
 
+The partner id is the first path segment as sent, percent-escaped: the fake
+reads the raw request path (``paths`` lists every one) and knows its partner
+only by the escaped segment (``quote(partner_id, safe="")``).
+
 Knobs: ``down`` (every call answers 503), ``apply_then_fail`` (the next
 subscribe/unsubscribe takes effect, then the answer is a 502: the caller
 cannot tell it from a call that never happened);
@@ -14,6 +18,7 @@ call applied; ``titles`` maps a user to the (objectId, purchaseId) granted.
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 from klein import Klein
 
@@ -28,8 +33,9 @@ def _json(request, payload) -> bytes:
 class FakeMegogo:
     app = Klein()
 
-    def __init__(self, partner_id: int = 7):
+    def __init__(self, partner_id: str | int = "7"):
         self.partner_id = str(partner_id)
+        self.paths: list[str] = []
         self.users: dict[str, set[int]] = {}
         self.titles: dict[str, set[tuple[str, str]]] = {}
         self.calls: list[tuple] = []
@@ -45,12 +51,20 @@ class FakeMegogo:
         request.setHeader(b"content-length", str(len(self.feed)).encode())
         return self.feed
 
-    @app.route("/<pid>/<group>/<action>")
-    def api(self, request, pid, group, action):
+    @app.route("/<path:_rest>")
+    def api(self, request, _rest):
+        # request.path is the path as sent (Klein's arguments come unescaped).
+        raw = request.path.decode("ascii")
+        self.paths.append(raw)
+        segments = raw.split("/")
+        if len(segments) != 4:
+            request.setResponseCode(404)
+            return _json(request, {"successful": False, "message": "no such method"})
+        _, pid, group, action = segments
         if self.down:
             request.setResponseCode(503)
             return _json(request, {"successful": False, "message": "maintenance"})
-        if pid != self.partner_id:
+        if pid != quote(self.partner_id, safe=""):
             return _json(request, {"successful": False, "message": "unknown partner"})
         arg = lambda k: (request.args.get(k.encode()) or [b""])[0].decode()  # noqa: E731
         uid = arg("userId")
