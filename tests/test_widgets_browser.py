@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from conftest import make_config
+from conftest import captured_events, make_config
 from fakes.assist import FakeAssist
 from fakes.xmltv import FakeXMLTV, now_utc, xmltv
 from smartyd import catalog, ledger
@@ -331,7 +331,7 @@ async def test_epg_cabinet_and_payment_widgets_embedded_from_another_origin(db, 
 
 # -- a browser that sends the widget no cookie --------------------------------------------------
 class Recording(Resource):
-    """The daemon's root, noting the ``Cookie`` header of every widget form posted to it."""
+    """The daemon's root, noting the ``Cookie`` header and page session of every widget form."""
 
     isLeaf = True
 
@@ -339,10 +339,12 @@ class Recording(Resource):
         super().__init__()
         self.inner: Resource | None = None
         self.posted_cookies: list = []
+        self.posted_sessions: list = []
 
     def render(self, request):
         if request.method == b"POST" and request.path.startswith(b"/widgets/page/"):
             self.posted_cookies.append(request.getHeader(b"cookie"))
+            self.posted_sessions += [v.decode() for v in request.args.get(b"session", [])]
         return self.inner.render(request)
 
 
@@ -413,8 +415,9 @@ async def test_cabinet_works_in_a_frame_of_another_site_that_gets_no_cookie(db, 
         pages.putChild(b"cabinet.html", Data(html.encode(), "text/html; charset=utf-8"))
         shots = os.environ.get("SMARTYD_WIDGET_SCREENSHOTS") or str(tmp_path)
         os.makedirs(shots, exist_ok=True)
-        seen = await deferToThread(browse_cabinet_without_cookies, operator, shots,
-                                   str(tmp_path / "chromium-profile"), "dave", "pw-dave")
+        with captured_events() as events:
+            seen = await deferToThread(browse_cabinet_without_cookies, operator, shots,
+                                       str(tmp_path / "chromium-profile"), "dave", "pw-dave")
     finally:
         for port in ports:
             await port.stopListening()
@@ -426,3 +429,9 @@ async def test_cabinet_works_in_a_frame_of_another_site_that_gets_no_cookie(db, 
     assert seen["balance_before"] == "50.00" and seen["balance_connected"] == "40.00"
     assert "-10.00" in seen["statement"]
     assert (await db.run(ledger.get_account, account.id)).balance == Decimal("40.00")
+    # The sessions the pages carried (anonymous, then dave's) are in no log line.
+    assert len(set(recording.posted_sessions)) == 2
+    access = [e for e in events if e.get("log_format") == "{method} {path} {code}"
+              and e["method"] == "POST"]  # the access log (QuietSite.log)
+    assert [e["path"] for e in access] == [f"/widgets/page/{wid}", f"/widgets/page/{wid}/tariff"]
+    assert not [e for e in events for token in recording.posted_sessions if token in repr(e)]
