@@ -370,7 +370,8 @@ def browse_cabinet_without_cookies(operator: str, shots: str, profile: str, logi
                 timeout=15000)
             seen["balance_connected"] = frame.locator("#balance").inner_text()
             seen["statement"] = frame.locator("#statement").inner_text()
-            page.screenshot(path=os.path.join(shots, "cabinet-no-cookies.png"), full_page=True)
+            # The viewport: a full-page shot leaves a frame of another site blank.
+            page.screenshot(path=os.path.join(shots, "cabinet-no-cookies.png"))
             seen["cookies"] = context.cookies()
         finally:
             context.close()

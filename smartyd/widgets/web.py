@@ -14,9 +14,12 @@ The widgets' HTTP side (``/widgets``, ``/captcha``).
 
 Every page carries a content security policy (``frame-ancestors`` =
 ``[widgets] allowed_origins``, scripts and styles from us only); every
-form a CSRF token bound to the session cookie (L{smartyd.widgets.session}):
-a POST without a valid one is answered 403 with a visible message and
-changes nothing.
+form a CSRF token bound to the session (L{smartyd.widgets.session}): a POST
+without a valid one is answered 403 with a visible message and changes
+nothing.  The session is the cookie's; a browser that does not send it back
+(a frame on another site, third-party cookies blocked) gets a page that
+carries it in each form, and a form's answer is then the page itself rather
+than a redirect (whose GET would come without it).
 """
 
 from __future__ import annotations
