@@ -511,6 +511,26 @@ async def test_a_forged_expired_foreign_or_cross_site_page_session_is_refused(db
 
 
 @pytest_twisted.ensureDeferred
+async def test_signup_and_payment_without_cookies(db):
+    env = Cookieless(db, widgets_config(captcha=False))
+    account = await db.run(ledger.create_account, "dave", "")
+    signup, payment = await env.widget("signup"), await env.widget("payment")
+    _, hidden = await env.form_page(signup)
+    assert set(hidden) == {"csrf", "session"}
+    r, page = await env.post(f"/widgets/page/{signup}", {**hidden, "name": "Ann"})
+    assert r.code == 200 and 'id="new-login"' in page and await customers(db) == 2
+    r, page = await env.post(f"/widgets/page/{signup}", {"csrf": hidden["csrf"], "name": "Eve"})
+    assert r.code == 403 and await customers(db) == 2  # the token alone: no session to bind
+    _, hidden = await env.form_page(payment)
+    pay = {"amount": "150.00", "payment_type": "assist", "client_id": str(account.customer_id)}
+    r, page = await env.post(f"/widgets/page/{payment}", {**hidden, **pay, "amount": "1.234"})
+    assert r.code == 400 and set(fields_of(page)) >= {"csrf", "session"}  # the form again
+    r, page = await env.post(f"/widgets/page/{payment}", {**hidden, **pay})
+    assert r.code == 200 and 'name="Subtotal_P" value="150.00"' in page
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_cookie_wins_and_its_pages_carry_no_session(db):
     env = Env(db)
     carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
