@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.task import Clock
@@ -382,6 +384,30 @@ def sessions_of(env) -> Sessions:
 def set_cookie(r) -> str:
     [cookie] = r.headers.getRawHeaders("set-cookie")
     return cookie
+
+
+KEY = derive_key("a-stream-token-key-of-32-characters..")
+
+
+@given(value=st.one_of(st.text(max_size=300), st.just("."), st.just("e30.x")),
+       widget=st.integers(-2, 2**40))
+def test_page_session_verify_never_raises_on_garbage(value, widget):
+    sessions = Sessions(KEY, Clock())
+    assert sessions.from_page(value, widget) is None and sessions.decode(value) is None
+
+
+@given(account=st.one_of(st.none(), st.integers(1, 2**62)), widget=st.integers(1, 2**40),
+       flip=st.integers(0, 10**6))
+def test_page_session_round_trips_and_any_changed_character_is_refused(account, widget, flip):
+    sessions = Sessions(KEY, Clock())
+    s = sessions.new(account)
+    token = sessions.page_token(s, widget)
+    assert sessions.from_page(token, widget) == evolve(s, expires=float(int(s.expires)),
+                                                       in_page=widget)
+    assert sessions.from_page(token, widget + 1) is None and sessions.decode(token) is None
+    i = flip % len(token)
+    changed = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+    assert sessions.from_page(changed, widget) is None
 
 
 @pytest_twisted.ensureDeferred
