@@ -7,6 +7,7 @@ XMLTV import against a fake feed.  The real browser is tests/test_widgets_browse
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -14,10 +15,15 @@ import sys
 from datetime import timedelta
 from decimal import Decimal
 from html import unescape
+from urllib.parse import urlencode
 
 import pytest
 import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from attrs import evolve
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 
 from conftest import make_config
 from fakes import in_memory_client
@@ -28,6 +34,7 @@ from smartyd.config import ConfigError
 from smartyd.http.auth import password_login
 from smartyd.widgets import repo
 from smartyd.widgets.epg import EPGError
+from smartyd.widgets.session import LIFETIME, Sessions, derive_key
 from testapp import build
 
 ORIGIN = "https://isp.example"
@@ -349,6 +356,227 @@ async def test_cabinet_profile_phone_and_email_validated_and_escaped(db):
     r, page = await env.post(url, {**hidden, "phone": "", "email": "c@example.com"})
     customer = await db.run(ledger.get_customer, carol.customer_id)
     assert customer.phone is None and customer.email == "c@example.com"
+
+
+# -- without cookies: the session in the page ------------------------------------------------------
+class Cookieless(Env):
+    """A browser that sends the widgets no cookie (a frame on another site): each request fresh."""
+
+    @property
+    def web(self):
+        return in_memory_client(self.app.root)
+
+    @web.setter
+    def web(self, value):
+        pass
+
+
+def fields_of(html: str) -> dict[str, str]:
+    """The hidden fields of a page's forms (every form carries the same session and token)."""
+    found = re.findall(r'<input type="hidden" name="([a-z_]+)" value="([^"]*)"', html)
+    return {k: unescape(v) for k, v in found}
+
+
+def sessions_of(env) -> Sessions:
+    return env.app.app.features["widgets"].handle.sessions
+
+
+def set_cookie(r) -> str:
+    [cookie] = r.headers.getRawHeaders("set-cookie")
+    return cookie
+
+
+KEY = derive_key("a-stream-token-key-of-32-characters..")
+
+
+@given(value=st.one_of(st.text(max_size=300), st.just("."), st.just("e30.x")),
+       widget=st.integers(-2, 2**40))
+def test_page_session_verify_never_raises_on_garbage(value, widget):
+    sessions = Sessions(KEY, Clock())
+    assert sessions.from_page(value, widget) is None and sessions.decode(value) is None
+
+
+@given(account=st.one_of(st.none(), st.integers(1, 2**62)), widget=st.integers(1, 2**40),
+       flip=st.integers(0, 10**6))
+def test_page_session_round_trips_and_any_changed_character_is_refused(account, widget, flip):
+    sessions = Sessions(KEY, Clock())
+    s = sessions.new(account)
+    token = sessions.page_token(s, widget)
+    assert sessions.from_page(token, widget) == evolve(s, expires=float(int(s.expires)),
+                                                       in_page=widget)
+    assert sessions.from_page(token, widget + 1) is None and sessions.decode(token) is None
+    i = flip % len(token)
+    changed = token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+    assert sessions.from_page(changed, widget) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_cookie_is_partitioned_over_https_only(db):
+    proxied = Cookieless(db, make_config(
+        widgets={"enabled": True, "allowed_origins": [ORIGIN], "language": "en"},
+        http={"trusted_proxies": ["127.0.0.1/32"]}))
+    wid = await proxied.widget("channels")
+    r, _ = await proxied.get(f"/widgets/page/{wid}", headers={"X-Forwarded-Proto": "https"})
+    flags = set_cookie(r).split("; ")[1:]
+    assert {"SameSite=None", "Secure", "Partitioned", "HttpOnly"} <= set(flags)
+    r, _ = await proxied.get(f"/widgets/page/{wid}")  # the proxy spoke plain HTTP
+    flags = set_cookie(r).split("; ")[1:]
+    assert "SameSite=Lax" in flags and "Partitioned" not in flags and "Secure" not in flags
+    # The header from a peer that is not a trusted proxy is not believed.
+    direct = Cookieless(db)
+    r, _ = await direct.get(f"/widgets/page/{wid}", headers={"X-Forwarded-Proto": "https"})
+    flags = set_cookie(r).split("; ")[1:]
+    assert "SameSite=Lax" in flags and "Partitioned" not in flags
+
+
+@pytest_twisted.ensureDeferred
+async def test_cabinet_without_cookies_carries_a_rotated_session_in_its_forms(db, log_events):
+    env = Cookieless(db)
+    basic, extra, _ = await catalog_world(db)
+    carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    await db.run(ledger.credit, carol.customer_id, "50.00", "payment", "test", "t:1")
+    wid = await env.widget("cabinet", tariffs=[basic, extra])
+    html, anonymous = await env.form_page(wid)
+    assert set(anonymous) == {"csrf", "session"}
+    r, page = await env.post(f"/widgets/page/{wid}", {**anonymous, "login": "carol",
+                                                     "password": "pw-carol"})
+    # The page itself (a redirect's GET would come without the session), with a new one.
+    assert r.code == 200 and 'id="balance">50.00<' in page
+    logged = fields_of(page)
+    sessions = sessions_of(env)
+    before = sessions.from_page(anonymous["session"], wid)
+    after = sessions.from_page(logged["session"], wid)
+    assert before.account_id is None and after.account_id == carol.id
+    assert after.sid != before.sid and logged["csrf"] != anonymous["csrf"]  # no fixation
+    r, page = await env.post(f"/widgets/page/{wid}/tariff", {
+        **logged, "tariff_id": str(extra), "action": "connect"})
+    assert r.code == 200 and 'id="balance">45.00<' in page and "connected" in page
+    assert await db.run(catalog.account_tariffs, carol.id) == [extra]
+    # The session before the login stays anonymous: it changes nothing of carol's.
+    r, page = await env.post(f"/widgets/page/{wid}/tariff", {
+        **anonymous, "tariff_id": str(basic), "action": "connect"})
+    assert r.code == 200 and 'id="login"' in page
+    # CSRF is still required, and bound to the page's session.
+    disconnect = {"tariff_id": str(extra), "action": "disconnect"}
+    for fields in ({"session": logged["session"]},
+                   {"session": logged["session"], "csrf": anonymous["csrf"]},
+                   {"csrf": logged["csrf"]}):
+        r, page = await env.post(f"/widgets/page/{wid}/tariff", {**fields, **disconnect})
+        assert r.code == 403 and "did not come from this page" in page
+    assert await db.run(catalog.account_tariffs, carol.id) == [extra]
+    r, page = await env.post(f"/widgets/page/{wid}/logout", logged)
+    assert r.code == 200 and 'id="login"' in page
+    assert sessions.from_page(fields_of(page)["session"], wid).account_id is None
+    # Never in a log line.
+    for token in (anonymous["session"], logged["session"]):
+        assert not [e for e in log_events if token in repr(e)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_forged_expired_foreign_or_cross_site_page_session_is_refused(db):
+    env = Cookieless(db)
+    carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    mallory = await db.run(ledger.create_account, "mallory", ledger.hash_password("pw-mallory"))
+    wid, other = await env.widget("cabinet"), await env.widget("cabinet")
+
+    async def log_in(login, password, widget=wid):
+        _, anonymous = await env.form_page(widget)
+        r, page = await env.post(f"/widgets/page/{widget}", {**anonymous, "login": login,
+                                                            "password": password})
+        assert r.code == 200
+        return fields_of(page)
+
+    theirs, mine = await log_in("mallory", "pw-mallory"), await log_in("carol", "pw-carol")
+    sessions = sessions_of(env)
+    session = sessions.from_page(mine["session"], wid)
+    payload, mac = mine["session"].split(".")
+    data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    as_mallory = base64.urlsafe_b64encode(json.dumps({**data, "acc": mallory.id}).encode())
+    expired = Sessions(sessions.key, Clock())  # signed at the epoch: long expired
+    refused = {
+        "another account, the MAC kept": as_mallory.decode().rstrip("=") + "." + mac,
+        "signed under another key": Sessions(derive_key("another-key-of-32-characters....."),
+                                             reactor).page_token(session, wid),
+        "expired": expired.page_token(evolve(session, expires=LIFETIME), wid),
+        "another widget's": sessions.page_token(session, other),
+        "the cookie's form": sessions.encode(session),
+        "no session": "",
+    }
+    url = f"/widgets/page/{wid}/profile"
+    for why, token in refused.items():
+        r, page = await env.post(url, {"csrf": mine["csrf"], "session": token,
+                                       "phone": "+7 1"})
+        assert r.code == 403 and "did not come from this page" in page, why
+    # mallory's session with carol's token, and carol's on another widget's page
+    r, _ = await env.post(url, {"csrf": mine["csrf"], "session": theirs["session"],
+                                "phone": "+7 2"})
+    assert r.code == 403
+    r, _ = await env.post(f"/widgets/page/{other}/profile", {**mine, "phone": "+7 3"})
+    assert r.code == 403
+    # The page's form as a cookie: not a session for the other widget (nor for this one).
+    for widget in (other, wid):
+        r, _ = await env.post(f"/widgets/page/{widget}/profile", {
+            "csrf": mine["csrf"], "phone": "+7 3"}, cookies={"smartyd_widget": mine["session"]})
+        assert r.code == 403
+    # A session in a query string (a URL: logged, kept in history, sent as a Referer).
+    r, _ = await env.post(f"{url}?{urlencode({'session': mine['session']})}",
+                          {"csrf": mine["csrf"], "phone": "+7 4"})
+    assert r.code == 403
+    # Posted by another site's page (login CSRF with the attacker's own session).
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "https://evil.example"}, {"Origin": "null"}):
+        r, _ = await env.post(url, {**mine, "phone": "+7 5"}, headers=headers)
+        assert r.code == 403, headers
+    for customer in (carol.customer_id, mallory.customer_id):
+        assert (await db.run(ledger.get_customer, customer)).phone is None
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Origin": "https://smartyd:8443"}, {}):
+        r, page = await env.post(url, {**mine, "phone": "+7 6"}, headers=headers)
+        assert r.code == 200 and "Saved." in page, headers
+    assert (await db.run(ledger.get_customer, carol.customer_id)).phone == "+7 6"
+    assert (await db.run(ledger.get_customer, mallory.customer_id)).phone is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_signup_and_payment_without_cookies(db):
+    env = Cookieless(db, widgets_config(captcha=False))
+    account = await db.run(ledger.create_account, "dave", "")
+    signup, payment = await env.widget("signup"), await env.widget("payment")
+    _, hidden = await env.form_page(signup)
+    assert set(hidden) == {"csrf", "session"}
+    r, page = await env.post(f"/widgets/page/{signup}", {**hidden, "name": "Ann"})
+    assert r.code == 200 and 'id="new-login"' in page and await customers(db) == 2
+    r, page = await env.post(f"/widgets/page/{signup}", {"csrf": hidden["csrf"], "name": "Eve"})
+    assert r.code == 403 and await customers(db) == 2  # the token alone: no session to bind
+    _, hidden = await env.form_page(payment)
+    pay = {"amount": "150.00", "payment_type": "assist", "client_id": str(account.customer_id)}
+    r, page = await env.post(f"/widgets/page/{payment}", {**hidden, **pay, "amount": "1.234"})
+    assert r.code == 400 and set(fields_of(page)) >= {"csrf", "session"}  # the form again
+    r, page = await env.post(f"/widgets/page/{payment}", {**hidden, **pay})
+    assert r.code == 200 and 'name="Subtotal_P" value="150.00"' in page
+    assert await db.fetchval("SELECT count(*) FROM gateway_orders") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cookie_wins_and_its_pages_carry_no_session(db):
+    env = Env(db)
+    carol = await db.run(ledger.create_account, "carol", ledger.hash_password("pw-carol"))
+    await db.run(ledger.create_account, "mallory", ledger.hash_password("pw-mallory"))
+    wid = await env.widget("cabinet")
+    html, hidden = await logged_in(env, db, wid)  # the cookie came back: a 303 and a GET
+    assert 'id="balance"' in html and set(hidden) == {"csrf"} and 'name="session"' not in html
+    stranger = Cookieless(db)
+    stranger.app = env.app
+    _, anonymous = await stranger.form_page(wid)
+    r, page = await stranger.post(f"/widgets/page/{wid}", {**anonymous, "login": "mallory",
+                                                          "password": "pw-mallory"})
+    theirs = fields_of(page)
+    # carol's browser posting mallory's page session: the cookie's session decides.
+    r, _ = await env.post(f"/widgets/page/{wid}/profile", {**theirs, "phone": "+7 1"})
+    assert r.code == 403
+    r, page = await env.post(f"/widgets/page/{wid}/profile", {**hidden, "session": theirs[
+        "session"], "phone": "+7 2"})
+    assert r.code == 200 and "Saved." in page and 'name="session"' not in page
+    assert (await db.run(ledger.get_customer, carol.customer_id)).phone == "+7 2"
 
 
 # -- payment -----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
 
-from conftest import make_config
+from conftest import captured_events, make_config
 from fakes.assist import FakeAssist
 from fakes.xmltv import FakeXMLTV, now_utc, xmltv
 from smartyd import catalog, ledger
@@ -327,3 +327,112 @@ async def test_epg_cabinet_and_payment_widgets_embedded_from_another_origin(db, 
     assert (await db.run(ledger.get_account, account.id)).balance == Decimal("190.00")
     for name in ("epg.png", "cabinet.png", "payment.png"):
         assert os.path.getsize(os.path.join(shots, name)) > 1000
+
+
+# -- a browser that sends the widget no cookie --------------------------------------------------
+class Recording(Resource):
+    """The daemon's root, noting the ``Cookie`` header and page session of every widget form."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.inner: Resource | None = None
+        self.posted_cookies: list = []
+        self.posted_sessions: list = []
+
+    def render(self, request):
+        if request.method == b"POST" and request.path.startswith(b"/widgets/page/"):
+            self.posted_cookies.append(request.getHeader(b"cookie"))
+            self.posted_sessions += [v.decode() for v in request.args.get(b"session", [])]
+        return self.inner.render(request)
+
+
+def browse_cabinet_without_cookies(operator: str, shots: str, profile: str, login: str,
+                                   password: str) -> dict:
+    """In a worker thread: log in to the cabinet framed by another site, connect a tariff."""
+    seen: dict = {}
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 720, "height": 640})
+        try:
+            page = context.new_page()
+            page.goto(f"{operator}/cabinet.html")
+            frame = page.frame_locator("#widget-content iframe")
+            frame.get_by_label("Login").fill(login)
+            frame.get_by_label("Password").fill(password)
+            frame.get_by_role("button", name="Log in").click()
+            seen["balance_before"] = frame.locator("#balance").inner_text(timeout=15000)
+            frame.locator("#tariffs tr", has_text="Sport").get_by_role(
+                "button", name="Connect").click()
+            frame.locator("#tariffs tr", has_text="Sport").get_by_text("connected").wait_for(
+                timeout=15000)
+            seen["balance_connected"] = frame.locator("#balance").inner_text()
+            seen["statement"] = frame.locator("#statement").inner_text()
+            # The viewport: a full-page shot leaves a frame of another site blank.
+            page.screenshot(path=os.path.join(shots, "cabinet-no-cookies.png"))
+            seen["cookies"] = context.cookies()
+        finally:
+            context.close()
+    return seen
+
+
+@pytest_twisted.ensureDeferred
+async def test_cabinet_works_in_a_frame_of_another_site_that_gets_no_cookie(db, tmp_path):
+    """
+    The operator's page on 127.0.0.1, the daemon on 127.0.0.2: two sites, so
+    Chromium sends the framed widget no cookie at all over plain HTTP (as
+    Safari, or Chrome blocking third-party cookies, does over HTTPS).  The
+    session then lives in the page: the payer logs in, sees the balance and
+    connects a tariff.
+    """
+    assert os.access(CHROMIUM, os.X_OK), (
+        f"{CHROMIUM} is missing: apt-get install chromium (./smartyd-dev test does)")
+    pages = Resource()
+    recording = Recording()
+    ports = []
+    try:
+        ports.append(await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(pages)))
+        operator = f"http://127.0.0.1:{ports[0].getHost().port}"
+        cfg = make_config(widgets={"enabled": True, "allowed_origins": [operator],
+                                   "language": "en"})
+        app = build(cfg, reactor, db)
+        recording.inner = app.root
+        ports.append(await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.2").listen(
+            make_site(recording, cfg.http.max_body, reactor=reactor)))
+        host = f"127.0.0.2:{ports[1].getHost().port}"
+
+        async def seed(tx):
+            a = await catalog.create_channel(tx, "first", "http://s.example/1/index.m3u8")
+            sport = await catalog.create_tariff(tx, "Sport", "10.00", [a["id"]])
+            account = await ledger.create_account(tx, "dave", ledger.hash_password("pw-dave"))
+            await ledger.credit(tx, account.customer_id, "50.00", "payment", "test", "t:1")
+            return account, (await repo.create_widget(tx, "cabinet", "", [sport["id"]])).id
+
+        account, wid = await db.run(seed)
+        html = SNIPPET.replace("HOST", host).replace("ID", str(wid))
+        pages.putChild(b"cabinet.html", Data(html.encode(), "text/html; charset=utf-8"))
+        shots = os.environ.get("SMARTYD_WIDGET_SCREENSHOTS") or str(tmp_path)
+        os.makedirs(shots, exist_ok=True)
+        with captured_events() as events:
+            seen = await deferToThread(browse_cabinet_without_cookies, operator, shots,
+                                       str(tmp_path / "chromium-profile"), "dave", "pw-dave")
+    finally:
+        for port in ports:
+            await port.stopListening()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+    # The case under test: the browser kept no cookie of the framed site and sent none.
+    assert seen["cookies"] == []
+    assert len(recording.posted_cookies) == 2 and set(recording.posted_cookies) == {None}
+    assert seen["balance_before"] == "50.00" and seen["balance_connected"] == "40.00"
+    assert "-10.00" in seen["statement"]
+    assert (await db.run(ledger.get_account, account.id)).balance == Decimal("40.00")
+    # The sessions the pages carried (anonymous, then dave's) are in no log line.
+    assert len(set(recording.posted_sessions)) == 2
+    access = [e for e in events if e.get("log_format") == "{method} {path} {code}"
+              and e["method"] == "POST"]  # the access log (QuietSite.log)
+    assert [e["path"] for e in access] == [f"/widgets/page/{wid}", f"/widgets/page/{wid}/tariff"]
+    assert not [e for e in events for token in recording.posted_sessions if token in repr(e)]

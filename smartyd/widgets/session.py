@@ -1,5 +1,6 @@
 """
-Widget sessions in a signed cookie, and CSRF tokens bound to them.
+Widget sessions in a signed cookie -- or, where the browser does not send
+the cookie back, in the page itself -- and CSRF tokens bound to them.
 
 The cookie is ``<payload>.<mac>``: payload = base64url JSON ``{"sid", "acc",
 "exp"}``, mac = HMAC-SHA256 under a key derived from the stream token key
@@ -8,11 +9,31 @@ random per browser and rotated at login (no fixation); ``acc`` is the
 cabinet's account once logged in.
 
 A form's CSRF token is HMAC(key, "csrf:" + sid): a page from us carries it,
-another site cannot compute it, and without the session cookie no token
-verifies.  As an iframe on another site needs it, the cookie is
-``SameSite=None; Secure`` when the request came over HTTPS (directly or
-through a trusted proxy's ``X-Forwarded-Proto``); over plain HTTP (a
-development set-up on one host) it is ``SameSite=Lax``.
+another site cannot compute it, and without the session no token verifies.
+As an iframe on another site needs it, the cookie is ``SameSite=None;
+Secure; Partitioned`` when the request came over HTTPS (directly or through
+a trusted proxy's ``X-Forwarded-Proto``): partitioned by the top-level site
+(CHIPS), it is kept where third-party cookies are blocked.  Over plain HTTP
+(a development set-up on one host) it is ``SameSite=Lax``.
+
+The page session.  Safari, and Chrome in incognito or by a setting, send a
+framed widget on another site no cookie at all (over plain HTTP Chromium
+never does).  So a page rendered for a request that brought no valid cookie
+carries the session in each of its forms, beside the CSRF token: the hidden
+field ``session`` = ``<payload>.<mac>``, payload = base64url JSON ``{"sid",
+"acc", "exp", "wid"}``, mac = HMAC(key, "page:" + payload).  It is the
+cookie's session and no more:
+
+  - signed under another label than the cookie (neither passes for the
+    other) and expiring with the session;
+  - bound to one widget (``wid``): refused on every other widget's forms;
+  - read only from a POST body (never a query string, so never in a URL,
+    a Referer or a log line), and only when no valid cookie came: a cookie
+    always wins;
+  - the CSRF token must still match its ``sid``;
+  - refused when the browser says the form was posted from another site
+    (``Sec-Fetch-Site``, else ``Origin``): another site cannot log a
+    browser in to its own account by posting its own page session.
 """
 
 from __future__ import annotations
@@ -23,12 +44,14 @@ import hmac
 import json
 import secrets
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from attrs import frozen
 
 from smartyd.http.addresses import in_networks, peer_ip
 
 COOKIE = b"smartyd_widget"
+PAGE_FIELD = "session"
 LIFETIME = 12 * 3600
 
 
@@ -37,6 +60,8 @@ class Session:
     sid: str
     account_id: int | None = None
     expires: float = 0.0
+    # The widget whose pages carry this session (the cookie did not come back); None: the cookie.
+    in_page: int | None = None
 
 
 def derive_key(token_key: str) -> bytes:
@@ -51,6 +76,23 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _same_origin_post(request) -> bool:
+    """False when the browser says the request came from another site's page."""
+    fetch_site = request.getHeader(b"sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site.lower() == b"same-origin"
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True  # not a browser that names origins: nothing to go by
+    try:
+        origin_host = urlsplit(origin.decode("ascii")).hostname
+        host = urlsplit("//" + (request.getHeader(b"host") or b"").decode("ascii")).hostname
+    except (UnicodeDecodeError, ValueError):
+        return False
+    # Hosts compared, not ports: a proxy's ``Host: $host`` drops the port that Origin keeps.
+    return origin_host is not None and origin_host == host
+
+
 @frozen
 class Sessions:
     key: bytes
@@ -60,31 +102,68 @@ class Sessions:
     def new(self, account_id: int | None = None) -> Session:
         return Session(secrets.token_urlsafe(16), account_id, self.clock.seconds() + LIFETIME)
 
-    def encode(self, s: Session) -> str:
-        payload = _b64(json.dumps({"sid": s.sid, "acc": s.account_id, "exp": int(s.expires)},
-                                  separators=(",", ":")).encode())
-        return payload + "." + _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest())
+    def _sign(self, label: bytes, fields: dict) -> str:
+        payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
+        return payload + "." + _b64(hmac.new(self.key, label + payload.encode(),
+                                             hashlib.sha256).digest())
 
-    def decode(self, value: str | None) -> Session | None:
+    def _verify(self, label: bytes, value: str | None) -> dict | None:
         if not value or value.count(".") != 1:
             return None
         payload, mac = value.split(".")
-        want = _b64(hmac.new(self.key, payload.encode(), hashlib.sha256).digest())
-        if not hmac.compare_digest(mac.encode(), want.encode()):
+        want = _b64(hmac.new(self.key, label + payload.encode(), hashlib.sha256).digest())
+        if not hmac.compare_digest(mac.encode("utf-8", "replace"), want.encode()):
             return None
         try:
             data = json.loads(_unb64(payload))
-            s = Session(str(data["sid"]), data["acc"], float(data["exp"]))
+            if not isinstance(data, dict) or float(data["exp"]) <= self.clock.seconds():
+                return None
+            acc = data["acc"]
+            if acc is not None and (not isinstance(acc, int) or isinstance(acc, bool)):
+                return None
+            data["sid"] = str(data["sid"])
         except (ValueError, KeyError, TypeError):
             return None
-        if s.account_id is not None and not isinstance(s.account_id, int):
+        return data
+
+    def encode(self, s: Session) -> str:
+        return self._sign(b"", {"sid": s.sid, "acc": s.account_id, "exp": int(s.expires)})
+
+    def decode(self, value: str | None) -> Session | None:
+        data = self._verify(b"", value)
+        return None if data is None else Session(data["sid"], data["acc"], float(data["exp"]))
+
+    def page_token(self, s: Session, widget_id: int) -> str:
+        """The session as the pages of widget ``widget_id`` carry it (see the module's doc)."""
+        return self._sign(b"page:", {"sid": s.sid, "acc": s.account_id, "exp": int(s.expires),
+                                     "wid": widget_id})
+
+    def from_page(self, value: str | None, widget_id: int) -> Session | None:
+        data = self._verify(b"page:", value)
+        if data is None or data.get("wid") != widget_id or isinstance(data.get("wid"), bool):
             return None
-        return s if s.expires > self.clock.seconds() else None
+        return Session(data["sid"], data["acc"], float(data["exp"]), in_page=widget_id)
 
     def read(self, request) -> Session | None:
         raw = request.getCookie(COOKIE)
         try:
             return self.decode(raw.decode("ascii") if raw else None)
+        except UnicodeDecodeError:
+            return None
+
+    def read_page(self, request, widget_id: int) -> Session | None:
+        """
+        The page session a form posted (a POST body's ``session`` field, not
+        a query string's), when the browser does not say another site posted it.
+        """
+        if request.method != b"POST" or not _same_origin_post(request):
+            return None
+        query = urlsplit(request.uri).query
+        if PAGE_FIELD.encode() in parse_qs(query, keep_blank_values=True):
+            return None
+        raw = (request.args.get(PAGE_FIELD.encode()) or [b""])[0]
+        try:
+            return self.from_page(raw.decode("ascii"), widget_id)
         except UnicodeDecodeError:
             return None
 
@@ -97,7 +176,8 @@ class Sessions:
 
     def write(self, request, s: Session) -> None:
         flags = ["Path=/", "HttpOnly", f"Max-Age={LIFETIME}"]
-        flags += ["SameSite=None", "Secure"] if self.secure(request) else ["SameSite=Lax"]
+        flags += ["SameSite=None", "Secure", "Partitioned"] if self.secure(request) \
+            else ["SameSite=Lax"]
         # Request.addCookie cannot say SameSite: the Set-Cookie value is queued as is.
         request.cookies.append(COOKIE + b"=" + self.encode(s).encode("ascii") + b"; "
                                + "; ".join(flags).encode("ascii"))

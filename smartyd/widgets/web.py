@@ -14,9 +14,12 @@ The widgets' HTTP side (``/widgets``, ``/captcha``).
 
 Every page carries a content security policy (``frame-ancestors`` =
 ``[widgets] allowed_origins``, scripts and styles from us only); every
-form a CSRF token bound to the session cookie (L{smartyd.widgets.session}):
-a POST without a valid one is answered 403 with a visible message and
-changes nothing.
+form a CSRF token bound to the session (L{smartyd.widgets.session}): a POST
+without a valid one is answered 403 with a visible message and changes
+nothing.  The session is the cookie's; a browser that does not send it back
+(a frame on another site, third-party cookies blocked) gets a page that
+carries it in each form, and a form's answer is then the page itself rather
+than a redirect (whose GET would come without it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from attrs import define, field
+from attrs import define, evolve, field
 from klein import Klein
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -45,7 +48,7 @@ from smartyd.http.auth import password_login
 from smartyd.http.handlers import endpoint, json_body
 from smartyd.partners import PartnerError
 from smartyd.widgets import repo
-from smartyd.widgets.session import Session, Sessions
+from smartyd.widgets.session import PAGE_FIELD, Session, Sessions
 from smartyd.widgets.static import PAGE_CSS, PAGE_JS, loader
 from smartyd.widgets.texts import texts
 
@@ -223,8 +226,9 @@ class WidgetsWeb:
         if not self.sessions.csrf_ok(session, self._arg(request, "csrf")):
             log.info("widget {widget}: form refused without a valid CSRF token",
                      widget=widget_id)
-            session = session or self.sessions.new()
-            self.sessions.write(request, session)
+            if session is None:
+                session = self.sessions.new()
+                self.sessions.write(request, session)
             body = [self._message("bad_csrf")]
             return await self._html(request, 403, widget, session, body)
         handler = getattr(self, f"_{action}_{widget.kind}", None)
@@ -239,9 +243,14 @@ class WidgetsWeb:
 
     async def _open(self, request: Request, widget_id: int, create: bool = True
                     ) -> tuple[repo.Widget | None, Session | None]:
-        session = self.sessions.read(request)
+        """
+        The widget and the session: the cookie's, else the one a form of this
+        widget's page carried; else (``create``) a new one, sent as a cookie
+        and carried by the page too (whether the cookie comes back is not known yet).
+        """
+        session = self.sessions.read(request) or self.sessions.read_page(request, widget_id)
         if session is None and create:
-            session = self.sessions.new()
+            session = evolve(self.sessions.new(), in_page=widget_id)
             self.sessions.write(request, session)
         return await self.db.run(repo.get_widget, widget_id), session
 
@@ -256,8 +265,13 @@ class WidgetsWeb:
     def _message(self, key: str, **args: Any) -> Tag:
         return tags.p(self.t[key].format(**args), class_="message", role="alert")
 
-    def _csrf(self, session: Session) -> Tag:
-        return tags.input(type="hidden", name="csrf", value=self.sessions.csrf_token(session))
+    def _csrf(self, session: Session) -> list[Tag]:
+        """A form's CSRF token and, when the session lives in the page, the session."""
+        fields = [tags.input(type="hidden", name="csrf", value=self.sessions.csrf_token(session))]
+        if session.in_page is not None:
+            fields.append(tags.input(type="hidden", name=PAGE_FIELD,
+                                     value=self.sessions.page_token(session, session.in_page)))
+        return fields
 
     def _csp(self, form_action: tuple[str, ...] = ()) -> bytes:
         ancestors = " ".join(self.cfg.widgets.allowed_origins) or "'none'"
@@ -288,6 +302,19 @@ class WidgetsWeb:
         request.setHeader(b"referrer-policy", b"same-origin")
         request.setHeader(b"content-security-policy", self._csp(form_action))
         return b"<!DOCTYPE html>\n" + html
+
+    async def _after(self, request: Request, widget: repo.Widget, session: Session,
+                     new: Session | None = None) -> bytes:
+        """
+        The widget's page after a form, with ``new`` (a session just rotated)
+        or ``session``: a 303 to it, or -- when the session lives in the page,
+        as a GET would come without it -- the page itself.
+        """
+        if session.in_page is None:
+            return self._redirect(request, widget)
+        shown = evolve(new or session, in_page=session.in_page)
+        body = await getattr(self, f"_show_{widget.kind}")(request, widget, shown)
+        return await self._html(request, 200, widget, shown, body)
 
     def _redirect(self, request: Request, widget: repo.Widget) -> bytes:
         request.setResponseCode(303)
@@ -502,7 +529,7 @@ class WidgetsWeb:
         """Add an account to the logged-in customer; its login and password are shown once."""
         account = await self._logged_in(session)
         if account is None:
-            return self._redirect(request, widget)
+            return await self._after(request, widget, session)
         password = new_password()
         pw_hash = await self.thread(ledger.hash_password, password)
 
@@ -535,7 +562,7 @@ class WidgetsWeb:
         """
         account = await self._logged_in(session)
         if account is None:
-            return self._redirect(request, widget)
+            return await self._after(request, widget, session)
         new, again = self._arg(request, "new_password"), self._arg(request, "new_password2")
         target = self._arg(request, "account_id")
         if not 8 <= len(new) <= 256 or not hmac.compare_digest(new.encode(), again.encode()):
@@ -557,7 +584,7 @@ class WidgetsWeb:
     async def _profile_cabinet(self, request, widget, session) -> bytes:
         account = await self._logged_in(session)
         if account is None:
-            return self._redirect(request, widget)
+            return await self._after(request, widget, session)
         phone = self._arg(request, "phone") or None
         email = self._arg(request, "email") or None
         self._check_contacts(phone, email)
@@ -574,16 +601,18 @@ class WidgetsWeb:
             account = await password_login(self.db, login, password)
         if account is None:
             raise Refusal(403, "bad_login")
-        self.sessions.write(request, self.sessions.new(account.id))  # a new sid: no fixation
-        return self._redirect(request, widget)
+        new = self.sessions.new(account.id)  # a new sid: no fixation
+        self.sessions.write(request, new)
+        return await self._after(request, widget, session, new)
 
     async def _logout_cabinet(self, request, widget, session) -> bytes:
-        self.sessions.write(request, self.sessions.new())
-        return self._redirect(request, widget)
+        new = self.sessions.new()
+        self.sessions.write(request, new)
+        return await self._after(request, widget, session, new)
 
     async def _tariff_cabinet(self, request, widget, session) -> bytes:
         if session.account_id is None:
-            return self._redirect(request, widget)
+            return await self._after(request, widget, session)
         tariff = self._arg(request, "tariff_id")
         action = self._arg(request, "action")
         offered = await self.db.run(repo.tariffs_with_channels, widget.tariff_ids)
@@ -598,7 +627,7 @@ class WidgetsWeb:
             raise Refusal(400, "tariff_failed")
         log.info("widget {widget}: account {account} {action}ed tariff {tariff}",
                  widget=widget.id, account=session.account_id, action=action, tariff=tariff)
-        return self._redirect(request, widget)
+        return await self._after(request, widget, session)
 
     # -- TV guide --------------------------------------------------------------------------------
     async def _show_epg(self, request, widget, session) -> list:
