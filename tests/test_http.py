@@ -121,3 +121,25 @@ async def test_password_login_costs_one_verification_whatever_the_answer(db):
     assert await password_login(db, "nopass", "", verify) is None
     # an unknown login and an account without a password verify the dummy hash
     assert verified == [hashed, hashed, auth.DUMMY_HASH, auth.DUMMY_HASH]
+
+
+def test_the_access_log_event_is_in_the_smartyd_access_namespace():
+    """Admins filter the access log on ``smartyd.access``; the secret path segment is masked."""
+    from twisted.web.resource import Resource
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from smartyd.http.root import make_site
+
+    site = make_site(Resource(), max_body=1024)
+    request = DummyRequest([b"webhooks", b"dreamkas", b"s3cret"])
+    request.path = b"/webhooks/dreamkas/s3cret"
+    request.code = 200
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site.log(request)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [event] = [e for e in events if e.get("log_format") == "{method} {path} {code}"]
+    assert event["log_namespace"] == "smartyd.access"
+    assert event["path"] == "/webhooks/dreamkas/***"
