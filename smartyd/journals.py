@@ -29,19 +29,17 @@ from decimal import Decimal
 from smartyd.db import Tx
 from smartyd.fiscal import jobs
 from smartyd.osmp.protocol import MOSCOW
-from smartyd.vod import outbox
+from smartyd.vod import STUCK_AFTER, outbox
 from smartyd.widgets.epg import POLLER_JOB as EPG_JOB
 
 __all__ = [
-    "MOSCOW", "MAX_DAYS", "JournalError", "ReceiptNotRetryable", "day_bounds", "day_payments",
+    "MAX_DAYS", "MOSCOW", "JournalError", "ReceiptNotRetryable", "day_bounds", "day_payments",
     "parse_day", "partner_health", "payments_by_day", "receipt_queue", "retry_receipt",
+    "zone_name",
 ]
 
-# The longest range of payments_by_day (a year and a day: one leap year).
+# The longest range of payments_by_day, in days (a leap year).
 MAX_DAYS = 366
-# An open partner call or receipt older than this is "stuck" (as /health's
-# outbox field counts it: smartyd.vod.STUCK_AFTER).
-STUCK_AFTER = timedelta(hours=1)
 # The moment a payment is booked on (see the module docstring).
 MOMENT = "coalesce(p.external_date, p.created)"
 
@@ -102,11 +100,12 @@ async def payments_by_day(tx: Tx, date_from: date, date_to: date, provider: str 
         raise JournalError(f"a range of at most {MAX_DAYS} days")
     start, _ = day_bounds(date_from, tz)
     _, end = day_bounds(date_to, tz)
+    # One provider: a range of payments_provider_moment_idx (migration 0020).
+    only = " AND p.provider = %(provider)s" if provider is not None else ""
     rows = await tx.fetchall(
         f"SELECT (({MOMENT} AT TIME ZONE 'UTC') + %(offset)s)::date AS day, p.provider,"
         f"  count(*), sum(p.amount)"
-        f" FROM payments p WHERE {MOMENT} >= %(start)s AND {MOMENT} < %(end)s"
-        f"  AND (%(provider)s::text IS NULL OR p.provider = %(provider)s)"
+        f" FROM payments p WHERE {MOMENT} >= %(start)s AND {MOMENT} < %(end)s{only}"
         f" GROUP BY 1, 2 ORDER BY 1, 2",
         {"offset": tz.utcoffset(None), "start": start, "end": end, "provider": provider},
     )
@@ -122,7 +121,7 @@ async def payments_by_day(tx: Tx, date_from: date, date_to: date, provider: str 
         total += amount
     return {
         "from": date_from.isoformat(), "to": date_to.isoformat(), "provider": provider,
-        "timezone": _zone(tz),
+        "timezone": zone_name(tz),
         "days": days,
         "providers": {k: {"count": v["count"], "total": _money(v["total"])}
                       for k, v in sorted(providers.items())},
@@ -166,12 +165,12 @@ async def day_payments(tx: Tx, day: date, provider: str, tz: timezone = MOSCOW) 
         "time": _iso(r[7], tz), "created": _iso(r[8], tz), "status": r[9],
         "receipt": r[10], "receipt_job": r[11], "receipt_error": r[12],
     } for r in rows]
-    return {"day": day.isoformat(), "provider": provider, "timezone": _zone(tz),
+    return {"day": day.isoformat(), "provider": provider, "timezone": zone_name(tz),
             "count": len(out), "total": _money(sum((r[6] for r in rows), Decimal("0"))),
             "payments": out}
 
 
-def _zone(tz: timezone) -> str:
+def zone_name(tz: timezone) -> str:
     """``UTC+03:00``."""
     offset = tz.utcoffset(None)
     sign = "-" if offset < timedelta(0) else "+"
@@ -241,7 +240,9 @@ async def retry_receipt(tx: Tx, job_id: int) -> dict:
 async def partner_health(tx: Tx, now: float, stuck_after: timedelta = STUCK_AFTER,
                          limit: int = 100, tz: timezone = MOSCOW) -> dict:
     """
-    The partners' health at ``now`` (POSIX seconds from the caller's clock).
+    The partners' health at ``now`` (POSIX seconds from the caller's clock);
+    a partner call is stuck when failed or open for longer than ``stuck_after``
+    (by default as ``/health``'s outbox field counts it, L{smartyd.vod.STUCK_AFTER}).
 
     Returns::
 

@@ -353,7 +353,7 @@ async def reconcile(tx: Tx, provider: str, day: date, registry: Registry,
             elsewhere[_txn_key(external_id)] = moment.astimezone(tz).date().isoformat()
     for r in out["only_registry"]:
         r["our_day"] = elsewhere.get(_txn_key(r["txn_id"]))
-    return {"provider": provider, "day": day.isoformat(), "timezone": journals._zone(tz),
+    return {"provider": provider, "day": day.isoformat(), "timezone": journals.zone_name(tz),
             "layout": list(layout), "encoding": registry.encoding,
             "delimiter": registry.delimiter, "header": registry.header, **out}
 
