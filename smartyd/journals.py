@@ -210,7 +210,7 @@ async def receipt_queue(tx: Tx, state: str | None = None, limit: int = 100,
         out.append({**job.to_json(), "since": _iso(since, tz), "provider": provider,
                     "payment_external_id": external_id, "customer_id": customer_id,
                     "amount": _money(amount),
-                    "retryable": job.state == "failed" and job.operation_id is None})
+                    "retryable": job.state == "failed" and job.operation_status != "ERROR"})
     return {"counts": await jobs.counts(tx), "jobs": out}
 
 
@@ -219,7 +219,9 @@ async def retry_receipt(tx: Tx, job_id: int) -> dict:
     A failed receipt job handed back to the worker (L{jobs.retry_failed}):
     returns its C{Job.to_json()}.  Raises L{ReceiptNotRetryable} (the message
     says why) for an unknown job, a job not failed, or one whose Dreamkas
-    operation failed (a retry would find that same operation again).
+    operation failed (a retry would find that same operation again).  A job
+    with an operation is polled again, one without is looked up by its
+    ``externalId`` before it is POSTed again: never a second receipt.
     """
     job = await jobs.retry_failed(tx, job_id)
     if job is not None:

@@ -175,6 +175,30 @@ async def test_receipt_queue_and_a_failed_receipt_retried_once_through_the_worke
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_receipt_given_up_while_polling_is_polled_again_on_retry(db):
+    fake = FakeDreamkas(TOKEN)
+    kit = Kit(db, fake, max_attempts=2)
+    await receipt_payer(db)
+    s = make_service(db, hooks=[enqueue_receipt])
+    await s.pay(request(s, "pay", "426", "10.45", txn_id="79"))
+    payment = await db.run(payments.get, "osmp", "79")
+    await kit.worker.run()  # posted: pending
+    fake.token = "rotated"  # every status poll is refused now
+    for _ in range(3):
+        kit.clock.advance(3600)
+        await kit.worker.run()
+    job = await db.run(jobs.get_by_payment, payment.id)
+    assert job.state == "failed" and "to learn the status of operation" in job.last_error
+    assert (await db.run(journals.receipt_queue, "failed"))["jobs"][0]["retryable"] is True
+    fake.token = TOKEN
+    retried = await db.run(journals.retry_receipt, job.id)
+    assert (retried["state"], retried["operation_id"]) == ("pending", job.operation_id)
+    await kit.worker.run()
+    assert (await db.run(jobs.get_by_payment, payment.id)).state == "done"
+    assert fake.posts[job.external_id] == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_receipt_dreamkas_failed_is_not_retried_and_the_receipts_commands(db):
     fake = FakeDreamkas(TOKEN)
     kit = Kit(db, fake)
