@@ -28,6 +28,7 @@ from smartyd.admin import (
     billing as billing_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
+    journals as journals_admin,
     vod as vod_admin,
     widgets as widgets_admin,
 )
@@ -43,7 +44,8 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
+                    journals_admin)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,13 +1,16 @@
 """
 ``smartyd-admin receipts``: the operator's view of the receipt queue.
 
-  receipts [--state S] [--payment ID] [--limit N]   jobs, newest first, and counts per state
+  receipts [--state S] [--payment ID] [--limit N]   jobs, newest first (since when in their
+                                                    state, the payment), and counts per state
   receipts fiscalize --payment ID                   queue a receipt for a payment (idempotent)
+  receipts retry JOB                                a failed receipt handed back to the worker
   receipts refresh-cache                            fetch devices and positions now
 """
 
 from __future__ import annotations
 
+from smartyd import journals
 from smartyd.fiscal import dreamkas_api, jobs
 from smartyd.fiscal.dreamkas_cache import DreamkasCache
 from smartyd.partners import HTTPClientService, PartnerError
@@ -22,6 +25,8 @@ def register(sub) -> dict:
     f = actions.add_parser("fiscalize", help="queue a receipt for a payment")
     f.add_argument("--payment", type=int, required=True, help="payment id")
     actions.add_parser("refresh-cache", help="fetch Dreamkas devices and positions now")
+    r = actions.add_parser("retry", help="hand a failed receipt back to the worker")
+    r.add_argument("job", type=int, help="receipt job id")
     return {"receipts": cmd_receipts}
 
 
@@ -38,13 +43,12 @@ async def cmd_receipts(db, args, cfg, reactor) -> dict:
         return out
     if action == "refresh-cache":
         return await refresh_cache(db, cfg, reactor)
-
-    async def listing(tx):
-        found = await jobs.list_jobs(tx, args.state, max(1, min(args.limit, 10000)),
-                                     args.payment)
-        return {"counts": await jobs.counts(tx), "jobs": [j.to_json() for j in found]}
-
-    return await db.run(listing)
+    if action == "retry":
+        out = {"job": await db.run(journals.retry_receipt, args.job)}
+        if not cfg.dreamkas.enabled:
+            out["warning"] = "[dreamkas] enabled is false: the job waits until it is enabled"
+        return out
+    return await db.run(journals.receipt_queue, args.state, args.limit, args.payment)
 
 
 async def refresh_cache(db, cfg, reactor) -> dict:

@@ -156,6 +156,34 @@ async def counts(tx: Tx) -> dict[str, int]:
     return out
 
 
+async def retry_failed(tx: Tx, job_id: int) -> Job | None:
+    """
+    A failed job handed back to the worker, due now with its attempts and
+    polls reset; None when ``job_id`` is not a failed job, or Dreamkas itself
+    failed its operation (``operation_status`` ERROR: a retry would only find
+    that operation again under the payment's ``externalId``).
+
+    A job with an operation (given up while polling its status) goes back to
+    ``pending``: its status is polled again.  One without goes back to
+    ``posting``, not ``queued``: its earlier POSTs may have reached Dreamkas
+    (a job given up after time-outs), so its next claim looks the
+    ``externalId`` up before it would POST -- a retry never makes a second
+    receipt.  Its kept body is dropped, so that the receipt is built again
+    from the current catalog and settings (what the operator likely fixed).
+    """
+    row = await tx.fetchone(
+        f"UPDATE receipt_jobs SET"
+        f" state = CASE WHEN operation_id IS NULL THEN 'posting' ELSE 'pending' END,"
+        f" receipt = CASE WHEN operation_id IS NULL THEN NULL ELSE receipt END,"
+        f" attempts = 0, polls = 0, next_attempt_at = '-infinity', finished = NULL,"
+        f" updated = now(), state_since = NULL, stuck_warned = '{{}}'"
+        f" WHERE id = %s AND state = 'failed' AND operation_status IS DISTINCT FROM 'ERROR'"
+        f" RETURNING {_COLUMNS}",
+        (job_id,),
+    )
+    return None if row is None else Job(*row)
+
+
 # -- claiming ----------------------------------------------------------------------------
 @frozen
 class ClaimedPost:

@@ -194,6 +194,19 @@ async def stuck(tx: Tx, older_than: datetime) -> list[str]:
     return [r[0] for r in rows]
 
 
+async def stuck_calls(tx: Tx, older_than: datetime, limit: int = 100
+                      ) -> list[tuple[Call, datetime]]:
+    """
+    The calls L{stuck} counts (failed, or open since before ``older_than``),
+    oldest first, each with when it was created.
+    """
+    rows = await tx.fetchall(
+        f"SELECT {_COLUMNS}, created FROM partner_calls WHERE state = 'failed'"
+        " OR (state IN ('queued', 'sending', 'unknown') AND created < %s) ORDER BY id LIMIT %s",
+        (older_than, limit))
+    return [(Call(*r[:-1]), r[-1]) for r in rows]
+
+
 async def queue_renewals(tx: Tx, provider: str) -> int:
     """A ``renew`` call for every user whose subscription is on and has no open renewal."""
     rows = await tx.fetchall(
