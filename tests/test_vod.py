@@ -558,7 +558,7 @@ async def money_state(db, cid) -> tuple:
     """Everything a purchase may touch: balance, ledger sum and rows, purchases, outbox."""
     balance = (await db.run(ledger.get_customer, cid)).balance
     total = await db.run(ledger.ledger_sum, cid)
-    rows = len(await db.run(ledger.statement, cid))
+    rows = len((await db.run(ledger.statement, cid)).rows)
     bought = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM vod_purchases"))
     calls = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM partner_calls"))
     return balance, total, rows, bought, calls
@@ -575,7 +575,7 @@ async def test_tvod_buy_debits_once_through_the_ledger_and_grants_at_megogo(db):
     assert not created and again.id == p.id
     balance, total, rows, bought, calls = await money_state(db, cid)
     assert (balance, total, rows, bought) == (Decimal("70.00"), Decimal("70.00"), 2, 1)
-    [entry] = [e for e in await db.run(ledger.statement, cid) if e.kind == "tvod"]
+    [entry] = [e for e in (await db.run(ledger.statement, cid)).rows if e.kind == "tvod"]
     assert entry.amount == Decimal("-30.00") and entry.account_id == aid
     assert entry.idem_key.endswith(":order-1")
     # The grant goes out through the outbox (user/create first for a new user).
