@@ -85,6 +85,11 @@ class World:
     async def calls(self, state=None):
         return await self.db.run(outbox.list_calls, state)
 
+    def app(self):
+        """The daemon's whole assembly on this world (what smartyd-admin commands run on)."""
+        return build_app(self.cfg, self.clock, self.db, self.metrics,
+                         http_client=self.client).app
+
 
 class _Hosts:
     """Route a request by its Host header to one fake (one StubTreq for all partners)."""
@@ -736,7 +741,7 @@ async def test_admin_vod_and_outbox_commands(db):
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, w.cfg, None)
+        return await handlers[args.command](db, args, w.cfg, None, w.app())
 
     out = await admin("vod", "genre-map", "--provider", "megogo", "--partner-genre", "drama",
                       "--genre", "Драма")
@@ -764,7 +769,7 @@ async def test_admin_vod_buy(db):
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, w.cfg, Clock())
+        return await handlers[args.command](db, args, w.cfg, w.clock, w.app())
 
     argv = ("vod", "buy", "--account", str(aid), "--provider", "megogo", "--id", "9",
             "--purchase-id", "z-1")
