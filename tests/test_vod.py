@@ -778,6 +778,9 @@ async def test_admin_vod_buy(db):
         True, "30.00", True, "9")
     assert (await admin(*argv))["created"] is False
     assert (await money_state(db, cid))[0] == Decimal("70.00")
+    # The grant bought from the command line is queued for the daemon's outbox, which sends it.
+    await w.vod.outbox.run()
+    assert w.megogo.titles[f"isp-{cid}"] == {("9", "z-1")}
     for z in ("z-2", "z-3"):
         await admin(*argv[:-1], z)
     with pytest.raises(tvod.InsufficientFunds):
