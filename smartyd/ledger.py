@@ -475,14 +475,91 @@ async def ledger_sum(tx: Tx, customer_id: int) -> Decimal:
     )
 
 
-async def statement(tx: Tx, customer_id: int, limit: int = 1000) -> list[Entry]:
-    """The customer's ledger rows, oldest first (the last ``limit``)."""
-    rows = await tx.fetchall(
-        f"SELECT {_ENTRY_COLUMNS} FROM (SELECT {_ENTRY_COLUMNS} FROM ledger"
-        f"  WHERE customer_id = %s ORDER BY id DESC LIMIT %s) r ORDER BY id",
-        (customer_id, limit),
+STATEMENT_MAX_ROWS = 10000
+_PAGE_COLUMNS = ", ".join("p." + c.strip() for c in _ENTRY_COLUMNS.split(","))
+
+
+@frozen
+class Statement:
+    """
+    A customer's ledger over a period: ``opening_balance`` + the sum of
+    ``rows`` (oldest first) == ``closing_balance``, always.  ``more``: rows of
+    the period before the first one shown were left out (a limit cut it).
+    """
+
+    opening_balance: Decimal
+    rows: list
+    closing_balance: Decimal
+    more: bool
+
+    def to_json(self) -> dict:
+        return {"opening_balance": str(self.opening_balance),
+                "rows": [r.to_json() for r in self.rows],
+                "closing_balance": str(self.closing_balance), "more": self.more}
+
+
+async def statement(tx: Tx, customer_id: int, *, start=None, end=None, limit: int = 1000,
+                    before: int | None = None) -> Statement:
+    """
+    The customer's statement: the one function the CLI (``customer
+    statement``), the widgets' cabinet and the console call.
+
+    A row belongs to the period when its moment (``at``, else ``created``:
+    the ``at`` of L{Entry.to_json}) is in ``[start, end)`` -- either bound
+    None for open.  With ``before`` (a ledger row id), only the period's rows
+    older than that row count: the way to page backwards.  ``rows`` are the
+    last ``limit`` of those in ledger order (``id``), oldest first; ``more``
+    is True when older ones were left out -- the next page is
+    ``before=rows[0].id``, whose ``closing_balance`` is this page's
+    ``opening_balance``.  ``opening_balance`` is the sum of every row of the
+    customer that precedes the shown rows (before ``start``, and the
+    period's older rows left out); ``closing_balance`` is it plus the rows
+    shown -- for the whole history (no bounds) the customer's balance.  One
+    statement, one snapshot: a pay committing meanwhile is wholly in or out.
+
+    @param start: an aware C{datetime} or None; @param end: likewise.
+    @param limit: 0..L{STATEMENT_MAX_ROWS}.  @param before: a row id > 0 or None.
+    @raise LedgerError: bad arguments (one line, naming the parameter).
+    @raise CustomerNotFound: no such customer.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) \
+            or not 0 <= limit <= STATEMENT_MAX_ROWS:
+        raise LedgerError(f"limit: 0..{STATEMENT_MAX_ROWS}, not {limit}")
+    if before is not None and (isinstance(before, bool) or not isinstance(before, int)
+                               or before <= 0):
+        raise LedgerError(f"before: a ledger row id (above 0), not {before}")
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and getattr(value, "tzinfo", None) is None:
+            raise LedgerError(f"{name}: give a moment with its time zone")
+    if start is not None and end is not None and start >= end:
+        raise LedgerError("from: must be before to")
+    found = await tx.fetchall(
+        "WITH period AS ("
+        f" SELECT {_ENTRY_COLUMNS} FROM ledger WHERE customer_id = %(c)s"
+        "  AND (%(start)s::timestamptz IS NULL OR coalesce(at, created) >= %(start)s)"
+        "  AND (%(end)s::timestamptz IS NULL OR coalesce(at, created) < %(end)s)"
+        "  AND (%(before)s::bigint IS NULL OR id < %(before)s)),"
+        " page AS (SELECT * FROM period ORDER BY id DESC LIMIT %(limit)s + 1),"
+        " totals AS (SELECT"
+        "  (SELECT balance FROM customers WHERE id = %(c)s) AS balance,"
+        "  (SELECT coalesce(sum(amount), 0) FROM ledger WHERE customer_id = %(c)s"
+        "   AND %(start)s::timestamptz IS NOT NULL AND coalesce(at, created) < %(start)s)"
+        "   AS earlier,"
+        "  (SELECT coalesce(sum(amount), 0) FROM period) AS period)"
+        f" SELECT t.balance, t.earlier, t.period, {_PAGE_COLUMNS}"
+        " FROM totals t LEFT JOIN page p ON true ORDER BY p.id",
+        {"c": customer_id, "start": start, "end": end, "before": before, "limit": limit},
     )
-    return [Entry(*r) for r in rows]
+    balance, earlier, period = found[0][:3]
+    if balance is None:
+        raise CustomerNotFound(f"no customer {customer_id}")
+    rows = [Entry(*r[3:]) for r in found if r[3] is not None]
+    more = len(rows) > limit
+    if more:
+        rows = rows[1:]
+    closing = earlier + period
+    return Statement(closing - sum((r.amount for r in rows), Decimal("0.00")), rows, closing,
+                     more)
 
 
 async def balance_mismatches(tx: Tx) -> list[tuple[int, Decimal, Decimal]]:

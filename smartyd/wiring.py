@@ -9,8 +9,10 @@ The composition root: the whole daemon, assembled in one place, top to bottom.
 L{build_app} is what the daemon serves and what the tests drive (with a
 ``task.Clock`` as the reactor and a ``StubTreq`` client as the partners' HTTP
 client), so a test exercises the same routing, body caps and features as
-production.  ``smartyd-admin`` and the fast token worker processes build
-what they need from the same factories, with their reactor passed in.
+production.  ``smartyd-admin`` builds the same app (its services never
+started) and runs each command on its handles, so a command moves money as
+the daemon does; the fast token worker processes build what they need from
+the same factories, with their reactor passed in.
 
 L{Daemon} brings the database up (migrations under an advisory lock,
 retried while the server is unreachable), then starts the features'

@@ -89,7 +89,8 @@ async def test_customers_accounts_tariffs_and_runs(db, admin):
     st = ok(admin("customer", "statement", str(c["id"])))
     assert [r["kind"] for r in st["rows"]] == [
         "payment", "activation", "charge", "charge", "charge", "promise", "charge"]
-    assert st["balance"] == "50.00" and st["rows"][1]["tariff_id"] == t["id"]
+    assert st["closing_balance"] == "50.00" and st["rows"][1]["tariff_id"] == t["id"]
+    assert st["opening_balance"] == "0.00" and st["more"] is False
     assert sum(float(r["amount"]) for r in st["rows"]) == pytest.approx(50.0)
 
     blocked = ok(admin("account", "block", str(tv1["id"])))

@@ -61,7 +61,7 @@ async def consistent(db):
 
 
 async def charges(db, customer_id):
-    rows = await db.run(ledger.statement, customer_id)
+    rows = (await db.run(ledger.statement, customer_id)).rows
     return [(r.kind, r.amount) for r in rows if r.kind in ("charge", "activation")]
 
 
@@ -284,7 +284,7 @@ async def test_a_promise_ends_a_debt_and_its_return_can_start_one(db):
     assert await balance(db, a.customer_id) == D("50.00")
     await engine.run(db, BUILTIN, T0 + timedelta(days=5))
     assert await balance(db, a.customer_id) == D("-100.00")
-    kinds = [r.kind for r in await db.run(ledger.statement, a.customer_id)]
+    kinds = [r.kind for r in (await db.run(ledger.statement, a.customer_id)).rows]
     assert kinds == ["promise", "charge", "promise_return"]
     # The next period finds the debt.
     await engine.run(db, BUILTIN, T0 + timedelta(days=31))

@@ -490,7 +490,7 @@ async def test_transactions_create_repeat_delete(db):
     # An id stays taken after its deletion.
     assert (await billing("transaction/create", {"customer_id": cid, "id": 45, "amount": 1}))[
         "error"] == 1
-    kinds = [e.kind for e in await db.run(ledger.statement, cid)]
+    kinds = [e.kind for e in (await db.run(ledger.statement, cid)).rows]
     assert kinds == ["transaction", "transaction", "transaction-reversal"]
 
 
@@ -506,7 +506,7 @@ async def test_twenty_copies_of_a_transaction_at_once_credit_once(db, make_db):
     answers = await defer.gatherResults([defer.ensureDeferred(c) for c in calls])
     assert sorted(a["error"] for a in answers) == [0] + [1] * 19
     assert await balance(db, cid) == Decimal("10.00")
-    assert len(await db.run(ledger.statement, cid)) == 1
+    assert len((await db.run(ledger.statement, cid)).rows) == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -545,7 +545,7 @@ async def test_charging_modes_settle_on_a_transaction(db, mode):
     assert (acc["active"], acc["status_reason"]) == (1, "ACTIVE")
     info = await billing.ok("customer/info", {"customer_id": cid})
     assert info["subscriptions"][0]["is_closed"] is False and info["balance"] == 70
-    kinds = [e.kind for e in await db.run(ledger.statement, cid)]
+    kinds = [e.kind for e in (await db.run(ledger.statement, cid)).rows]
     assert kinds == ["transaction", "charge"]
 
 
@@ -595,7 +595,7 @@ async def test_full_mode_transactions_are_bookkeeping_only(db):
     info = await billing.ok("customer/info", {"customer_id": cid})
     assert info["subscriptions"][0]["is_closed"] is False  # entitled while assigned
     assert info["subscriptions"][0]["end_date"] is None
-    assert [e.kind for e in await db.run(ledger.statement, cid)] == [
+    assert [e.kind for e in (await db.run(ledger.statement, cid)).rows] == [
         "transaction", "transaction"]
     # A charging run (the job never runs in full mode; by hand) charges nothing.
     assert (await engine.run(db, BillingConfig(mode="full"), engine.utc(2**31))).charged == 0

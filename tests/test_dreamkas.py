@@ -936,19 +936,21 @@ async def test_admin_marks_payments_and_lists_jobs(db, kit, fake):
     cfg = dreamkas_config(always_fiscalize=False)
     [payment] = await pay(db, hooks=())
     assert await db.run(jobs.get_by_payment, payment.id) is None
-    out = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg, reactor)
+    out = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg, reactor,
+                             None)
     assert out["created"] is True and out["job"]["state"] == "queued"
-    again = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg, reactor)
+    again = await cmd_receipts(db, _Args(action="fiscalize", payment=payment.id), cfg, reactor,
+                               None)
     assert again["created"] is False and again["job"]["id"] == out["job"]["id"]
     with pytest.raises(ValueError, match="no payment 999999"):
-        await cmd_receipts(db, _Args(action="fiscalize", payment=999999), cfg, reactor)
+        await cmd_receipts(db, _Args(action="fiscalize", payment=999999), cfg, reactor, None)
 
     await kit.worker.run()
-    listed = await cmd_receipts(db, _Args(state="pending"), cfg, reactor)
+    listed = await cmd_receipts(db, _Args(state="pending"), cfg, reactor, None)
     assert listed["counts"]["pending"] == 1
     assert [j["payment_id"] for j in listed["jobs"]] == [payment.id]
     assert listed["jobs"][0]["operation_id"] is not None
-    assert (await cmd_receipts(db, _Args(state="failed"), cfg, reactor))["jobs"] == []
+    assert (await cmd_receipts(db, _Args(state="failed"), cfg, reactor, None))["jobs"] == []
     json.dumps(listed)  # what smartyd-admin prints
 
     # the command line: `smartyd-admin receipts ...` parses as documented

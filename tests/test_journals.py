@@ -116,7 +116,7 @@ async def test_payments_commands(db):
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, make_config(), reactor)
+        return await handlers[args.command](db, args, make_config(), reactor, None)
 
     out = await admin("payments", "journal", "--from", "2026-03-01", "--to", "2026-03-02",
                       "--provider", "osmp")
@@ -219,7 +219,7 @@ async def test_a_receipt_dreamkas_failed_is_not_retried_and_the_receipts_command
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, cfg, reactor)
+        return await handlers[args.command](db, args, cfg, reactor, None)
 
     listed = await admin("receipts", "--state", "failed")
     assert [(j["id"], j["retryable"]) for j in listed["jobs"]] == [(job.id, False)]

@@ -219,14 +219,14 @@ async def test_customer_autopay_command(db, metrics, fake):
     env = Env(db, metrics, fake, Clock())
     account = await env.account()
     args = argparse.Namespace(action="autopay", id=account.customer_id, state="on")
-    out = await cmd_customer(db, args, env.cfg, None)
+    out = await cmd_customer(db, args, env.cfg, None, env.app)
     assert out["autopay"] is True and out["cards"] == 0 and "note" in out
     assert await db.run(cards.autopay_enabled, account.customer_id)
     out = await cmd_customer(db, argparse.Namespace(action="autopay", id=account.customer_id, state="off"),
-                             env.cfg, None)
+                             env.cfg, None, env.app)
     assert out["autopay"] is False
     with pytest.raises(ledger.CustomerNotFound):
-        await cmd_customer(db, argparse.Namespace(action="autopay", id=999999, state="on"), env.cfg, None)
+        await cmd_customer(db, argparse.Namespace(action="autopay", id=999999, state="on"), env.cfg, None, env.app)
 
 
 # -- autopayment -----------------------------------------------------------------------------------------

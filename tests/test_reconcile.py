@@ -222,5 +222,5 @@ async def test_registry_command_in_process(db, tmp_path):
     registry.write_bytes(b"5001;10.00\n5002;20.00\n5003;30.00\n5004;40.00\n")
     args = parser.parse_args(["registry", "reconcile", "--provider", "osmp", "--date",
                               "2026-03-01", "--columns", "txn_id,amount", str(registry)])
-    out = await handlers[args.command](db, args, make_config(), reactor)
+    out = await handlers[args.command](db, args, make_config(), reactor, None)
     assert len(out["matched"]) == 4 and out["totals"]["difference"] == "0.00"

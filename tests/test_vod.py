@@ -85,6 +85,11 @@ class World:
     async def calls(self, state=None):
         return await self.db.run(outbox.list_calls, state)
 
+    def app(self):
+        """The daemon's whole assembly on this world (what smartyd-admin commands run on)."""
+        return build_app(self.cfg, self.clock, self.db, self.metrics,
+                         http_client=self.client).app
+
 
 class _Hosts:
     """Route a request by its Host header to one fake (one StubTreq for all partners)."""
@@ -558,7 +563,7 @@ async def money_state(db, cid) -> tuple:
     """Everything a purchase may touch: balance, ledger sum and rows, purchases, outbox."""
     balance = (await db.run(ledger.get_customer, cid)).balance
     total = await db.run(ledger.ledger_sum, cid)
-    rows = len(await db.run(ledger.statement, cid))
+    rows = len((await db.run(ledger.statement, cid)).rows)
     bought = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM vod_purchases"))
     calls = await db.run(lambda tx: tx.fetchval("SELECT count(*) FROM partner_calls"))
     return balance, total, rows, bought, calls
@@ -575,7 +580,7 @@ async def test_tvod_buy_debits_once_through_the_ledger_and_grants_at_megogo(db):
     assert not created and again.id == p.id
     balance, total, rows, bought, calls = await money_state(db, cid)
     assert (balance, total, rows, bought) == (Decimal("70.00"), Decimal("70.00"), 2, 1)
-    [entry] = [e for e in await db.run(ledger.statement, cid) if e.kind == "tvod"]
+    [entry] = [e for e in (await db.run(ledger.statement, cid)).rows if e.kind == "tvod"]
     assert entry.amount == Decimal("-30.00") and entry.account_id == aid
     assert entry.idem_key.endswith(":order-1")
     # The grant goes out through the outbox (user/create first for a new user).
@@ -761,7 +766,7 @@ async def test_admin_vod_and_outbox_commands(db):
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, w.cfg, None)
+        return await handlers[args.command](db, args, w.cfg, None, w.app())
 
     out = await admin("vod", "genre-map", "--provider", "megogo", "--partner-genre", "drama",
                       "--genre", "Драма")
@@ -789,7 +794,7 @@ async def test_admin_vod_buy(db):
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, w.cfg, Clock())
+        return await handlers[args.command](db, args, w.cfg, w.clock, w.app())
 
     argv = ("vod", "buy", "--account", str(aid), "--provider", "megogo", "--id", "9",
             "--purchase-id", "z-1")
@@ -798,6 +803,9 @@ async def test_admin_vod_buy(db):
         True, "30.00", True, "9")
     assert (await admin(*argv))["created"] is False
     assert (await money_state(db, cid))[0] == Decimal("70.00")
+    # The grant bought from the command line is queued for the daemon's outbox, which sends it.
+    await w.vod.outbox.run()
+    assert w.megogo.titles[f"isp-{cid}"] == {("9", "z-1")}
     for z in ("z-2", "z-3"):
         await admin(*argv[:-1], z)
     with pytest.raises(tvod.InsufficientFunds):

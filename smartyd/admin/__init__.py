@@ -9,6 +9,11 @@ stops it again on exit only if it started it and no daemon holds the state
 dir: the daemon's cluster is never stopped from here (a daemon whose cluster
 is down gets it back; its own supervisor would restart it anyway).  Database work goes through the same async db layer as the
 daemon, on a reactor run by ``task.react``.
+
+A command runs on the daemon's own assembly (L{assemble}: L{build_app} on
+this process's reactor and database, nothing started): what moves money or
+entitlements goes through the same payment hooks (settlement, receipts),
+autopayment and partner clients as the daemon, never through a copy.
 """
 
 from __future__ import annotations
@@ -38,12 +43,15 @@ from smartyd.billing_api import repo as billing_api_repo
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
 from smartyd.db.migrate import current_version, migrate
+from smartyd.metrics import Metrics
+from smartyd.partners import HTTPClientService
 from smartyd.widgets import repo as widgets_repo
+from smartyd.wiring import App, build_app, needs_http_client
 
 __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
-# ``{command name: async handler(db, args, cfg, reactor)}``.
+# ``{command name: async handler(db, args, cfg, reactor, app)}`` (``app``: L{assemble}).
 FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
                     journals_admin)
 
@@ -129,7 +137,19 @@ async def cmd_migrate(db: Database, args) -> dict:
     return {"applied": applied, "version": await current_version(db)}
 
 
-async def cmd_account(db: Database, args, cfg, reactor) -> dict:
+def assemble(cfg: configmod.Config, reactor, db: Database, http_client=None) -> App:
+    """
+    The daemon's assembly for one command: L{build_app} with this process's
+    reactor, database and HTTP client (None when no enabled feature talks to a
+    partner), its services not started.  Commands call its handles --
+    ``app.billing.handle`` (the charging run with autopayment),
+    ``app.payments`` (the payment hooks), ``app.features[name].handle``.
+    """
+    return build_app(cfg, reactor=reactor, db=db, metrics=Metrics(), http_client=http_client,
+                     ready=True)
+
+
+async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
     if args.action == "create":
         password_hash = ledger.hash_password(args.password) if args.password else ""
 
@@ -193,7 +213,7 @@ async def cmd_channel(db: Database, args) -> dict:
     return await db.run(create)
 
 
-async def cmd_tariff(db: Database, args, cfg, reactor) -> dict:
+async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
     if args.action == "create":
         return await db.run(
             catalog.create_tariff, args.name, args.price, args.channel, args.kind,
@@ -234,7 +254,7 @@ DB_COMMANDS = {
     "channel": cmd_channel,
     "payment": cmd_payment,
 }
-# Commands that need the configuration ([billing]) and the reactor's clock.
+# Commands that need the configuration ([billing]), the reactor's clock and the app.
 EXTENSION_COMMANDS.update(account=cmd_account, tariff=cmd_tariff)
 
 
@@ -329,7 +349,14 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
                 if args.command in DB_COMMANDS:
                     result["out"] = await DB_COMMANDS[args.command](db, args)
                 else:
-                    result["out"] = await EXTENSION_COMMANDS[args.command](db, args, cfg, reactor)
+                    pool = HTTPClientService(reactor) if needs_http_client(cfg) else None
+                    try:
+                        app = assemble(cfg, reactor, db, pool.client if pool else None)
+                        result["out"] = await EXTENSION_COMMANDS[args.command](
+                            db, args, cfg, reactor, app)
+                    finally:
+                        if pool is not None:
+                            await pool.pool.closeCachedConnections()
             finally:
                 db.close()
 

@@ -13,19 +13,24 @@ from typing import Any
 from smartyd import catalog, ledger
 from smartyd.admin.errors import AdminError
 from smartyd.admin.gateways import set_autopay
-from smartyd.billing import Charging, engine
+from smartyd.billing import engine
 
 
 def moment(text: str | None, reactor) -> datetime:
     """An ISO-8601 moment with a zone (``--at``), or the reactor's now."""
     if text is None:
         return engine.utc(reactor.seconds())
+    return parse_moment(text, "--at")
+
+
+def parse_moment(text: str, option: str) -> datetime:
+    """An ISO-8601 moment with its time zone given as ``option``, or a one-line AdminError."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise AdminError(f"--at: not an ISO-8601 moment: {text!r}")
+        raise AdminError(f"{option}: not an ISO-8601 moment: {text!r}")
     if at.tzinfo is None:
-        raise AdminError(f"--at: give the time zone (e.g. {text}+03:00)")
+        raise AdminError(f"{option}: give the time zone (e.g. {text}+03:00)")
     return at
 
 
@@ -41,8 +46,16 @@ def register(sub) -> dict:
     c.add_argument("--email")
     c.add_argument("--contract")
     c.add_argument("--meta", help="free JSON object")
-    for action in ("show", "statement"):
-        cu.add_parser(action).add_argument("id", type=int)
+    cu.add_parser("show").add_argument("id", type=int)
+    s = cu.add_parser("statement", help="the ledger over a period: opening + rows = closing")
+    s.add_argument("id", type=int)
+    s.add_argument("--from", dest="start", metavar="T",
+                   help="ISO-8601 moment: rows at or after it (default: the first)")
+    s.add_argument("--to", dest="end", metavar="T", help="ISO-8601 moment: rows before it")
+    s.add_argument("--limit", type=int, default=1000,
+                   help=f"at most N rows, the latest (0..{ledger.STATEMENT_MAX_ROWS})")
+    s.add_argument("--before", type=int, metavar="ROW_ID",
+                   help="only rows older than this ledger row (the next page back)")
     p = cu.add_parser("promise", help="a promised payment, taken back after --days")
     p.add_argument("id", type=int)
     p.add_argument("--amount", required=True)
@@ -73,7 +86,7 @@ async def customer_json(tx, customer_id: int) -> dict:
     return out
 
 
-async def cmd_customer(db, args, cfg, reactor) -> Any:
+async def cmd_customer(db, args, cfg, reactor, app) -> Any:
     if args.action == "create":
         meta = None
         if args.meta is not None:
@@ -97,20 +110,21 @@ async def cmd_customer(db, args, cfg, reactor) -> Any:
     if args.action == "autopay":
         return await set_autopay(db, args)
     if args.action == "statement":
-
-        async def statement(tx):
-            customer = await ledger.get_customer(tx, args.id)
-            if customer is None:
-                raise AdminError(f"no customer {args.id}")
-            rows = await ledger.statement(tx, args.id)
-            return {"customer_id": args.id, "balance": str(customer.balance),
-                    "rows": [r.to_json() for r in rows]}
-
-        return await db.run(statement)
+        start = parse_moment(args.start, "--from") if args.start is not None else None
+        end = parse_moment(args.end, "--to") if args.end is not None else None
+        try:
+            found = await db.run(ledger.statement, args.id, start=start, end=end,
+                                 limit=args.limit, before=args.before)
+        except ledger.CustomerNotFound:
+            raise
+        except ledger.LedgerError as e:  # the arguments: name them as options
+            raise AdminError(f"--{e}")
+        return found.to_json()
     at = moment(args.at, reactor)
     return await db.run(engine.promise, cfg.billing, args.id, args.amount, args.days, at)
 
 
-async def cmd_billing(db, args, cfg, reactor) -> Any:
+async def cmd_billing(db, args, cfg, reactor, app) -> Any:
+    """The daemon's charging run (its autopayment before a batch settles), once, as of ``--at``."""
     at = moment(args.at, reactor)
-    return (await Charging(cfg.billing, db, reactor).run(at)).to_json()
+    return (await app.billing.handle.run(at)).to_json()

@@ -30,7 +30,7 @@ def register(sub) -> dict:
     return {"receipts": cmd_receipts}
 
 
-async def cmd_receipts(db, args, cfg, reactor) -> dict:
+async def cmd_receipts(db, args, cfg, reactor, app) -> dict:
     action = getattr(args, "action", None)
     if action == "fiscalize":
         try:

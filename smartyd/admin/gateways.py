@@ -14,7 +14,9 @@
   customer autopay ID on|off      -> autopayment from the bound card when charging finds debt
 
 Gateway refusals are one line with the gateway's code:
-``smartyd-admin: ASSIST refused (AS400): ...``.
+``smartyd-admin: ASSIST refused (AS400): ...``.  Each command uses the
+daemon's service of its gateway (``app.features``): the same payment hooks
+(settlement, receipts) and partner client.
 """
 
 from __future__ import annotations
@@ -22,14 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 from smartyd.admin.errors import AdminError
-from smartyd.billing import payment_hooks as billing_hooks
-from smartyd.fiscal import payment_hooks
-from smartyd.gateways import assist_service, cards, orders, payture_service
+from smartyd.gateways import cards, orders
 from smartyd.gateways.assist_service import POLLER_JOB
 from smartyd.gateways.wallet import CardNotFound
-from smartyd.metrics import Metrics
-from smartyd.partners import HTTPClientService, PartnerError, PartnerRefused
-from smartyd.payments import Payments
+from smartyd.partners import PartnerError, PartnerRefused
 from smartyd.poller import Poller
 
 
@@ -64,36 +62,28 @@ def register(sub) -> dict:
     return {"assist": cmd_assist, "payture": cmd_payture}
 
 
-async def _with_gateway(reactor, make, operation, partner: str):
-    """
-    Build the gateway's service (the daemon's factory, this process's reactor
-    and its own HTTP pool), run ``operation(service)`` and close the pool.
-    """
-    pool = HTTPClientService(reactor)
+def _service(app, name: str):
+    """The daemon's service of gateway ``name`` (its payment hooks, its HTTP client)."""
+    feature = app.features.get(name)
+    if feature is None:
+        raise AdminError(f"[{name}] enabled = false in the configuration")
+    return feature.handle
+
+
+async def _partner(operation, partner: str):
+    """Run ``operation`` (a coroutine); the gateway's refusals as one-line AdminErrors."""
     try:
-        return await operation(make(pool.client))
+        return await operation
     except PartnerRefused as e:
         raise AdminError(f"{partner} refused ({e.code}): {e.message}")
     except PartnerError as e:
         raise AdminError(f"{partner} unavailable: {e.message}")
-    finally:
-        await pool.pool.closeCachedConnections()
 
 
-def _payments(cfg) -> Payments:
-    # The daemon's hooks: a payment credited from here is fiscalized too.
-    return Payments(hooks=payment_hooks(cfg.dreamkas), settle=billing_hooks(cfg.billing))
+async def cmd_assist(db, args, cfg, reactor, app) -> Any:
+    service = _service(app, "assist")
 
-
-async def cmd_assist(db, args, cfg, reactor) -> Any:
-    if not cfg.assist.enabled:
-        raise AdminError("[assist] enabled = false in the configuration")
-
-    def make(client):
-        return assist_service(cfg.assist, db=db, client=client, clock=reactor,
-                              payments=_payments(cfg), metrics=Metrics())
-
-    async def operation(service):
+    async def operation():
         if args.action == "order":
             order, form = await service.create_order(args.account, args.amount,
                                                      two_stage=args.two_stage,
@@ -105,10 +95,11 @@ async def cmd_assist(db, args, cfg, reactor) -> Any:
             return await _poll(service, db, reactor, cfg.assist.poll_interval)
         return await (service.charge if args.action == "charge" else service.cancel)(args.order)
 
-    return await _with_gateway(reactor, make, operation, "ASSIST")
+    return await _partner(operation(), "ASSIST")
 
 
 async def _poll(service, db, clock, interval) -> dict:
+    # The daemon's poller job (its cluster lock and pacing) around the daemon's service.
     summary = []
 
     async def work():
@@ -124,15 +115,10 @@ async def _poll(service, db, clock, interval) -> dict:
     return out
 
 
-async def cmd_payture(db, args, cfg, reactor) -> Any:
-    if not cfg.payture.enabled:
-        raise AdminError("[payture] enabled = false in the configuration")
+async def cmd_payture(db, args, cfg, reactor, app) -> Any:
+    service = _service(app, "payture")
 
-    def make(client):
-        return payture_service(cfg.payture, db=db, client=client, clock=reactor,
-                               payments=_payments(cfg), metrics=Metrics())
-
-    async def operation(service):
+    async def operation():
         if args.action == "order":
             order, url = await service.create_order(args.account, args.amount, args.ip)
             return {"order": order.to_json(), "url": url}
@@ -154,7 +140,7 @@ async def cmd_payture(db, args, cfg, reactor) -> Any:
         after = await db.run(orders.get, "payture", args.order)
         return {"outcome": handled.outcome, "order": after.to_json()}
 
-    return await _with_gateway(reactor, make, operation, "Payture")
+    return await _partner(operation(), "Payture")
 
 
 async def set_autopay(db, args) -> Any:

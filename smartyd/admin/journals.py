@@ -49,14 +49,14 @@ def register(sub) -> dict:
     return {"payments": cmd_payments, "registry": cmd_registry, "health": cmd_health}
 
 
-async def cmd_payments(db, args, cfg, reactor) -> dict:
+async def cmd_payments(db, args, cfg, reactor, app) -> dict:
     if args.action == "journal":
         return await db.run(journals.payments_by_day, journals.parse_day(args.date_from),
                             journals.parse_day(args.date_to), args.provider)
     return await db.run(journals.day_payments, journals.parse_day(args.date), args.provider)
 
 
-async def cmd_registry(db, args, cfg, reactor) -> dict:
+async def cmd_registry(db, args, cfg, reactor, app) -> dict:
     day = journals.parse_day(args.date)
     try:
         data = await threads.deferToThread(Path(args.file).read_bytes)
@@ -73,5 +73,5 @@ async def cmd_registry(db, args, cfg, reactor) -> dict:
     return result
 
 
-async def cmd_health(db, args, cfg, reactor) -> dict:
+async def cmd_health(db, args, cfg, reactor, app) -> dict:
     return await db.run(journals.partner_health, reactor.seconds())

@@ -14,10 +14,9 @@
 
 from __future__ import annotations
 
-from smartyd.partners import HTTPClientService, PartnerError
-from smartyd.vod import catalog_syncs, outbox, partners
+from smartyd.partners import PartnerError
+from smartyd.vod import outbox
 from smartyd.vod.catalog_sync import genres, get_title, map_genre
-from smartyd.vod.tvod import Tvod
 
 PROVIDERS = ("megogo", "tvzavr")
 
@@ -49,36 +48,33 @@ def register(sub) -> dict:
     return {"vod": cmd_vod, "outbox": cmd_outbox}
 
 
-async def cmd_vod(db, args, cfg, reactor) -> dict:
-    if args.action == "sync":
+async def cmd_vod(db, args, cfg, reactor, app) -> dict:
+    if args.action in ("sync", "buy"):
+        # The daemon's vod feature: its partners, syncs and purchases.
         if not getattr(cfg, args.provider).enabled:
             raise ValueError(f"[{args.provider}] enabled is false")
-        pool = HTTPClientService(reactor)
+        vod = app.features["vod"].handle
+    if args.action == "sync":
         try:
-            sync = catalog_syncs(cfg, pool.client, db, reactor)[args.provider]
-            return (await sync.run()).to_json()
+            return (await vod.syncs[args.provider].run()).to_json()
         except PartnerError as e:
             raise ValueError(str(e))
-        finally:
-            await pool.pool.closeCachedConnections()
     if args.action == "show":
         title = await db.run(get_title, args.provider, args.id)
         if title is None:
             raise ValueError(f"no {args.provider} title {args.id}")
         return title
     if args.action == "buy":
-        # The grant is only queued here (same transaction); the daemon's outbox sends it,
-        # so the partners need no HTTP client in this process.
-        tvod = Tvod(db, partners(cfg, None, reactor), cfg.billing.credit_limit)
-        purchase, created = await tvod.buy(args.provider, args.account, args.id,
-                                           args.purchase_id)
+        # The grant is only queued here (same transaction); the daemon's outbox sends it.
+        purchase, created = await vod.tvod.buy(args.provider, args.account, args.id,
+                                               args.purchase_id)
         return {**purchase.to_json(), "created": created}
     if args.action == "genres":
         return {"provider": args.provider, "genres": await db.run(genres, args.provider)}
     return await db.run(map_genre, args.provider, args.partner_genre, args.genre)
 
 
-async def cmd_outbox(db, args, cfg, reactor) -> dict:
+async def cmd_outbox(db, args, cfg, reactor, app) -> dict:
     if getattr(args, "action", None) == "retry":
         call = await db.run(outbox.retry, args.id)
         if call is None:

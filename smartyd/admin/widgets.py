@@ -9,8 +9,7 @@
 
 from __future__ import annotations
 
-from smartyd.partners import HTTPClientService, PartnerError
-from smartyd.widgets import epg_sync
+from smartyd.partners import PartnerError
 from smartyd.widgets.epg import EPGError
 from smartyd.widgets.repo import KINDS, create_widget
 
@@ -28,17 +27,14 @@ def register(sub) -> dict:
     return {"widget": cmd_widget, "epg": cmd_epg}
 
 
-async def cmd_widget(db, args, cfg, reactor) -> dict:
+async def cmd_widget(db, args, cfg, reactor, app) -> dict:
     return (await db.run(create_widget, args.type, args.title, args.tariff)).to_json()
 
 
-async def cmd_epg(db, args, cfg, reactor) -> dict:
+async def cmd_epg(db, args, cfg, reactor, app) -> dict:
     if not cfg.epg.xmltv_url:
         raise ValueError("[epg] xmltv_url is empty")
-    pool = HTTPClientService(reactor)
-    try:
-        return (await epg_sync(cfg, db=db, client=pool.client, clock=reactor).run()).to_json()
+    try:  # the daemon's import job
+        return (await app.features["epg"].handle.run()).to_json()
     except (PartnerError, EPGError) as e:
         raise ValueError(str(e))
-    finally:
-        await pool.pool.closeCachedConnections()

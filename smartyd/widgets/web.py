@@ -58,6 +58,7 @@ CAPTCHA_LIFETIME = 1800
 MAX_FIELD = 200
 MAX_AMOUNT = Decimal("1000000.00")
 SEED_ONLY_METHODS = ("w1", "arca", "paypal")  # the seed's; not offered here
+STATEMENT_ROWS = 20  # the cabinet's statement: the latest rows
 PASSWORD_ALPHABET = "abcdefghjkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 
@@ -431,7 +432,9 @@ class WidgetsWeb:
                 method="post", action=f"/widgets/page/{widget.id}", id="login")]
 
         async def look(tx):
-            entries = await ledger.statement(tx, account.customer_id, limit=20)
+            # The statement's latest rows (newest first below), then the
+            # balance before them: the table adds up to the balance shown.
+            entries = await ledger.statement(tx, account.customer_id, limit=STATEMENT_ROWS)
             offered = await repo.tariffs_with_channels(tx, widget.tariff_ids)
             subs = await catalog.customer_subscriptions(tx, account.customer_id)
             accounts = await ledger.customer_accounts(tx, account.customer_id)
@@ -463,9 +466,12 @@ class WidgetsWeb:
             tags.p(f"{t['balance']}: ", tags.strong(f"{account.balance:.2f}", id="balance")),
             tags.h2(t["tariffs"]), tags.table(tariff_rows, id="tariffs"),
             tags.h2(t["statement"]),
-            tags.table([tags.tr(tags.td(e.created.strftime("%Y-%m-%d %H:%M")),
-                                tags.td(f"{e.amount:+.2f}"), tags.td(e.cause))
-                        for e in reversed(entries)], id="statement"),
+            tags.table([*(tags.tr(tags.td((e.at or e.created).strftime("%Y-%m-%d %H:%M")),
+                                  tags.td(f"{e.amount:+.2f}"), tags.td(e.cause))
+                          for e in reversed(entries.rows)),
+                        tags.tr(tags.td(t["opening_balance"]),
+                                tags.td(f"{entries.opening_balance:.2f}"), tags.td(""),
+                                id="opening")], id="statement"),
             *self._accounts_part(widget, session, accounts),
             *self._profile_part(widget, session, customer),
             tags.form(self._csrf(session), tags.button(t["logout"], type="submit",
