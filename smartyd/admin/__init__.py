@@ -25,6 +25,7 @@ from twisted.internet import task
 
 from smartyd import catalog, config as configmod, ledger, logs, payments
 from smartyd.admin import (
+    backup as backup_admin,
     billing as billing_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
@@ -43,7 +44,8 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
+                    backup_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -322,7 +324,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
         async def main(reactor):
             db = Database(dsn, reactor, size=1, timeout=cfg.database.timeout)
             try:
-                if args.command != "migrate":
+                if args.command not in ("migrate", *backup_admin.NO_MIGRATE):
                     await migrate(db)
                 if args.command in DB_COMMANDS:
                     result["out"] = await DB_COMMANDS[args.command](db, args)
