@@ -29,6 +29,7 @@ from smartyd.admin import (
     billing as billing_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
+    transfer as transfer_admin,
     vod as vod_admin,
     widgets as widgets_admin,
 )
@@ -45,7 +46,7 @@ __all__ = ["AdminError", "main", "run"]
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
 FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
-                    backup_admin)
+                    backup_admin, transfer_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -357,6 +358,11 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
 def main(argv: list[str] | None = None) -> None:
     try:
         code = run(argv)
+    except transfer_admin.ImportRefused as e:
+        # The report (every bad line) on stdout, the verdict on stderr.
+        sys.stdout.write(json.dumps(e.out, default=str, ensure_ascii=False) + "\n")
+        sys.stderr.write(f"smartyd-admin: {e}\n")
+        sys.exit(1)
     except (AdminError, configmod.ConfigError, ledger.LedgerError, EmbeddedError,
             DatabaseUnavailable, ValueError) as e:
         sys.stderr.write(f"smartyd-admin: {e}\n")
