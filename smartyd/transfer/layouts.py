@@ -66,6 +66,7 @@ HYDRA_KINDS = {"customers": ("customers",), "accounts": ("customers", "accounts"
                "subscriptions": ("customers", "accounts", "subscriptions")}
 MAX_TEXT = 255
 _MAC = re.compile(r"^[0-9a-f]{12}$")
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _HASH = re.compile(r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")
 _TRUE = {"1", "true", "t", "yes", "y"}
 _FALSE = {"0", "false", "f", "no", "n"}
@@ -130,7 +131,7 @@ def detect(path: str, chunk: int = 1 << 20) -> Source:
 def _text(value: str, column: str) -> str:
     if len(value) > MAX_TEXT:
         raise ValueError(f"{column} is longer than {MAX_TEXT} characters")
-    if any(ord(c) < 32 for c in value):
+    if _CONTROL.search(value):
         raise ValueError(f"{column} holds a control character")
     return value
 
@@ -162,39 +163,62 @@ def _moment(value: str, column: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
 
 
+def _optional(parse):
+    return lambda value, column: parse(value, column) if value else None
+
+
+def _amount(value: str, column: str):
+    try:
+        return ledger.money(value)
+    except ledger.LedgerError as e:
+        raise ValueError(str(e))
+
+
+def _login(value: str, column: str) -> str | None:
+    if value and not ledger.LOGIN_RE.match(value):
+        raise ValueError(f"{column} {value!r}: 1-64 characters of A-Z a-z 0-9 _ . @ + -")
+    return value or None
+
+
+def _status_reason(value: str, column: str) -> str | None:
+    if value and not ledger.STATUS_REASON_RE.match(value):
+        raise ValueError("status_reason: 1-20 characters of A-Z a-z 0-9 _ . - and space")
+    return value or None
+
+
+def _password_hash(value: str, column: str) -> str:
+    if value and not _HASH.match(value):
+        raise ValueError("password_hash is not a smartyd (scrypt) hash")
+    return value
+
+
+def _external_id(value: str, column: str) -> str | None:
+    if len(value) > 64:
+        raise ValueError(f"{column} is longer than 64 characters")
+    return _text(value, column) or None
+
+
+# Each column's reader: (the stripped cell, the column's name) -> its value; None for
+# an empty cell of a column that is then left as it is.
+_READERS = {
+    **{c: _optional(_integer) for c in INTEGERS},
+    "active": _optional(_boolean),
+    "paid_until": _optional(_moment),
+    "amount": _amount,
+    "login": _login,
+    "account_login": _login,
+    "status_reason": _status_reason,
+    "password_hash": _password_hash,
+    "ext_id": _external_id,
+    "customer_ext_id": _external_id,
+    "tariff_ext_id": _external_id,
+    "uid": lambda value, column: _text(value, column) or None,
+}
+
+
 def _cell(column: str, value: str) -> object:
-    """One cell's value; None for an empty cell of a column that is then left as it is."""
-    value = value.strip()
-    if column in INTEGERS:
-        return _integer(value, column) if value else None
-    if column == "active":
-        return _boolean(value, column) if value else None
-    if column == "paid_until":
-        return _moment(value, column) if value else None
-    if column == "amount":
-        try:
-            return ledger.money(value)
-        except ledger.LedgerError as e:
-            raise ValueError(str(e))
-    if column in ("login", "account_login"):
-        if value and not ledger.LOGIN_RE.match(value):
-            raise ValueError(f"{column} {value!r}: 1-64 characters of A-Z a-z 0-9 _ . @ + -")
-        return value or None
-    if column == "status_reason":
-        if value and not ledger.STATUS_REASON_RE.match(value):
-            raise ValueError("status_reason: 1-20 characters of A-Z a-z 0-9 _ . - and space")
-        return value or None
-    if column == "password_hash":
-        if value and not _HASH.match(value):
-            raise ValueError("password_hash is not a smartyd (scrypt) hash")
-        return value
-    if column in ("ext_id", "customer_ext_id", "tariff_ext_id"):
-        if len(value) > 64:
-            raise ValueError(f"{column} is longer than 64 characters")
-        return _text(value, column) or None
-    if column == "uid":
-        return _text(value, column) or None
-    return _text(value, column)
+    """One cell's value (see L{_READERS}; other columns are plain text)."""
+    return _READERS.get(column, _text)(value.strip(), column)
 
 
 def mac(value: str) -> str:
@@ -257,12 +281,13 @@ def _read_own(reader, kind: str) -> Iterator[Line | BadRow]:
                 if not set(group) & set(header):
                     raise LayoutError(f"line {line}: a {kind} file needs a column"
                                       f" {' or '.join(group)}")
+            readers = [(c, _READERS.get(c, _text)) for c in header]
             continue
         if len(row) != len(header):
             yield BadRow(line, f"{len(row)} cells, the header has {len(header)}")
             continue
         try:
-            record = {c: _cell(c, v) for c, v in zip(header, row)}
+            record = {c: read(v.strip(), c) for (c, read), v in zip(readers, row)}
         except ValueError as e:
             yield BadRow(line, str(e))
             continue

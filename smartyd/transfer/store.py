@@ -24,6 +24,7 @@ billing owns its periods).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, AsyncIterator, Iterable
 
 from attrs import define, field
@@ -58,15 +59,36 @@ Items = list[tuple[int, dict]]  # (line, record)
 Bad = list[tuple[int, str]]     # (line, reason)
 
 
+def _element(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, int):
+        return str(value)
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def array(values: Iterable) -> str:
+    """
+    A PostgreSQL array literal (``{1,NULL,"a \\"b\\""}``), sent as one string
+    parameter and cast (``%s::text[]``): the server reads it with array_in,
+    far cheaper than the ``ARRAY[...]`` expression psycopg2 makes of a list
+    (thousands of parsed constants per batch).
+    """
+    return "{" + ",".join(_element(v) for v in values) + "}"
+
+
 def _unnest(columns: list[tuple[str, str]], rows: Iterable[tuple]) -> tuple[str, list]:
     """``unnest(%s::t1[], ...) AS v(c1, ...)`` and its parameters (one array per column)."""
     arrays: list[list] = [[] for _ in columns]
     for row in rows:
-        for array, value in zip(arrays, row):
-            array.append(value)
+        for values, value in zip(arrays, row):
+            values.append(value)
     sql = ("unnest(" + ", ".join(f"%s::{t}[]" for _, t in columns) + ") AS v("
            + ", ".join(c for c, _ in columns) + ")")
-    return sql, arrays
+    return sql, [array(a) for a in arrays]
 
 
 async def _update(tx: Tx, table: str, key: tuple[str, str], columns: list[tuple[str, str]],
@@ -107,10 +129,11 @@ async def _bump_ids(tx: Tx) -> None:
 async def customers(tx: Tx, items: Items, tally: Tally) -> Bad:
     ext_ids = [r["ext_id"] for _, r in items if r.get("ext_id")]
     ids = [r["id"] for _, r in items if r.get("id")]
+    columns = f"id, client_id, {', '.join(_CUSTOMER_FIELDS)}"
     rows = await tx.fetchdicts(
-        f"SELECT id, client_id, {', '.join(_CUSTOMER_FIELDS)} FROM customers"
-        " WHERE (client_id IS NULL AND ext_id = ANY(%s::text[])) OR id = ANY(%s::bigint[])",
-        (ext_ids, ids))
+        f"SELECT {columns} FROM customers WHERE client_id IS NULL AND ext_id = ANY(%s::text[])"
+        f" UNION SELECT {columns} FROM customers WHERE id = ANY(%s::bigint[])",
+        (array(ext_ids), array(ids)))
     by_ext = {r["ext_id"]: r for r in rows if r["ext_id"] and r["client_id"] is None}
     by_id = {r["id"]: r for r in rows}
     bad: Bad = []
@@ -171,9 +194,10 @@ async def _customer_refs(tx: Tx, items: Items) -> tuple[dict, set]:
     ext_ids = [r["customer_ext_id"] for _, r in items if r.get("customer_ext_id")]
     ids = [r["customer_id"] for _, r in items if r.get("customer_id")]
     rows = await tx.fetchall(
-        "SELECT id, ext_id, ext_id = ANY(%s::text[]) AND client_id IS NULL FROM customers"
-        " WHERE (client_id IS NULL AND ext_id = ANY(%s::text[])) OR id = ANY(%s::bigint[])",
-        (ext_ids, ext_ids, ids))
+        "SELECT id, ext_id, true FROM customers"
+        " WHERE client_id IS NULL AND ext_id = ANY(%s::text[])"
+        " UNION ALL SELECT id, ext_id, false FROM customers WHERE id = ANY(%s::bigint[])",
+        (array(ext_ids), array(ids)))
     return {ext: cid for cid, ext, by_ext in rows if by_ext}, {cid for cid, _, _ in rows}
 
 
@@ -196,10 +220,10 @@ async def accounts(tx: Tx, items: Items, tally: Tally) -> Bad:
     by_ext, customer_ids = await _customer_refs(tx, items)
     existing = {r["login"]: r for r in await tx.fetchdicts(
         "SELECT id, login, customer_id, active, status_reason, password_hash FROM accounts"
-        " WHERE login = ANY(%s::text[])", ([r["login"] for _, r in items],))}
+        " WHERE login = ANY(%s::text[])", (array(r["login"] for _, r in items),))}
     wanted_ids = [r["id"] for _, r in items if r.get("id")]
     taken = {r[0] for r in await tx.fetchall(
-        "SELECT id FROM accounts WHERE id = ANY(%s::bigint[])", (wanted_ids,))}
+        "SELECT id FROM accounts WHERE id = ANY(%s::bigint[])", (array(wanted_ids),))}
     bad: Bad = []
     new: list[tuple] = []
     changes: list[tuple[int, dict]] = []
@@ -262,7 +286,8 @@ async def accounts(tx: Tx, items: Items, tally: Tally) -> Bad:
 
 async def _logins(tx: Tx, logins: list[str]) -> dict:
     return {r[0]: (r[1], r[2]) for r in await tx.fetchall(
-        "SELECT login, id, customer_id FROM accounts WHERE login = ANY(%s::text[])", (logins,))}
+        "SELECT login, id, customer_id FROM accounts WHERE login = ANY(%s::text[])",
+        (array(logins),))}
 
 
 # -- devices -----------------------------------------------------------------------------------
@@ -271,7 +296,7 @@ async def devices(tx: Tx, items: Items, tally: Tally) -> Bad:
     existing = {r["uid"]: r for r in await tx.fetchdicts(
         "SELECT d.uid, d.account_id, a.login, d.serial, d.model FROM devices d"
         " JOIN accounts a ON a.id = d.account_id WHERE d.uid = ANY(%s::text[])",
-        ([r["uid"] for _, r in items],))}
+        (array(r["uid"] for _, r in items),))}
     bad: Bad = []
     new, changes = [], []
     for line, rec in items:
@@ -313,7 +338,7 @@ async def _tariffs(tx: Tx, items: Items) -> tuple[set, dict]:
     numeric = [int(e) for e in exts if e.isdigit() and len(e) < 19]
     rows = await tx.fetchall(
         "SELECT id, ext_id FROM tariffs WHERE id = ANY(%s::bigint[]) OR ext_id = ANY(%s::text[])",
-        (ids + numeric, exts))
+        (array(ids + numeric), array(exts)))
     return {r[0] for r in rows}, {r[1]: r[0] for r in rows if r[1] is not None}
 
 
@@ -357,7 +382,7 @@ async def subscriptions(tx: Tx, items: Items, tally: Tally) -> Bad:
         resolved.append((cid, account_id, tariff, rec.get("paid_until")))
     existing = {tuple(r) for r in await tx.fetchall(
         "SELECT customer_id, account_id, tariff_id FROM subscriptions"
-        " WHERE customer_id = ANY(%s::bigint[])", (list({r[0] for r in resolved}),))}
+        " WHERE customer_id = ANY(%s::bigint[])", (array({r[0] for r in resolved}),))}
     new = []
     for row in resolved:
         if row[:3] in existing:
@@ -395,7 +420,7 @@ async def balances(tx: Tx, items: Items, tally: Tally) -> Bad:
         wanted[cid] = (line, rec["amount"])
     posted = {r[0]: (r[1], r[2]) for r in await tx.fetchall(
         "SELECT idem_key, customer_id, amount FROM ledger WHERE idem_key = ANY(%s::text[])",
-        ([opening_key(c) for c in wanted],))}
+        (array(opening_key(c) for c in wanted),))}
     entries = []
     for cid, (line, amount) in wanted.items():
         done = posted.get(opening_key(cid))
