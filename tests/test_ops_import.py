@@ -307,3 +307,33 @@ def test_layouts_read_what_they_write():
                                                                 (3, "customer_id must be positive")]
     assert layouts.mac("00-1A-79-22-63-8A") == "00:1a:79:22:63:8a"
     assert layouts.cell(Decimal("-5.00")) == "-5.00" and layouts.cell(True) == "1"
+
+
+class Terminal:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_drawn_on_a_terminal_only():
+    from smartyd.admin.progress import Progress
+
+    tty = Terminal(True)
+    p = Progress("import customers", 200, stream=tty, interval=0)
+    p.update(50, "line 50")
+    p.finish(200, "done")
+    assert "\rimport customers [#######.......................] 50/200 line 50" in tty.text
+    assert tty.text.endswith("[" + "#" * 30 + "] 200/200 done\x1b[K\n")
+    pipe = Terminal(False)
+    p = Progress("import customers", 200, stream=pipe, interval=0)
+    p.update(50)
+    p.finish(200)
+    assert pipe.text == ""
