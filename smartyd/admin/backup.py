@@ -152,7 +152,7 @@ def _table_progress(progress: Progress, marker: str):
 
 
 # -- the commands ------------------------------------------------------------------------------
-async def cmd_backup(db, args, cfg, reactor) -> dict:
+async def cmd_backup(db, args, cfg, reactor, app=None) -> dict:
     target = Path(args.file).resolve()
     if not target.parent.is_dir():
         raise AdminError(f"{target.parent}: no such directory")
@@ -178,7 +178,7 @@ async def cmd_backup(db, args, cfg, reactor) -> dict:
             "seconds": round(seconds, 3), "pg_dump": pg_dump}
 
 
-async def cmd_restore(db, args, cfg, reactor) -> dict:
+async def cmd_restore(db, args, cfg, reactor, app=None) -> dict:
     source = Path(args.file).resolve()
     if not source.is_file():
         raise AdminError(f"{source}: no such backup file")

@@ -59,7 +59,7 @@ class _Rollback(Exception):
     pass
 
 
-async def cmd_import(db, args, cfg, reactor) -> dict:
+async def cmd_import(db, args, cfg, reactor, app=None) -> dict:
     path = Path(args.file)
     if not path.is_file():
         raise AdminError(f"{path}: no such file")
@@ -152,7 +152,7 @@ async def _write(tx, batch, tally, bad) -> None:
                 bad.append((line, reason))
 
 
-async def cmd_export(db, args, cfg, reactor) -> dict:
+async def cmd_export(db, args, cfg, reactor, app=None) -> dict:
     target = Path(args.file).resolve()
     if not target.parent.is_dir():
         raise AdminError(f"{target.parent}: no such directory")
