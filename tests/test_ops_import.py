@@ -166,6 +166,19 @@ async def test_hydra_layouts_imported_twice_change_nothing_the_second_time(db, a
         assert code == 0 and out["created"] == {} and out["updated"] == {}, (args, out)
     assert await everything(db) == first
 
+    # --skip-bad: a refused line writes nothing, not even the customer it begins with.
+    mixed = write(tmp_path, "mixed.csv", f"60000001;2000001;NOPE\n60000002;2000002;{t['basic']}\n"
+                                         f"60000003;1078145;{t['basic']}\n")
+    code, out, err = await run(admin, "import", "subscriptions", mixed, "--format", "hydra",
+                               "--skip-bad")
+    assert code == 0, err
+    assert out["bad"] == [{"line": 1, "reason": "no tariff with ext_id or id NOPE"},
+                          {"line": 3, "reason": "login 1078145 is an account of customer"
+                                                f" {(await db.run(ledger.find_account_by_login, '1078145')).customer_id}"}]
+    assert out["created"] == {"customers": 1, "accounts": 1, "subscriptions": 1}
+    assert await db.fetchval("SELECT count(*) FROM customers WHERE ext_id IN"
+                             " ('60000001', '60000003')") == 0
+
 
 @pytest_twisted.ensureDeferred
 async def test_a_file_with_one_bad_line_writes_nothing_and_names_it(db, admin, tmp_path):

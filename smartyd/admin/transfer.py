@@ -143,6 +143,10 @@ def _name(key: tuple) -> str:
 async def _write(tx, batch, tally, bad) -> None:
     """One batch, kind by kind in dependency order; a line bad at one kind drops its rest."""
     refused: set[int] = set()
+    for line, reason in await store.precheck(tx, batch):
+        if line not in refused:
+            refused.add(line)
+            bad.append((line, reason))
     for kind in ("customers", "accounts", "devices", "subscriptions", "balances"):
         items = [(line, record) for line, records in batch if line not in refused
                  for k, record in records if k == kind]

@@ -435,6 +435,34 @@ async def balances(tx: Tx, items: Items, tally: Tally) -> Bad:
     return bad
 
 
+async def precheck(tx: Tx, lines: list[tuple[int, list[tuple[str, dict]]]]) -> Bad:
+    """
+    Lines of several records (Hydra's customers file: customer, account,
+    subscription): what would refuse a later record of the line -- an
+    unknown tariff, a login of another customer -- found before its first
+    record is written, so that with ``--skip-bad`` a refused line writes
+    nothing at all.
+    """
+    multi = [(line, records) for line, records in lines if len(records) > 1]
+    subs = [(line, r) for line, records in multi for k, r in records if k == "subscriptions"]
+    accs = [(line, r) for line, records in multi for k, r in records if k == "accounts"]
+    bad: Bad = []
+    if subs:
+        ids, exts = await _tariffs(tx, subs)
+        bad += [(line, problem) for line, r in subs
+                for problem in [_tariff_of(r, ids, exts)[1]] if problem]
+    if accs:
+        owners = {r[0]: r[1:] for r in await tx.fetchall(
+            "SELECT a.login, a.customer_id, CASE WHEN c.client_id IS NULL THEN c.ext_id END"
+            " FROM accounts a JOIN customers c ON c.id = a.customer_id"
+            " WHERE a.login = ANY(%s::text[])", (array(r["login"] for _, r in accs),))}
+        for line, r in accs:
+            owner = owners.get(r["login"])
+            if owner is not None and owner[1] != r.get("customer_ext_id"):
+                bad.append((line, f"login {r['login']} is an account of customer {owner[0]}"))
+    return bad
+
+
 WRITERS = {"customers": customers, "accounts": accounts, "devices": devices,
            "subscriptions": subscriptions, "balances": balances}
 
