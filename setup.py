@@ -29,6 +29,8 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
+            # tests/test_ops_metrics.py reads etc/prometheus/smartyd-alerts.yml.
+            "pyyaml>=6",
             # The widgets' browser test drives Debian's chromium (smartyd-dev
             # installs it); Playwright's own browser download is not used.
             "playwright>=1.40",

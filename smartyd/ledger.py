@@ -460,6 +460,49 @@ async def post(
     return Entry(*row), True
 
 
+async def post_many(tx: Tx, entries: list[tuple[int, object, str]], kind: str,
+                    cause: str) -> int:
+    """
+    L{post} for many customers in one statement: ``entries`` are
+    ``(customer_id, amount, idem_key)``, each customer at most once.  The
+    same rules: the customer rows are locked first (in id order, so two such
+    statements cannot deadlock, and after the lock a racing post of the same
+    key has committed or rolled back), each row's ``balance_after`` follows
+    the locked balance, a key that exists already changes nothing, and the
+    balances move in the same statement.  Returns the number of rows posted.
+
+    The caller checks keys that exist with another customer or amount
+    (L{IdempotencyConflict} in L{post}): here they are only not posted.
+    """
+    if not entries:
+        return 0
+    ids, amounts, keys = [], [], []
+    for customer_id, amount, idem_key in entries:
+        amount = money(amount)
+        if amount == 0 or not idem_key:
+            raise LedgerError("a ledger entry moves a non-zero amount and has a key")
+        ids.append(customer_id)
+        amounts.append(amount)
+        keys.append(idem_key)
+    if len(set(ids)) != len(ids):
+        raise LedgerError("post_many posts once per customer")
+    rows = await tx.fetchall(
+        "WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::numeric[], %s::text[])"
+        "           AS v(customer_id, amount, idem_key)),"
+        " locked AS (SELECT c.id, c.balance FROM customers c"
+        "            WHERE c.id IN (SELECT customer_id FROM v) ORDER BY c.id FOR UPDATE),"
+        " posted AS (INSERT INTO ledger (customer_id, amount, kind, cause, idem_key,"
+        "                                balance_after)"
+        "            SELECT v.customer_id, v.amount, %s, %s, v.idem_key, l.balance + v.amount"
+        "              FROM v JOIN locked l ON l.id = v.customer_id"
+        "            ON CONFLICT (idem_key) DO NOTHING RETURNING customer_id, amount)"
+        " UPDATE customers c SET balance = c.balance + p.amount, updated = now()"
+        "   FROM posted p WHERE c.id = p.customer_id RETURNING c.id",
+        (ids, amounts, keys, kind, cause),
+    )
+    return len(rows)
+
+
 async def credit(tx: Tx, customer_id: int, amount: object, kind: str, cause: str,
                  idem_key: str, **kw) -> tuple[Entry, bool]:
     if money(amount) <= 0:

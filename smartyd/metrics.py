@@ -6,10 +6,87 @@ Metric names are interface for dashboards: add, never rename.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# Token checks take microseconds: the buckets start there.
+TOKEN_CHECK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                       0.05, 0.1, 0.25)
+
+
+class Durations:
+    """
+    Observations counted into fixed buckets (Prometheus' ``le``: a value
+    equal to a bound is in that bound's bucket), the last one past every
+    bound.  Cheap enough for the token check's hot path: a bisect and two
+    additions, no lock (one reactor thread).  A worker process L{take}s what
+    it counted and sends it; the daemon L{merge}s it.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple = TOKEN_CHECK_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def take(self) -> list | None:
+        """``[count per bucket..., sum]`` since the last take (None: nothing), and reset."""
+        if not any(self.counts):
+            return None
+        out = [*self.counts, self.sum]
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        return out
+
+    def merge(self, taken) -> bool:
+        """Add a L{take} (maybe from another process); anything malformed is ignored."""
+        if not (isinstance(taken, list) and len(taken) == len(self.counts) + 1
+                and all(isinstance(n, int) and n >= 0 for n in taken[:-1])
+                and isinstance(taken[-1], (int, float)) and taken[-1] >= 0):
+            return False
+        for i, n in enumerate(taken[:-1]):
+            self.counts[i] += n
+        self.sum += taken[-1]
+        return True
+
+
+class LatencyHistogram:
+    """A histogram by one label over L{Durations} (fed on the hot path, read at scrape time)."""
+
+    def __init__(self, name: str, documentation: str, label: str,
+                 bounds: tuple = TOKEN_CHECK_BUCKETS) -> None:
+        self.name, self.documentation, self.label, self.bounds = name, documentation, label, bounds
+        self._by: dict[str, Durations] = {}
+
+    def labels(self, value: str) -> Durations:
+        """The cumulative L{Durations} of one label value (observe into it directly)."""
+        found = self._by.get(value)
+        if found is None:
+            found = self._by[value] = Durations(self.bounds)
+        return found
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for value, d in sorted(self._by.items()):
+            running, buckets = 0, []
+            for bound, n in zip((*self.bounds, float("inf")), d.counts):
+                running += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            family.add_metric([value], buckets, d.sum)
+        return [family]
+
+    def describe(self):
+        return []
 
 
 class Metrics:
@@ -40,6 +117,10 @@ class Metrics:
             "smartyd_token_checks", "Stream token checks by outcome and reason",
             ["listener", "outcome", "reason"], registry=r,
         )
+        self.token_check_seconds = LatencyHistogram(
+            "smartyd_token_check_seconds",
+            "Time to decide a stream token check, in the listener's process", "listener")
+        r.register(self.token_check_seconds)
         self.tokens_minted = Counter(
             "smartyd_tokens_minted", "Stream URLs minted", registry=r
         )
@@ -127,12 +208,32 @@ class Metrics:
                 g.add_metric(["size"], stats["size"])
                 g.add_metric(["idle"], stats["idle"])
                 g.add_metric(["waiting"], stats["waiting"])
-                return [g]
+                trips = CounterMetricFamily(
+                    "smartyd_db_round_trips", "Statements sent by the pool's transactions"
+                    " (BEGIN and COMMIT included)")
+                trips.add_metric([], metrics._db.round_trips)
+                return [g, trips]
 
             def describe(self):
                 return []
 
         self.registry.register(_PoolCollector())
+
+    def watch_sessions(self, sessions) -> None:
+        """Expose the live session leases (L{SessionLeases.live}) as a gauge at scrape time."""
+
+        class _SessionCollector:
+            def collect(self):
+                g = GaugeMetricFamily(
+                    "smartyd_stream_sessions", "Live viewing sessions of accounts with a session"
+                    " limit, all processes, as of the last lease exchange")
+                g.add_metric([], sessions.live())
+                return [g]
+
+            def describe(self):
+                return []
+
+        self.registry.register(_SessionCollector())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -184,3 +184,6 @@ async def test_two_worker_processes_share_the_socket(db, world, metrics, pg_dsn,
     assert metrics.registry.get_sample_value(
         "smartyd_token_checks_total",
         {"listener": "fast", "outcome": "allowed", "reason": "ok"}) >= 1
+    # The workers' check times reach the daemon's histogram with their counts.
+    assert metrics.registry.get_sample_value(
+        "smartyd_token_check_seconds_count", {"listener": "fast"}) >= 1

@@ -30,10 +30,12 @@ from twisted.internet import task
 
 from smartyd import catalog, config as configmod, ledger, logs, payments
 from smartyd.admin import (
+    backup as backup_admin,
     billing as billing_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
     journals as journals_admin,
+    transfer as transfer_admin,
     vod as vod_admin,
     widgets as widgets_admin,
 )
@@ -53,7 +55,7 @@ __all__ = ["AdminError", "main", "run"]
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor, app)}`` (``app``: L{assemble}).
 FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
-                    journals_admin)
+                    journals_admin, backup_admin, transfer_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -344,7 +346,7 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
         async def main(reactor):
             db = Database(dsn, reactor, size=1, timeout=cfg.database.timeout)
             try:
-                if args.command != "migrate":
+                if args.command not in ("migrate", *backup_admin.NO_MIGRATE):
                     await migrate(db)
                 if args.command in DB_COMMANDS:
                     result["out"] = await DB_COMMANDS[args.command](db, args)
@@ -384,6 +386,11 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
 def main(argv: list[str] | None = None) -> None:
     try:
         code = run(argv)
+    except transfer_admin.ImportRefused as e:
+        # The report (every bad line) on stdout, the verdict on stderr.
+        sys.stdout.write(json.dumps(e.out, default=str, ensure_ascii=False) + "\n")
+        sys.stderr.write(f"smartyd-admin: {e}\n")
+        sys.exit(1)
     except (AdminError, configmod.ConfigError, ledger.LedgerError, EmbeddedError,
             DatabaseUnavailable, ValueError) as e:
         sys.stderr.write(f"smartyd-admin: {e}\n")

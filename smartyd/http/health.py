@@ -58,6 +58,10 @@ class Health:
         return json_body(request, 200 if ok else 503, payload)
 
     @app.route("/metrics", methods=["GET"])
-    def metrics_page(self, request):
+    async def metrics_page(self, request):
+        # Each scrape probes the database too, so smartyd_db_up is fresh even
+        # where nothing polls /health (the "database unavailable" alert).
+        db_ok = self.db is not None and await self.db.ping()
+        self.metrics.db_up.set(1 if db_ok else 0)
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
         return self.metrics.render()

@@ -26,6 +26,7 @@ from typing import Any
 
 from smartyd.config import Config
 from smartyd.feature import Feature
+from smartyd.metrics import Durations
 from smartyd.streams.check import Checker, Tallies, prometheus_counters
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory, FastListener
@@ -50,11 +51,12 @@ def make_sessions(cfg: Config, db, reactor: Any) -> tuple[SessionLeases, LeaseEx
 
 def make_fast_checker(cfg: Config, codec: TokenCodec, entitlements: Entitlements,
                       reactor: Any, tallies: Tallies,
-                      sessions: SessionLeases | None = None) -> Checker:
+                      sessions: SessionLeases | None = None,
+                      durations: Durations | None = None) -> Checker:
     """The checker behind the fast listener: in the daemon (workers = 1) or in each worker."""
     return Checker(codec, entitlements, reactor, tallies, listener="fast",
                    log_refusals=cfg.log.level == "debug", sessions=sessions,
-                   when_unavailable=cfg.tokens.when_unavailable)
+                   when_unavailable=cfg.tokens.when_unavailable, durations=durations)
 
 
 def make_streams(cfg: Config, *, db, reactor: Any, metrics) -> Feature:
@@ -66,21 +68,23 @@ def make_streams(cfg: Config, *, db, reactor: Any, metrics) -> Feature:
     codec = make_codec(cfg)
     entitlements = Entitlements(db, metrics=metrics, clock=reactor)
     sessions, exchange = make_sessions(cfg, db, reactor)
+    metrics.watch_sessions(sessions)
     services: list = [entitlements, exchange]
     checker = Checker(codec, entitlements, reactor, prometheus_counters(metrics, "http"),
                       listener="http", log_refusals=cfg.log.level == "debug",
-                      sessions=sessions, when_unavailable=cfg.tokens.when_unavailable)
+                      sessions=sessions, when_unavailable=cfg.tokens.when_unavailable,
+                      durations=metrics.token_check_seconds.labels("http"))
     app = StreamsApp(db, codec, checker, reactor, metrics, ttl=cfg.tokens.ttl,
                      trusted_proxies=cfg.http.trusted_proxies)
     if cfg.tokens.fast_listen and cfg.tokens.workers > 1:
         services.append(WorkerPool(reactor, cfg.tokens.fast_listen, cfg.tokens.workers,
                                    config_path=_config_path(cfg.source), metrics=metrics))
     elif cfg.tokens.fast_listen:
-        tallies = Tallies()
-        fast = make_fast_checker(cfg, codec, entitlements, reactor, tallies, sessions)
+        tallies, durations = Tallies(), Durations()
+        fast = make_fast_checker(cfg, codec, entitlements, reactor, tallies, sessions, durations)
         services.append(FastListener(reactor, cfg.tokens.fast_listen,
                                      FastCheckFactory(fast, reactor), tallies=tallies,
-                                     metrics=metrics))
+                                     metrics=metrics, durations=durations))
     resource = app.resource()
     return Feature(mounts=(("/streams", resource), (SMARTY_CHECK, resource)),
                    services=tuple(services),

@@ -52,6 +52,7 @@ plain L{Tally} in a worker process), so the hot path does one attribute call.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Mapping, NamedTuple
 from urllib.parse import unquote_plus
 
@@ -248,6 +249,9 @@ class Checker:
     @param sessions: the process's L{SessionLeases} (shared with its other
         listener); by default one of this checker's own, never exchanged.
     @param when_unavailable: C{"deny"} or C{"allow"} before the first snapshot.
+    @param durations: with C{observe(seconds)} (a L{smartyd.metrics.Durations}):
+        each check's time, by C{timer} (a monotonic clock in seconds), for
+        C{smartyd_token_check_seconds}; None measures nothing.
     """
 
     def __init__(
@@ -262,6 +266,8 @@ class Checker:
         deny_duration: int = DENY_DURATION,
         sessions: SessionLeases | None = None,
         when_unavailable: str = "deny",
+        durations: Any = None,
+        timer: Callable[[], float] = time.perf_counter,
     ):
         self._codec = codec
         self._holder = holder
@@ -278,6 +284,16 @@ class Checker:
         # so that the streamer's re-check renews the lease in time.
         self._limited_duration = max(1, min(auth_duration, int(self._sessions.lease // 2)))
         self._allow_unready = when_unavailable == "allow"
+        if durations is not None:
+            self._durations, self._timer = durations, timer
+            self.check = self._timed_check  # callers bind self.check once
+
+    def _timed_check(self, params: Mapping[str, str], headers: Mapping[str, str],
+                     peer: str | None = None) -> Verdict:
+        started = self._timer()
+        verdict = Checker.check(self, params, headers, peer)
+        self._durations.observe(self._timer() - started)
+        return verdict
 
     def check(
         self, params: Mapping[str, str], headers: Mapping[str, str], peer: str | None = None

@@ -431,6 +431,7 @@ class FastListener(Service):
     factory: FastCheckFactory
     tallies: Tallies | None = None
     metrics: Any = None
+    durations: Any = None  # the checker's L{smartyd.metrics.Durations}
     port: IListeningPort | None = field(default=None, init=False)
     _flusher: LoopingCall = field(init=False)
 
@@ -442,6 +443,10 @@ class FastListener(Service):
         """Add what was counted since the last flush to the metrics."""
         if self.tallies is not None and self.metrics is not None:
             add_counts(self.metrics, "fast", self.tallies.take())
+        if self.durations is not None and self.metrics is not None:
+            taken = self.durations.take()
+            if taken is not None:
+                self.metrics.token_check_seconds.labels("fast").merge(taken)
 
     def startService(self) -> None:
         self.port = listen_now(self.reactor, self.description, self.factory)

@@ -197,11 +197,13 @@ class WorkerPool(Service):
         )
         self._restarts[child.index] = self.reactor.callLater(delay, self._spawn, child.index)
 
-    def add_counts(self, checks: Any, reloads: Any) -> None:
+    def add_counts(self, checks: Any, reloads: Any, durations: Any = None) -> None:
         """Add a child's report to the daemon's metrics (ignoring anything malformed)."""
         if self.metrics is None:
             return
         add_counts(self.metrics, "fast", checks)
+        if durations is not None:
+            self.metrics.token_check_seconds.labels("fast").merge(durations)
         if isinstance(reloads, int) and reloads > 0:
             self.metrics.entitlement_reloads.inc(reloads)
 
@@ -252,7 +254,8 @@ class WorkerProcess(ProcessProtocol):
         if "ready" in message:
             self.pool.child_ready(self, message["ready"])
         if "checks" in message or "reloads" in message:
-            self.pool.add_counts(message.get("checks"), message.get("reloads"))
+            self.pool.add_counts(message.get("checks"), message.get("reloads"),
+                                 message.get("durations"))
         record = message.get("log")
         if isinstance(record, dict):
             self._relay(record)

@@ -179,6 +179,10 @@ class SessionLeases:
         local = self._local.get(account) or {}
         return len(ranks) + sum(1 for k, v in local.items() if v[1] > now and k not in ranks)
 
+    def live(self) -> int:
+        """Live leases of every process, as of the last exchange (C{smartyd_stream_sessions})."""
+        return sum(len(per) for per in self._ranks.values())
+
     async def exchange(self, db: Any, now: float) -> None:
         """
         Write what was granted since the last exchange, read everyone's

@@ -30,6 +30,7 @@ from smartyd.db import Database
 from smartyd.db.embedded import EmbeddedCluster
 from smartyd.logs import event_to_dict, level_filtered
 from smartyd.streams import make_codec, make_fast_checker, make_sessions
+from smartyd.metrics import Durations
 from smartyd.streams.check import Tallies
 from smartyd.streams.entitlements import Entitlements
 from smartyd.streams.fast import FastCheckFactory
@@ -168,9 +169,10 @@ class Worker:
         self.db = Database(database_dsn(cfg), reactor, size=2, timeout=cfg.database.timeout)
         self.entitlements = Entitlements(self.db, clock=reactor)
         self.tallies = Tallies()
+        self.durations = Durations()
         self.sessions, self.exchange = make_sessions(cfg, self.db, reactor)
         checker = make_fast_checker(cfg, make_codec(cfg), self.entitlements, reactor,
-                                    self.tallies, self.sessions)
+                                    self.tallies, self.sessions, self.durations)
         self.factory = FastCheckFactory(checker, reactor)
         self.port: Any = None
         self.turns: TakeTurns | None = None
@@ -202,10 +204,11 @@ class Worker:
     def report(self) -> None:
         """Send the counts since the last report to the daemon."""
         checks = self.tallies.take()
+        durations = self.durations.take()
         reloads = self.entitlements.reloads - self._reported_reloads
         self._reported_reloads = self.entitlements.reloads
-        if checks or reloads:
-            self.pipe.send({"checks": checks, "reloads": reloads})
+        if checks or reloads or durations:
+            self.pipe.send({"checks": checks, "reloads": reloads, "durations": durations})
 
     def _fatal(self, failure) -> None:
         log.failure("fast worker failed", failure)
