@@ -191,6 +191,7 @@ class SessionStore(MultiService):
         self._seen: dict[bytes, tuple[float, str | None]] = {}
         self._zapped: dict[int, float] = {}
         self._ended: dict[bytes, float] = {}
+        self._end_watchers: list[Deferred] = []
         self.listener = Listener(db, (CHANNEL, ENTITLEMENTS_CHANNEL), self._notified,
                                  on_connect=self.reload)
         self.listener.setServiceParent(self)
@@ -265,10 +266,19 @@ class SessionStore(MultiService):
             self.sessions.pop(h, None)
             self._seen.pop(h, None)
             self._ended[h] = self.clock.seconds()
+            watchers, self._end_watchers = self._end_watchers, []
+            for d in watchers:
+                d.callback(h)
         elif payload in ("channels", "channel_categories") and self.on_catalog is not None:
             d = self.on_catalog()
             if d is not None:
                 Deferred.fromCoroutine(_quiet(d))
+
+    def next_end(self) -> Deferred:
+        """Fires with the key hash of the next session end announced to this instance."""
+        d: Deferred = Deferred()
+        self._end_watchers.append(d)
+        return d
 
     async def flush(self) -> None:
         """Write what was used since the last flush; end idle sessions (here too)."""

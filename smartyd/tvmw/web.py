@@ -196,7 +196,7 @@ class TvmwWeb:
         if cookie is not None:
             request.addCookie(COOKIE, cookie.encode("ascii") if cookie else b"",
                               path=PREFIX.encode(), httpOnly=True, sameSite="lax",
-                              **({} if cookie else {"max_age": 0}))
+                              **({} if cookie else {"max_age": b"0"}))
         if redirect:
             if answer["error"] == 0 and answer.get(redirect_field):
                 request.setResponseCode(302)
