@@ -309,3 +309,192 @@ async def test_sessions_survive_a_restart(db, world):
         assert (await device.ok("account/status"))["channel_list_changed"] == 0
     finally:
         await second.stop()
+
+
+# -- login errors, limits, devices ---------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_login_errors_as_the_spec_numbers_them(instance, world, db):
+    device = Device(instance.http, uid="box-9")
+    assert (await device("login", abonement="alice", password=PASSWORD,
+                         api_key="wrong"))["error"] == 4
+    assert (await device("login", abonement="alice", password=PASSWORD, api_key=KEY,
+                         client_id="3"))["error"] == 4
+    assert (await device.login(password="wrong"))["error"] == 1
+    assert (await device.login(abonement="nobody"))["error"] == 1
+    assert (await device.login(password=None))["error"] == 1
+    carol = await device.login(abonement="carol")
+    assert carol["error"] == 2 and carol["status_reason"] == "BLOCK"
+    assert (await device.login(abonement="bob"))["error"] == 8
+    # Client 2 is not shared: it finds only the accounts of its own customers.
+    assert (await device("login", abonement="alice", password=PASSWORD, api_key="other-operator-key",
+                         client_id="2"))["error"] == 1
+    # Nothing was written by any of them.
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 0
+    assert await db.fetchval("SELECT count(*) FROM devices WHERE uid = 'box-9'") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_bound_to_another_account_is_refused_with_6(instance, world, db):
+    async def other(tx):
+        account = await ledger.create_account(tx, "dave", ledger.hash_password("pw-of-dave"))
+        await catalog.assign_tariff(tx, account.id, world.basic)
+    await db.run(other)
+    assert (await Device(instance.http, uid="box-1").login())["error"] == 0
+    dave = await Device(instance.http, uid="box-1").login(abonement="dave", password="pw-of-dave")
+    assert dave["error"] == 6
+    # The seeded UID is alice's too.
+    assert (await Device(instance.http, uid=UID).login(
+        abonement="dave", password="pw-of-dave"))["error"] == 6
+    assert (await Device(instance.http, uid="box-2").login(
+        abonement="dave", password="pw-of-dave"))["error"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_account_device_limit_gives_5(instance, world, db):
+    await db.execute("UPDATE tariffs SET devices_count = 2 WHERE id = %s", (world.basic,))
+    first, second = Device(instance.http, uid="box-1"), Device(instance.http, uid="box-2")
+    assert (await first.login())["error"] == 0
+    assert (await second.login())["error"] == 0
+    third = Device(instance.http, uid="box-3")
+    assert (await third.login())["error"] == 5
+    # The same device logging in again replaces its own session.
+    old = first.authkey
+    assert (await first.login())["error"] == 0
+    assert (await Device(instance.http).raw("channel/list")).code == 200
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 2
+    # The account's own limit wins over its tariffs'.
+    await db.execute("UPDATE accounts SET max_devices = 3 WHERE id = %s", (world.alice,))
+    assert (await third.login())["error"] == 0
+    # After a logout a slot is free again.
+    await db.execute("UPDATE accounts SET max_devices = 1 WHERE id = %s", (world.alice,))
+    assert (await Device(instance.http, uid="box-4").login())["error"] == 5
+    assert old != first.authkey
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_by_device_uid_alone_when_enabled(db, world):
+    for enabled, expected in ((False, 1), (True, 0)):
+        running = Running(db, config(login_by_device=enabled))
+        await running.start()
+        try:
+            answer = await Device(running.http, uid=UID)("login", api_key=KEY)
+            assert answer["error"] == expected, answer
+            if enabled:
+                assert answer["account_id"] == world.alice and answer["device_uid"] == UID
+        finally:
+            await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_failures_are_rate_limited_per_address_and_abonement(instance, world):
+    device = Device(instance.http, uid="box-1")
+    for _ in range(5):
+        assert (await device.login(password="wrong"))["error"] == 1
+    # Locked now: even the right password answers "not found", and no scrypt runs.
+    assert (await device.login())["error"] == 1
+    value = instance.app.metrics.registry.get_sample_value
+    assert value("smartyd_tvmw_login_failures_total", {"reason": "bad_credentials"}) == 5
+    assert value("smartyd_tvmw_login_failures_total", {"reason": "rate_limited"}) == 1
+    limiter = instance.tvmw.deps["limiter"]
+    keys = limiter.keys("127.0.0.1", "alice")
+    now = reactor.seconds()
+    assert 0 < limiter.locked(keys, now) <= 1
+    limiter.failed(keys, now)
+    assert 1 < limiter.locked(keys, now) <= 2  # the lockout grows with each failure
+
+
+def test_the_lockout_grows_and_is_forgotten():
+    from smartyd.tvmw.ratelimit import LoginLimiter
+
+    limiter = LoginLimiter(free=2, max_lock=8, forget=100, max_keys=3)
+    keys = limiter.keys("10.0.0.1", "alice")
+    limiter.failed(keys, 0)
+    assert limiter.locked(keys, 0) == 0
+    waits = []
+    for t in range(1, 6):
+        limiter.failed(keys, t)
+        waits.append(limiter.locked(keys, t))
+    assert waits == [1, 2, 4, 8, 8]
+    assert limiter.locked(keys, 5 + 101) == 0  # forgotten after a quiet while
+    assert limiter.locked(limiter.keys("10.0.0.2", None), 5) == 0
+    for i in range(5):
+        limiter.failed(limiter.keys(f"10.0.1.{i}", None), 200)
+    assert len(limiter._keys) == 3  # bounded
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_bad_parameters_unknown_methods_and_huge_values(instance, world, db):
+    device = Device(instance.http)
+    await device.login()
+    for params in ({}, {"cid": "x"}, {"cid": "-1"}, {"cid": "9" * 30}, {"cid": "999"}):
+        answer = await device("channel/url", redirect=0, **params)
+        assert answer["error"] == 1 and "cid" in answer["error_messages"], (params, answer)
+    answer = await device("channel/programs", cid=world.ch1, limit="1000")
+    assert answer["error"] == 1 and answer["error_messages"] == {"limit": "must be between 1 and 100"}
+    answer = await device("program/list", cid=world.ch1, date="yesterday")
+    assert answer["error"] == 1 and "date" in answer["error_messages"]
+    answer = await device("channel/list", search="x" * 2000)
+    assert answer["error"] == 1 and "search" in answer["error_messages"]
+    resp = await instance.http.get(BASE + "channel/list/?authkey=" + device.authkey + "&"
+                                   + "&".join(f"p{i}=1" for i in range(100)))
+    assert json.loads(await resp.content())["error"] == 1
+    resp = await instance.http.get(BASE + "channel/list/?authkey=%ff%fe")
+    assert json.loads(await resp.content())["error"] == 1
+    resp = await instance.http.post(BASE + "login/", data=b'{"abonement": {"a": [1]}}',
+                                    headers={b"content-type": [b"application/json"]})
+    answer = json.loads(await resp.content())
+    assert resp.code == 200 and answer["error"] == 1 and "body" in answer["error_messages"]
+    # Methods of the spec not served, and paths that are no method: a JSON 404, never a 500.
+    resp = await device.raw("camera/list")
+    assert resp.code == 404
+    assert json.loads(await resp.content()) == {
+        "error": -2, "error_message": "method camera/list is not served by this server"}
+    for path in ("no/such/thing/", "", "../../etc/passwd"):
+        resp = await instance.http.get(BASE + path)
+        assert resp.code == 404 and json.loads(await resp.content())["error"] == -2
+    # The token check under the same prefix is still the streams feature's.
+    resp = await instance.http.get(BASE + "streamservice/token/check/?token=x&name=ch1")
+    assert resp.code == 403
+    # Unknown, malformed or missing authkeys: -1 on every session method.
+    for key in ("", "f" * 32, "not-a-key", "F" * 32):
+        for method in ("channel/list", "account/status", "logout", "program/list"):
+            fresh = Device(in_memory_client(instance.app.root))  # no cookie jar of alice
+            answer = await fresh(method, authkey=key or None, cid=world.ch1)
+            assert answer["error"] == -1 and answer["status"] == 1, (method, key)
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_authkey_or_password_reaches_a_log_line(db, world, log_events):
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from smartyd.http.root import make_site
+
+    running = Running(db, config())
+    await running.start()
+    port = reactor.listenTCP(0, make_site(running.app.root, 1 << 20, reactor=reactor),
+                             interface="127.0.0.1")
+    global BASE
+    saved, BASE = BASE, f"http://127.0.0.1:{port.getHost().port}/tvmiddleware/api/"
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        device = Device(HTTPClient(Agent(reactor, pool=pool)), uid="box-1")
+        await device.login()
+        await device.ok("channel/list")
+        await device.ok("channel/url", cid=world.ch1, redirect=0)
+        await device.login(password="wrong-secret-guess")
+        await device("channel/url", cid="bad", redirect=0)
+        await running.store.flush()
+        await device.ok("logout")
+    finally:
+        BASE = saved
+        await port.stopListening()
+        await pool.closeCachedConnections()
+        await running.stop()
+    text = repr(log_events)
+    assert any(e.get("log_namespace", "").endswith("QuietSite") for e in log_events)
+    assert device.authkey and device.authkey not in text
+    assert PASSWORD not in text and "wrong-secret-guess" not in text
+    assert key_hash(device.authkey).hex() not in text
