@@ -498,3 +498,147 @@ async def test_no_authkey_or_password_reaches_a_log_line(db, world, log_events):
     assert device.authkey and device.authkey not in text
     assert PASSWORD not in text and "wrong-secret-guess" not in text
     assert key_hash(device.authkey).hex() not in text
+
+
+# -- sessions end on every path that changes the account ----------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_password_change_and_deletion_end_sessions_at_once(instance, world, db):
+    from smartyd.billing_api import repo as billing_api_repo
+
+    device = Device(instance.http, uid="box-1")
+    await device.login()
+    ended = instance.store.next_end()
+    await db.execute("UPDATE accounts SET password_hash = 'x' WHERE id = %s", (world.alice,))
+    assert await within(ended, 5) == key_hash(device.authkey)
+    assert (await device("channel/list"))["error"] == -1
+
+    await db.execute("UPDATE accounts SET password_hash = (SELECT password_hash FROM accounts"
+                     " WHERE id = %s) WHERE id = %s", (world.bob, world.alice))
+    await device.login()
+    # Other updates (a note, last_active) end nothing.
+    await db.execute("UPDATE accounts SET last_active = now(), updated = now() WHERE id = %s",
+                     (world.alice,))
+    assert (await device("channel/list"))["error"] == 0
+    ended = instance.store.next_end()
+    await db.run(billing_api_repo.delete_account, world.alice)
+    await within(ended, 5)
+    assert (await device("channel/list"))["error"] == -1
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_list_changed_after_a_tariff_change(instance, world, db):
+    device = Device(instance.http, uid="box-1")
+    await device.login()
+    assert (await device.ok("account/status"))["channel_list_changed"] == 1  # never listed
+    await device.ok("channel/list")
+    assert (await device.ok("account/status"))["channel_list_changed"] == 0
+
+    async def more(tx):
+        t = await catalog.create_tariff(tx, "more", "10.00", [world.ch2])
+        await catalog.assign_tariff(tx, world.alice, t["id"])
+    reloaded = instance.entitlements.next_reload()
+    await db.run(more)
+    await within(reloaded, 5)
+    assert (await device.ok("account/status"))["channel_list_changed"] == 1
+    channels = (await device.ok("channel/list"))["channels"]
+    assert all(c["has_subscription"] == 1 for c in channels)
+    assert (await device.ok("account/status"))["channel_list_changed"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_sessions_end_after_the_ttl(db, world):
+    from twisted.internet.task import Clock
+
+    from smartyd.tvmw.sessions import Live, SessionStore, insert_session, new_authkey
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    store = SessionStore(db, clock, ttl=600)
+    authkey, other = new_authkey(), new_authkey()
+    for key, uid in ((authkey, "box-1"), (other, "box-2")):
+        await db.run(insert_session, key_hash(key), world.alice, "1", uid, "", "10.0.0.1",
+                     clock.seconds())
+    assert (await store.validate(authkey)).account_id == world.alice  # read once, then memory
+    before = db.round_trips
+    clock.advance(500)
+    assert await store.validate(authkey) is not None
+    assert db.round_trips == before
+    clock.advance(500)  # other idle for 1000 s, authkey for 500 s
+    await store.flush()
+    assert await store.validate(other) is None
+    assert await store.validate(authkey) is not None
+    assert [bytes(h) for h, in await db.fetchall("SELECT key_hash FROM tvmw_sessions")] == [
+        key_hash(authkey)]
+    clock.advance(601)
+    assert await store.validate(authkey) is None
+    assert await store.validate("nonsense") is None
+    assert isinstance(Live, type)
+
+
+# -- live TV ------------------------------------------------------------------------------------
+async def _guide(db, world, now: int):
+    from datetime import datetime, timezone
+
+    def at(t):
+        return datetime.fromtimestamp(t, timezone.utc)
+    rows = [(world.ch1, now - 600, now + 600, "News <live>", "d1"),
+            (world.ch1, now + 600, now + 1800, "Film", "d2"),
+            (world.ch1, now + 1800, now + 3600, "Late", "d3"),
+            (world.ch2, now + 60, now + 120, "Soon", "")]
+    for cid, start, stop, title, desc in rows:
+        await db.execute("INSERT INTO epg_programmes (channel_id, start, stop, title, description)"
+                         " VALUES (%s, %s, %s, %s, %s)", (cid, at(start), at(stop), title, desc))
+
+
+@pytest_twisted.ensureDeferred
+async def test_guide_categories_and_channel_detail(instance, world, db):
+    now = int(reactor.seconds())
+    await _guide(db, world, now)
+    reloaded = instance.entitlements.next_reload()
+    await db.execute("INSERT INTO channel_categories (id, name, color) VALUES (7, 'News', '#ff0000')")
+    await db.execute("UPDATE channels SET category_id = 7 WHERE id = %s", (world.ch1,))
+    await within(reloaded, 5)
+    await instance.tvmw.deps["channels"].reload()
+    device = Device(instance.http)
+    await device.login()
+    channels = {c["id"]: c for c in (await device.ok("channel/list"))["channels"]}
+    ch1, ch2 = channels[world.ch1], channels[world.ch2]
+    assert ch1["category_id"] == 7 and ch2["category_id"] == 0
+    assert ch1["program_name"] == "News <live>" and ch1["program_begin_time"] == now - 600
+    assert ch1["next_program_name"] == "Film"
+    assert ch2["program_name"] == "" and ch2["next_program_name"] == "Soon"
+    compact = (await device.ok("channel/list", compact=1, search="CH2"))["channels"]
+    assert [c["id"] for c in compact] == [world.ch2] and "next_program_name" not in compact[0]
+
+    assert (await device.ok("category/list"))["categories"] == [
+        {"id": 7, "name": "News", "color": "#ff0000", "channels_count": 1}]
+
+    programs = (await device.ok("channel/programs", cid=world.ch1, limit=2))["programs"]
+    assert [p["program_name"] for p in programs] == ["News <live>", "Film"]
+    assert programs[0]["id"] == now - 600
+
+    listed = (await device.ok("program/list", cid=world.ch1, time_from=now,
+                              time_to=now + 7200))["programs"]
+    assert [p["name"] for p in listed] == ["News <live>", "Film", "Late"]
+    assert all(p["has_subscription"] == 1 for p in listed)
+    listed = (await device.ok("program/list", cid=world.ch1, pid_from=now + 600))["programs"]
+    assert [p["name"] for p in listed] == ["Film", "Late"]
+    assert (await device("program/list", cid=world.ch1, pid_from=now + 1))["error"] == 1
+
+    async def premium(tx):
+        t = await catalog.create_tariff(tx, "premium", "300.00", [world.ch1, world.ch2])
+        await catalog.create_tariff(tx, "secret", "1.00", [world.ch1], hidden=True)
+        return t["id"]
+    premium_id = await db.run(premium)
+    detail = await device.ok("channel/detail", cid=world.ch1)
+    assert detail["id"] == world.ch1 and detail["name"] == "ch1"
+    assert [(a["tariff_id"], a["action"], a["price"]) for a in detail["actions"]] == [
+        (world.basic, "get_channel_url", "100.00"), (premium_id, "subscribe", "300.00")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_check_needs_no_session(instance):
+    answer = await Device(instance.http)("health/check", check_db_conn=1)
+    assert answer["error"] == 0 and answer["connection_errors"] == []
+    assert answer["alive"] in (0, 1) and 0 <= answer["usage"] <= 1
