@@ -642,3 +642,54 @@ async def test_health_check_needs_no_session(instance):
     answer = await Device(instance.http)("health/check", check_db_conn=1)
     assert answer["error"] == 0 and answer["connection_errors"] == []
     assert answer["alive"] in (0, 1) and 0 <= answer["usage"] <= 1
+
+
+# -- smartyd-admin ------------------------------------------------------------------------------
+def smartyd_admin(pg_dsn, tmp_path, *args):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "smartyd.toml"
+    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n')
+    proc = subprocess.run([sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, (json.loads(proc.stdout) if proc.returncode == 0 else proc.stderr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_admin_lists_and_unbinds_devices_and_sets_device_limits(instance, world, db,
+                                                                       pg_dsn, tmp_path):
+    def admin(*args):
+        return deferToThread(smartyd_admin, pg_dsn, tmp_path, *args)
+
+    device = Device(instance.http, uid="box-1", device="lg_webos")
+    answer = await device("login", abonement="alice", password=PASSWORD, api_key=KEY,
+                          device_model="X1", device_serial="SN1")
+    assert answer["error"] == 0
+    code, out = await admin("account", "devices", str(world.alice))
+    assert code == 0
+    assert [(d["uid"], d["device"], d["model"], d["serial"], d["sessions"])
+            for d in out["devices"]] == [
+        (UID, "", None, None, 0), ("box-1", "lg_webos", "X1", "SN1", 1)]
+    ended = instance.store.next_end()
+    code, out = await admin("device", "unbind", "box-1")
+    assert code == 0 and out == {"uid": "box-1", "account": world.alice, "sessions_ended": 1}
+    await within(ended, 5)
+    assert (await device("channel/list"))["error"] == -1
+    code, err = await admin("device", "unbind", "box-1")
+    assert code != 0 and "no device 'box-1'" in err
+
+    code, out = await admin("tariff", "create", "--name", "duo", "--price", "0", "--devices", "2")
+    assert code == 0 and out["devices"] == 2
+    assert await db.fetchval("SELECT devices_count FROM tariffs WHERE id = %s", (out["id"],)) == 2
+    code, out = await admin("account", "limit", str(world.alice), "--devices", "1")
+    assert code == 0 and out == {"account": world.alice, "max_devices": 1}
+    assert (await Device(instance.http, uid="box-1").login())["error"] == 0
+    assert (await Device(instance.http, uid="box-2").login())["error"] == 5
+    code, err = await admin("account", "limit", str(world.alice))
+    assert code != 0
+    code, out = await admin("channel", "create", "--name", "ch9", "--url-mask",
+                            "http://s/ch9?t=$token", "--category", "Sport")
+    assert code == 0
+    assert await db.fetchval("SELECT c.name FROM channels ch JOIN channel_categories c"
+                             " ON c.id = ch.category_id WHERE ch.id = %s", (out["id"],)) == "Sport"
