@@ -163,8 +163,6 @@ def mint_stream(codec: TokenCodec, channel: dict, account_id: int, ip: str, now:
     token = codec.mint(account_id, channel["id"], expires, ip=ip)
     if metrics is not None:
         metrics.tokens_minted.inc()
-    log.debug("stream URL minted for account {account} channel {channel}",
-              account=account_id, channel=channel["name"])
     url = stream_url(channel["url_mask"], token, account_id, channel["name"], ip, expires)
     return Minted(url, token, expires)
 
@@ -217,6 +215,8 @@ class StreamsApp:
         except ValueError:
             # The caller's own address is not an IP (a Unix socket peer).
             raise BadRequest("ip is required")
+        log.debug("stream URL minted for account {account} channel {channel}",
+                  account=account.id, channel=channel["name"])
         return json_body(request, 200, {"url": minted.url, "token": minted.token,
                                         "expires": minted.expires})
 
