@@ -693,3 +693,44 @@ async def test_admin_lists_and_unbinds_devices_and_sets_device_limits(instance, 
     assert code == 0
     assert await db.fetchval("SELECT c.name FROM channels ch JOIN channel_categories c"
                              " ON c.id = ch.category_id WHERE ch.id = %s", (out["id"],)) == "Sport"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_posted_form_logs_in_and_other_http_methods_are_refused(instance, world):
+    resp = await instance.http.post(
+        BASE + "login", data=urlencode({"abonement": "alice", "password": PASSWORD,
+                                        "client_id": "1", "api_key": KEY}).encode(),
+        headers={b"content-type": [b"application/x-www-form-urlencoded"]})
+    assert json.loads(await resp.content())["error"] == 0
+    resp = await instance.http.delete(BASE + "logout/")
+    assert resp.code == 405 and json.loads(await resp.content())["error"] == -2
+
+
+def test_the_config_section_and_its_redaction():
+    cfg = make_config(tvmw={"enabled": True, "clients": [
+        {"client_id": 7, "api_key": "secret-tvmw-key", "shared": True}],
+        "session_ttl": 3600, "login_by_device": True, "xml_devices": ["mag"]})
+    [client] = cfg.tvmw.clients
+    assert (client.client_id, client.api_key, client.shared) == ("7", "secret-tvmw-key", True)
+    assert cfg.tvmw.session_ttl == 3600 and cfg.tvmw.login_by_device
+    assert cfg.tvmw.xml_devices == ("mag",)
+    from smartyd.config import redacted
+    assert "secret-tvmw-key" not in repr(redacted(cfg)) and "secret-tvmw-key" not in repr(cfg)
+    assert make_config().tvmw.xml_devices[0] == "android_stb"
+
+
+def test_the_bench_runs_small_and_prints_its_figures():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "tvmw.py"), "--devices", "4", "--concurrency", "2",
+         "--seconds", "0.5", "--channels", "2", "--login-concurrency", "2", "--pool-size", "2"],
+        capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "login    4 devices" in out and "logins/s" in out
+    assert "answers/s, p50" in out and "us an answer" in out
+    assert "tokens 200       all" in out
