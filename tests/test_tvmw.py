@@ -734,3 +734,17 @@ def test_the_bench_runs_small_and_prints_its_figures():
     assert "login    4 devices" in out and "logins/s" in out
     assert "answers/s, p50" in out and "us an answer" in out
     assert "tokens 200       all" in out
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_without_uid_keeps_the_one_made_up_for_it(instance, world, db):
+    await db.execute("UPDATE accounts SET max_devices = 1 WHERE id = %s", (world.alice,))
+    app = Device(instance.http)  # sends no device_uid; its HTTP client keeps cookies
+    first = await app.login()
+    assert first["device_uid"].startswith("gen-")
+    again = await app.login()
+    assert again["error"] == 0 and again["device_uid"] == first["device_uid"]
+    # Not bound: a made-up uid is not a device of the account.
+    assert await db.fetchval("SELECT count(*) FROM devices WHERE uid LIKE 'gen-%%'") == 0
+    # Another app without the cookie is another device: past the limit.
+    assert (await Device(in_memory_client(instance.app.root)).login())["error"] == 5

@@ -19,8 +19,10 @@ Login (the spec's error codes):
   itself: its earlier sessions on the account end with this login.
 
 A device_uid that logs in is bound to the account (``devices``).  A device
-that sends none gets a random one for this session (answered as
-``device_uid``, not bound).  Checks and writes are one transaction under the
+that sends none gets a random one (``gen-…``, answered as ``device_uid`` and
+set in the ``device_uid`` cookie, which a later Login reads when the query
+has none, so an app that never sends one keeps one device slot); it is not
+bound.  Checks and writes are one transaction under the
 account's row lock, so two devices racing for the last slot cannot both win.
 """
 
@@ -31,7 +33,6 @@ import hmac
 import secrets
 from typing import Any
 
-from smartyd import ledger
 from smartyd.http.auth import password_login
 from smartyd.streams.web import account_by_device
 from smartyd.tvmw import params as P
@@ -47,6 +48,8 @@ BAD_CLIENT = 4
 TOO_MANY_DEVICES = 5
 DEVICE_TAKEN = 6
 NO_TARIFF = 8
+#: The prefix of the device_uid given to a device that sends none (not bound).
+GENERATED = "gen-"
 
 _DEVICE_LIMIT_SQL = """
 SELECT coalesce(a.max_devices,
@@ -126,7 +129,7 @@ async def login(call: Call) -> dict:
     password = p.get("password", "")
     if len(password) > 256:
         raise P.bad("password", "too long")
-    device_uid = P.text(p, "device_uid", max_len=128)
+    device_uid = P.text(p, "device_uid", max_len=128) or call.deps.get("cookie_device_uid", "")
     device = P.text(p, "device", max_len=32)
     model = P.text(p, "device_model", max_len=128)
     serial = P.text(p, "device_serial", max_len=128)
@@ -143,16 +146,16 @@ async def login(call: Call) -> dict:
     if by_device:
         account = await call.db.run(account_by_device, device_uid)
     else:
-        account = await password_login(call.db, abonement, password,
-                                       verify=call.deps.get("verify_password",
-                                                            ledger.verify_password))
+        account = await password_login(call.db, abonement, password)
     if account is None:
         limiter.failed(keys, now)
         metrics.tvmw_login_failures.labels("bad_credentials").inc()
         raise TvmwError(NOT_FOUND, "account not found")
-    bind = bool(device_uid)
+    bind = bool(device_uid) and not device_uid.startswith(GENERATED)
+    cookies = {"authkey": ""}
     if not device_uid:
-        device_uid = "gen-" + secrets.token_hex(8)
+        device_uid = GENERATED + secrets.token_hex(8)
+        cookies["device_uid"] = device_uid
     authkey = new_authkey()
     store = call.deps["sessions"]
     out = await call.db.run(open_session, account.id, client, device_uid, bind, device, model,
@@ -188,13 +191,13 @@ async def login(call: Call) -> dict:
         "status_reason": out["status_reason"],
         "contract_number": out["contract_number"] or "",
         "device_uid": device_uid,
-        "_set_authkey": authkey,
+        "_cookies": {**cookies, "authkey": authkey},
     }
 
 
 async def logout(call: Call) -> dict:
     await call.deps["sessions"].end(call.deps["authkey"])
-    return {"_set_authkey": ""}
+    return {"_cookies": {"authkey": ""}}
 
 
 async def account_status(call: Call) -> dict:

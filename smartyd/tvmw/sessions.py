@@ -23,7 +23,9 @@ looked up once in the database (one primary-key read) and kept.
 A zap costs no password hash and no database write: ``last_seen`` (and the
 channel-list digest of ``AccountStatus``) is written every L{FLUSH_INTERVAL}
 seconds for all sessions used since, in one statement; the same tick ends the
-sessions idle for longer than ``ttl`` (a DELETE, announced like any other end).
+sessions idle for longer than ``ttl`` (a DELETE, announced like any other end;
+it waits two flush intervals more, so that a use on another instance just
+before the ttl has been written first -- validation itself holds to ``ttl``).
 
 The same notification connection carries ``smartyd_entitlements``, on which
 the channel catalog (L{ChannelCache}) reloads when channels or their
@@ -286,7 +288,9 @@ class SessionStore(MultiService):
         seen, self._seen = self._seen, {}
         zapped, self._zapped = self._zapped, {}
         try:
-            await self.db.run(flush, seen, zapped, now - self.ttl)
+            # The sweep waits two flushes past the ttl: a session revived on
+            # another instance just before its ttl has its last_seen written by then.
+            await self.db.run(flush, seen, zapped, now - self.ttl - 2 * self.flusher.interval)
         except BaseException:
             for h, v in seen.items():
                 self._seen.setdefault(h, v)

@@ -31,8 +31,8 @@ Choices where the spec is silent, kept:
 - ``redirect`` (ChannelUrl, VideoUrl; default 1) answers ``302`` to the
   stream, so ``.../channel/url/?cid=5&authkey=...`` is an M3U entry; an
   error then answers ``403`` with the JSON body (a player must not play it).
-- ``Login`` sets the ``authkey`` cookie (HttpOnly, path /tvmiddleware/api)
-  and ``Logout`` clears it.
+- ``Login`` sets the ``authkey`` cookie (HttpOnly, path /tvmiddleware/api;
+  and ``device_uid`` when it made one up) and ``Logout`` clears it.
 
 Neither the query nor any parameter reaches a log line (the access log
 drops the query string): authkeys and passwords travel in it.
@@ -202,11 +202,10 @@ class TvmwWeb:
             return self._json(request, 503, {"error": UNAVAILABLE,
                                              "error_message": "temporarily unavailable, retry"})
         self._count(method, answer["error"])
-        cookie = answer.pop("_set_authkey", None)
-        if cookie is not None:
-            request.addCookie(COOKIE, cookie.encode("ascii") if cookie else b"",
-                              path=PREFIX.encode(), httpOnly=True, sameSite="lax",
-                              **({} if cookie else {"max_age": b"0"}))
+        for name, value in answer.pop("_cookies", {}).items():
+            request.addCookie(name.encode("ascii"), value.encode("ascii"), path=_PREFIX,
+                              httpOnly=True, sameSite="lax",
+                              **({} if value else {"max_age": b"0"}))
         if redirect:
             if answer["error"] == 0 and answer.get(redirect_field):
                 request.setResponseCode(302)
@@ -226,7 +225,7 @@ class TvmwWeb:
         ip = client_ip(request, self.trusted_proxies)
         extra: dict[str, Any] = {}
         if method not in self.registry.no_session:
-            authkey = params.get("authkey") or _cookie(request)
+            authkey = params.get("authkey") or _cookie(request, COOKIE)
             live = await self.store.validate(authkey)
             if live is None:
                 raise TvmwError(AUTH_REQUIRED, "authorization required", status=1)
@@ -234,6 +233,10 @@ class TvmwWeb:
                               abonement=live.abonement, device_uid=live.device_uid,
                               device=live.device, ip=live.ip)
             extra = {"authkey": authkey, "live": live}
+        else:
+            uid = _cookie(request, b"device_uid")
+            if uid is not None and len(uid) <= 128 and uid.isprintable():
+                extra = {"cookie_device_uid": uid}
         deps = dict(self.deps)
         deps.update(extra)
         return Call(params=params, session=session, ip=ip,
@@ -280,8 +283,8 @@ class _TvmwResource(Resource):
         return NOT_DONE_YET
 
 
-def _cookie(request: Request) -> str | None:
-    raw = request.getCookie(COOKIE)
+def _cookie(request: Request, name: bytes) -> str | None:
+    raw = request.getCookie(name)
     if not raw:
         return None
     try:
