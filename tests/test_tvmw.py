@@ -243,6 +243,10 @@ async def test_set_top_boxes_get_xml_with_items_and_escaped_text(instance, world
     root = parse_untrusted_xml(await (await box.raw("account/status")).content())
     assert root.findtext("message/subject") == "<b>&"
     assert root.findtext("message/text") == "a < b & c"
+    assert root.findtext("has_new_messages") == "1"
+    # Shown once to this session.
+    root = parse_untrusted_xml(await (await box.raw("account/status")).content())
+    assert root.findtext("has_new_messages") == "0" and root.find("message/text") is None
     root = parse_untrusted_xml(await (await box.raw("channel/list")).content())
     items = root.findall("channels/item")
     assert [i.findtext("id") for i in items] == [str(world.ch1), str(world.ch2)]

@@ -201,35 +201,44 @@ async def logout(call: Call) -> dict:
 
 
 async def account_status(call: Call) -> dict:
+    """
+    The account's status; ``message``: the newest message for the TV screen
+    (the Billing API's ``account/message/create``) this session has not been
+    shown -- shown once per session (``has_new_messages`` 1 then); smartyd
+    sends no ``command``.
+    """
     from smartyd.tvmw.live import channels_digest
 
     session = call.session
-    row = await call.db.run_statement(_status, session.account_id)
+    live = call.deps["live"]
+    row = await call.db.run_statement(_status, session.account_id, live.message_seen)
     if row is None:
         raise TvmwError(-1, "authorization required", status=1)
-    active, reason, subject, text = row
-    live = call.deps["live"]
+    active, reason, message_id, subject, text = row
     current = await channels_digest(call)
     message = {}
-    if text is not None:
+    if message_id is not None:
         message = {"subject": subject, "text": text, "no_confirmation": "0"}
+        call.deps["sessions"].note_message(call.deps["authkey"], live, message_id)
     return {
         "status": 0 if active else 2,
         "status_reason": reason,
         "utc_time": int(call.reactor.seconds()),
-        "has_new_messages": 1 if text is not None else 0,
+        "has_new_messages": 1 if message_id is not None else 0,
         "message": message,
         "command": {},
         "channel_list_changed": 1 if live.digest != current else 0,
     }
 
 
-async def _status(tx, account_id: int):
+async def _status(tx, account_id: int, seen: int):
+    """The account's status and its newest TV-screen message this session has not been shown."""
     return await tx.fetchone(
-        "SELECT a.active, a.status_reason, m.subject, m.text FROM accounts a"
-        " LEFT JOIN LATERAL (SELECT subject, text FROM account_messages"
-        "  WHERE account_id = a.id AND urgent ORDER BY id DESC LIMIT 1) m ON true"
-        " WHERE a.id = %s", (account_id,))
+        "SELECT a.active, a.status_reason, m.id, m.subject, m.text FROM accounts a"
+        " LEFT JOIN LATERAL (SELECT id, subject, text FROM account_messages"
+        "  WHERE account_id = a.id AND send_message_to_tv_screen AND id > %s"
+        "  ORDER BY id DESC LIMIT 1) m ON true"
+        " WHERE a.id = %s", (seen, account_id))
 
 
 METHODS = {

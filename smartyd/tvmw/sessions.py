@@ -20,8 +20,9 @@ on every instance.  A key this instance has not seen (logged in on another
 instance a moment ago) or whose last use it saw longer than ``ttl`` ago is
 looked up once in the database (one primary-key read) and kept.
 
-A zap costs no password hash and no database write: ``last_seen`` (and the
-channel-list digest of ``AccountStatus``) is written every L{FLUSH_INTERVAL}
+A zap costs no password hash and no database write: ``last_seen`` (and what
+``AccountStatus`` compares against: the channel-list digest and the last
+message shown) is written every L{FLUSH_INTERVAL}
 seconds for all sessions used since, in one statement; the same tick ends the
 sessions idle for longer than ``ttl`` (a DELETE, announced like any other end;
 it waits two flush intervals more, so that a use on another instance just
@@ -82,10 +83,11 @@ class Live:
     """One live session as this instance knows it."""
 
     __slots__ = ("account_id", "customer_id", "abonement", "client_id", "device_uid",
-                 "device", "ip", "last_seen", "digest")
+                 "device", "ip", "last_seen", "digest", "message_seen")
 
     def __init__(self, account_id: int, customer_id: int, abonement: str, client_id: str,
-                 device_uid: str, device: str, ip: str, last_seen: float, digest: str):
+                 device_uid: str, device: str, ip: str, last_seen: float, digest: str,
+                 message_seen: int = 0):
         self.account_id = account_id
         self.customer_id = customer_id
         self.abonement = abonement
@@ -95,12 +97,14 @@ class Live:
         self.ip = ip
         self.last_seen = last_seen
         self.digest = digest
+        self.message_seen = message_seen
 
 
 # -- database ------------------------------------------------------------------------------
 _SELECT = (
     "SELECT s.key_hash, s.account_id, a.customer_id, a.login, s.client_id, s.device_uid,"
-    " s.device, s.ip, extract(epoch FROM s.last_seen)::float8, s.channels_digest"
+    " s.device, s.ip, extract(epoch FROM s.last_seen)::float8, s.channels_digest,"
+    " s.message_seen"
     " FROM tvmw_sessions s JOIN accounts a ON a.id = s.account_id"
 )
 
@@ -141,10 +145,10 @@ async def end_session(tx: Tx, h: bytes) -> bool:
     return tx.rowcount > 0
 
 
-async def flush(tx: Tx, seen: dict[bytes, tuple[float, str | None]], zapped: dict[int, float],
+async def flush(tx: Tx, seen: dict[bytes, Live], zapped: dict[int, float],
                 idle_before: float) -> None:
     """
-    The batched writes: last_seen (and digests) of the sessions used since
+    The batched writes: last_seen (digest, message shown) of the sessions used since
     the last flush, ``accounts.last_active`` of the accounts that got a stream
     URL (at most once an hour, as ``/streams/url`` writes it), and the end of
     the sessions idle since before ``idle_before``.  Rows in key order.
@@ -155,10 +159,11 @@ async def flush(tx: Tx, seen: dict[bytes, tuple[float, str | None]], zapped: dic
         items = sorted(seen.items())
         await tx.execute(
             "UPDATE tvmw_sessions s SET last_seen = greatest(s.last_seen, to_timestamp(v.t)),"
-            " channels_digest = coalesce(v.d, s.channels_digest)"
-            " FROM unnest(%s::bytea[], %s::float8[], %s::text[]) AS v(h, t, d)"
+            " channels_digest = v.d, message_seen = greatest(s.message_seen, v.m)"
+            " FROM unnest(%s::bytea[], %s::float8[], %s::text[], %s::bigint[]) AS v(h, t, d, m)"
             " WHERE s.key_hash = v.h",
-            ([h for h, _ in items], [t for _, (t, _) in items], [d for _, (_, d) in items]))
+            ([h for h, _ in items], [v.last_seen for _, v in items],
+             [v.digest for _, v in items], [v.message_seen for _, v in items]))
     if zapped:
         ids = sorted(zapped)
         await tx.execute(
@@ -190,7 +195,7 @@ class SessionStore(MultiService):
         self.metrics = metrics
         self.on_catalog = on_catalog
         self.sessions: dict[bytes, Live] = {}
-        self._seen: dict[bytes, tuple[float, str | None]] = {}
+        self._seen: dict[bytes, Live] = {}  # used since the last flush
         self._zapped: dict[int, float] = {}
         self._ended: dict[bytes, float] = {}
         self._end_watchers: list[Deferred] = []
@@ -214,18 +219,23 @@ class SessionStore(MultiService):
                 self.sessions.pop(h, None)
                 return None
             _, fresh = _live(row)
-            if live is not None:
-                fresh.digest = live.digest if h in self._seen else fresh.digest
+            if live is not None and h in self._seen:  # not yet written: ours is newer
+                fresh.digest = live.digest
+                fresh.message_seen = max(fresh.message_seen, live.message_seen)
             live = self.sessions[h] = fresh
         live.last_seen = now
-        pending = self._seen.get(h)
-        self._seen[h] = (now, pending[1] if pending else None)
+        self._seen[h] = live
         return live
 
     def note_digest(self, authkey: str, live: Live, digest: str) -> None:
         """The channel list this session was given (written with the next flush)."""
         live.digest = digest
-        self._seen[key_hash(authkey)] = (live.last_seen, digest)
+        self._seen[key_hash(authkey)] = live
+
+    def note_message(self, authkey: str, live: Live, message_id: int) -> None:
+        """The message shown to this session (not shown again; written with the next flush)."""
+        live.message_seen = max(live.message_seen, message_id)
+        self._seen[key_hash(authkey)] = live
 
     def note_zap(self, account_id: int) -> None:
         """A stream URL was minted: the account's last_active moves (in the next flush)."""
@@ -253,6 +263,7 @@ class SessionStore(MultiService):
             mine = self.sessions.get(h)
             if mine is not None and mine.last_seen > live.last_seen:
                 live.last_seen, live.digest = mine.last_seen, mine.digest
+                live.message_seen = max(live.message_seen, mine.message_seen)
             fresh[h] = live
         self.sessions = fresh
         log.info("device sessions loaded: {count}", count=len(fresh))

@@ -6,7 +6,8 @@
 -- is its sha256.  last_seen is written in batches (every few seconds, one
 -- statement), never per request; a session idle for [tvmw] session_ttl ends.
 -- channels_digest: the account's channel set as last listed to this session
--- (AccountStatus's channel_list_changed).
+-- (AccountStatus's channel_list_changed); message_seen: the last account
+-- message AccountStatus showed it (later ones are its new messages).
 CREATE TABLE tvmw_sessions (
     key_hash        bytea PRIMARY KEY CHECK (length(key_hash) = 32),
     account_id      bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
@@ -16,7 +17,8 @@ CREATE TABLE tvmw_sessions (
     ip              text NOT NULL,
     created         timestamptz NOT NULL,
     last_seen       timestamptz NOT NULL,
-    channels_digest text NOT NULL DEFAULT ''
+    channels_digest text NOT NULL DEFAULT '',
+    message_seen    bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX tvmw_sessions_account_idx ON tvmw_sessions (account_id, device_uid);
 CREATE INDEX tvmw_sessions_last_seen_idx ON tvmw_sessions (last_seen);
