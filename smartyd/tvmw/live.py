@@ -60,15 +60,19 @@ def _epoch(value: datetime) -> int:
     return int(value.timestamp())
 
 
-async def _guide(tx, channel_ids: list[int] | None, now: datetime, per_channel: int) -> dict:
-    """The next ``per_channel`` programmes (the one on air first) of each channel."""
-    where = "" if channel_ids is None else " AND channel_id = ANY(%s)"
-    args = (now, now + timedelta(days=2)) + (() if channel_ids is None else (channel_ids,))
+async def _guide(tx, channel_ids: list[int], now: datetime, per_channel: int) -> dict:
+    """
+    The next ``per_channel`` programmes (the one on air first) of each channel:
+    per channel a short walk of the (channel_id, start) key from two days back
+    (the import prunes what ended before).
+    """
     rows = await tx.fetchall(
-        "SELECT channel_id, start, stop, title, description FROM ("
-        " SELECT *, row_number() OVER (PARTITION BY channel_id ORDER BY start) AS n"
-        "  FROM epg_programmes WHERE stop > %s AND start < %s" + where +
-        ") p WHERE n <= %s ORDER BY channel_id, start", args + (per_channel,))
+        "SELECT c.id, p.start, p.stop, p.title, p.description"
+        " FROM unnest(%s::bigint[]) AS c(id) CROSS JOIN LATERAL ("
+        "  SELECT start, stop, title, description FROM epg_programmes"
+        "   WHERE channel_id = c.id AND start > %s AND stop > %s"
+        "   ORDER BY start LIMIT %s) p ORDER BY c.id, p.start",
+        (channel_ids, now - timedelta(days=2), now, per_channel))
     out: dict[int, list] = {}
     for cid, start, stop, title, desc in rows:
         out.setdefault(cid, []).append((start, stop, title, desc))
@@ -98,7 +102,7 @@ async def channel_list(call: Call) -> dict:
         raise TvmwError(1, "no such channel sort")
     catalog = await call.deps["channels"].current()
     watchable = await account_channel_ids(call)
-    guide = await call.db.run_statement(_guide, None, call.now, 2)
+    guide = await call.db.run_statement(_guide, list(catalog.order), call.now, 2)
     channels = []
     for position, cid in enumerate(catalog.order, start=1):
         ch = catalog.channels[cid]
