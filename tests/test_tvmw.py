@@ -746,3 +746,46 @@ async def test_a_device_without_uid_keeps_the_one_made_up_for_it(instance, world
     assert await db.fetchval("SELECT count(*) FROM devices WHERE uid LIKE 'gen-%%'") == 0
     # Another app without the cookie is another device: past the limit.
     assert (await Device(in_memory_client(instance.app.root)).login())["error"] == 5
+
+
+# -- the XML answer, property-tested -------------------------------------------------------------
+from hypothesis import given, strategies as st  # noqa: E402
+
+_TEXT = st.text(max_size=30)
+_KEYS = st.one_of(st.sampled_from(["id", "name", "error", "item", "program_name"]), _TEXT)
+_VALUES = st.recursive(
+    st.one_of(_TEXT, st.integers(), st.booleans(), st.none()),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=20)
+
+
+def _readable(text: str) -> str:
+    return "".join(c for c in text if c in "\t\n\r" or (" " <= c and c not in "\ufffe\uffff"
+                                                         and not "\ud800" <= c <= "\udfff"))
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5))
+def test_any_answer_is_well_formed_xml_with_its_text_intact(answer):
+    from smartyd.tvmw.web import to_xml
+
+    root = parse_untrusted_xml(to_xml(answer))
+    assert root.tag == "rss"
+
+    def check(element, value):
+        if isinstance(value, dict):
+            children = list(element)
+            assert len(children) == len(value)
+            for child, (key, item) in zip(children, value.items()):
+                assert child.tag == key or child.get("name") == _readable(key)
+                check(child, item)
+        elif isinstance(value, list):
+            assert [c.tag for c in element] == ["item"] * len(value)
+            for child, item in zip(element, value):
+                check(child, item)
+        else:
+            expected = {True: "1", False: "0", None: ""}.get(value, value) \
+                if isinstance(value, (bool, type(None))) else str(value)
+            assert (element.text or "") == _readable(expected)
+
+    check(root, answer)

@@ -41,6 +41,7 @@ drops the query string): authkeys and passwords travel in it.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -114,10 +115,18 @@ def _xml_text(value: Any) -> str:
                                                             and not "\ud800" <= c <= "\udfff"))
 
 
+_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
 def _xml_fill(element, value: Any) -> None:
     if isinstance(value, Mapping):
         for key, item in value.items():
-            _xml_fill(etree.SubElement(element, str(key)), item)
+            key = str(key)
+            if _XML_NAME.match(key) and not key.lower().startswith("xml"):
+                child = etree.SubElement(element, key)
+            else:  # not an element name (e.g. a parameter name a device sent)
+                child = etree.SubElement(element, "item", name=_xml_text(key))
+            _xml_fill(child, item)
     elif isinstance(value, (list, tuple)):
         for item in value:
             _xml_fill(etree.SubElement(element, "item"), item)
