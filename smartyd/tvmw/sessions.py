@@ -6,7 +6,9 @@ An authkey is 128 random bits written as 32 lowercase hex digits.  Only its
 sha256 is stored (``tvmw_sessions``, migration 0015), with the account, the
 device's uid and type, the address it logged in from, and when it was
 created and last seen.  So a session works on every instance and survives a
-restart, and a copy of the database holds no usable key.
+restart, and a copy of the database holds no usable key.  Keys are looked up
+by that hash (in memory and in the table), never compared as text, so the
+time a lookup takes says nothing about the key.
 
 Validating a key is memory: L{SessionStore} keeps every live session of the
 database in a dict by key hash, loaded when its notification connection comes
