@@ -74,6 +74,7 @@ async def create_tariff(
     tx: Tx, name: str, price: object, channel_ids: list[int] = (), kind: str = "tv",
     period_days: int = 30, hidden: bool = False, *, period_months: int | None = None,
     activation_price: object = "0", additional: bool = False, sessions: int | None = None,
+    devices: int | None = None,
 ) -> dict:
     """
     A tariff charged ``price`` per period: ``period_days`` days, or
@@ -111,6 +112,12 @@ async def create_tariff(
         await tx.execute("UPDATE tariffs SET sessions_count = %s WHERE id = %s",
                          (sessions, tariff["id"]))
         tariff["sessions"] = sessions
+    if devices is not None:
+        if devices < 1:
+            raise CatalogError("devices must be at least 1 (leave it out for no limit)")
+        await tx.execute("UPDATE tariffs SET devices_count = %s WHERE id = %s",
+                         (devices, tariff["id"]))
+        tariff["devices"] = devices
     tariff["channels"] = list(channel_ids)
     return _tariff_json(tariff)
 

@@ -47,6 +47,7 @@ from smartyd.db.embedded import EmbeddedCluster, EmbeddedError
 from smartyd.db.migrate import current_version, migrate
 from smartyd.metrics import Metrics
 from smartyd.partners import HTTPClientService
+from smartyd.tvmw import devices as tvmw_devices
 from smartyd.widgets import repo as widgets_repo
 from smartyd.wiring import App, build_app, needs_http_client
 
@@ -84,9 +85,17 @@ def _parser() -> argparse.ArgumentParser:
             a.add_argument("id", type=int)
         if action != "show":
             a.add_argument("--reason", help="status_reason (default BLOCK / ACTIVE)")
-    a = acc.add_parser("limit", help="the account's own concurrent-session limit")
+    a = acc.add_parser("limit", help="the account's own limits of sessions and devices")
     a.add_argument("id", type=int)
-    a.add_argument("--sessions", type=int, required=True, help="0 clears (tariffs decide)")
+    a.add_argument("--sessions", type=int, help="concurrent streams; 0 clears (tariffs decide)")
+    a.add_argument("--devices", type=int,
+                   help="devices in session on the TV Middleware API; 0 clears (tariffs decide)")
+    a = acc.add_parser("devices", help="the devices bound to the account")
+    a.add_argument("id", type=int)
+
+    dev = sub.add_parser("device", help="devices").add_subparsers(dest="action", required=True)
+    a = dev.add_parser("unbind", help="free a device from its account (its sessions end)")
+    a.add_argument("uid")
 
     ch = sub.add_parser("channel", help="channels").add_subparsers(dest="action", required=True)
     c = ch.add_parser("create")
@@ -94,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--url-mask", required=True)
     c.add_argument("--streamer-id", help="the streamer's own channel id (Astra X-Channel-ID)")
     c.add_argument("--xmltv-id", help="the channel's id in the XMLTV guide ([epg] xmltv_url)")
+    c.add_argument("--category", help="the channel's category (created when new)")
 
     tr = sub.add_parser("tariff", help="tariffs").add_subparsers(dest="action", required=True)
     c = tr.add_parser("create")
@@ -108,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--additional", action="store_true", help="an additional (not basic) tariff")
     c.add_argument("--hidden", action="store_true")
     c.add_argument("--sessions", type=int, help="concurrent sessions allowed (default: no limit)")
+    c.add_argument("--devices", type=int,
+                   help="devices in session at once on the TV Middleware API (default: no limit)")
     for action in ("assign", "remove"):
         a = tr.add_parser(action)
         a.add_argument("--customer", type=int, help="the customer's tariff (all its accounts)")
@@ -195,7 +207,20 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
 
         return await db.run(show)
     if args.action == "limit":
-        return await db.run(catalog.set_account_sessions, args.id, args.sessions)
+        if args.sessions is None and args.devices is None:
+            raise AdminError("account limit ID --sessions N and/or --devices N")
+
+        async def limit(tx):
+            out = {"account": args.id}
+            if args.sessions is not None:
+                out.update(await catalog.set_account_sessions(tx, args.id, args.sessions))
+            if args.devices is not None:
+                out.update(await tvmw_devices.set_account_devices(tx, args.id, args.devices))
+            return out
+
+        return await db.run(limit)
+    if args.action == "devices":
+        return await db.run(tvmw_devices.account_devices, args.id)
     # A block is the operator's: a payment never lifts it (only DEBT is lifted).
     active = args.action == "unblock"
     reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
@@ -210,6 +235,10 @@ async def cmd_channel(db: Database, args) -> dict:
         if args.xmltv_id is not None:
             await widgets_repo.set_xmltv_id(tx, channel["id"], args.xmltv_id)
             channel["xmltv_id"] = args.xmltv_id
+        if args.category is not None:
+            channel["category_id"] = await tvmw_devices.category_id(tx, args.category)
+            await tx.execute("UPDATE channels SET category_id = %s WHERE id = %s",
+                             (channel["category_id"], channel["id"]))
         return channel
 
     return await db.run(create)
@@ -221,7 +250,7 @@ async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
             catalog.create_tariff, args.name, args.price, args.channel, args.kind,
             args.period_days, args.hidden, period_months=args.period_months,
             activation_price=args.activation_price, additional=args.additional,
-            sessions=args.sessions,
+            sessions=args.sessions, devices=args.devices,
         )
     if args.customer is None:
         if len(args.ids) != 2:
@@ -236,6 +265,10 @@ async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
     out = await db.run(op, cfg.billing, account, tariff, customer_id=args.customer, at=at)
     return {"account": account, "customer": args.customer, "tariff": tariff,
             "action": args.action, **out}
+
+
+async def cmd_device(db: Database, args) -> dict:
+    return await db.run(tvmw_devices.unbind, args.uid)
 
 
 async def cmd_payment(db: Database, args) -> dict:
@@ -255,6 +288,7 @@ DB_COMMANDS = {
     "migrate": cmd_migrate,
     "channel": cmd_channel,
     "payment": cmd_payment,
+    "device": cmd_device,
 }
 # Commands that need the configuration ([billing]), the reactor's clock and the app.
 EXTENSION_COMMANDS.update(account=cmd_account, tariff=cmd_tariff)
