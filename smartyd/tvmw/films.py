@@ -105,7 +105,7 @@ def _svod_tariffs(call: Call, provider: str) -> set[int]:
 
 
 def _providers(call: Call, code: int) -> list[str]:
-    """The enabled cinemas the call's ``provider`` / ``provider_id`` / ``video_provider_id`` keep."""
+    """The enabled cinemas that ``provider``, ``provider_id``, ``video_provider_id`` keep."""
     enabled = _enabled(call)
     wanted = None
     name = text(call.params, "provider", code, 64)
