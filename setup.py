@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.11",
     package_dir={"": "."},
     packages=find_packages(include=["smartyd", "smartyd.*"]) + ["twisted.plugins"],
-    package_data={"smartyd.db": ["migrations/*.sql"]},
+    package_data={"smartyd.db": ["migrations/*.sql"], "smartyd.tvmw": ["spec_methods.json"]},
     install_requires=[
         "twisted>=24.3",
         "treq>=23.11",

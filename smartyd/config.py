@@ -545,6 +545,83 @@ class EPG:
     sync_interval: int = _c(integer(60, 7 * 86400), 3600)
 
 
+# -- [tvmw]: the TV Middleware API for devices (DESIGN §11) ------------------------------
+@frozen
+class TvmwClient:
+    """
+    One operator as the device apps name it: ``client_id`` and ``api_key``
+    (sent by ``Login``); ``shared = true``: its devices may log in any
+    account, else only accounts of customers the client created through the
+    Billing API (``customers.client_id``), as in ``[billing_api]``.
+    """
+
+    client_id: str
+    api_key: str = field(repr=False)
+    shared: bool = False
+
+
+_TVMW_CLIENT_KEYS = {"client_id", "api_key", "shared"}
+
+
+def tvmw_clients(v: Any) -> tuple[TvmwClient, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise ValueError("expected a list of tables {client_id, api_key, shared}")
+    out, seen = [], set()
+    for i, raw in enumerate(v):
+        unknown = set(raw) - _TVMW_CLIENT_KEYS
+        if unknown:
+            raise ValueError(f"entry {i}: unknown key {sorted(unknown)[0]}")
+        cid = raw.get("client_id")
+        if isinstance(cid, int) and not isinstance(cid, bool):
+            cid = str(cid)
+        try:
+            cid = string(cid if cid is not None else "")
+            key = string(raw.get("api_key", ""))
+            shared = boolean(raw.get("shared", False))
+        except ValueError as e:
+            raise ValueError(f"entry {i}: {e}")
+        if not cid or len(cid) > 64 or not cid.isprintable() or cid != cid.strip():
+            raise ValueError(f"entry {i}: client_id must be 1-64 printable characters")
+        if not key:
+            raise ValueError(f"entry {i}: api_key is empty")
+        if cid in seen:
+            raise ValueError(f"entry {i}: client_id {cid!r} appears twice")
+        seen.add(cid)
+        out.append(TvmwClient(cid, key, shared))
+    return tuple(out)
+
+
+_DEVICE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+
+
+def device_types(v: Any) -> tuple[str, ...]:
+    out = string_list(v)
+    for item in out:
+        if not _DEVICE_RE.match(item):
+            raise ValueError(f"not a device type like android_stb: {item!r}")
+    return out
+
+
+#: The set-top box types answered in XML by default (Smarty's system names).
+XML_DEVICES = ("android_stb", "mag", "dune", "eltex", "tvip", "stb")
+
+
+@frozen
+class Tvmw:
+    """
+    Smarty's TV Middleware API (``/tvmiddleware/api/<method>/``) for
+    set-top boxes, Smart TVs and apps: sessions idle for ``session_ttl``
+    seconds end; ``login_by_device``: a bound device_uid logs in alone;
+    ``xml_devices``: the ``device`` types answered in XML.
+    """
+
+    enabled: bool = _c(boolean, False)
+    clients: tuple = _c(tvmw_clients, (), secret=True)
+    session_ttl: int = _c(integer(60, 366 * 86400), 30 * 86400)
+    login_by_device: bool = _c(boolean, False)
+    xml_devices: tuple = _c(device_types, XML_DEVICES)
+
+
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -562,6 +639,7 @@ _SECTIONS = {
     "billing_api": BillingAPI,
     "widgets": Widgets,
     "epg": EPG,
+    "tvmw": Tvmw,
 }
 
 
@@ -583,6 +661,7 @@ class Config:
     billing_api: BillingAPI = BillingAPI()
     widgets: Widgets = Widgets()
     epg: EPG = EPG()
+    tvmw: Tvmw = Tvmw()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":
@@ -656,6 +735,8 @@ def _cross_check(name: str, s: Any) -> None:
         _required(name, s, "api_url", "plf", "secret", "tvzavr_tariff_id",
                   "subscription_tariff_id", "catalog_tariff_id")
     if name == "billing_api" and s.enabled:
+        _required(name, s, "clients")
+    if name == "tvmw" and s.enabled:
         _required(name, s, "clients")
     if name == "widgets" and s.enabled:
         # No origin named: no site could frame them; say so rather than serve nothing.

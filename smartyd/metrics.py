@@ -32,6 +32,15 @@ class Metrics:
             "smartyd_billing_api_answers", "Billing API answers by method and error code",
             ["method", "error"], registry=r,
         )
+        self.tvmw_answers = Counter(
+            "smartyd_tvmw_answers", "TV Middleware API answers by method and error code",
+            ["method", "error"], registry=r,
+        )
+        self.tvmw_login_failures = Counter(
+            "smartyd_tvmw_login_failures",
+            "TV Middleware logins refused: bad credentials, or rate-limited before checking",
+            ["reason"], registry=r,
+        )
         self.osmp_refused = Counter(
             "smartyd_osmp_refused_requests", "OSMP requests refused before the protocol (403/401)",
             ["reason"], registry=r,

@@ -42,6 +42,7 @@ from smartyd.osmp import make_osmp
 from smartyd.partners import HTTPClientService
 from smartyd.payments import Payments
 from smartyd.streams import make_streams
+from smartyd.tvmw import make_tvmw
 from smartyd.util.backoff import Backoff
 from smartyd.vod import enabled as vod_enabled, make_vod
 from smartyd.widgets import make_epg, make_widgets
@@ -135,6 +136,12 @@ def build_app(
     if cfg.epg.xmltv_url:
         features["epg"] = make_epg(cfg, db=db, client=http_client, clock=reactor,
                                    metrics=metrics)
+
+    if cfg.tvmw.enabled:
+        features["tvmw"] = make_tvmw(
+            cfg, db=db, reactor=reactor, metrics=metrics,
+            entitlements=features["streams"].handle,
+            features={name: f.handle for name, f in features.items() if f.handle is not None})
 
     # The billing is the core, not an optional feature: always built (its
     # charging job only in the charging modes), kept out of ``features`` and

@@ -144,6 +144,31 @@ def stream_url(mask: str, token: str, account: int, channel: str, ip: str, expir
     )
 
 
+@frozen
+class Minted:
+    url: str
+    token: str
+    expires: int
+
+
+def mint_stream(codec: TokenCodec, channel: dict, account_id: int, ip: str, now: float,
+                ttl: int, metrics: Any = None) -> Minted:
+    """
+    A stream URL for a granted ``channel`` (id, name, url_mask): a fresh
+    token valid ``ttl`` seconds from ``now``, bound to ``ip`` when the codec
+    binds.  The one way a stream URL is made (``POST /streams/url`` and the
+    device API's ChannelUrl).  Raises ValueError when ``ip`` is not an address.
+    """
+    expires = int(now) + ttl
+    token = codec.mint(account_id, channel["id"], expires, ip=ip)
+    if metrics is not None:
+        metrics.tokens_minted.inc()
+    log.debug("stream URL minted for account {account} channel {channel}",
+              account=account_id, channel=channel["name"])
+    url = stream_url(channel["url_mask"], token, account_id, channel["name"], ip, expires)
+    return Minted(url, token, expires)
+
+
 # -- the app --------------------------------------------------------------------------------
 class StreamsApp:
     """The Klein app of ``/streams/*``."""
@@ -186,20 +211,14 @@ class StreamsApp:
         if channel is None:
             return self._refuse(request, reason, account.id, mint.channel)
         ip = mint.ip or client_ip(request, self.trusted_proxies)
-        expires = int(self.clock.seconds()) + self.ttl
         try:
-            token = self.codec.mint(account.id, channel["id"], expires, ip=ip)
+            minted = mint_stream(self.codec, channel, account.id, ip, self.clock.seconds(),
+                                 self.ttl, self.metrics)
         except ValueError:
             # The caller's own address is not an IP (a Unix socket peer).
             raise BadRequest("ip is required")
-        self.metrics.tokens_minted.inc()
-        log.debug(
-            "stream URL minted for account {account} channel {channel}",
-            account=account.id,
-            channel=channel["name"],
-        )
-        url = stream_url(channel["url_mask"], token, account.id, channel["name"], ip, expires)
-        return json_body(request, 200, {"url": url, "token": token, "expires": expires})
+        return json_body(request, 200, {"url": minted.url, "token": minted.token,
+                                        "expires": minted.expires})
 
     async def _authenticate(self, mint: MintRequest) -> ledger.Account | None:
         if mint.uid is not None:

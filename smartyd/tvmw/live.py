@@ -1,0 +1,271 @@
+"""
+Live TV: ``ChannelList``, ``CategoryList``, ``ChannelDetail``, ``ChannelUrl``,
+``ChannelPrograms``, ``ProgramList``.
+
+What an account may watch comes from the stream-token checker's own
+entitlement snapshot (L{smartyd.streams.entitlements}): ChannelUrl grants
+exactly what the token check will allow, and a zap reads no row -- the
+session, the snapshot and the channel catalog are memory, the token is
+minted by L{smartyd.streams.web.mint_stream}, the one minting path of
+``POST /streams/url``, for the caller's address.  Until the snapshot has
+loaded, the grant is read from the database as ``/streams/url`` does.
+
+The guide is the XMLTV import (``epg_programmes``, L{smartyd.widgets.epg}).
+A programme has no id of its own there (its key is channel + start): its
+``id`` here is its start as a Unix time, unique within its channel, which is
+what ``pid_from`` takes back.
+
+ChannelList lists every channel of the catalog, ``has_subscription`` 1 for
+those the account's active tariffs carry (a device shows the others locked,
+with ChannelDetail's ``subscribe`` actions).  Fields smartyd has no data for
+(icons, archive, parental control, timeshift) answer empty / 0.
+
+Error codes where the spec names none for the case: an unknown ``cid``
+answers 1 with ``error_messages``; a channel the account may not watch now
+(no active tariff carries it, or the account was blocked a moment ago)
+answers ChannelUrl's error 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta, timezone
+
+from smartyd import catalog as core_catalog
+from smartyd.streams.entitlements import OK as ENTITLED
+from smartyd.streams.web import grant, mint_stream
+from smartyd.tvmw import params as P
+from smartyd.tvmw.call import Call
+from smartyd.tvmw.errors import TvmwError
+
+NOT_WATCHABLE = 2
+MAX_PROGRAMS = 500
+
+
+async def account_channel_ids(call: Call) -> frozenset:
+    snapshot = call.deps["entitlements"].snapshot
+    if snapshot is not None:
+        ids = snapshot.channels_of(call.session.account_id)
+        return ids if ids is not None else frozenset()
+    return frozenset(await call.db.run(core_catalog.account_channels, call.session.account_id))
+
+
+async def channels_digest(call: Call) -> str:
+    ids = await account_channel_ids(call)
+    return hashlib.blake2b(",".join(map(str, sorted(ids))).encode(),
+                           digest_size=8).hexdigest()
+
+
+def _epoch(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+async def _guide(tx, channel_ids: list[int] | None, now: datetime, per_channel: int) -> dict:
+    """The next ``per_channel`` programmes (the one on air first) of each channel."""
+    where = "" if channel_ids is None else " AND channel_id = ANY(%s)"
+    args = (now, now + timedelta(days=2)) + (() if channel_ids is None else (channel_ids,))
+    rows = await tx.fetchall(
+        "SELECT channel_id, start, stop, title, description FROM ("
+        " SELECT *, row_number() OVER (PARTITION BY channel_id ORDER BY start) AS n"
+        "  FROM epg_programmes WHERE stop > %s AND start < %s" + where +
+        ") p WHERE n <= %s ORDER BY channel_id, start", args + (per_channel,))
+    out: dict[int, list] = {}
+    for cid, start, stop, title, desc in rows:
+        out.setdefault(cid, []).append((start, stop, title, desc))
+    return out
+
+
+def _programme_fields(prefix: str, p: tuple | None, compact: bool) -> dict:
+    if p is None:
+        out = {f"{prefix}id": 0, f"{prefix}name": "", f"{prefix}begin_time": 0,
+               f"{prefix}end_time": 0}
+        if not compact:
+            out[f"{prefix}description"] = ""
+        return out
+    start, stop, title, desc = p
+    out = {f"{prefix}id": _epoch(start), f"{prefix}name": title,
+           f"{prefix}begin_time": _epoch(start), f"{prefix}end_time": _epoch(stop)}
+    if not compact:
+        out[f"{prefix}description"] = desc
+    return out
+
+
+async def channel_list(call: Call) -> dict:
+    p = call.params
+    compact = bool(P.flag(p, "compact"))
+    search = P.text(p, "search", max_len=64).casefold()
+    if P.integer(p, "channel_sort_id") is not None:
+        raise TvmwError(1, "no such channel sort")
+    catalog = await call.deps["channels"].current()
+    watchable = await account_channel_ids(call)
+    guide = await call.db.run_statement(_guide, None, call.now, 2)
+    channels = []
+    for position, cid in enumerate(catalog.order, start=1):
+        ch = catalog.channels[cid]
+        if search and search not in ch["name"].casefold():
+            continue
+        programmes = guide.get(cid, [])
+        on_air = programmes[0] if programmes and programmes[0][0] <= call.now else None
+        following = programmes[1] if on_air is not None and len(programmes) > 1 else (
+            programmes[0] if programmes and on_air is None else None)
+        item = {
+            "id": cid, "name": ch["name"], "icon": "", "category_id": ch["category_id"] or 0,
+            "url": "", "has_record": 0, "max_archive_duration": 0, "is_hidden": 0,
+            "is_favorited": 0, "has_subscription": 1 if cid in watchable else 0,
+            "is_parent_control": 0, "timeshift_offset": 0, "channel_sort": position,
+        }
+        item.update(_programme_fields("program_", on_air, compact))
+        if not compact:
+            item.update(_programme_fields("next_program_", following, False))
+        channels.append(item)
+    digest = hashlib.blake2b(",".join(map(str, sorted(watchable))).encode(),
+                             digest_size=8).hexdigest()
+    call.deps["sessions"].note_digest(call.deps["authkey"], call.deps["live"], digest)
+    return {"channels": channels}
+
+
+async def category_list(call: Call) -> dict:
+    catalog = await call.deps["channels"].current()
+    counts: dict[int, int] = {}
+    for ch in catalog.channels.values():
+        if ch["category_id"] is not None:
+            counts[ch["category_id"]] = counts.get(ch["category_id"], 0) + 1
+    return {"categories": [
+        {"id": c["id"], "name": c["name"], "color": c["color"], "channels_count": counts.get(
+            c["id"], 0)} for c in catalog.categories]}
+
+
+async def _channel(call: Call) -> dict:
+    cid = P.required_integer(call.params, "cid", lo=1)
+    catalog = await call.deps["channels"].current()
+    ch = catalog.channels.get(cid)
+    if ch is None:
+        raise TvmwError(1, "no such channel", error_messages={"cid": "no such channel"})
+    return ch
+
+
+async def _actions(tx, account_id: int, channel_id: int) -> list[tuple]:
+    return await tx.fetchall(
+        "SELECT t.id, t.name, t.price, t.activation_price, EXISTS ("
+        "  SELECT 1 FROM accounts a JOIN subscriptions s ON s.customer_id = a.customer_id"
+        "   AND (s.account_id IS NULL OR s.account_id = a.id) AND s.state = 'active'"
+        "  WHERE a.id = %s AND s.tariff_id = t.id)"
+        " FROM tariffs t JOIN tariff_channels tc ON tc.tariff_id = t.id"
+        " WHERE tc.channel_id = %s AND NOT t.hidden ORDER BY t.price, t.id",
+        (account_id, channel_id))
+
+
+async def channel_detail(call: Call) -> dict:
+    ch = await _channel(call)
+    P.flag(call.params, "show_virtual_tariffs")
+    rows = await call.db.run_statement(_actions, call.session.account_id, ch["id"])
+    actions = [{
+        "action": "get_channel_url" if has else "subscribe",
+        "tariff_id": tid, "is_virtual": 0, "caption": name, "price": price,
+        "periodical": True, "activation_price": activation,
+    } for tid, name, price, activation, has in rows]
+    return {"id": ch["id"], "name": ch["name"], "actions": actions}
+
+
+async def channel_url(call: Call) -> dict:
+    ch = await _channel(call)
+    P.flag(call.params, "redirect", default=1)
+    account_id = call.session.account_id
+    snapshot = call.deps["entitlements"].snapshot
+    if snapshot is not None:
+        ok = snapshot.entitlement(account_id, ch["id"]) == ENTITLED
+    else:
+        reason, _ = await call.db.run(grant, account_id, str(ch["id"]))
+        ok = reason == "ok"
+    if not ok:
+        raise TvmwError(NOT_WATCHABLE, "the channel is not available to the account")
+    try:
+        minted = mint_stream(call.deps["codec"], ch, account_id, call.ip,
+                             call.reactor.seconds(), call.cfg.tokens.ttl, call.metrics)
+    except ValueError:
+        raise TvmwError(1, "the caller has no IP address")
+    call.deps["sessions"].note_zap(account_id)
+    return {"uri": minted.url}
+
+
+async def channel_programs(call: Call) -> dict:
+    ch = await _channel(call)
+    limit = P.integer(call.params, "limit", default=6, lo=1, hi=100)
+    compact = bool(P.flag(call.params, "compact"))
+    guide = await call.db.run_statement(_guide, [ch["id"]], call.now, limit)
+    programs = []
+    for start, stop, title, desc in guide.get(ch["id"], []):
+        item = {"id": _epoch(start), "program_name": title, "program_begin_time": _epoch(start),
+                "program_end_time": _epoch(stop), "program_preview_url": "",
+                "program_rating": 0}
+        if not compact:
+            item.update(program_category="", program_description=desc,
+                        datetime_begin=_epoch(start), datetime_end=_epoch(stop))
+        programs.append(item)
+    return {"programs": programs}
+
+
+def _day(raw: str) -> datetime:
+    for fmt in ("%Y-%m-%d", "%d.%m.%Y", "%d-%m-%Y"):
+        try:
+            return datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    raise P.bad("date", "must be a day like 2026-01-31")
+
+
+async def _programmes(tx, channel_id: int, since: datetime, until: datetime) -> list[tuple]:
+    return await tx.fetchall(
+        "SELECT start, stop, title, description FROM epg_programmes"
+        " WHERE channel_id = %s AND stop > %s AND start < %s ORDER BY start LIMIT %s",
+        (channel_id, since, until, MAX_PROGRAMS))
+
+
+async def program_list(call: Call) -> dict:
+    ch = await _channel(call)
+    p = call.params
+    if P.flag(p, "is_camera"):
+        raise P.bad("is_camera", "cameras are not served")
+    lo, hi = 0, 2**40
+    time_from = P.integer(p, "time_from", lo=lo, hi=hi)
+    time_to = P.integer(p, "time_to", lo=lo, hi=hi)
+    pid_from = P.integer(p, "pid_from", lo=lo, hi=hi)
+    date = P.text(p, "date", max_len=10)
+    if date:
+        since = _day(date)
+        until = since + timedelta(days=1)
+    else:
+        day_start = call.now.replace(hour=0, minute=0, second=0, microsecond=0)
+        since = datetime.fromtimestamp(time_from, timezone.utc) if time_from is not None \
+            else day_start
+        until = datetime.fromtimestamp(time_to, timezone.utc) if time_to is not None \
+            else since + timedelta(days=1)
+    if pid_from is not None:
+        start = datetime.fromtimestamp(pid_from, timezone.utc)
+        found = await call.db.run_statement(_programmes, ch["id"], start, start + timedelta(
+            seconds=1))
+        if not found or found[0][0] != start:
+            raise TvmwError(1, "no programme with that pid_from")
+        since = start
+        until = max(until, start + timedelta(days=1))
+    if until <= since:
+        raise P.bad("time_to", "must be after time_from")
+    watchable = ch["id"] in await account_channel_ids(call)
+    rows = await call.db.run_statement(_programmes, ch["id"], since, until)
+    return {"programs": [{
+        "id": _epoch(start), "begin_time": _epoch(start), "end_time": _epoch(stop),
+        "name": title, "short_name": title, "description": desc, "category": "",
+        "preview": "", "rating": 0, "url": "", "has_record": 0,
+        "has_subscription": 1 if watchable else 0, "position": 0, "blocked": 0,
+    } for start, stop, title, desc in rows]}
+
+
+METHODS = {
+    "channel/list": channel_list,
+    "category/list": category_list,
+    "channel/detail": channel_detail,
+    "channel/url": channel_url,
+    "channel/programs": channel_programs,
+    "program/list": program_list,
+}
+REDIRECTS = {"channel/url": "uri"}

@@ -1,0 +1,59 @@
+"""
+Reading a method's query parameters: the spec's parameter error, never a 500.
+
+A bad or missing parameter raises L{TvmwError} with the method's code for it
+(``code``; 1 unless the spec names another) and ``error_messages``:
+``{"<name>": "<why>"}``, as the spec's methods with parameter errors answer.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from smartyd.tvmw.errors import TvmwError
+
+#: Values longer than this are refused (the web layer refuses them first).
+MAX_VALUE = 1024
+#: The largest integer a parameter may carry (PostgreSQL bigint).
+MAX_INT = 2**63 - 1
+
+
+def bad(name: str, why: str, code: int = 1) -> TvmwError:
+    return TvmwError(code, f"bad parameter {name}: {why}", error_messages={name: why})
+
+
+def integer(params: Mapping[str, str], name: str, *, default: int | None = None,
+            lo: int = 0, hi: int = MAX_INT, code: int = 1) -> int | None:
+    """An integer parameter in [lo, hi]; ``default`` when absent or empty."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 20:
+        raise bad(name, "must be an integer", code)
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise bad(name, f"must be between {lo} and {hi}", code)
+    return value
+
+
+def required_integer(params: Mapping[str, str], name: str, *, lo: int = 0, hi: int = MAX_INT,
+                     code: int = 1) -> int:
+    value = integer(params, name, lo=lo, hi=hi, code=code)
+    if value is None:
+        raise bad(name, "is required", code)
+    return value
+
+
+def flag(params: Mapping[str, str], name: str, default: int = 0, code: int = 1) -> int:
+    """A 0/1 flag."""
+    return integer(params, name, default=default, lo=0, hi=1, code=code)
+
+
+def text(params: Mapping[str, str], name: str, *, default: str = "", max_len: int = 256,
+         code: int = 1) -> str:
+    raw = params.get(name)
+    if raw is None:
+        return default
+    if len(raw) > max_len or not raw.isprintable():
+        raise bad(name, f"must be at most {max_len} printable characters", code)
+    return raw

@@ -1,0 +1,346 @@
+"""
+Device sessions: the ``authkey`` a device gets from ``Login`` and sends with
+every call.
+
+An authkey is 128 random bits written as 32 lowercase hex digits.  Only its
+sha256 is stored (``tvmw_sessions``, migration 0015), with the account, the
+device's uid and type, the address it logged in from, and when it was
+created and last seen.  So a session works on every instance and survives a
+restart, and a copy of the database holds no usable key.
+
+Validating a key is memory: L{SessionStore} keeps every live session of the
+database in a dict by key hash, loaded when its notification connection comes
+up and kept current by ``NOTIFY smartyd_tvmw`` (payload: the ended key's hash),
+which the table's delete trigger sends.  Sessions end in the database only --
+``Logout``, the idle sweep, and the trigger on ``accounts`` that deletes an
+account's sessions when its password changes, when it is deactivated
+(blocked, DEBT, deleted) or moves to another customer -- so every path that
+changes an account (CLI, widgets, Billing API, console, charging) ends them
+on every instance.  A key this instance has not seen (logged in on another
+instance a moment ago) or whose last use it saw longer than ``ttl`` ago is
+looked up once in the database (one primary-key read) and kept.
+
+A zap costs no password hash and no database write: ``last_seen`` (and the
+channel-list digest of ``AccountStatus``) is written every L{FLUSH_INTERVAL}
+seconds for all sessions used since, in one statement; the same tick ends the
+sessions idle for longer than ``ttl`` (a DELETE, announced like any other end).
+
+The same notification connection carries ``smartyd_entitlements``, on which
+the channel catalog (L{ChannelCache}) reloads when channels or their
+categories change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from smartyd.db import Database, Tx
+from smartyd.db.listen import Listener
+from smartyd.streams.entitlements import CHANNEL as ENTITLEMENTS_CHANNEL
+from smartyd.util.text import one_line
+
+log = Logger()
+
+CHANNEL = "smartyd_tvmw"
+#: Seconds between the batched writes of last_seen (and the idle sweep).
+FLUSH_INTERVAL = 5.0
+#: Seconds a key ended by a notification is kept from being re-read from the
+#: database (a lookup in flight may have read it before the delete committed).
+ENDED_MEMORY = 120.0
+_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def new_authkey() -> str:
+    """A fresh authkey: 128 random bits, 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def key_hash(authkey: str) -> bytes:
+    return hashlib.sha256(authkey.encode("ascii")).digest()
+
+
+def well_formed(authkey: str | None) -> bool:
+    return bool(authkey) and _KEY_RE.match(authkey) is not None
+
+
+def ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
+class Live:
+    """One live session as this instance knows it."""
+
+    __slots__ = ("account_id", "customer_id", "abonement", "client_id", "device_uid",
+                 "device", "ip", "last_seen", "digest")
+
+    def __init__(self, account_id: int, customer_id: int, abonement: str, client_id: str,
+                 device_uid: str, device: str, ip: str, last_seen: float, digest: str):
+        self.account_id = account_id
+        self.customer_id = customer_id
+        self.abonement = abonement
+        self.client_id = client_id
+        self.device_uid = device_uid
+        self.device = device
+        self.ip = ip
+        self.last_seen = last_seen
+        self.digest = digest
+
+
+# -- database ------------------------------------------------------------------------------
+_SELECT = (
+    "SELECT s.key_hash, s.account_id, a.customer_id, a.login, s.client_id, s.device_uid,"
+    " s.device, s.ip, extract(epoch FROM s.last_seen)::float8, s.channels_digest"
+    " FROM tvmw_sessions s JOIN accounts a ON a.id = s.account_id"
+)
+
+
+def _live(row: tuple) -> tuple[bytes, Live]:
+    return bytes(row[0]), Live(*row[1:])
+
+
+async def load_sessions(tx: Tx, since: float) -> list[tuple]:
+    return await tx.fetchall(_SELECT + " WHERE s.last_seen > %s", (ts(since),))
+
+
+async def fetch_session(tx: Tx, h: bytes, since: float) -> tuple | None:
+    return await tx.fetchone(_SELECT + " WHERE s.key_hash = %s AND s.last_seen > %s",
+                             (h, ts(since)))
+
+
+async def insert_session(tx: Tx, h: bytes, account_id: int, client_id: str, device_uid: str,
+                         device: str, ip: str, now: float) -> None:
+    """A new session; the device's earlier sessions on this account end."""
+    await tx.execute("DELETE FROM tvmw_sessions WHERE account_id = %s AND device_uid = %s",
+                     (account_id, device_uid))
+    await tx.execute(
+        "INSERT INTO tvmw_sessions (key_hash, account_id, client_id, device_uid, device, ip,"
+        " created, last_seen) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (h, account_id, client_id, device_uid, device, ip, ts(now), ts(now)))
+
+
+async def devices_in_session(tx: Tx, account_id: int, since: float, other_than: str) -> int:
+    return await tx.fetchval(
+        "SELECT count(DISTINCT device_uid) FROM tvmw_sessions"
+        " WHERE account_id = %s AND last_seen > %s AND device_uid <> %s",
+        (account_id, ts(since), other_than))
+
+
+async def end_session(tx: Tx, h: bytes) -> bool:
+    await tx.execute("DELETE FROM tvmw_sessions WHERE key_hash = %s", (h,))
+    return tx.rowcount > 0
+
+
+async def flush(tx: Tx, seen: dict[bytes, tuple[float, str | None]], zapped: dict[int, float],
+                idle_before: float) -> None:
+    """
+    The batched writes: last_seen (and digests) of the sessions used since
+    the last flush, ``accounts.last_active`` of the accounts that got a stream
+    URL (at most once an hour, as ``/streams/url`` writes it), and the end of
+    the sessions idle since before ``idle_before``.  Rows in key order.
+    """
+    from smartyd.streams.web import LAST_ACTIVE_EVERY
+
+    if seen:
+        items = sorted(seen.items())
+        await tx.execute(
+            "UPDATE tvmw_sessions s SET last_seen = greatest(s.last_seen, to_timestamp(v.t)),"
+            " channels_digest = coalesce(v.d, s.channels_digest)"
+            " FROM unnest(%s::bytea[], %s::float8[], %s::text[]) AS v(h, t, d)"
+            " WHERE s.key_hash = v.h",
+            ([h for h, _ in items], [t for _, (t, _) in items], [d for _, (_, d) in items]))
+    if zapped:
+        ids = sorted(zapped)
+        await tx.execute(
+            "UPDATE accounts a SET last_active = to_timestamp(v.t)"
+            " FROM unnest(%s::bigint[], %s::float8[]) AS v(id, t)"
+            " WHERE a.id = v.id AND (a.last_active IS NULL"
+            "  OR a.last_active <= to_timestamp(v.t) - %s::interval)",
+            (ids, [zapped[i] for i in ids], LAST_ACTIVE_EVERY))
+    await tx.execute("DELETE FROM tvmw_sessions WHERE last_seen <= %s", (ts(idle_before),))
+
+
+# -- the store -----------------------------------------------------------------------------
+class SessionStore(MultiService):
+    """
+    The live sessions in memory (see the module's docstring).
+
+    @ivar sessions: key hash -> L{Live}.
+    @ivar on_catalog: called on ``smartyd_entitlements`` notifications about
+        channels and after every (re)connect (the L{ChannelCache} reload).
+    """
+
+    def __init__(self, db: Database, clock: Any, ttl: float, metrics: Any = None,
+                 on_catalog: Callable[[], Deferred | None] | None = None,
+                 flush_interval: float = FLUSH_INTERVAL):
+        super().__init__()
+        self.db = db
+        self.clock = clock
+        self.ttl = ttl
+        self.metrics = metrics
+        self.on_catalog = on_catalog
+        self.sessions: dict[bytes, Live] = {}
+        self._seen: dict[bytes, tuple[float, str | None]] = {}
+        self._zapped: dict[int, float] = {}
+        self._ended: dict[bytes, float] = {}
+        self._end_watchers: list[Deferred] = []
+        self.listener = Listener(db, (CHANNEL, ENTITLEMENTS_CHANNEL), self._notified,
+                                 on_connect=self.reload)
+        self.listener.setServiceParent(self)
+        self.flusher = _Flusher(self, flush_interval)
+        self.flusher.setServiceParent(self)
+
+    # -- validating ------------------------------------------------------------------------
+    async def validate(self, authkey: str | None) -> Live | None:
+        """The live session of ``authkey`` (its use noted), or None."""
+        if not well_formed(authkey):
+            return None
+        h = key_hash(authkey)
+        now = self.clock.seconds()
+        live = self.sessions.get(h)
+        if live is None or now - live.last_seen > self.ttl:
+            row = await self.db.run_statement(fetch_session, h, now - self.ttl)
+            if row is None or h in self._ended:
+                self.sessions.pop(h, None)
+                return None
+            _, fresh = _live(row)
+            if live is not None:
+                fresh.digest = live.digest if h in self._seen else fresh.digest
+            live = self.sessions[h] = fresh
+        live.last_seen = now
+        pending = self._seen.get(h)
+        self._seen[h] = (now, pending[1] if pending else None)
+        return live
+
+    def note_digest(self, authkey: str, live: Live, digest: str) -> None:
+        """The channel list this session was given (written with the next flush)."""
+        live.digest = digest
+        self._seen[key_hash(authkey)] = (live.last_seen, digest)
+
+    def note_zap(self, account_id: int) -> None:
+        """A stream URL was minted: the account's last_active moves (in the next flush)."""
+        self._zapped[account_id] = self.clock.seconds()
+
+    def install(self, authkey: str, live: Live) -> None:
+        """A session this instance just created."""
+        self.sessions[key_hash(authkey)] = live
+
+    async def end(self, authkey: str) -> bool:
+        """Logout: the session ends in the database (and so on every instance)."""
+        h = key_hash(authkey)
+        self.sessions.pop(h, None)
+        self._seen.pop(h, None)
+        return await self.db.run(end_session, h)
+
+    # -- keeping current ---------------------------------------------------------------------
+    async def reload(self) -> None:
+        """Every live session of the database (after each (re)connect)."""
+        now = self.clock.seconds()
+        rows = await self.db.run(load_sessions, now - self.ttl)
+        fresh = {}
+        for row in rows:
+            h, live = _live(row)
+            mine = self.sessions.get(h)
+            if mine is not None and mine.last_seen > live.last_seen:
+                live.last_seen, live.digest = mine.last_seen, mine.digest
+            fresh[h] = live
+        self.sessions = fresh
+        log.info("device sessions loaded: {count}", count=len(fresh))
+        if self.on_catalog is not None:
+            await self.on_catalog()
+
+    def _notified(self, channel: str, payload: str) -> None:
+        if channel == CHANNEL:
+            try:
+                h = bytes.fromhex(payload)
+            except ValueError:
+                return
+            self.sessions.pop(h, None)
+            self._seen.pop(h, None)
+            self._ended[h] = self.clock.seconds()
+            watchers, self._end_watchers = self._end_watchers, []
+            for d in watchers:
+                d.callback(h)
+        elif payload in ("channels", "channel_categories") and self.on_catalog is not None:
+            d = self.on_catalog()
+            if d is not None:
+                Deferred.fromCoroutine(_quiet(d))
+
+    def next_end(self) -> Deferred:
+        """Fires with the key hash of the next session end announced to this instance."""
+        d: Deferred = Deferred()
+        self._end_watchers.append(d)
+        return d
+
+    async def flush(self) -> None:
+        """Write what was used since the last flush; end idle sessions (here too)."""
+        now = self.clock.seconds()
+        seen, self._seen = self._seen, {}
+        zapped, self._zapped = self._zapped, {}
+        try:
+            await self.db.run(flush, seen, zapped, now - self.ttl)
+        except BaseException:
+            for h, v in seen.items():
+                self._seen.setdefault(h, v)
+            for a, t in zapped.items():
+                self._zapped.setdefault(a, t)
+            raise
+        for h in [h for h, live in self.sessions.items() if now - live.last_seen > self.ttl]:
+            del self.sessions[h]
+        for h in [h for h, t in self._ended.items() if now - t > ENDED_MEMORY]:
+            del self._ended[h]
+
+
+async def _quiet(d) -> None:
+    try:
+        await d
+    except Exception as e:
+        log.warn("channel catalog reload failed ({error})", error=one_line(e))
+
+
+class _Flusher(Service):
+    """Runs L{SessionStore.flush} every ``interval`` seconds; never raises; flushes on stop."""
+
+    name = "tvmw-session-flush"
+
+    def __init__(self, store: SessionStore, interval: float):
+        self.store = store
+        self.interval = interval
+        self.failing = False
+        self._loop = LoopingCall(self.run)
+        self._loop.clock = store.clock
+        self._done: Deferred | None = None
+
+    def run(self) -> Deferred:
+        d = Deferred.fromCoroutine(self.store.flush())
+        d.addCallbacks(self._ok, self._failed)
+        return d
+
+    def _ok(self, _) -> None:
+        if self.failing:
+            self.failing = False
+            log.info("device sessions written again")
+
+    def _failed(self, failure) -> None:
+        if not self.failing:
+            self.failing = True
+            log.warn("device session write failed ({error}); kept for the next one",
+                     error=one_line(failure.value))
+
+    def startService(self) -> None:
+        super().startService()
+        self._done = self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> Deferred | None:
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+        return self.run()
