@@ -30,7 +30,10 @@ from smartyd.metrics import Metrics
 from smartyd.tvmw import customer, films
 from smartyd.tvmw.call import Call, Session
 from smartyd.tvmw.errors import TvmwError
+from smartyd.poller import Poller
 from smartyd.vod import catalog_sync, make_vod, megogo
+from streams_world import MASK, connect, get, within
+from test_tvmw import KEY, Device as HttpDevice, Running, fast_port
 
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
 MEGOGO = {"enabled": True, "xml_url": "http://megogo.test/all_mgg.xml", "partner_id": 7,
@@ -160,8 +163,8 @@ async def test_subscribe_refusals_use_the_spec_codes_and_write_nothing(db):
     for params, code in cases:
         assert (await dev.error(customer.subscribe, **params)).code == code, params
     e = await dev.error(customer.subscribe, tariff_id="abc")
-    assert e.extra["error_messages"] == {"tariff_id": [
-        "expected up to 100 numbers separated by commas"]}
+    assert e.extra["error_messages"] == {"tariff_id": (
+        "must be up to 100 integers separated by commas")}
     # An external billing owns tariffs in the full/reduced modes: 4, nothing assigned.
     ext = Device(db, make_config(billing={"mode": "full"}), account, clock_at(T0))
     extra = await tv_tariff(db, "extra", "1.00", additional=True)
@@ -506,3 +509,125 @@ async def test_video_action_without_money_is_2_and_writes_nothing(db):
     ("web_app", None), ("", None)])
 def test_device_class_mapping(device, kind):
     assert megogo.device_class(device) == kind
+
+
+# -- end to end, through HTTP as a device ------------------------------------------------------
+def tvmw_config(**sections):
+    return make_config(tvmw={"enabled": True, "clients": [
+        {"client_id": "1", "api_key": KEY, "shared": True}]},
+        tokens={"secret": "s3cret-long-enough-for-config",
+                "fast_listen": "tcp:0:interface=127.0.0.1"}, **sections)
+
+
+class Daemon(Running):
+    """One instance with its services running, except the pollers (nothing runs on its own)."""
+
+    def __init__(self, db, cfg, http_client=None):
+        from testapp import build
+        from twisted.internet import reactor
+        self.app = build(cfg, reactor, db, http_client=http_client)
+        self.http = in_memory_client(self.app.root)
+        self.tvmw = self.app.app.features["tvmw"].handle
+        self.store = self.tvmw.store
+        self.entitlements = self.app.app.features["streams"].handle
+        self.started = [s for s in self.app.services if not isinstance(s, Poller)]
+
+    async def start(self):
+        for svc in self.started:
+            svc.startService()
+        await within(self.entitlements.when_loaded(), 10)
+        await within(self.store.listener.ready, 10)
+
+    async def stop(self):
+        for svc in reversed(self.started):
+            await svc.stopService()
+
+
+async def check_token(daemon, uri: str, channel: str) -> int:
+    """What the streamer's check of the URL's token answers on the fast listener."""
+    query = parse_qs(urlsplit(uri).query)
+    client = await connect(fast_port(daemon))
+    client.send(get(f"/streams/check?token={query['token'][0]}&ip={query['ip'][0]}"
+                    f"&name={channel}"))
+    [answer] = await client.wait(1)
+    await client.close()
+    return answer["status"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_subscribes_with_money_and_zaps_the_new_channel(db, world):
+    ch3 = (await db.run(catalog.create_channel, "ch3", MASK))["id"]
+    extra = (await db.run(catalog.create_tariff, "extra", "50.00", [ch3],
+                          additional=True))["id"]
+    daemon = Daemon(db, tvmw_config())
+    await daemon.start()
+    try:
+        device = HttpDevice(daemon.http, uid="box-1")
+        assert (await device.login())["error"] == 0
+        assert (await device("channel/url", cid=ch3, redirect=0))["error"] == 2
+        offered = {t["id"]: t for t in (await device.ok("customer/tariff/list"))["tariffs"]}
+        assert offered[extra]["is_assigned"] is False and offered[extra]["price"] == 50.0
+
+        # No money: refused (2), nothing assigned, the channel stays closed.
+        answer = await device("customer/tariff/subscribe", tariff_id=extra)
+        assert answer["error"] == 2 and answer["error_message"]
+        assert (await device("channel/url", cid=ch3, redirect=0))["error"] == 2
+
+        # alice's basic tariff (100.00) is due too: the subscription settles it first, so
+        # 120.00 is not enough for both, 150.00 is.
+        alice = await db.run(ledger.get_account, world.alice)
+        await db.run(ledger.credit, alice.customer_id, "120.00", "payment", "osmp:1", "pay:1")
+        assert (await device("customer/tariff/subscribe", tariff_id=extra))["error"] == 2
+        await db.run(ledger.credit, alice.customer_id, "30.00", "payment", "osmp:2", "pay:2")
+        reloaded = daemon.entitlements.next_reload()
+        assert await device.ok("customer/tariff/subscribe", tariff_id=extra) == {"error": 0}
+        await within(reloaded, 5)
+        uri = (await device.ok("channel/url", cid=ch3, redirect=0))["uri"]
+        assert await check_token(daemon, uri, "ch3") == 200
+        info = await device.ok("customer/info")
+        assert info["balance"] == "0.00"
+        assert sorted(p["amount"] for p in info["payments"]["btv"]) == ["-100.00", "-50.00"]
+        assert [p["amount"] for p in (await device.ok("payment/list", limit=2))["payments"]] == [
+            "-50.00", "-100.00"]
+        again = await device("customer/tariff/subscribe", tariff_id=extra)
+        assert again["error"] == 3
+        # A set-top box gets the same answer in XML.
+        xml = await device.raw("customer/tariff/subscription/list", device="android_stb")
+        body = await xml.content()
+        assert b"<subscriptions><item><tariff_id>" in body and b"<error>0</error>" in body
+    finally:
+        await daemon.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_lists_films_and_gets_a_megogo_url(db, world):
+    fake = FakeMegogo(partner_id=7)
+    cat = await tv_tariff(db, "megogo-catalog", "0.00", hidden=True)
+    svod = await tv_tariff(db, "megogo-svod", "0.00", additional=True)
+    cfg = tvmw_config(megogo={**MEGOGO, "catalog_tariff_id": cat, "tariff_id": svod, **KEYS})
+    daemon = Daemon(db, cfg, http_client=in_memory_client(fake.resource()))
+    await daemon.app.app.features["vod"].handle.syncs["megogo"].sync_bytes(feed(*CATALOG))
+    await daemon.start()
+    try:
+        device = HttpDevice(daemon.http, device="samsung_tizen", uid="tv-1")
+        assert (await device.login())["error"] == 0
+        assert (await device.ok("video/list"))["count"] == 0  # no catalog tariff yet
+        alice = await db.run(ledger.get_account, world.alice)
+        from smartyd.billing import engine
+        for t in (cat, svod):
+            await db.run(engine.assign, cfg.billing, alice.id, t, at=T0)
+        films_ = (await device.ok("video/list", search="alpha"))["videos"]
+        assert [f["name"] for f in films_] == ["Alpha"]
+        vid = films_[0]["id"]
+        got = await device.ok("video/url", vid=vid, redirect=0)
+        token = hashlib.md5(f"isp-{alice.customer_id}7pepper-salt".encode()).hexdigest()
+        assert (got["ext_id"], got["ext_partner_id"], got["ext_auth_token"],
+                got["ext_apikey"]) == ("1", "7", token, "tv-pub")
+        # The spec's default redirect: to the signed MEGOGO request.
+        resp = await device.raw("video/url", vid=vid)
+        assert resp.code == 302
+        assert resp.headers.getRawHeaders(b"location") == [got["uri"].encode()]
+        # A title the account does not see is "no such video" through HTTP too.
+        assert (await device("video/url", vid=999999, redirect=0))["error"] == 1
+    finally:
+        await daemon.stop()

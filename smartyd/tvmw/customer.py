@@ -61,7 +61,7 @@ from smartyd.http.auth import password_login
 from smartyd.tvmw import content_repo as repo
 from smartyd.tvmw.call import Call
 from smartyd.tvmw.errors import TvmwError
-from smartyd.tvmw.query import bad, given, ident_list, paging
+from smartyd.tvmw import params as P
 from smartyd.widgets.repo import set_account_password
 
 log = Logger()
@@ -90,7 +90,7 @@ def _period_days(t: dict) -> int:
 
 def _session(call: Call):
     if call.session is None:  # the web layer answers sessionless calls before this
-        raise TvmwError(1, "no session")
+        raise TvmwError(-1, "authorization required")
     return call.session
 
 
@@ -137,12 +137,12 @@ async def subscription_list(call: Call) -> dict:
 
 
 # -- CustomerTariffSubscribe / Unsubscribe -----------------------------------------------------
-def _tariff_ids(call: Call, code_bad: int) -> tuple[int, ...]:
-    if given(call.params, "tariff_id") is None and given(call.params, "virtual_tariff_id") is None:
+def _tariff_ids(call: Call) -> tuple[int, ...]:
+    if not call.params.get("tariff_id") and not call.params.get("virtual_tariff_id"):
         raise TvmwError(120, "neither tariff_id nor virtual_tariff_id given")
-    if given(call.params, "virtual_tariff_id") is not None:
-        raise bad(code_bad, "virtual_tariff_id", "there are no virtual tariffs")
-    return ident_list(call.params, "tariff_id", code_bad)
+    if call.params.get("virtual_tariff_id"):
+        raise P.bad("virtual_tariff_id", "there are no virtual tariffs")
+    return P.integer_list(call.params, "tariff_id")
 
 
 def _billing_charges(call: Call) -> None:
@@ -153,7 +153,8 @@ def _billing_charges(call: Call) -> None:
 
 async def subscribe(call: Call) -> dict:
     s = _session(call)
-    ids = _tariff_ids(call, 1)
+    ids = _tariff_ids(call)
+    channel = P.integer(call.params, "channel_id", default=0)  # where the app offered it
     _billing_charges(call)
     cfg = call.cfg.billing
     at = call.now
@@ -186,13 +187,13 @@ async def subscribe(call: Call) -> dict:
     await call.db.run(work)
     log.info("tvmw: account {account} subscribed to tariffs {tariffs} (channel {channel})",
              account=s.account_id, tariffs=list(ids),
-             channel=(given(call.params, "channel_id") or "-")[:20])
+             channel=channel)
     return {}
 
 
 async def unsubscribe(call: Call) -> dict:
     s = _session(call)
-    ids = _tariff_ids(call, 1)
+    ids = _tariff_ids(call)
     _billing_charges(call)
     cfg = call.cfg.billing
     at = call.now
@@ -239,13 +240,13 @@ def _service(r: dict) -> str:
 
 
 def _day(call: Call, name: str):
-    v = given(call.params, name)
-    if v is None:
+    v = P.text(call.params, name, max_len=10)
+    if not v:
         return None
     try:
         return datetime.strptime(v, "%Y-%m-%d").date()
     except ValueError:
-        raise bad(1, name, "expected a date YYYY-MM-DD")
+        raise P.bad(name, "must be a date YYYY-MM-DD")
 
 
 async def info(call: Call) -> dict:
@@ -255,7 +256,7 @@ async def info(call: Call) -> dict:
     last = last or today
     first = first or (last - DEFAULT_PERIOD + timedelta(days=1))
     if first > last:
-        raise bad(1, "date_from", "after date_to")
+        raise P.bad("date_from", "must not be after date_to")
     start = datetime.combine(first, time(0), timezone.utc)
     end = datetime.combine(last + timedelta(days=1), time(0), timezone.utc)
 
@@ -298,7 +299,7 @@ async def info(call: Call) -> dict:
 
 async def payment_list(call: Call) -> dict:
     s = _session(call)
-    limit, offset = paging(call.params, 1)
+    limit, offset = P.paging(call.params)
     rows = await call.db.run(repo.ledger_page, s.customer_id, limit, offset)
     return {"payments": [_payment(r) for r in rows]}
 
@@ -309,10 +310,9 @@ async def password_change(call: Call) -> dict:
     old = call.params.get("old_password") or ""
     new = call.params.get("new_password") or ""
     if not old or len(old) > 256:
-        raise bad(1, "old_password", "required")
+        raise P.bad("old_password", "is required")
     if not PASSWORD_MIN <= len(new) <= PASSWORD_MAX or not new.isprintable():
-        raise bad(1, "new_password",
-                  f"{PASSWORD_MIN}-{PASSWORD_MAX} printable characters")
+        raise P.bad("new_password", f"must be {PASSWORD_MIN}-{PASSWORD_MAX} printable characters")
     account = await call.db.run(ledger.get_account, s.account_id)
     checked = None if account is None else await password_login(call.db, account.login, old)
     if checked is None or checked.id != s.account_id:

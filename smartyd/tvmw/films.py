@@ -57,7 +57,9 @@ Choices where the spec is silent (kept; the tests hold them):
   when the call names none) whose key pair ``[megogo]`` has, ``ext_apikey``
   = its public key and ``uri`` = MEGOGO's stream request for the title signed
   with the pair (L{smartyd.vod.megogo.stream_request}); without a pair
-  ``uri`` is empty and there is no ``ext_apikey``.  tvzavr gives devices no
+  ``uri`` is empty and there is no ``ext_apikey``.  ``redirect`` defaults to
+  1 (the spec): the web layer then answers a redirect to ``uri``, so an app
+  that reads the ``ext_*`` fields asks ``redirect=0``.  tvzavr gives devices no
   stream address through us: 2.  ``stream_service_id`` is 0 (no streamer of
   ours serves films).
 """
@@ -73,7 +75,7 @@ from twisted.logger import Logger
 from smartyd.tvmw import content_repo as repo
 from smartyd.tvmw.call import Call
 from smartyd.tvmw.errors import TvmwError
-from smartyd.tvmw.query import bad, flag, given, ident, ident_list, paging, text
+from smartyd.tvmw import params as P
 from smartyd.vod import megogo
 from smartyd.vod.catalog_sync import VodError
 from smartyd.vod.tvod import InsufficientFunds
@@ -89,7 +91,7 @@ MAX_SEARCH = 128
 
 def _session(call: Call):
     if call.session is None:  # the web layer answers sessionless calls before this
-        raise TvmwError(1, "no session")
+        raise TvmwError(-1, "authorization required")
     return call.session
 
 
@@ -108,13 +110,13 @@ def _providers(call: Call, code: int) -> list[str]:
     """The enabled cinemas that ``provider``, ``provider_id``, ``video_provider_id`` keep."""
     enabled = _enabled(call)
     wanted = None
-    name = text(call.params, "provider", code, 64)
-    if name is not None:
+    name = P.text(call.params, "provider", max_len=64, code=code)
+    if name:
         if name.lower() not in PROVIDER_IDS:
             raise TvmwError(code, f"no provider {name!r}")
         wanted = {name.lower()}
     for key in ("provider_id", "video_provider_id"):
-        pid = ident(call.params, key, code)
+        pid = P.integer(call.params, key, code=code)
         if pid is not None:
             if pid not in PROVIDERS:
                 raise TvmwError(code, f"no provider {pid}")
@@ -134,16 +136,15 @@ def _nothing_matches(call: Call, code: int) -> bool:
     p = call.params
     for name in ("package", "season", "announcement", "premiere", "viewed_only",
                  "favorited_only", "is_viewing"):
-        if flag(p, name, code):
+        if P.flag(p, name, code=code):
             return True
-    if ident(p, "aid", code) is not None or ident(p, "cgid", code) is not None:
+    if P.integer(p, "aid", code=code) is not None or P.integer(p, "cgid", code=code) is not None:
         return True
-    external = flag(p, "source_external", code)
-    if external is False:
+    external = P.flag(p, "source_external", default=-1, code=code)
+    if external == 0:
         return True
-    if (flag(p, "source_internal", code) or flag(p, "source_epg", code)) and not external:
-        return True
-    return False
+    internal = P.flag(p, "source_internal", code=code) or P.flag(p, "source_epg", code=code)
+    return bool(internal) and external != 1
 
 
 def _rating(info: dict, key: str) -> float:
@@ -209,42 +210,37 @@ def _video(call: Call, t: dict, active: set[int]) -> dict:
 
 # -- VideoList, VideoDetail, GenreList --------------------------------------------------------
 def _order(call: Call) -> tuple[str, bool]:
-    v = given(call.params, "order")
-    if v is None:
+    v = P.text(call.params, "order", max_len=64)
+    if not v:
         return "created_at", True
     descending = v.startswith("-")
     name = v[1:] if descending else v
     if name not in repo.ORDERS:
-        raise bad(1, "order", f"one of {', '.join(sorted(repo.ORDERS))} (- for descending)")
+        raise P.bad("order", f"must be one of {', '.join(sorted(repo.ORDERS))}"
+                             " (- before it for descending)")
     return name, descending
 
 
-def _list(call: Call, name: str, code: int, max_len: int = 64) -> tuple[str, ...]:
-    v = text(call.params, name, code, 1024)
-    if v is None:
-        return ()
+def _list(call: Call, name: str, max_len: int = 64) -> tuple[str, ...]:
+    v = P.text(call.params, name, max_len=1024)
     parts = tuple(dict.fromkeys(p.strip() for p in v.split(",") if p.strip()))
     if len(parts) > 100 or any(len(p) > max_len for p in parts):
-        raise bad(code, name, f"up to 100 values of at most {max_len} characters")
+        raise P.bad(name, f"must be up to 100 values of at most {max_len} characters")
     return parts
 
 
 async def video_list(call: Call) -> dict:
-    limit, offset = paging(call.params, 1)
+    limit, offset = P.paging(call.params)
     order, descending = _order(call)
     f = await _base_filter(call, 1)
-    genres = ident_list(call.params, "genre", 1)
-    gid = ident(call.params, "gid", 1)
-    years = _list(call, "year", 1, 4)
-    if not all(y.isdigit() for y in years):
-        raise bad(1, "year", "years are numbers")
-    search = text(call.params, "search", 1, MAX_SEARCH)
+    gid = P.integer(call.params, "gid")
     f.update(
-        genres=tuple(genres) + ((gid,) if gid is not None else ()),
-        search=search, years=tuple(int(y) for y in years),
-        countries=_list(call, "country", 1), tariff=ident(call.params, "tariff", 1),
-        purchased=bool(flag(call.params, "get_purchased", 1)),
-        since=call.now - timedelta(days=NEW_DAYS) if flag(call.params, "new", 1) else None,
+        genres=P.integer_list(call.params, "genre") + ((gid,) if gid is not None else ()),
+        search=P.text(call.params, "search", max_len=MAX_SEARCH),
+        years=P.integer_list(call.params, "year"),
+        countries=_list(call, "country"), tariff=P.integer(call.params, "tariff"),
+        purchased=bool(P.flag(call.params, "get_purchased")),
+        since=call.now - timedelta(days=NEW_DAYS) if P.flag(call.params, "new") else None,
     )
     if _nothing_matches(call, 1) or not f["providers"]:
         return {"videos": [], "count": 0}
@@ -255,7 +251,7 @@ async def video_list(call: Call) -> dict:
 
 async def _title(call: Call, code: int) -> tuple[dict, dict]:
     """``(title, filter)`` of the call's ``vid``, seen by the account; ``code`` when not."""
-    vid = ident(call.params, "vid", code, required=True)
+    vid = P.required_integer(call.params, "vid", code=code)
     f = await _base_filter(call, code)
     t = await call.db.run(repo.title, f, vid) if f["providers"] else None
     if t is None:
@@ -287,8 +283,8 @@ async def video_detail(call: Call) -> dict:
 
 async def genre_list(call: Call) -> dict:
     f = await _base_filter(call, 1)
-    categories = flag(call.params, "categories", 1)
-    category = ident(call.params, "category_id", 1)
+    categories = P.flag(call.params, "categories")
+    category = P.integer(call.params, "category_id")
     if categories or category is not None or not f["providers"]:
         return {"genres": []}
     rows = await call.db.run(repo.genre_counts, f)
@@ -300,7 +296,7 @@ async def genre_list(call: Call) -> dict:
 # -- VideoUrl, VideoAction ---------------------------------------------------------------------
 async def video_url(call: Call) -> dict:
     t, f = await _title(call, 1)
-    vfid = ident(call.params, "vfid", 1)
+    vfid = P.integer(call.params, "vfid")
     if vfid is not None and vfid != t["id"]:
         raise TvmwError(1, f"no asset {vfid} of video {t['id']}")
     _, may_watch = _watchable(call, t, set(f["tariffs"]))
@@ -315,7 +311,7 @@ async def video_url(call: Call) -> dict:
         "ext_id": t["external_id"], "ext_partner_id": str(cfg.partner_id),
         "ext_auth_token": megogo.sso_token(cfg, s.customer_id),
     }
-    device = text(call.params, "device", 1, 64) or s.device
+    device = P.text(call.params, "device", max_len=64) or s.device
     kind = megogo.device_class(device)
     keys = cfg.device_keys(kind) if kind else None
     if keys is not None:
@@ -326,15 +322,15 @@ async def video_url(call: Call) -> dict:
 
 async def video_action(call: Call) -> dict:
     s = _session(call)
-    action = text(call.params, "action", 1, 64)
-    if action is None:
-        raise bad(1, "action", "required")
+    action = P.text(call.params, "action", max_len=64)
+    if not action:
+        raise P.bad("action", "is required")
     t, _f = await _title(call, 1)
-    goods = text(call.params, "external_api_goods_id", 1, 64)
-    if goods is not None and goods != t["external_id"]:
-        raise bad(1, "external_api_goods_id", "not this video's ext_id")
+    goods = P.text(call.params, "external_api_goods_id", max_len=64)
+    if goods and goods != t["external_id"]:
+        raise P.bad("external_api_goods_id", "must be this video's ext_id")
     if action != "buy":
-        raise bad(1, "action", "the one action here is buy (VideoUrl gives the stream)")
+        raise P.bad("action", "must be buy, the one action here (VideoUrl gives the stream)")
     vod = call.deps.get("vod")
     if vod is None or vod.tvod is None:
         raise TvmwError(1, "no online cinema is enabled")
@@ -354,6 +350,9 @@ async def video_action(call: Call) -> dict:
              amount=purchase.amount)
     return {"result": "ok"}
 
+
+#: VideoUrl's ``redirect`` (the spec's default 1) answers a redirect to ``uri``.
+REDIRECTS = {"video/url": "uri"}
 
 METHODS = {
     "video/list": video_list,
