@@ -30,6 +30,7 @@ from smartyd.metrics import Metrics
 from smartyd.tvmw import customer, films
 from smartyd.tvmw.call import Call, Session
 from smartyd.tvmw.errors import TvmwError
+from smartyd.tvmw.ratelimit import LoginLimiter
 from smartyd.poller import Poller
 from smartyd.vod import catalog_sync, make_vod, megogo
 from streams_world import MASK, connect, get, within
@@ -293,6 +294,28 @@ async def test_password_change_checks_the_old_one_and_writes_only_when_right(db)
     stored = (await db.run(ledger.get_account, account.id)).password_hash
     assert ledger.verify_password("new-secret", stored)
     assert not ledger.verify_password("secret-1", stored)
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_guesses_count_with_login_failures(db):
+    account = await account_with(db)
+    clock = clock_at(T0)
+    limiter = LoginLimiter(free=2)
+    dev = Device(db, make_config(), account, clock, {"limiter": limiter})
+    before = await state(db)
+    for _ in range(2):
+        assert (await dev.error(customer.password_change, old_password="guess",
+                                new_password="new-secret")).code == 2
+    # Locked: even the right password is refused, unchecked, nothing written.
+    e = await dev.error(customer.password_change, old_password="secret-1",
+                        new_password="new-secret")
+    assert e.code == 2 and "later" in e.message
+    assert limiter.locked(limiter.keys("10.0.0.1", "alice"), clock.seconds()) > 0
+    assert await state(db) == before
+    clock.advance(1)
+    assert await dev.ok(customer.password_change, old_password="secret-1",
+                        new_password="new-secret") == {}
+    assert limiter.locked(limiter.keys("10.0.0.1", "alice"), clock.seconds()) == 0
 
 
 # -- films --------------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ Choices where the spec is silent (kept; the tests hold them):
 - ``AccountPasswordChange``: a new password of 6-128 printable characters
   (1 otherwise, as for a missing old one); a wrong old password is 2 ("error
   changing the password"), checked in constant time
-  (L{smartyd.http.auth.password_login}); the hash is the accounts' scrypt
+  (L{smartyd.http.auth.password_login}) and counted with Login's failures
+  (L{smartyd.tvmw.ratelimit}: a locked caller is refused, 2, unchecked); the
+  hash is the accounts' scrypt
   (L{smartyd.ledger.hash_password}), made off the reactor.  The sessions of
   the account end in the database when its password changes.
 """
@@ -313,10 +315,21 @@ async def password_change(call: Call) -> dict:
         raise P.bad("old_password", "is required")
     if not PASSWORD_MIN <= len(new) <= PASSWORD_MAX or not new.isprintable():
         raise P.bad("new_password", f"must be {PASSWORD_MIN}-{PASSWORD_MAX} printable characters")
+    # Guessing the password here counts with Login's failures (the same keys): a
+    # locked key is refused without a password check.
+    limiter = call.deps.get("limiter")
+    keys = limiter.keys(call.ip, s.abonement) if limiter is not None else ()
+    now = call.reactor.seconds()
+    if limiter is not None and limiter.locked(keys, now) > 0:
+        raise TvmwError(2, "too many wrong passwords; try again later")
     account = await call.db.run(ledger.get_account, s.account_id)
     checked = None if account is None else await password_login(call.db, account.login, old)
     if checked is None or checked.id != s.account_id:
+        if limiter is not None:
+            limiter.failed(keys, now)
         raise TvmwError(2, "the current password is not the account's")
+    if limiter is not None:
+        limiter.succeeded(keys)
     pw_hash = await deferToThread(ledger.hash_password, new)
     if not await call.db.run(set_account_password, s.customer_id, s.account_id, pw_hash):
         raise TvmwError(2, "the account is gone")
