@@ -33,7 +33,7 @@ from smartyd.tvmw.errors import TvmwError
 from smartyd.tvmw.ratelimit import LoginLimiter
 from smartyd.poller import Poller
 from smartyd.vod import catalog_sync, make_vod, megogo
-from streams_world import MASK, connect, get, within
+from streams_world import MASK, PASSWORD, connect, get, within
 from test_tvmw import KEY, Device as HttpDevice, Running, fast_port
 
 T0 = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
@@ -618,6 +618,17 @@ async def test_a_device_subscribes_with_money_and_zaps_the_new_channel(db, world
         xml = await device.raw("customer/tariff/subscription/list", device="android_stb")
         body = await xml.content()
         assert b"<subscriptions><item><tariff_id>" in body and b"<error>0</error>" in body
+
+        # A wrong old password changes nothing; the right one ends the session at once.
+        wrong = await device("account/password/change", old_password="nope",
+                             new_password="brand-new-1")
+        assert wrong["error"] == 2 and (await device.ok("customer/info"))["balance"] == "0.00"
+        ended = daemon.store.next_end()
+        assert await device.ok("account/password/change", old_password=PASSWORD,
+                               new_password="brand-new-1") == {"error": 0}
+        await within(ended, 5)
+        assert (await device("customer/info"))["error"] == -1
+        assert (await device.login(password="brand-new-1"))["error"] == 0
     finally:
         await daemon.stop()
 
