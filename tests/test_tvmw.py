@@ -309,3 +309,336 @@ async def test_sessions_survive_a_restart(db, world):
         assert (await device.ok("account/status"))["channel_list_changed"] == 0
     finally:
         await second.stop()
+
+
+# -- login errors, limits, devices ---------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_login_errors_as_the_spec_numbers_them(instance, world, db):
+    device = Device(instance.http, uid="box-9")
+    assert (await device("login", abonement="alice", password=PASSWORD,
+                         api_key="wrong"))["error"] == 4
+    assert (await device("login", abonement="alice", password=PASSWORD, api_key=KEY,
+                         client_id="3"))["error"] == 4
+    assert (await device.login(password="wrong"))["error"] == 1
+    assert (await device.login(abonement="nobody"))["error"] == 1
+    assert (await device.login(password=None))["error"] == 1
+    carol = await device.login(abonement="carol")
+    assert carol["error"] == 2 and carol["status_reason"] == "BLOCK"
+    assert (await device.login(abonement="bob"))["error"] == 8
+    # Client 2 is not shared: it finds only the accounts of its own customers.
+    assert (await device("login", abonement="alice", password=PASSWORD, api_key="other-operator-key",
+                         client_id="2"))["error"] == 1
+    # Nothing was written by any of them.
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 0
+    assert await db.fetchval("SELECT count(*) FROM devices WHERE uid = 'box-9'") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_bound_to_another_account_is_refused_with_6(instance, world, db):
+    async def other(tx):
+        account = await ledger.create_account(tx, "dave", ledger.hash_password("pw-of-dave"))
+        await catalog.assign_tariff(tx, account.id, world.basic)
+    await db.run(other)
+    assert (await Device(instance.http, uid="box-1").login())["error"] == 0
+    dave = await Device(instance.http, uid="box-1").login(abonement="dave", password="pw-of-dave")
+    assert dave["error"] == 6
+    # The seeded UID is alice's too.
+    assert (await Device(instance.http, uid=UID).login(
+        abonement="dave", password="pw-of-dave"))["error"] == 6
+    assert (await Device(instance.http, uid="box-2").login(
+        abonement="dave", password="pw-of-dave"))["error"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_account_device_limit_gives_5(instance, world, db):
+    await db.execute("UPDATE tariffs SET devices_count = 2 WHERE id = %s", (world.basic,))
+    first, second = Device(instance.http, uid="box-1"), Device(instance.http, uid="box-2")
+    assert (await first.login())["error"] == 0
+    assert (await second.login())["error"] == 0
+    third = Device(instance.http, uid="box-3")
+    assert (await third.login())["error"] == 5
+    # The same device logging in again replaces its own session.
+    old = first.authkey
+    assert (await first.login())["error"] == 0
+    assert (await Device(instance.http).raw("channel/list")).code == 200
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 2
+    # The account's own limit wins over its tariffs'.
+    await db.execute("UPDATE accounts SET max_devices = 3 WHERE id = %s", (world.alice,))
+    assert (await third.login())["error"] == 0
+    # After a logout a slot is free again.
+    await db.execute("UPDATE accounts SET max_devices = 1 WHERE id = %s", (world.alice,))
+    assert (await Device(instance.http, uid="box-4").login())["error"] == 5
+    assert old != first.authkey
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_by_device_uid_alone_when_enabled(db, world):
+    for enabled, expected in ((False, 1), (True, 0)):
+        running = Running(db, config(login_by_device=enabled))
+        await running.start()
+        try:
+            answer = await Device(running.http, uid=UID)("login", api_key=KEY)
+            assert answer["error"] == expected, answer
+            if enabled:
+                assert answer["account_id"] == world.alice and answer["device_uid"] == UID
+        finally:
+            await running.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_login_failures_are_rate_limited_per_address_and_abonement(instance, world):
+    device = Device(instance.http, uid="box-1")
+    for _ in range(5):
+        assert (await device.login(password="wrong"))["error"] == 1
+    # Locked now: even the right password answers "not found", and no scrypt runs.
+    assert (await device.login())["error"] == 1
+    value = instance.app.metrics.registry.get_sample_value
+    assert value("smartyd_tvmw_login_failures_total", {"reason": "bad_credentials"}) == 5
+    assert value("smartyd_tvmw_login_failures_total", {"reason": "rate_limited"}) == 1
+    limiter = instance.tvmw.deps["limiter"]
+    keys = limiter.keys("127.0.0.1", "alice")
+    now = reactor.seconds()
+    assert 0 < limiter.locked(keys, now) <= 1
+    limiter.failed(keys, now)
+    assert 1 < limiter.locked(keys, now) <= 2  # the lockout grows with each failure
+
+
+def test_the_lockout_grows_and_is_forgotten():
+    from smartyd.tvmw.ratelimit import LoginLimiter
+
+    limiter = LoginLimiter(free=2, max_lock=8, forget=100, max_keys=3)
+    keys = limiter.keys("10.0.0.1", "alice")
+    limiter.failed(keys, 0)
+    assert limiter.locked(keys, 0) == 0
+    waits = []
+    for t in range(1, 6):
+        limiter.failed(keys, t)
+        waits.append(limiter.locked(keys, t))
+    assert waits == [1, 2, 4, 8, 8]
+    assert limiter.locked(keys, 5 + 101) == 0  # forgotten after a quiet while
+    assert limiter.locked(limiter.keys("10.0.0.2", None), 5) == 0
+    for i in range(5):
+        limiter.failed(limiter.keys(f"10.0.1.{i}", None), 200)
+    assert len(limiter._keys) == 3  # bounded
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_bad_parameters_unknown_methods_and_huge_values(instance, world, db):
+    device = Device(instance.http)
+    await device.login()
+    for params in ({}, {"cid": "x"}, {"cid": "-1"}, {"cid": "9" * 30}, {"cid": "999"}):
+        answer = await device("channel/url", redirect=0, **params)
+        assert answer["error"] == 1 and "cid" in answer["error_messages"], (params, answer)
+    answer = await device("channel/programs", cid=world.ch1, limit="1000")
+    assert answer["error"] == 1 and answer["error_messages"] == {"limit": "must be between 1 and 100"}
+    answer = await device("program/list", cid=world.ch1, date="yesterday")
+    assert answer["error"] == 1 and "date" in answer["error_messages"]
+    answer = await device("channel/list", search="x" * 2000)
+    assert answer["error"] == 1 and "search" in answer["error_messages"]
+    resp = await instance.http.get(BASE + "channel/list/?authkey=" + device.authkey + "&"
+                                   + "&".join(f"p{i}=1" for i in range(100)))
+    assert json.loads(await resp.content())["error"] == 1
+    resp = await instance.http.get(BASE + "channel/list/?authkey=%ff%fe")
+    assert json.loads(await resp.content())["error"] == 1
+    resp = await instance.http.post(BASE + "login/", data=b'{"abonement": {"a": [1]}}',
+                                    headers={b"content-type": [b"application/json"]})
+    answer = json.loads(await resp.content())
+    assert resp.code == 200 and answer["error"] == 1 and "body" in answer["error_messages"]
+    # Methods of the spec not served, and paths that are no method: a JSON 404, never a 500.
+    resp = await device.raw("camera/list")
+    assert resp.code == 404
+    assert json.loads(await resp.content()) == {
+        "error": -2, "error_message": "method camera/list is not served by this server"}
+    for path in ("no/such/thing/", "", "../../etc/passwd"):
+        resp = await instance.http.get(BASE + path)
+        assert resp.code == 404 and json.loads(await resp.content())["error"] == -2
+    # The token check under the same prefix is still the streams feature's.
+    resp = await instance.http.get(BASE + "streamservice/token/check/?token=x&name=ch1")
+    assert resp.code == 403
+    # Unknown, malformed or missing authkeys: -1 on every session method.
+    for key in ("", "f" * 32, "not-a-key", "F" * 32):
+        for method in ("channel/list", "account/status", "logout", "program/list"):
+            fresh = Device(in_memory_client(instance.app.root))  # no cookie jar of alice
+            answer = await fresh(method, authkey=key or None, cid=world.ch1)
+            assert answer["error"] == -1 and answer["status"] == 1, (method, key)
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_authkey_or_password_reaches_a_log_line(db, world, log_events):
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from smartyd.http.root import make_site
+
+    running = Running(db, config())
+    await running.start()
+    port = reactor.listenTCP(0, make_site(running.app.root, 1 << 20, reactor=reactor),
+                             interface="127.0.0.1")
+    global BASE
+    saved, BASE = BASE, f"http://127.0.0.1:{port.getHost().port}/tvmiddleware/api/"
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    try:
+        device = Device(HTTPClient(Agent(reactor, pool=pool)), uid="box-1")
+        await device.login()
+        await device.ok("channel/list")
+        await device.ok("channel/url", cid=world.ch1, redirect=0)
+        await device.login(password="wrong-secret-guess")
+        await device("channel/url", cid="bad", redirect=0)
+        await running.store.flush()
+        await device.ok("logout")
+    finally:
+        BASE = saved
+        await port.stopListening()
+        await pool.closeCachedConnections()
+        await running.stop()
+    text = repr(log_events)
+    assert any(e.get("log_namespace", "").endswith("QuietSite") for e in log_events)
+    assert device.authkey and device.authkey not in text
+    assert PASSWORD not in text and "wrong-secret-guess" not in text
+    assert key_hash(device.authkey).hex() not in text
+
+
+# -- sessions end on every path that changes the account ----------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_password_change_and_deletion_end_sessions_at_once(instance, world, db):
+    from smartyd.billing_api import repo as billing_api_repo
+
+    device = Device(instance.http, uid="box-1")
+    await device.login()
+    ended = instance.store.next_end()
+    await db.execute("UPDATE accounts SET password_hash = 'x' WHERE id = %s", (world.alice,))
+    assert await within(ended, 5) == key_hash(device.authkey)
+    assert (await device("channel/list"))["error"] == -1
+
+    await db.execute("UPDATE accounts SET password_hash = (SELECT password_hash FROM accounts"
+                     " WHERE id = %s) WHERE id = %s", (world.bob, world.alice))
+    await device.login()
+    # Other updates (a note, last_active) end nothing.
+    await db.execute("UPDATE accounts SET last_active = now(), updated = now() WHERE id = %s",
+                     (world.alice,))
+    assert (await device("channel/list"))["error"] == 0
+    ended = instance.store.next_end()
+    await db.run(billing_api_repo.delete_account, world.alice)
+    await within(ended, 5)
+    assert (await device("channel/list"))["error"] == -1
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_list_changed_after_a_tariff_change(instance, world, db):
+    device = Device(instance.http, uid="box-1")
+    await device.login()
+    assert (await device.ok("account/status"))["channel_list_changed"] == 1  # never listed
+    await device.ok("channel/list")
+    assert (await device.ok("account/status"))["channel_list_changed"] == 0
+
+    async def more(tx):
+        t = await catalog.create_tariff(tx, "more", "10.00", [world.ch2])
+        await catalog.assign_tariff(tx, world.alice, t["id"])
+    reloaded = instance.entitlements.next_reload()
+    await db.run(more)
+    await within(reloaded, 5)
+    assert (await device.ok("account/status"))["channel_list_changed"] == 1
+    channels = (await device.ok("channel/list"))["channels"]
+    assert all(c["has_subscription"] == 1 for c in channels)
+    assert (await device.ok("account/status"))["channel_list_changed"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_sessions_end_after_the_ttl(db, world):
+    from twisted.internet.task import Clock
+
+    from smartyd.tvmw.sessions import Live, SessionStore, insert_session, new_authkey
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    store = SessionStore(db, clock, ttl=600)
+    authkey, other = new_authkey(), new_authkey()
+    for key, uid in ((authkey, "box-1"), (other, "box-2")):
+        await db.run(insert_session, key_hash(key), world.alice, "1", uid, "", "10.0.0.1",
+                     clock.seconds())
+    assert (await store.validate(authkey)).account_id == world.alice  # read once, then memory
+    before = db.round_trips
+    clock.advance(500)
+    assert await store.validate(authkey) is not None
+    assert db.round_trips == before
+    clock.advance(500)  # other idle for 1000 s, authkey for 500 s
+    await store.flush()
+    assert await store.validate(other) is None
+    assert await store.validate(authkey) is not None
+    assert [bytes(h) for h, in await db.fetchall("SELECT key_hash FROM tvmw_sessions")] == [
+        key_hash(authkey)]
+    clock.advance(601)
+    assert await store.validate(authkey) is None
+    assert await store.validate("nonsense") is None
+    assert isinstance(Live, type)
+
+
+# -- live TV ------------------------------------------------------------------------------------
+async def _guide(db, world, now: int):
+    from datetime import datetime, timezone
+
+    def at(t):
+        return datetime.fromtimestamp(t, timezone.utc)
+    rows = [(world.ch1, now - 600, now + 600, "News <live>", "d1"),
+            (world.ch1, now + 600, now + 1800, "Film", "d2"),
+            (world.ch1, now + 1800, now + 3600, "Late", "d3"),
+            (world.ch2, now + 60, now + 120, "Soon", "")]
+    for cid, start, stop, title, desc in rows:
+        await db.execute("INSERT INTO epg_programmes (channel_id, start, stop, title, description)"
+                         " VALUES (%s, %s, %s, %s, %s)", (cid, at(start), at(stop), title, desc))
+
+
+@pytest_twisted.ensureDeferred
+async def test_guide_categories_and_channel_detail(instance, world, db):
+    now = int(reactor.seconds())
+    await _guide(db, world, now)
+    reloaded = instance.entitlements.next_reload()
+    await db.execute("INSERT INTO channel_categories (id, name, color) VALUES (7, 'News', '#ff0000')")
+    await db.execute("UPDATE channels SET category_id = 7 WHERE id = %s", (world.ch1,))
+    await within(reloaded, 5)
+    await instance.tvmw.deps["channels"].reload()
+    device = Device(instance.http)
+    await device.login()
+    channels = {c["id"]: c for c in (await device.ok("channel/list"))["channels"]}
+    ch1, ch2 = channels[world.ch1], channels[world.ch2]
+    assert ch1["category_id"] == 7 and ch2["category_id"] == 0
+    assert ch1["program_name"] == "News <live>" and ch1["program_begin_time"] == now - 600
+    assert ch1["next_program_name"] == "Film"
+    assert ch2["program_name"] == "" and ch2["next_program_name"] == "Soon"
+    compact = (await device.ok("channel/list", compact=1, search="CH2"))["channels"]
+    assert [c["id"] for c in compact] == [world.ch2] and "next_program_name" not in compact[0]
+
+    assert (await device.ok("category/list"))["categories"] == [
+        {"id": 7, "name": "News", "color": "#ff0000", "channels_count": 1}]
+
+    programs = (await device.ok("channel/programs", cid=world.ch1, limit=2))["programs"]
+    assert [p["program_name"] for p in programs] == ["News <live>", "Film"]
+    assert programs[0]["id"] == now - 600
+
+    listed = (await device.ok("program/list", cid=world.ch1, time_from=now,
+                              time_to=now + 7200))["programs"]
+    assert [p["name"] for p in listed] == ["News <live>", "Film", "Late"]
+    assert all(p["has_subscription"] == 1 for p in listed)
+    listed = (await device.ok("program/list", cid=world.ch1, pid_from=now + 600))["programs"]
+    assert [p["name"] for p in listed] == ["Film", "Late"]
+    assert (await device("program/list", cid=world.ch1, pid_from=now + 1))["error"] == 1
+
+    async def premium(tx):
+        t = await catalog.create_tariff(tx, "premium", "300.00", [world.ch1, world.ch2])
+        await catalog.create_tariff(tx, "secret", "1.00", [world.ch1], hidden=True)
+        return t["id"]
+    premium_id = await db.run(premium)
+    detail = await device.ok("channel/detail", cid=world.ch1)
+    assert detail["id"] == world.ch1 and detail["name"] == "ch1"
+    assert [(a["tariff_id"], a["action"], a["price"]) for a in detail["actions"]] == [
+        (world.basic, "get_channel_url", "100.00"), (premium_id, "subscribe", "300.00")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_check_needs_no_session(instance):
+    answer = await Device(instance.http)("health/check", check_db_conn=1)
+    assert answer["error"] == 0 and answer["connection_errors"] == []
+    assert answer["alive"] in (0, 1) and 0 <= answer["usage"] <= 1
