@@ -394,11 +394,25 @@ class Megogo:
     user_prefix: str = _c(string, "")
     reconcile: str = _c(one_of("log", "fix"), "log")
     sync_interval: int = _c(integer(60, 7 * 86400), 86400)
+    # The MEGOGO apps' key pair per device class (the seed's names): handed to
+    # devices by the TV Middleware API's VideoUrl (README, Partners).
+    mobile_private_key: str = _c(string, "", secret=True)
+    mobile_public_key: str = _c(string, "")
+    smart_tv_private_key: str = _c(string, "", secret=True)
+    smart_tv_public_key: str = _c(string, "")
+    stb_private_key: str = _c(string, "", secret=True)
+    stb_public_key: str = _c(string, "")
 
     @property
     def svod_tariffs(self) -> tuple[int, ...]:
         """The tariffs that carry the SVOD subscription."""
         return tuple(t for t in (self.tariff_id, *self.additional_tariffs_ids) if t)
+
+    def device_keys(self, device_class: str) -> tuple[str, str] | None:
+        """``(private, public)`` of ``mobile``, ``smart_tv`` or ``stb``; None when not set."""
+        pair = (getattr(self, f"{device_class}_private_key", ""),
+                getattr(self, f"{device_class}_public_key", ""))
+        return pair if all(pair) else None
 
 
 @frozen
@@ -671,20 +685,20 @@ class Config:
         return attrs.evolve(self, **sections)
 
 
+# MEGOGO's device classes: each has a key pair ([megogo] <class>_private_key,
+# <class>_public_key), the one the MEGOGO apps sign their api.megogo.net calls
+# with (sign = md5(params + private key) + public key).  smartyd uses a pair in
+# the TV Middleware API's VideoUrl only (smartyd.tvmw.films): the public key is
+# the answer's ext_apikey, the private key signs its uri.
+MEGOGO_DEVICE_CLASSES = ("mobile", "smart_tv", "stb")
+
 # Keys of the seed that smartyd refuses on purpose (not silently ignored), and why.
-# MEGOGO's per-device key pairs sign the MEGOGO apps' own calls to
-# api.megogo.net (sign = md5(params + private key) + public key); smartyd makes
-# no such call (the catalog comes from xml_url, SVOD/TVOD from billing_url).
 # available_tvod_collection_id names a collection of MEGOGO's own content API
 # (api.megogo.net, the apps'); smartyd reads none: a title is sold individually
 # when all_mgg.xml says vod="tvod" with a price, and the grant names the title.
-_NOT_USED = {
-    ("megogo", f"{device}_{kind}_key"): "the MEGOGO apps' api.megogo.net signing key"
-    for device in ("mobile", "smart_tv", "stb") for kind in ("private", "public")
-}
-_NOT_USED["megogo", "available_tvod_collection_id"] = (
+_NOT_USED = {("megogo", "available_tvod_collection_id"): (
     "a collection of the MEGOGO apps' api.megogo.net; what is sold individually is each"
-    " title's vod=\"tvod\" and price in all_mgg.xml")
+    " title's vod=\"tvod\" and price in all_mgg.xml")}
 
 
 def _section(name: str, cls: type, raw: Any) -> Any:
@@ -728,6 +742,13 @@ def _cross_check(name: str, s: Any) -> None:
     if name == "megogo" and s.enabled:
         _required(name, s, "xml_url", "partner_id", "salt", "svod_service_id", "tariff_id",
                   "catalog_tariff_id")
+    if name == "megogo":
+        for device in MEGOGO_DEVICE_CLASSES:
+            private, public = (getattr(s, f"{device}_{k}_key") for k in ("private", "public"))
+            if bool(private) != bool(public):
+                missing = "public" if private else "private"
+                raise ConfigError(f"[megogo] {device}_{missing}_key: a key pair, set both or"
+                                  " neither")
     if name == "megogo" and s.tariff_id and s.tariff_id in s.additional_tariffs_ids:
         raise ConfigError(f"[megogo] additional_tariffs_ids: lists tariff_id {s.tariff_id}")
     if name == "tvzavr" and s.enabled:

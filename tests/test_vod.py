@@ -723,16 +723,16 @@ def test_config_sections_validate(section, message):
     assert message in str(e.value)
 
 
-@pytest.mark.parametrize("key", ["mobile_private_key", "mobile_public_key",
-                                 "smart_tv_private_key", "smart_tv_public_key",
-                                 "stb_private_key", "stb_public_key"])
-def test_megogo_device_keys_are_refused_not_ignored(key):
-    # MEGOGO's device keys sign the apps' own api.megogo.net calls; smartyd makes none,
-    # so accepting them would be accepting a setting that does nothing.
-    with pytest.raises(ConfigError) as e:
-        make_config(megogo={key: "k"})
-    assert f"[megogo] {key}: not used by smartyd" in str(e.value)
-    assert "README" in str(e.value)
+@pytest.mark.parametrize("device", ["mobile", "smart_tv", "stb"])
+def test_megogo_device_key_pairs_are_accepted_whole_or_refused_half(device):
+    # A device class's pair goes to devices through the TV Middleware API's VideoUrl
+    # (smartyd.tvmw.films): the public key as ext_apikey, the private key signs the uri.
+    cfg = make_config(megogo={f"{device}_private_key": "priv", f"{device}_public_key": "pub"})
+    assert cfg.megogo.device_keys(device) == ("priv", "pub")
+    for half, missing in (("private", "public"), ("public", "private")):
+        with pytest.raises(ConfigError) as e:
+            make_config(megogo={f"{device}_{half}_key": "k"})
+        assert f"[megogo] {device}_{missing}_key: a key pair" in str(e.value)
 
 
 def test_megogo_tvod_collection_is_refused_not_ignored():

@@ -57,3 +57,29 @@ def text(params: Mapping[str, str], name: str, *, default: str = "", max_len: in
     if len(raw) > max_len or not raw.isprintable():
         raise bad(name, f"must be at most {max_len} printable characters", code)
     return raw
+
+
+def integer_list(params: Mapping[str, str], name: str, *, most: int = 100,
+                 code: int = 1) -> tuple[int, ...]:
+    """
+    Non-negative integers separated by commas (the spec's "several values"),
+    in order, repeats dropped; () when absent or empty.
+    """
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return ()
+    parts = [p.strip() for p in raw.split(",")]
+    if len(parts) > most or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
+        raise bad(name, f"must be up to {most} integers separated by commas", code)
+    return tuple(dict.fromkeys(int(p) for p in parts))
+
+
+def paging(params: Mapping[str, str], *, default_limit: int = 20, max_limit: int = 100,
+           code: int = 1) -> tuple[int, int]:
+    """
+    ``(limit, offset)`` from the spec's ``limit`` (default 20; above 100, the
+    spec's maximum, it is cut to 100) and ``page`` (from 1, default 1).
+    """
+    limit = min(integer(params, "limit", default=default_limit, code=code), max_limit)
+    page = integer(params, "page", default=1, lo=1, hi=10**6, code=code)
+    return limit, (page - 1) * limit

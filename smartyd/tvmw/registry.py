@@ -18,7 +18,7 @@ from typing import Awaitable, Callable
 
 from attrs import frozen
 
-MODULES = ("auth", "live", "health")
+MODULES = ("auth", "live", "health", "customer", "films")
 
 Method = Callable[..., Awaitable[dict]]
 
