@@ -13,8 +13,8 @@ A fake Dreamkas Kabinet API (Klein, in-process) speaking the real JSON wire form
                                 promise that filter); with ``honours_paging`` off,
                                 ``limit`` and ``offset`` are ignored: every page is the
                                 whole list (Ubilling's notes: the filters are ignored)
-  GET  /api/devices          -> devices
-  GET  /api/v2/products      -> positions
+  GET  /api/devices          -> devices       } paged like /api/operations (and
+  GET  /api/v2/products      -> positions     } ``honours_paging`` alike)
 
 Knobs for the tests: ``post_modes`` (a queue: "500", "hang" -- the POST never
 reaches Dreamkas and never answers --, "accept-hang" -- Dreamkas creates the
@@ -83,6 +83,7 @@ class FakeDreamkas:
         self.filters_external_id = True
         self.honours_paging = True
         self.list_pages: list[tuple[int, int]] = []  # (limit, offset) of each list request
+        self.list_reads: Counter = Counter()  # path -> lists read (their offset-0 pages)
         self.held: list[tuple[defer.Deferred, object]] = []
         self.hung: list[defer.Deferred] = []
         self._waiters: dict[str, list[defer.Deferred]] = {"post": [], "poll": []}
@@ -245,12 +246,12 @@ class FakeDreamkas:
             return d
         return answer
 
-    @app.route("/api/operations", methods=["GET"])
-    def list_operations(self, request):
-        self.requests.append(("GET", "/api/operations"))
-        if not self._authorized(request):
-            return _json(request, 401, {"message": "Unauthorized"})
-        wanted = request.args.get(b"externalId", [None])[0]
+    def _page(self, request, items: list) -> bytes:
+        """
+        One page of a Kabinet list: ``limit`` (default 10, capped at 1000) from
+        ``offset``; ``list_pages`` records the operation list's pages,
+        ``list_reads`` counts each list's first pages (offset 0).
+        """
         try:
             limit = min(int(request.args.get(b"limit", [b"10"])[0]), 1000)
             offset = int(request.args.get(b"offset", [b"0"])[0])
@@ -258,24 +259,36 @@ class FakeDreamkas:
             return _json(request, 400, {"message": "limit and offset are numbers"})
         if limit < 1 or offset < 0:
             return _json(request, 400, {"message": "limit and offset are out of range"})
-        self.list_pages.append((limit, offset))
+        path = request.path.decode()
+        if path == "/api/operations":
+            self.list_pages.append((limit, offset))
+        if offset == 0:
+            self.list_reads[path] += 1
+        if not self.honours_paging:
+            return _json(request, 200, items)
+        return _json(request, 200, items[offset:offset + limit])
+
+    @app.route("/api/operations", methods=["GET"])
+    def list_operations(self, request):
+        self.requests.append(("GET", "/api/operations"))
+        if not self._authorized(request):
+            return _json(request, 401, {"message": "Unauthorized"})
+        wanted = request.args.get(b"externalId", [None])[0]
         ops = [op for op in self.operations.values()
                if wanted is None or not self.filters_external_id
                or op["externalId"] == wanted.decode()]
-        if not self.honours_paging:
-            return _json(request, 200, ops)
-        return _json(request, 200, ops[offset:offset + limit])
+        return self._page(request, ops)
 
     @app.route("/api/devices", methods=["GET"])
     def list_devices(self, request):
         self.requests.append(("GET", "/api/devices"))
         if not self._authorized(request):
             return _json(request, 401, {"message": "Unauthorized"})
-        return _json(request, 200, self.devices)
+        return self._page(request, self.devices)
 
     @app.route("/api/v2/products", methods=["GET"])
     def list_products(self, request):
         self.requests.append(("GET", "/api/v2/products"))
         if not self._authorized(request):
             return _json(request, 401, {"message": "Unauthorized"})
-        return _json(request, 200, self.products)
+        return self._page(request, self.products)
