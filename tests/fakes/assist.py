@@ -74,9 +74,8 @@ ORDERSTATE_DTD = (
 
 def sized(handler):
     """
-    Answer with a Content-Length, as the real gateways do.  (PartnerHTTP
-    cannot read a chunked answer yet: it compares UNKNOWN_LENGTH, a str, with
-    an int -- see the report of issue 5.)
+    Answer with a Content-Length, as the real gateways do.  (PartnerHTTP reads
+    chunked answers as well: tests/test_partners.py.)
     """
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):

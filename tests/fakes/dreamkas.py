@@ -45,8 +45,8 @@ PAYMENT_TYPES = {"CASH", "CASHLESS", "PREPAID", "CREDIT", "CONSIDERATION"}
 
 
 def _body(request, data: bytes) -> bytes:
-    # Sized, not chunked, as the real API answers.  (PartnerHTTP cannot read a
-    # chunked answer yet: it compares UNKNOWN_LENGTH, a str, with an int.)
+    # Sized, not chunked, as the real API answers.  (PartnerHTTP reads chunked
+    # answers as well: tests/test_partners.py.)
     request.setHeader(b"content-length", str(len(data)).encode())
     return data
 
