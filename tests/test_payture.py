@@ -380,6 +380,22 @@ async def test_order_endpoint_opens_a_session(env, fake, db):
     assert json.loads(await response.content()) == {"error": "Payture refused: ACCESS_DENIED"}
 
 
+@pytest.mark.parametrize("ip", ["203.0.113.7;Amount=1", "203.0.113.7;Url=https://evil.example",
+                                "not an address"])
+@pytest_twisted.ensureDeferred
+async def test_order_ip_must_be_an_address_never_more_data_fields(env, fake, db, ip):
+    """``ip`` travels in Init's Data="k=v;k=v": a ';' would add fields (an Amount of 1)."""
+    await db.run(ledger.create_account, "bob", ledger.hash_password("pw"))
+    response = await env.web.post(
+        "http://smartyd/payments/payture/order",
+        data=json.dumps({"login": "bob", "password": "pw", "amount": "124.80",
+                         "ip": ip}).encode(),
+        headers={"content-type": "application/json"})
+    assert response.code == 400
+    assert "ip must be an IP address" in (await response.content()).decode()
+    assert fake.inits == [] and fake.payments == {}
+
+
 def test_client_repr_never_shows_the_key():
     client = P.PaytureClient(None, "https://x", "SuperSecretKey")
     assert "SuperSecretKey" not in repr(client)
