@@ -810,6 +810,26 @@ async def test_current_generation_reads_answers_that_declare_a_dtd(make_env, fak
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_state_we_do_not_know_is_an_alarm_and_the_order_stays_open(
+        make_env, fake, metrics, log_events):
+    """A paid-looking state outside our tables ("PartialApproved"): loud, uncredited, asked again."""
+    env = make_env(generation="current")
+    alice = await env.account()
+    order = await env.order(alice.id, "150.00")
+    attempt = fake.pay(order.order_number, "150.00", "PartialApproved")
+    await env.service.poll()
+    assert (await env.get(order.order_number)).status == "unknown"
+    assert await env.payments() == 0 and gw_events(metrics, "unknown_status") == 1
+    loud = [e for e in log_events if e.get("reason") == "unknown_status"]
+    assert len(loud) == 1 and loud[0]["log_level"].name == "warn"
+    assert loud[0]["gateway_status"] == "PartialApproved"
+    await env.service.poll()  # the same state again: said once
+    assert gw_events(metrics, "unknown_status") == 1
+    attempt["state"] = "Approved"
+    assert (await env.service.poll()).credited == (order.order_number,)
+
+
+@pytest_twisted.ensureDeferred
 async def test_current_generation_keeps_asking_about_a_declined_order(make_env, fake):
     env = make_env(generation="current")
     alice = await env.account()
