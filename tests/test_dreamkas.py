@@ -614,6 +614,23 @@ async def test_webhook_delivers_success_and_polling_is_then_a_no_op(db, kit, fak
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_receipt_id_that_comes_after_success_is_kept(db, kit, fake):
+    """SUCCESS without data.receiptId, then an update that has it: the job learns its receipt."""
+    [payment] = await pay(db)
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    fake.complete(job.operation_id, receipt_id=False)
+    assert (await kit.deliver(fake.webhook_body(job.operation_id)))[0] == 200
+    done = await job_of(db, payment)
+    assert (done.state, done.receipt_id) == ("done", None)
+    fake.give_receipt_id(job.operation_id)
+    assert (await kit.deliver(fake.webhook_body(job.operation_id)))[0] == 200
+    later = await job_of(db, payment)
+    assert (later.state, later.receipt_id) == ("done", f"rcpt-{job.operation_id}")
+    assert later.finished == done.finished and kit.receipts_counted("done") == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_webhook_racing_polling_first_wins_the_other_is_a_no_op(db, kit, fake):
     a, b = await pay(db, count=2)
     await kit.worker.run()

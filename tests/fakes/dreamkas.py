@@ -104,8 +104,11 @@ class FakeDreamkas:
         op_id = self.by_external.get(external_id)
         return None if op_id is None else self.operations[op_id]
 
-    def complete(self, op_id: str) -> dict:
-        """Let the operation finish now (as the cash device prints it)."""
+    def complete(self, op_id: str, receipt_id: bool = True) -> dict:
+        """
+        Let the operation finish now (as the cash device prints it); ``receipt_id``
+        False: SUCCESS without ``data.receiptId`` yet (L{give_receipt_id} adds it).
+        """
         op = self.operations[op_id]
         if op["status"] in ("SUCCESS", "ERROR"):
             return op
@@ -113,10 +116,15 @@ class FakeDreamkas:
         op["completedAt"] = "2024-05-01T10:00:05.000Z"
         if error is None:
             op["status"] = "SUCCESS"
-            op["data"] = {"receiptId": f"rcpt-{op_id}"}
+            op["data"] = {"receiptId": f"rcpt-{op_id}"} if receipt_id else {}
         else:
             op["status"] = "ERROR"
             op["data"] = {"error": {"code": error[0], "message": error[1]}}
+        return op
+
+    def give_receipt_id(self, op_id: str) -> dict:
+        op = self.operations[op_id]
+        op["data"] = {**op.get("data", {}), "receiptId": f"rcpt-{op_id}"}
         return op
 
     def add_operation(self, external_id: str, status: str = "SUCCESS") -> dict:
