@@ -166,6 +166,55 @@ def test_orderstate_faults(body, error, code):
         assert e.value.code == code
 
 
+# The real gateway's answer (as public clients recorded it): an internal DTD subset of
+# element and attribute declarations -- no entities -- before <result>.
+ORDERSTATE_WITH_DTD = b"""<?xml version='1.0' encoding='utf-8' standalone='yes'?>
+<!DOCTYPE result [
+<!ATTLIST result
+ firstcode CDATA #REQUIRED
+ secondcode CDATA #REQUIRED
+ count CDATA #REQUIRED>
+<!ELEMENT result (order*)>
+<!ELEMENT order (ordernumber?,billnumber?,orderamount?,ordercurrency?,orderstate?,packetdate?)>
+<!ELEMENT ordernumber (#PCDATA)>
+<!ELEMENT orderstate (#PCDATA)>]>
+<result firstcode='0' secondcode='0' count='1'>
+  <order>
+    <ordernumber>100</ordernumber>
+    <billnumber>5775486650107611</billnumber>
+    <orderamount>4.00</orderamount>
+    <ordercurrency>RUB</ordercurrency>
+    <orderstate>Canceled</orderstate>
+    <packetdate>27.09.2016 23:24</packetdate>
+    <signature></signature>
+    <checkvalue>74DEB154081757F1E8097DDFAC35FC5C</checkvalue>
+  </order>
+</result>"""
+
+
+def test_orderstate_with_the_gateways_dtd_of_declarations_is_read():
+    (row,) = A.parse_xml_result(ORDERSTATE_WITH_DTD).rows
+    assert (row.order_number, row.bill_number, row.status, row.amount, row.currency) == (
+        "100", "5775486650107611", "Canceled", Decimal("4.00"), "RUB")
+
+
+@pytest.mark.parametrize("doctype, attrs", [
+    # a parameter entity, an external DTD: refused although the answer is otherwise good
+    ('<!DOCTYPE result [<!ENTITY % p "x"><!ELEMENT result ANY>]>', 'firstcode="0" '),
+    ('<!DOCTYPE result SYSTEM "http://127.0.0.1:1/result.dtd">', 'firstcode="0" '),
+    # ATTLIST defaults that would answer firstcode 0 for an answer without one
+    ('<!DOCTYPE result [<!ATTLIST result firstcode CDATA "0">]>', ""),
+    ('<!DOCTYPE result [<!ATTLIST result secondcode CDATA #REQUIRED'
+     ' firstcode CDATA #FIXED "0">]>', ""),
+])
+def test_orderstate_dtd_with_entities_defaults_or_external_is_refused(doctype, attrs):
+    body = (f'<?xml version="1.0"?>{doctype}<result {attrs}secondcode="0">'
+            "<order><ordernumber>1</ordernumber><billnumber>1</billnumber>"
+            "<orderstate>Approved</orderstate></order></result>").encode()
+    with pytest.raises(PartnerProtocolError, match="not XML"):
+        A.parse_xml_result(body)
+
+
 def test_action_answers():
     assert A.parse_action_answer("Order Number:1;Payment No.:2;Order State:Captured;", "x") == {
         "Order Number": "1", "Payment No.": "2", "Order State": "Captured"}
@@ -745,6 +794,39 @@ async def test_current_generation_polls_open_orders_and_credits_once(make_env, f
     await env.service.poll()
     assert fake.requests == ["/orderstate/orderstate.cfm"]  # a paid order is no longer asked
     assert await env.payments() == 1 and await env.balance(alice.id) == Decimal("150.00")
+
+
+@pytest_twisted.ensureDeferred
+async def test_current_generation_reads_answers_that_declare_a_dtd(make_env, fake, db):
+    """The real gateway opens each XML answer with a DTD of declarations: still credited."""
+    fake.declares_dtd = True
+    env = make_env(generation="current")
+    alice = await env.account()
+    paid = await env.order(alice.id, "150.00")
+    fake.pay(paid.order_number, "150.00", "Approved")
+    summary = await env.service.poll()
+    assert summary.credited == (paid.order_number,)
+    assert await env.payments() == 1 and await env.balance(alice.id) == Decimal("150.00")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_state_we_do_not_know_is_an_alarm_and_the_order_stays_open(
+        make_env, fake, metrics, log_events):
+    """A paid-looking state outside our tables ("PartialApproved"): loud, uncredited, asked again."""
+    env = make_env(generation="current")
+    alice = await env.account()
+    order = await env.order(alice.id, "150.00")
+    attempt = fake.pay(order.order_number, "150.00", "PartialApproved")
+    await env.service.poll()
+    assert (await env.get(order.order_number)).status == "unknown"
+    assert await env.payments() == 0 and gw_events(metrics, "unknown_status") == 1
+    loud = [e for e in log_events if e.get("reason") == "unknown_status"]
+    assert len(loud) == 1 and loud[0]["log_level"].name == "warn"
+    assert loud[0]["gateway_status"] == "PartialApproved"
+    await env.service.poll()  # the same state again: said once
+    assert gw_events(metrics, "unknown_status") == 1
+    attempt["state"] = "Approved"
+    assert (await env.service.poll()).credited == (order.order_number,)
 
 
 @pytest_twisted.ensureDeferred

@@ -33,7 +33,7 @@ from smartyd.fiscal.dreamkas_cache import DreamkasCache
 from smartyd.fiscal.webhook import MAX_BODY, DreamkasWebhook
 from smartyd.fiscal.worker import ReceiptWorker
 from smartyd.metrics import Metrics
-from smartyd.partners import HTTPClientService, PartnerHTTP
+from smartyd.partners import HTTPClientService, PartnerHTTP, PartnerUnavailable
 from smartyd.poller import Poller
 
 API = "http://dreamkas.test/api"
@@ -614,6 +614,23 @@ async def test_webhook_delivers_success_and_polling_is_then_a_no_op(db, kit, fak
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_receipt_id_that_comes_after_success_is_kept(db, kit, fake):
+    """SUCCESS without data.receiptId, then an update that has it: the job learns its receipt."""
+    [payment] = await pay(db)
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    fake.complete(job.operation_id, receipt_id=False)
+    assert (await kit.deliver(fake.webhook_body(job.operation_id)))[0] == 200
+    done = await job_of(db, payment)
+    assert (done.state, done.receipt_id) == ("done", None)
+    fake.give_receipt_id(job.operation_id)
+    assert (await kit.deliver(fake.webhook_body(job.operation_id)))[0] == 200
+    later = await job_of(db, payment)
+    assert (later.state, later.receipt_id) == ("done", f"rcpt-{job.operation_id}")
+    assert later.finished == done.finished and kit.receipts_counted("done") == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_webhook_racing_polling_first_wins_the_other_is_a_no_op(db, kit, fake):
     a, b = await pay(db, count=2)
     await kit.worker.run()
@@ -747,8 +764,7 @@ async def test_two_workers_claiming_at_once_post_each_receipt_once(db, make_db, 
 @pytest_twisted.ensureDeferred
 async def test_devices_and_positions_are_cached_for_cache_lifetime(db, kit, fake):
     def fetches():
-        return (fake.requests.count(("GET", "/api/devices")),
-                fake.requests.count(("GET", "/api/v2/products")))
+        return fake.list_reads["/api/devices"], fake.list_reads["/api/v2/products"]
 
     await pay(db)
     await kit.worker.run()
@@ -779,6 +795,39 @@ async def test_devices_and_positions_are_cached_for_cache_lifetime(db, kit, fake
     kit.clock.advance(1801)
     snapshot = await kit.catalog.get()
     assert snapshot.stale and [p["name"] for p in snapshot.products][-1] == "Антенна"
+
+
+@pytest.mark.parametrize("honours_paging", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_positions_are_read_past_the_first_page(db, kit, fake, honours_paging):
+    """
+    The Kabinet lists page (a short default page, ``limit``/``offset``): a
+    position past the first page still lends its name and VAT to a receipt.
+    A server that ignores the paging answers the whole list each time: read once.
+    """
+    fake.honours_paging = honours_paging
+    kit.api.page_size = 10
+    fake.products = [{"id": f"p-{i}", "name": f"Услуга {i}", "tax": "NDS_NO_TAX"}
+                     for i in range(25)]
+    fake.products.append({"id": "p-tv", "name": "Телевидение", "tax": "NDS_20"})
+    snapshot = await kit.catalog.refresh()
+    assert [p["id"] for p in snapshot.products] == [p["id"] for p in fake.products]
+    pages = fake.requests.count(("GET", "/api/v2/products"))
+    assert pages == (4 if honours_paging else 2)  # 10 + 10 + 6 + the empty end / the same list
+    kit.clock.advance(1)
+    [payment] = await pay(db, details={"service": "телевидение"})
+    await kit.worker.run()
+    job = await job_of(db, payment)
+    [position] = fake.bodies[job.operation_id]["positions"]
+    assert (position["name"], position["tax"]) == ("Телевидение", "NDS_20")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_list_longer_than_max_pages_is_not_taken_for_the_whole(db, kit, fake):
+    kit.api.page_size, kit.api.max_pages = 10, 2
+    fake.products = [{"id": f"p-{i}", "name": f"Услуга {i}"} for i in range(25)]
+    with pytest.raises(PartnerUnavailable, match="more than 20 items"):
+        await kit.api.products()
 
 
 @pytest_twisted.ensureDeferred

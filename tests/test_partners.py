@@ -29,7 +29,10 @@ OUTCOMES = ("ok", "timeout", "unreachable", "server_error", "refused", "too_larg
 
 
 class Partner(Resource):
-    """Answers per ``mode``: "silent" (never), "stall" (headers, then no body), or "ok"."""
+    """
+    Answers per ``mode``: "silent" (never), "stall" (headers, then no body),
+    "chunked" (a body without Content-Length, in pieces), "moved" (301 elsewhere), or "ok".
+    """
 
     isLeaf = True
 
@@ -44,6 +47,14 @@ class Partner(Resource):
         request.notifyFinish().addErrback(self.gone.append)
         if self.mode == "ok":
             return b"fine"
+        if self.mode == "moved":  # the partner moved: every request is redirected
+            request.setResponseCode(301)
+            request.setHeader(b"location", b"https://new.partner.test/api/thing?token=q")
+            return b""
+        if self.mode == "chunked":  # no Content-Length: the body comes chunked, then ends
+            for piece in (b"fi", b"n", b"e"):
+                request.write(piece)
+            request.finish()
         if self.mode == "stall":
             request.setHeader(b"content-length", b"100")
             request.write(b"only part of it")
@@ -114,4 +125,35 @@ async def test_a_body_over_the_cap_is_a_protocol_error():
     with pytest.raises(PartnerProtocolError):
         await http.request("GET", URL)
     assert counted(metrics) == {"too_large": 1}
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_answer_without_content_length_is_read_whole_and_capped():
+    """Chunked answers (no length known in advance) are read to their end, within the cap."""
+    clock, metrics = Clock(), Metrics()
+    _, http = partner_http("chunked", clock, metrics)
+    response = await http.request("GET", URL)
+    assert (response.code, response.body) == (200, b"fine")
+    _, capped = partner_http("chunked", clock, metrics, max_body=3)
+    with pytest.raises(PartnerProtocolError):
+        await capped.request("GET", URL)
+    assert counted(metrics) == {"ok": 1, "too_large": 1}
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_post_redirected_elsewhere_says_so():
+    """
+    A partner that moved (http -> https, a new host) answers 301: treq follows it
+    for GET only, so a POST fails -- with a message naming the redirect and its
+    target (no query string), not a bare ResponseFailed.
+    """
+    clock, metrics = Clock(), Metrics()
+    _, http = partner_http("moved", clock, metrics)
+    with pytest.raises(PartnerUnavailable) as e:
+        await http.request("POST", URL, data={"a": "1"})
+    assert "answered HTTP 301, a redirect to https://new.partner.test/api/thing" in e.value.message
+    assert "token" not in e.value.message and "secret" not in e.value.message
+    assert counted(metrics) == {"unreachable": 1}
     assert clock.getDelayedCalls() == []

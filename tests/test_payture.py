@@ -249,6 +249,30 @@ async def test_forged_notifications_credit_nothing(env, fake, metrics, log_event
     assert gw_events(metrics, "amount_mismatch") == 2
 
 
+@pytest.mark.parametrize("err_code", ["API_NOT_ALLOWED", "ACCESS_DENIED", "INTERNAL_ERROR", None])
+@pytest_twisted.ensureDeferred
+async def test_a_getstate_refusal_that_is_not_about_the_order_is_retried(
+        env, fake, metrics, log_events, err_code):
+    """
+    Payture answers GetState Success="False" for our IP, our Key or its own
+    fault (https://payture.com/docs/error-codes): the genuine notification is
+    answered 503 (Payture repeats it), loudly, and credited once GetState works.
+    """
+    account, order = await env.order("124.80")
+    fake.set_state(order.order_number, "Charged")
+    fake.state_errors.append(err_code)
+    assert await env.notify(fake.notification(order.order_number, 12480)) == (503, "RETRY")
+    assert await env.payments() == 0 and gw_events(metrics, "forged") == 0
+    assert gw_events(metrics, "gateway_error") == 1
+    loud = [e for e in log_events if e.get("reason") == "state_refused"]
+    assert len(loud) == 1 and loud[0]["log_level"].name == "error"
+    assert loud[0]["err_code"] == err_code
+    # Payture repeats the notification; GetState answers now
+    assert await env.notify(fake.notification(order.order_number, 12480)) == (200, "OK")
+    assert await env.payments() == 1 and await env.balance(account.id) == Decimal("124.80")
+    assert await env.outcomes() == ["gateway_error", "credited"]
+
+
 @pytest_twisted.ensureDeferred
 async def test_notifications_that_claim_no_payment_are_noted(env, fake):
     account, order = await env.order()
@@ -318,7 +342,9 @@ async def test_check_uses_the_configured_key_and_credits(db, metrics, fake):
     account, order = await env.order()
     fake.set_state(order.order_number, "Charged")
     handled = await env.service.verify_and_credit(order.order_number)
-    assert handled.outcome == "forged" and await env.payments() == 0  # ACCESS_DENIED
+    # ACCESS_DENIED: our key, not the order -- retried, never taken for a forgery
+    assert (handled.code, handled.outcome) == (503, "gateway_error")
+    assert await env.payments() == 0
     right = Env(db, metrics, fake, Clock())
     assert (await right.service.verify_and_credit(order.order_number)).outcome == "credited"
     assert (await right.service.verify_and_credit(order.order_number)).outcome == "duplicate"
@@ -352,6 +378,22 @@ async def test_order_endpoint_opens_a_session(env, fake, db):
                                     data={"login": "bob", "password": "pw", "amount": "1"})
     assert response.code == 502
     assert json.loads(await response.content()) == {"error": "Payture refused: ACCESS_DENIED"}
+
+
+@pytest.mark.parametrize("ip", ["203.0.113.7;Amount=1", "203.0.113.7;Url=https://evil.example",
+                                "not an address"])
+@pytest_twisted.ensureDeferred
+async def test_order_ip_must_be_an_address_never_more_data_fields(env, fake, db, ip):
+    """``ip`` travels in Init's Data="k=v;k=v": a ';' would add fields (an Amount of 1)."""
+    await db.run(ledger.create_account, "bob", ledger.hash_password("pw"))
+    response = await env.web.post(
+        "http://smartyd/payments/payture/order",
+        data=json.dumps({"login": "bob", "password": "pw", "amount": "124.80",
+                         "ip": ip}).encode(),
+        headers={"content-type": "application/json"})
+    assert response.code == 400
+    assert "ip must be an IP address" in (await response.content()).decode()
+    assert fake.inits == [] and fake.payments == {}
 
 
 def test_client_repr_never_shows_the_key():

@@ -485,6 +485,31 @@ async def test_call_of_unknown_outcome_that_took_effect_is_not_resent(db):
 
 
 @pytest_twisted.ensureDeferred
+async def test_odd_subscription_entries_never_stop_the_outbox(db):
+    """
+    user/subscriptions with entries of a null, a non-numeric or no serviceId
+    (and ours as a string): the check still finds ours in effect, nothing is
+    resent, and the outbox goes on (an int() there used to raise out of it).
+    """
+    w, svod, _ = await megogo_world(db)
+    cid, aid = await customer_with_account(db, "gina", "0")
+    billing = make_config(billing={"mode": "full"}).billing
+    w.megogo.apply_then_fail = 1
+    await db.run(engine.assign, billing, aid, svod, at=T0)
+    await w.vod.outbox.run()
+    [call] = await w.calls()
+    assert (call.op, call.state) == ("subscribe", "unknown")
+    w.megogo.odd_subscriptions = [{"serviceId": None}, {"serviceId": "premium"},
+                                  {"serviceId": True}, {"name": "no id"}, {"serviceId": "777"}]
+    w.clock.advance(3600)
+    await w.vod.outbox.run()
+    uid = f"isp-{cid}"
+    assert w.megogo.calls.count(("subscription/subscribe", uid, 555)) == 1
+    assert await w.calls() == []
+    assert await w.vod.partners["megogo"].client.subscriptions(uid) == {555, 777}
+
+
+@pytest_twisted.ensureDeferred
 async def test_refused_call_fails_holds_later_calls_and_retry_requeues(db):
     w, svod, _ = await megogo_world(db, partner_id=8)  # the fake knows partner 7 only
     cid, aid = await customer_with_account(db, "fred", "0")
@@ -542,6 +567,10 @@ async def test_tvzavr_and_irdeto_follow_tariffs(db):
     await w.vod.outbox.run()
     assert w.irdeto.entitlements["card-1"] == set()
     assert w.tvzavr.subs[str(cid)] == set()
+    # A list with odd entries (null, non-numeric, missing tariff) reads what it can.
+    w.tvzavr.subs[str(cid)] = {3}
+    w.tvzavr.odd_subscriptions = [{"tariff": None}, {"tariff": "gold"}, {"expires": 0}]
+    assert await w.vod.partners["tvzavr"].client.subscriptions(str(cid)) == {3}
 
 
 # -- TVOD -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ XMLTV import against a fake feed.  The real browser is tests/test_widgets_browse
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import re
 import subprocess
@@ -22,18 +23,18 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from attrs import evolve
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 
 from conftest import make_config
 from fakes import in_memory_client
 from fakes.assist import FakeAssist
-from fakes.xmltv import FakeXMLTV, now_utc, xmltv
+from fakes.xmltv import FakeXMLTV, minutes, now_utc, unspaced, xmltv
 from smartyd import catalog, ledger
 from smartyd.config import ConfigError
 from smartyd.http.auth import password_login
 from smartyd.widgets import repo
-from smartyd.widgets.epg import EPGError
+from smartyd.widgets.epg import EPGError, EPGSync
 from smartyd.widgets.session import LIFETIME, Sessions, derive_key
 from testapp import build
 
@@ -682,6 +683,50 @@ async def test_epg_imported_from_xmltv_shows_the_programme_on_air(db):
     # Again: idempotent (upserts), nothing more to prune.
     assert (await sync.run()).to_json()["stored"] == 3
     assert await db.fetchval("SELECT count(*) FROM epg_programmes") == 2
+
+
+@pytest.mark.parametrize("gzipped, stops, time", [
+    (True, True, None),      # guide.xml.gz, as iptv-org/epg and others publish only
+    (False, False, None),    # no stop: the next programme's start ends it
+    (False, True, minutes),  # to the minute, no offset (UT): the DTD's example
+    (False, True, unspaced),  # "20260101120000+0300"
+    (True, False, minutes),
+])
+@pytest_twisted.ensureDeferred
+async def test_epg_reads_feeds_in_every_form_the_dtd_and_providers_use(db, gzipped, stops,
+                                                                       time):
+    now = now_utc().replace(second=0)
+    rows = [("first.example", now - timedelta(minutes=30), now + timedelta(minutes=30), "News"),
+            ("second.example", now, now + timedelta(hours=2), "Match"),
+            ("first.example", now + timedelta(minutes=30), now + timedelta(minutes=90), "Film"),
+            ("first.example", now + timedelta(minutes=90), now + timedelta(minutes=95), "Late")]
+    feed = FakeXMLTV(xmltv(rows, stops=stops, **({"time": time} if time else {})),
+                     gzipped=gzipped)
+    cfg = make_config(epg={"xmltv_url": "http://epg.example/guide.xml.gz"})
+    env = Env(db, cfg, client=feed.client())
+    _, _, (first, _, _) = await catalog_world(db)
+    await db.run(repo.set_xmltv_id, first, "first.example")
+    result = await env.app.app.features["epg"].handle.run()
+    # Without stops the last programme of each channel has no end: skipped, counted.
+    stored = 3 if stops else 2
+    assert result.to_json() == {"programmes": 4, "stored": stored, "skipped": 4 - stored,
+                                "pruned": 0}
+    got = await db.fetchall("SELECT title, start, stop FROM epg_programmes ORDER BY start")
+    want = [(t, a, b) for ch, a, b, t in rows if ch == "first.example"][:stored]
+    assert [tuple(r) for r in got] == want
+
+
+@pytest_twisted.ensureDeferred
+async def test_epg_gzip_bomb_and_broken_gzip_are_errors(db):
+    now = now_utc()
+    body = xmltv([("first.example", now, now + timedelta(hours=1), "x" * 1000)] * 50)
+    sync = EPGSync(FakeXMLTV().client, db, Clock(), max_xml=len(body) // 2,
+                   in_thread=lambda f, *a: defer.maybeDeferred(f, *a))
+    with pytest.raises(EPGError, match="once decompressed"):
+        await sync.sync_bytes(gzip.compress(body))
+    with pytest.raises(EPGError, match="gzip"):
+        await sync.sync_bytes(gzip.compress(body)[:300])
+    assert await db.fetchval("SELECT count(*) FROM epg_programmes") == 0
 
 
 @pytest_twisted.ensureDeferred

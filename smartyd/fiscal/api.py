@@ -12,7 +12,11 @@ JSON over HTTPS, ``Authorization: Bearer <token>``.  What we use:
   - ``GET /operations?externalId=...&limit=...&offset=...`` -> operations,
     filtered here again by ``externalId`` (the crash-recovery look-up; see
     L{DreamkasAPI.find_operation});
-  - ``GET /devices`` and ``GET /v2/products``: cash devices and positions.
+  - ``GET /devices`` and ``GET /v2/products``: cash devices and positions,
+    read to the end of the list: they page like every Kabinet list (public
+    clients read ``/api/products`` in ``limit=1000``/``offset`` steps), so the
+    first page is not the whole list -- and a position past it would print
+    its payments' receipts without the position's VAT.
 
 The crash-recovery look-up rests on an assumption the public docs do not
 spell out for ``/operations``: that the operation list pages like the other
@@ -118,6 +122,14 @@ def _json(response, what: str) -> Any:
         raise PartnerProtocolError(PARTNER, f"{what}: the answer is not usable JSON ({e})")
 
 
+class _Unfinished(Exception):
+    """A list read L{DreamkasAPI.max_pages} pages (``read`` items) without reaching its end."""
+
+    def __init__(self, read: int):
+        super().__init__(read)
+        self.read = read
+
+
 def _items(payload: Any, what: str) -> list:
     """A list answer: a bare array, or an object carrying it in ``data``/``items``."""
     if isinstance(payload, list):
@@ -169,6 +181,34 @@ class DreamkasAPI:
             raise PartnerProtocolError(PARTNER, f"asked for operation {op_id}, got {op.id}")
         return op
 
+    async def _pages(self, path: str, what: str, params: dict | None = None):
+        """
+        The pages of a Kabinet list, one at a time (an async iterator): ``limit``
+        = L{page_size}, ``offset`` advanced by what each page held.  The list
+        ends at an empty page or one that brings no id not already seen (a
+        server that ignores ``limit``/``offset`` answers the whole list every
+        time).  Reading L{max_pages} pages before the end raises L{_Unfinished}.
+        """
+        offset = 0
+        seen: set[str] = set()
+        for _ in range(self.max_pages):
+            response = await self.http.request(
+                "GET", self._url(path),
+                params={**(params or {}), "limit": str(self.page_size), "offset": str(offset)},
+                headers=self._headers(),
+            )
+            page = _items(_json(response, what), what)
+            ids = {_text(item.get("id"), 128) for item in page if isinstance(item, dict)}
+            ids.discard(None)
+            if page and not ids:
+                raise PartnerProtocolError(PARTNER, f"{what}: a page without ids")
+            if not ids - seen:
+                return  # empty, or a page seen before: paging ignored, the list ended
+            seen |= ids
+            yield page
+            offset += len(page)
+        raise _Unfinished(offset)
+
     async def find_operation(self, external_id: str) -> Operation | None:
         """
         The operation created for ``external_id``, or None when Dreamkas lists none.
@@ -181,49 +221,54 @@ class DreamkasAPI:
         L{PartnerUnavailable}: whether it exists is not known, and the caller
         must not POST again on the strength of a partial list.
         """
-        offset = 0
-        seen: set[str] = set()
-        for _ in range(self.max_pages):
-            response = await self.http.request(
-                "GET", self._url("/operations"),
-                params={"externalId": external_id, "limit": str(self.page_size),
-                        "offset": str(offset)},
-                headers=self._headers(),
+        try:
+            async for page in self._pages("/operations", "GET /operations",
+                                          {"externalId": external_id}):
+                found = None
+                for item in page:
+                    if isinstance(item, dict) and item.get("externalId") == external_id:
+                        try:
+                            op = Operation.from_json(item)
+                        except ValueError:
+                            continue
+                        # A SUCCESS beats anything else; otherwise the first one listed.
+                        if found is None or op.status == "SUCCESS":
+                            found = op
+                if found is not None:
+                    return found
+        except _Unfinished as e:
+            raise PartnerUnavailable(
+                PARTNER, f"GET /operations: externalId {external_id} not among the first"
+                f" {e.read} operations ({self.max_pages} pages); whether it exists is unknown",
             )
-            page = _items(_json(response, "GET /operations"), "GET /operations")
-            ids = {_text(item.get("id"), 128) for item in page if isinstance(item, dict)}
-            ids.discard(None)
-            if page and not ids:
-                raise PartnerProtocolError(PARTNER, "GET /operations: a page without operation ids")
-            if not ids - seen:
-                return None  # empty, or a page seen before: paging ignored, the list ended
-            seen |= ids
-            found = None
-            for item in page:
-                if isinstance(item, dict) and item.get("externalId") == external_id:
-                    try:
-                        op = Operation.from_json(item)
-                    except ValueError:
-                        continue
-                    # A SUCCESS beats anything else; otherwise the first one listed.
-                    if found is None or op.status == "SUCCESS":
-                        found = op
-            if found is not None:
-                return found
-            offset += len(page)
-        raise PartnerUnavailable(
-            PARTNER, f"GET /operations: externalId {external_id} not among the first {offset}"
-            f" operations ({self.max_pages} pages); whether it exists is unknown",
-        )
+        return None
+
+    async def _whole_list(self, path: str) -> list[dict]:
+        """
+        Every item of a Kabinet list, each id once, read page by page: the
+        lists page (``limit``/``offset``, a short default page), so one GET
+        is only the start of the list.  A list longer than L{max_pages} pages
+        is L{PartnerUnavailable} (the cache keeps its older copy), never a
+        silently partial list.
+        """
+        what = f"GET {path}"
+        out: list[dict] = []
+        ids: set[str] = set()
+        try:
+            async for page in self._pages(path, what):
+                for item in page:
+                    key = _text(item.get("id"), 128) if isinstance(item, dict) else None
+                    if key is not None and key not in ids:
+                        ids.add(key)
+                        out.append(item)
+        except _Unfinished as e:
+            raise PartnerUnavailable(
+                PARTNER, f"{what}: more than {e.read} items ({self.max_pages} pages of"
+                f" {self.page_size}); not read", )
+        return out
 
     async def devices(self) -> list[dict]:
-        response = await self.http.request("GET", self._url("/devices"), headers=self._headers())
-        return [d for d in _items(_json(response, "GET /devices"), "GET /devices")
-                if isinstance(d, dict)]
+        return await self._whole_list("/devices")
 
     async def products(self) -> list[dict]:
-        response = await self.http.request(
-            "GET", self._url("/v2/products"), headers=self._headers()
-        )
-        return [p for p in _items(_json(response, "GET /v2/products"), "GET /v2/products")
-                if isinstance(p, dict)]
+        return await self._whole_list("/v2/products")

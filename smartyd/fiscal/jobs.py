@@ -334,6 +334,7 @@ async def apply_operation(tx: Tx, op: Operation, next_poll_at: float,
     Returns ``(payment_id, new state)`` when the job changed state, else None.
 
     SUCCESS makes any job ``done`` (the receipt exists, whatever we thought);
+    a later SUCCESS fills in a receipt id the first one lacked;
     ERROR fails an open job; PENDING/IN_PROGRESS moves a job without an
     operation to ``pending`` and, for the poller holding ``claim``, schedules
     the next poll.  Anything else -- a late or repeated update -- changes
@@ -341,23 +342,30 @@ async def apply_operation(tx: Tx, op: Operation, next_poll_at: float,
     """
     if job_id is not None:
         row = await tx.fetchone(
-            "SELECT id, payment_id, state, operation_id, claim FROM receipt_jobs"
+            "SELECT id, payment_id, state, operation_id, claim, receipt_id FROM receipt_jobs"
             " WHERE id = %s FOR UPDATE", (job_id,),
         )
     else:
         row = await tx.fetchone(
-            "SELECT id, payment_id, state, operation_id, claim FROM receipt_jobs"
+            "SELECT id, payment_id, state, operation_id, claim, receipt_id FROM receipt_jobs"
             " WHERE operation_id = %s OR (operation_id IS NULL AND external_id = %s)"
             " ORDER BY operation_id IS NULL LIMIT 1 FOR UPDATE",
             (op.id, op.external_id),
         )
     if row is None:
         return None
-    job_id, payment_id, state, operation_id, current_claim = row
+    job_id, payment_id, state, operation_id, current_claim, receipt_id = row
     if operation_id is not None and operation_id != op.id:
         return None  # another operation than the one this job follows
     if op.status == "SUCCESS":
         if state == "done":
+            if receipt_id is None and op.receipt_id is not None:
+                # SUCCESS came first without data.receiptId (Ubilling's integration
+                # re-reads such operations for it); a later update brings it.
+                await tx.execute(
+                    "UPDATE receipt_jobs SET receipt_id = %s, updated = now() WHERE id = %s",
+                    (op.receipt_id, job_id),
+                )
             return None
         await tx.execute(
             "UPDATE receipt_jobs SET state = 'done', operation_id = %s, operation_status = %s,"

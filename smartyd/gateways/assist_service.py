@@ -358,6 +358,16 @@ class AssistService:
         if (order.status, order.gateway_status, order.bill_number) != (
                 decision.status, actual.status, actual.bill_number):
             await orders.set_state(tx, order, decision.status, actual.status, actual.bill_number)
+            if decision.status == "unknown":
+                # A state we cannot read (a new or partial one): the payer may have
+                # paid, and the order stays open uncredited -- an operator must know.
+                events.count(self.metrics, PARTNER, "unknown_status")
+                log.warn("ASSIST order {order} is in a state we do not know: {gateway_status}"
+                         " (bill {bill}); NOT credited, the order stays open -- an operator"
+                         " must look", order=number, gateway_status=actual.status,
+                         bill=actual.bill_number, account=order.account_id,
+                         provider=PARTNER, reason="unknown_status")
+                return Settled(number, "changed")
             log.info("ASSIST order {order} is {status} ({gateway_status})", order=number,
                      status=decision.status, gateway_status=actual.status,
                      bill=actual.bill_number, provider=PARTNER)

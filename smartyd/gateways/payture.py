@@ -50,6 +50,12 @@ CHARGED = "Charged"
 IN_PROGRESS = frozenset({"New", "PreAuthorized3DS", "Authorized"})
 DECLINED = frozenset({"Rejected", "Error", "Obsolete", "AuthorizationClosed"})
 REVERSED = frozenset({"Voided", "Refunded", "Chargeback"})
+# The one GetState refusal that speaks of the order: Payture has no such order
+# (a forged or stale notification).  Any other Success="False" -- ACCESS_DENIED
+# (our Key), API_NOT_ALLOWED (our IP is not on Payture's list), INTERNAL_ERROR,
+# no ErrCode at all (https://payture.com/docs/error-codes) -- says nothing about
+# the order: the notification may be genuine, so it is retried, never dropped.
+ORDER_NOT_FOUND = "ORDER_NOT_FOUND"
 
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,50}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -365,6 +371,13 @@ class PaytureService:
         number = order.order_number
         if order.credited:
             return "duplicate", Handled(200, "duplicate")
+        if not state.success and state.err_code != ORDER_NOT_FOUND:
+            events.count(self.metrics, PARTNER, "gateway_error")
+            log.error("Payture GetState for order {order} refused with ErrCode {err_code}:"
+                      " not credited, the notification should be retried; check [payture]"
+                      " keys and that Payture admits our address", order=number,
+                      err_code=state.err_code, provider=PARTNER, reason="state_refused")
+            return "gateway_error", Handled(503, "gateway_error", b"RETRY")
         if not state.success or state.order_id != number:
             events.count(self.metrics, PARTNER, "forged")
             log.warn("Payture does not confirm order {order} (ErrCode {err_code}): a forged"

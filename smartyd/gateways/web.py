@@ -47,13 +47,16 @@ Payture (``/payments/payture``, ``/billing/payment/payture``):
     Payture payment page URL; optional ``remember_card`` (the box's tick:
     true/false, absent = the ``[payture] remember_card`` default; ignored
     when the box is hidden) and ``template`` / ``template_of_payment_page``
-    ("Payture", "" or "Orsay": overrides ``[payture] template``).
+    ("Payture", "" or "Orsay": overrides ``[payture] template``); ``ip`` (the
+    payer's address, else the request's) must be an IP address: it travels
+    inside Payture's ``Data="k=v;k=v"``, where a ``;`` would add fields.
 
 Money-moving work runs shielded: a client that disconnects does not cancel it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from decimal import Decimal
 from typing import Any
@@ -127,6 +130,17 @@ def _flag(fields: dict, name: str) -> bool | None:
     if text in ("0", "false", "off", "no"):
         return False
     raise BadRequest(f"{name} must be true or false")
+
+
+def _ip(fields: dict) -> str | None:
+    """The payer's address a portal passes (``ip``), as an address: 400 for anything else."""
+    raw = _text(fields, "ip", required=False)
+    if raw is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        raise BadRequest("ip must be an IP address")
 
 
 def _template(fields: dict) -> str | None:
@@ -326,7 +340,7 @@ class PaytureWeb:
         fields = request_fields(request)
         login, password = _text(fields, "login"), _text(fields, "password")
         amount = _amount(fields)
-        ip = _text(fields, "ip", required=False) or client_ip(request, self.trusted_proxies)
+        ip = _ip(fields) or client_ip(request, self.trusted_proxies)
         remember = _flag(fields, "remember_card")
         template = _template(fields)
         account = await password_login(self.db, login, password)

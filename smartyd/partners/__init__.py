@@ -42,6 +42,7 @@ from twisted.web.client import (
     ResponseFailed,
     ResponseNeverReceived,
 )
+from twisted.web.error import PageRedirect
 from twisted.web.http_headers import Headers
 
 log = Logger()
@@ -222,6 +223,15 @@ class PartnerHTTP:
             return PartnerProtocolError(
                 self.partner, f"{where}: answer larger than {self.max_body} bytes"
             )
+        redirect = _redirect(error)
+        if redirect is not None:
+            # treq follows a redirect for GET/HEAD only; a POST answered 301/302/307/308
+            # fails inside the agent as a bare ResponseFailed: say what happened.
+            self._count("unreachable")
+            code, location = redirect
+            return PartnerUnavailable(
+                self.partner, f"{where} answered HTTP {code}, a redirect to {_path(location)}"
+                f" that is not followed for {method}: the partner's URL has moved")
         if isinstance(error, (ConnectError, DNSLookupError, ConnectionLost, ResponseFailed,
                               ResponseNeverReceived, OSError)):
             self._count("unreachable")
@@ -392,6 +402,19 @@ class _Discard:
 
     def connectionLost(self, reason):
         pass
+
+
+def _redirect(error: Exception) -> tuple[int, str] | None:
+    """``(code, Location)`` when ``error`` is the agent refusing to follow a redirect."""
+    if not isinstance(error, ResponseFailed) or not error.reasons:
+        return None
+    if not error.reasons[0].check(PageRedirect):
+        return None
+    response = getattr(error, "response", None)
+    code = getattr(response, "code", None) or int(error.reasons[0].value.status or 0)
+    values = response.headers.getRawHeaders(b"location") if response is not None else None
+    location = values[0].decode("latin-1") if values else "?"
+    return code, location
 
 
 def _path(url: str) -> str:

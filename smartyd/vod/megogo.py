@@ -44,6 +44,24 @@ PROVIDER = "megogo"
 SSO_URL = "https://megogo.net/auth/by_partners/dialog"
 
 
+def as_id(value: object) -> int | None:
+    """
+    A partner's numeric id as it may come in JSON: ``555``, ``"555"``,
+    ``555.0``; None for anything else (null, ``"premium"``, true).  Our
+    service and tariff ids are integers, so an entry without one is not ours
+    -- and must not stop the outbox (an ``int()`` that raised did).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
 def user_id(cfg: MegogoConfig, customer_id: int) -> str:
     return f"{cfg.user_prefix}{customer_id}"
 
@@ -165,7 +183,8 @@ class MegogoClient:
         subs = body.get("subscriptions") or []
         if not isinstance(subs, list):
             raise PartnerProtocolError(PROVIDER, "user/subscriptions: subscriptions not a list")
-        return {int(s["serviceId"]) for s in subs if isinstance(s, dict) and "serviceId" in s}
+        return {n for n in (as_id(s.get("serviceId")) for s in subs if isinstance(s, dict))
+                if n is not None}
 
 
 @define

@@ -30,6 +30,7 @@ from attrs import define
 from smartyd.config import Tvzavr as TvzavrConfig
 from smartyd.partners import PartnerHTTP, PartnerProtocolError, PartnerRefused
 from smartyd.util.json_guard import parse_json
+from smartyd.vod.megogo import as_id
 
 PROVIDER = "tvzavr"
 
@@ -78,8 +79,11 @@ class TvzavrClient:
 
     async def subscriptions(self, user: str) -> set[int]:
         body = await self._json("GET", "subscription/list", self._params(user))
-        return {int(s["tariff"]) for s in body.get("subscriptions") or []
-                if isinstance(s, dict) and "tariff" in s}
+        subs = body.get("subscriptions") or []
+        if not isinstance(subs, list):
+            raise PartnerProtocolError(PROVIDER, "subscription/list: subscriptions not a list")
+        return {n for n in (as_id(s.get("tariff")) for s in subs if isinstance(s, dict))
+                if n is not None}
 
 
 @define

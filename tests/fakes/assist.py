@@ -23,7 +23,10 @@ PacketDate, ..., CheckValue = MD5(Shop_IDP+OrderNumber+Total+Currency+secret)`` 
 hex --, L{FakeAssist.current_push} -- lower-case names in UTF-8, ``checkvalue =
 UPPER(MD5(UPPER(MD5(secret)+MD5(merchant_id+ordernumber+orderamount+ordercurrency+orderstate))))``.
 
-Knobs: ``modes`` (a queue of "500", "hang" -- never answers --, "html", "garbage",
+Knobs: ``declares_dtd`` (True: every XML answer opens with the internal DTD subset of
+element and attribute declarations that the real paysecure gateway sends -- public
+clients' recorded answers, e.g. chumakoff/assist-ecommerce-sdk-ruby
+spec/fixtures/order_status_ok.xml), ``modes`` (a queue of "500", "hang" -- never answers --, "html", "garbage",
 "empty"; each request takes one), ``credentials``.  ``requests`` lists the paths asked.
 L{in_memory_client} is a StubTreq that pumps answers given later.
 """
@@ -57,12 +60,22 @@ LEGACY_COLUMNS = (
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Service temporarily unavailable</title>"
              b"</head><body><h1>\xd0\xe0\xe1\xee\xf2\xfb</h1></body></html>")
 
+# What the real gateway puts before every XML answer: declarations only, no entities.
+ORDERSTATE_DTD = (
+    "\n<!DOCTYPE result [\n<!ATTLIST result\n firstcode CDATA #REQUIRED\n"
+    " secondcode CDATA #REQUIRED\n count CDATA #REQUIRED>\n"
+    "<!ELEMENT result (orders?)>\n<!ELEMENT orders (order*)>\n"
+    "<!ELEMENT order (ordernumber?,billnumber?,orderstate?,orderamount?,ordercurrency?,"
+    "orderdate?,packetdate?,responsecode?,message?,ordercomment?,meantypename?,"
+    "meannumber?)>\n<!ELEMENT ordernumber (#PCDATA)>\n<!ELEMENT billnumber (#PCDATA)>\n"
+    "<!ELEMENT orderstate (#PCDATA)>\n<!ELEMENT orderamount (#PCDATA)>]>\n"
+)
+
 
 def sized(handler):
     """
-    Answer with a Content-Length, as the real gateways do.  (PartnerHTTP
-    cannot read a chunked answer yet: it compares UNKNOWN_LENGTH, a str, with
-    an int -- see the report of issue 5.)
+    Answer with a Content-Length, as the real gateways do.  (PartnerHTTP reads
+    chunked answers as well: tests/test_partners.py.)
     """
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
@@ -84,6 +97,7 @@ class FakeAssist:
 
     def __init__(self, shop_id="111111", login="shoplogin", password="shoppass1"):
         self.credentials = (shop_id, login, password)
+        self.declares_dtd = False
         self.bills: list[dict] = []
         self.modes: list[str] = []
         self.requests: list[str] = []
@@ -305,7 +319,8 @@ class FakeAssist:
             "</order>"
             for b in bills
         )
-        return (f"<?xml version='1.0' encoding='utf-8' standalone='yes'?>"
+        dtd = ORDERSTATE_DTD if self.declares_dtd else ""
+        return (f"<?xml version='1.0' encoding='utf-8' standalone='yes'?>{dtd}"
                 f'<result firstcode="{first}" secondcode="{second}" count="{len(bills)}">'
                 f"<orders>{orders}</orders></result>").encode("utf-8")
 

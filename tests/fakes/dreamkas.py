@@ -13,8 +13,8 @@ A fake Dreamkas Kabinet API (Klein, in-process) speaking the real JSON wire form
                                 promise that filter); with ``honours_paging`` off,
                                 ``limit`` and ``offset`` are ignored: every page is the
                                 whole list (Ubilling's notes: the filters are ignored)
-  GET  /api/devices          -> devices
-  GET  /api/v2/products      -> positions
+  GET  /api/devices          -> devices       } paged like /api/operations (and
+  GET  /api/v2/products      -> positions     } ``honours_paging`` alike)
 
 Knobs for the tests: ``post_modes`` (a queue: "500", "hang" -- the POST never
 reaches Dreamkas and never answers --, "accept-hang" -- Dreamkas creates the
@@ -45,8 +45,8 @@ PAYMENT_TYPES = {"CASH", "CASHLESS", "PREPAID", "CREDIT", "CONSIDERATION"}
 
 
 def _body(request, data: bytes) -> bytes:
-    # Sized, not chunked, as the real API answers.  (PartnerHTTP cannot read a
-    # chunked answer yet: it compares UNKNOWN_LENGTH, a str, with an int.)
+    # Sized, not chunked, as the real API answers.  (PartnerHTTP reads chunked
+    # answers as well: tests/test_partners.py.)
     request.setHeader(b"content-length", str(len(data)).encode())
     return data
 
@@ -83,6 +83,7 @@ class FakeDreamkas:
         self.filters_external_id = True
         self.honours_paging = True
         self.list_pages: list[tuple[int, int]] = []  # (limit, offset) of each list request
+        self.list_reads: Counter = Counter()  # path -> lists read (their offset-0 pages)
         self.held: list[tuple[defer.Deferred, object]] = []
         self.hung: list[defer.Deferred] = []
         self._waiters: dict[str, list[defer.Deferred]] = {"post": [], "poll": []}
@@ -103,8 +104,11 @@ class FakeDreamkas:
         op_id = self.by_external.get(external_id)
         return None if op_id is None else self.operations[op_id]
 
-    def complete(self, op_id: str) -> dict:
-        """Let the operation finish now (as the cash device prints it)."""
+    def complete(self, op_id: str, receipt_id: bool = True) -> dict:
+        """
+        Let the operation finish now (as the cash device prints it); ``receipt_id``
+        False: SUCCESS without ``data.receiptId`` yet (L{give_receipt_id} adds it).
+        """
         op = self.operations[op_id]
         if op["status"] in ("SUCCESS", "ERROR"):
             return op
@@ -112,10 +116,15 @@ class FakeDreamkas:
         op["completedAt"] = "2024-05-01T10:00:05.000Z"
         if error is None:
             op["status"] = "SUCCESS"
-            op["data"] = {"receiptId": f"rcpt-{op_id}"}
+            op["data"] = {"receiptId": f"rcpt-{op_id}"} if receipt_id else {}
         else:
             op["status"] = "ERROR"
             op["data"] = {"error": {"code": error[0], "message": error[1]}}
+        return op
+
+    def give_receipt_id(self, op_id: str) -> dict:
+        op = self.operations[op_id]
+        op["data"] = {**op.get("data", {}), "receiptId": f"rcpt-{op_id}"}
         return op
 
     def add_operation(self, external_id: str, status: str = "SUCCESS") -> dict:
@@ -245,12 +254,12 @@ class FakeDreamkas:
             return d
         return answer
 
-    @app.route("/api/operations", methods=["GET"])
-    def list_operations(self, request):
-        self.requests.append(("GET", "/api/operations"))
-        if not self._authorized(request):
-            return _json(request, 401, {"message": "Unauthorized"})
-        wanted = request.args.get(b"externalId", [None])[0]
+    def _page(self, request, items: list) -> bytes:
+        """
+        One page of a Kabinet list: ``limit`` (default 10, capped at 1000) from
+        ``offset``; ``list_pages`` records the operation list's pages,
+        ``list_reads`` counts each list's first pages (offset 0).
+        """
         try:
             limit = min(int(request.args.get(b"limit", [b"10"])[0]), 1000)
             offset = int(request.args.get(b"offset", [b"0"])[0])
@@ -258,24 +267,36 @@ class FakeDreamkas:
             return _json(request, 400, {"message": "limit and offset are numbers"})
         if limit < 1 or offset < 0:
             return _json(request, 400, {"message": "limit and offset are out of range"})
-        self.list_pages.append((limit, offset))
+        path = request.path.decode()
+        if path == "/api/operations":
+            self.list_pages.append((limit, offset))
+        if offset == 0:
+            self.list_reads[path] += 1
+        if not self.honours_paging:
+            return _json(request, 200, items)
+        return _json(request, 200, items[offset:offset + limit])
+
+    @app.route("/api/operations", methods=["GET"])
+    def list_operations(self, request):
+        self.requests.append(("GET", "/api/operations"))
+        if not self._authorized(request):
+            return _json(request, 401, {"message": "Unauthorized"})
+        wanted = request.args.get(b"externalId", [None])[0]
         ops = [op for op in self.operations.values()
                if wanted is None or not self.filters_external_id
                or op["externalId"] == wanted.decode()]
-        if not self.honours_paging:
-            return _json(request, 200, ops)
-        return _json(request, 200, ops[offset:offset + limit])
+        return self._page(request, ops)
 
     @app.route("/api/devices", methods=["GET"])
     def list_devices(self, request):
         self.requests.append(("GET", "/api/devices"))
         if not self._authorized(request):
             return _json(request, 401, {"message": "Unauthorized"})
-        return _json(request, 200, self.devices)
+        return self._page(request, self.devices)
 
     @app.route("/api/v2/products", methods=["GET"])
     def list_products(self, request):
         self.requests.append(("GET", "/api/v2/products"))
         if not self._authorized(request):
             return _json(request, 401, {"message": "Unauthorized"})
-        return _json(request, 200, self.products)
+        return self._page(request, self.products)

@@ -11,6 +11,8 @@ only by the escaped segment (``quote(partner_id, safe="")``).
 Knobs: ``down`` (every call answers 503), ``apply_then_fail`` (the next
 subscribe/unsubscribe takes effect, then the answer is a 502: the caller
 cannot tell it from a call that never happened);
+``odd_subscriptions`` (entries added to every user/subscriptions answer: a null, a
+non-numeric or a missing serviceId, as JSON from a partner may carry);
 ``calls`` lists (path, userId, serviceId or objectId) of every state-changing
 call applied; ``titles`` maps a user to the (objectId, purchaseId) granted.
 """
@@ -41,6 +43,7 @@ class FakeMegogo:
         self.calls: list[tuple] = []
         self.down = False
         self.apply_then_fail = 0
+        self.odd_subscriptions: list[dict] = []
         self.feed = b"<objects/>"
 
     def resource(self):
@@ -79,7 +82,7 @@ class FakeMegogo:
             if uid not in self.users:
                 return _json(request, {"successful": False, "message": "user not found"})
             return _json(request, {"successful": True, "subscriptions": [
-                {"serviceId": s} for s in sorted(self.users[uid])]})
+                *self.odd_subscriptions, *({"serviceId": s} for s in sorted(self.users[uid]))]})
         if path in ("subscription/subscribe", "subscription/unsubscribe"):
             if uid not in self.users:
                 return _json(request, {"successful": False, "message": "user not found"})

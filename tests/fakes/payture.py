@@ -23,7 +23,8 @@ cards on the Add terminal, payments on the Pay terminal):
                         a known OrderId -> DUPLICATE_ORDER_ID (never charged twice)
 
 Knobs: ``modes`` (a queue: "500", "hang", "html", "garbage", "wrong-element"),
-``gets`` (GetState calls per order), ``declines`` (Pay ErrCodes to answer, a
+``gets`` (GetState calls per order), ``state_errors`` (GetState refusals to answer
+first, a queue of ErrCodes), ``declines`` (Pay ErrCodes to answer, a
 queue).  L{notification} builds the form Payture posts; L{pay_on_page} is
 the customer paying on the page of a session.
 """
@@ -62,6 +63,9 @@ class FakePayture:
         self.inits: list[dict] = []  # every Init's Data / DATA, with "path"
         self.charges: list[dict] = []  # recurring Pays that charged a card
         self.declines: list[str] = []
+        # GetState refusals to answer first, a queue: an ErrCode (API_NOT_ALLOWED: our IP is
+        # not on Payture's list; INTERNAL_ERROR; ...) or None for Success="False" without one.
+        self.state_errors: list[str | None] = []
         self.wallet_sessions: dict[str, tuple[str, str]] = {}  # session -> (order, login)
         self.contract = contract
         self.payments: dict[str, dict] = {}
@@ -170,6 +174,10 @@ class FakePayture:
         request.setHeader(b"content-type", b"text/xml")
         order_id = _arg(request, "OrderId")
         self.gets[order_id] += 1
+        if self.state_errors:
+            code = self.state_errors.pop(0)
+            extra = {} if code is None else {"ErrCode": code}
+            return _element(element, Success="False", OrderId=order_id, **extra)
         if _arg(request, "Key") != self.key:
             return _element(element, Success="False", OrderId=order_id, State="",
                             Forwarded="False", ErrCode="ACCESS_DENIED")

@@ -20,6 +20,7 @@ class FakeTvzavr:
         self.subs: dict[str, set[int]] = {}
         self.calls: list[tuple] = []
         self.feed = b"<catalog/>"
+        self.odd_subscriptions: list[dict] = []  # added to every list answer (null/odd tariffs)
 
     def resource(self):
         return self.app.resource()
@@ -54,7 +55,8 @@ class FakeTvzavr:
         user = args.get("user", "")
         if action == "list":
             return self._json(request, {"status": "ok", "subscriptions": [
-                {"tariff": t, "expires": 0} for t in sorted(self.subs.get(user, ()))]})
+                *self.odd_subscriptions,
+                *({"tariff": t, "expires": 0} for t in sorted(self.subs.get(user, ())))]})
         tariff = int(args.get("tariff", "0"))
         self.calls.append((action, user, tariff))
         if action == "subscribe" or action == "renew":
