@@ -30,15 +30,21 @@ Clients:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest_twisted
 from twisted.internet import reactor
 
+from fakes import in_memory_client
+from fakes.megogo import FakeMegogo
+from smartyd import ledger
+from smartyd.billing import engine
 from smartyd.gateways.untrusted_xml import parse_untrusted_xml
 from streams_world import PASSWORD, connect, get, within
 from test_tvmw import KEY, Running, _guide, config, fast_port
+from test_tvmw_content import CATALOG, KEYS, MEGOGO, T0, Daemon, feed, tv_tariff, tvmw_config
 
 HOST = "http://smartyd"
 API = HOST + "/tvmiddleware/api/"
@@ -58,7 +64,8 @@ async def instance(db, world):
 async def fetch(instance, path: str, params: list | dict):
     """A GET of ``path`` (relative to the API, exactly as the client writes it)."""
     query = urlencode(params)
-    return await instance.http.get(API + path + ("?" + query if query else ""),
+    joint = "&" if "?" in path else "?"
+    return await instance.http.get(API + path + (joint + query if query else ""),
                                    allow_redirects=False)
 
 
@@ -262,6 +269,53 @@ async def test_tvcom_ios_customer_info_and_subscriptions(instance, world):
     [sub] = subs["subscriptions"]
     assert sub["tariff_id"] == world.basic and sub["tariff_name"] == "basic"
     assert isinstance(sub["end_date"], str) and sub["end_date"][:2] == "20"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvcom_ios_lists_films_opens_one_and_gets_its_megogo_url(db, world):
+    """
+    samandarkuchkarov/tvcom_iOS: ``context.js`` ``getFilmsWithParams``
+    (``video/list/?client_id=1`` with the rest of the query appended,
+    android_stb XML; reads ``rss.count`` and ``rss.videos.item``, each with
+    ``id`` and ``files.item`` whose ``id`` is the ``vfid`` it plays),
+    ``getCurrentMovie`` (``video/detail/`` with ``vid``, "ios" JSON; reads
+    ``name`` and ``actions``) and ``getSrc`` (``video/url/`` with ``vid``,
+    ``vfid``, ``redirect=0``; reads ``uri``).
+    """
+    cat = await tv_tariff(db, "megogo-catalog", "0.00", hidden=True)
+    svod = await tv_tariff(db, "megogo-svod", "0.00", additional=True)
+    cfg = tvmw_config(megogo={**MEGOGO, "catalog_tariff_id": cat, "tariff_id": svod, **KEYS})
+    daemon = Daemon(db, cfg, http_client=in_memory_client(FakeMegogo(partner_id=7).resource()))
+    await daemon.app.app.features["vod"].handle.syncs["megogo"].sync_bytes(feed(*CATALOG))
+    await daemon.start()
+    try:
+        alice = await db.run(ledger.get_account, world.alice)
+        for t in (cat, svod):
+            await db.run(engine.assign, cfg.billing, alice.id, t, at=T0)
+        authkey = await ios_login(daemon)
+        root = await as_rss(await fetch(daemon, "video/list/?client_id=1", [
+            ("authkey", authkey), ("limit", 2), ("page", 1), ("api_key", KEY),
+            ("device", "android_stb"), ("device_uid", PHONE_IP), ("search", "alpha")]))
+        assert integer(root.findtext("count")) == 1
+        [video] = root.findall("videos/item")
+        vid = integer(video.findtext("id"))
+        [file] = video.findall("files/item")
+        vfid = integer(file.findtext("id"))
+
+        movie = await as_json(await fetch(daemon, "video/detail/", [
+            ("vid", vid), ("authkey", authkey), ("device", "ios"), ("client_id", 1),
+            ("device_uid", PHONE_IP)]))
+        assert movie["error"] == 0 and movie["name"] == "Alpha"
+        assert isinstance(movie["actions"], list)
+
+        src = await as_json(await fetch(daemon, "video/url/", [
+            ("vid", vid), ("authkey", authkey), ("vfid", vfid), ("redirect", 0),
+            ("device", "ios"), ("client_id", 1), ("api_key", KEY), ("device_uid", PHONE_IP)]))
+        assert src["error"] == 0 and src["uri"].startswith("https://api.megogo.net/v1/stream?")
+        token = hashlib.md5(f"isp-{alice.customer_id}7pepper-salt".encode()).hexdigest()
+        assert (src["ext_auth_token"], src["ext_apikey"]) == (token, "m-pub")  # ios: mobile
+    finally:
+        await daemon.stop()
 
 
 # -- the M3U generator ---------------------------------------------------------------------------
