@@ -367,7 +367,8 @@ async def test_infosvyaz_parser_builds_its_m3u_from_channel_list_urls(instance, 
     checks 200); a locked one has none.
     """
     reloaded = instance.entitlements.next_reload()
-    await db.execute("INSERT INTO channel_categories (id, name, color) VALUES (7, 'News', '#ff0000')")
+    await db.execute("INSERT INTO channel_categories (id, name, color)"
+                     " VALUES (7, 'News', '#ff0000')")
     await db.execute("UPDATE channels SET category_id = 7 WHERE id = %s", (world.ch1,))
     await within(reloaded, 5)
     await instance.tvmw.deps["channels"].reload()
@@ -397,3 +398,36 @@ async def test_infosvyaz_parser_builds_its_m3u_from_channel_list_urls(instance, 
     assert resp.code == 302
     location = resp.headers.getRawHeaders(b"location")[0].decode()
     assert await stream_check(instance, location, "ch1") == 200
+
+
+def test_the_channel_list_url_origin_is_the_host_the_device_named():
+    """
+    ChannelList's ``url`` starts with ``public_origin``: the ``Host`` the
+    device sent (anything else than a host name / address[:port]: no URL),
+    ``https`` when it came over TLS or through a trusted proxy that says so.
+    """
+    import ipaddress
+
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from smartyd.http.addresses import public_origin
+
+    def request(host: bytes | None, proto: bytes | None = None):
+        r = Request(DummyChannel())
+        if host is not None:
+            r.requestHeaders.setRawHeaders(b"host", [host])
+        if proto is not None:
+            r.requestHeaders.setRawHeaders(b"x-forwarded-proto", [proto])
+        return r
+
+    assert public_origin(request(b"TV.example.com:8080")) == "http://tv.example.com:8080"
+    assert public_origin(request(b"[::1]:80")) == "http://[::1]:80"
+    for bad in (None, b"", b"evil.com/x?", b"a b", b"host:port", b"\xff", b"x@y"):
+        assert public_origin(request(bad)) is None, bad
+    peer = Request(DummyChannel()).getClientAddress().host
+    proxies = (ipaddress.ip_network(peer),)
+    assert public_origin(request(b"tv.example.com", b"https"), proxies) == \
+        "https://tv.example.com"
+    # The header counts only from a trusted proxy.
+    assert public_origin(request(b"tv.example.com", b"https")) == "http://tv.example.com"

@@ -127,7 +127,8 @@ async def channel_list(call: Call) -> dict:
             programmes[0] if programmes and on_air is None else None)
         item = {
             "id": cid, "name": ch["name"], "icon": "", "category_id": ch["category_id"] or 0,
-            "url": entry + str(cid) if entry and cid in watchable else "", "has_record": 0, "max_archive_duration": 0, "is_hidden": 0,
+            "url": entry + str(cid) if entry and cid in watchable else "",
+            "has_record": 0, "max_archive_duration": 0, "is_hidden": 0,
             "is_favorited": 0, "has_subscription": 1 if cid in watchable else 0,
             "is_parent_control": 0, "timeshift_offset": 0, "channel_sort": position,
         }
