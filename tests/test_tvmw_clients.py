@@ -39,7 +39,7 @@ from twisted.internet import reactor
 
 from fakes import in_memory_client
 from fakes.megogo import FakeMegogo
-from smartyd import ledger
+from smartyd import catalog, ledger
 from smartyd.billing import engine
 from smartyd.gateways.untrusted_xml import parse_untrusted_xml
 from streams_world import PASSWORD, connect, get, within
@@ -269,6 +269,36 @@ async def test_tvcom_ios_customer_info_and_subscriptions(instance, world):
     [sub] = subs["subscriptions"]
     assert sub["tariff_id"] == world.basic and sub["tariff_name"] == "basic"
     assert isinstance(sub["end_date"], str) and sub["end_date"][:2] == "20"
+
+
+@pytest_twisted.ensureDeferred
+async def test_tvcom_ios_buys_and_cancels_a_tariff_reading_the_error_as_a_number(instance, db,
+                                                                                  world):
+    """
+    samandarkuchkarov/tvcom_iOS: ``context.js`` ``buyTariff``
+    (``customer/tariff/subscribe`` without the slash) and ``removeTariff``
+    (``customer/tariff/unsubscribe/``), "ios" JSON; ``pages/PodpiskaTv``
+    ``switch (status.error)`` -- a strict comparison: the code must be a JSON
+    number -- 0 bought, 2 not enough money, 3 already subscribed; on
+    unsubscribe 0 done, 2 a basic tariff.
+    """
+    extra = (await db.run(catalog.create_tariff, "extra", "50.00", [world.ch2],
+                          additional=True))["id"]
+    authkey = await ios_login(instance)
+
+    async def call(path, tariff_id):
+        return await as_json(await fetch(instance, path, [
+            ("authkey", authkey), ("tariff_id", tariff_id), ("client_id", 1), ("api_key", KEY),
+            ("device", "ios"), ("device_uid", PHONE_IP)]))
+
+    assert (await call("customer/tariff/subscribe", extra))["error"] == 2
+    alice = await db.run(ledger.get_account, world.alice)
+    await db.run(ledger.credit, alice.customer_id, "500.00", "payment", "osmp:1", "pay:1")
+    bought = await call("customer/tariff/subscribe", extra)
+    assert bought["error"] == 0 and type(bought["error"]) is int
+    assert (await call("customer/tariff/subscribe", extra))["error"] == 3
+    assert (await call("customer/tariff/unsubscribe/", world.basic))["error"] == 2
+    assert (await call("customer/tariff/unsubscribe/", extra))["error"] == 0
 
 
 @pytest_twisted.ensureDeferred
