@@ -147,6 +147,11 @@ async def test_tvcom_ios_logs_in_checks_its_token_and_logs_in_again_after_logout
         ("authkey", authkey), ("client_id", 1), ("device", "ios"),
         ("device_uid", PHONE_IP), ("device_model", "iPhone 13")]))
     assert status["status"] == 1  # what makes the app forget the token and log in again
+    # checkToken reads the same from a set-top box's XML: data.rss.status == 1.
+    root = await as_rss(await fetch(instance, "account/status/", [
+        ("authkey", authkey), ("client_id", 1), ("device", "android_stb"),
+        ("device_uid", PHONE_IP)]))
+    assert integer(root.findtext("status")) == 1
 
     # userAPI.js loginUser: $hostWithParams puts client_id and api_key first; android_stb: XML.
     root = await as_rss(await fetch(instance, "login/", [
