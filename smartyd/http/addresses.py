@@ -1,11 +1,13 @@
 """
 The client's address: the peer, or -- behind a trusted proxy -- the nearest
-untrusted hop of ``X-Forwarded-For``; and allowlist membership.
+untrusted hop of ``X-Forwarded-For``; allowlist membership; and how the
+client reached us (``https`` or not, the ``Host`` it named).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from twisted.web.server import Request
 
@@ -52,3 +54,38 @@ def in_networks(ip: str, networks: tuple) -> bool:
     return any(addr in net for net in networks if net.version == addr.version)
 
 
+
+
+def secure(request: Request, trusted_proxies: tuple = ()) -> bool:
+    """
+    Whether the client reached us over TLS: our own, or -- when the peer is a
+    trusted proxy -- the proxy's ``X-Forwarded-Proto: https``.
+    """
+    if request.isSecure():
+        return True
+    if trusted_proxies and in_networks(peer_ip(request), trusted_proxies):
+        return (request.getHeader(b"x-forwarded-proto") or b"").lower() == b"https"
+    return False
+
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])"
+                   r"(?::[0-9]{1,5})?$")
+
+
+def public_origin(request: Request, trusted_proxies: tuple = ()) -> str | None:
+    """
+    ``scheme://host[:port]`` as the client addressed us (its ``Host`` header,
+    the scheme from L{secure}), for a link the client itself is to follow;
+    None when the header is absent or not a plain host name / address.
+    """
+    raw = request.getHeader(b"host")
+    if not raw:
+        return None
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if not _HOST.match(raw):
+        return None
+    return ("https://" if secure(request, trusted_proxies) else "http://") + raw.lower()

@@ -17,8 +17,15 @@ what ``pid_from`` takes back.
 
 ChannelList lists every channel of the catalog, ``has_subscription`` 1 for
 those the account's active tariffs carry (a device shows the others locked,
-with ChannelDetail's ``subscribe`` actions).  Fields smartyd has no data for
-(icons, archive, parental control, timeshift) answer empty / 0.
+with ChannelDetail's ``subscribe`` actions).  A watchable channel's ``url`` is
+this API's own ChannelUrl entry (``<origin>/tvmiddleware/api/channel/url/?cid=
+N&authkey=...``, the origin as the device addressed us): apps that play
+``url`` (and playlist generators that copy it into an M3U) get a fresh token
+at every play, which a URL with a token minted at listing time could not
+give; a locked channel's ``url`` is empty.  ChannelListSearch is the same
+list, the spec's ``limit``/``page`` applied when ``limit`` is sent.  Fields
+smartyd has no data for (icons, previews, archive, parental control,
+timeshift) answer empty / 0.
 
 Error codes where the spec names none for the case: an unknown ``cid``
 answers 1 with ``error_messages``; a channel the account may not watch now
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta, timezone
+from urllib.parse import quote
 
 from smartyd import catalog as core_catalog
 from smartyd.streams.entitlements import OK as ENTITLED
@@ -37,6 +45,7 @@ from smartyd.streams.web import grant, mint_stream
 from smartyd.tvmw import params as P
 from smartyd.tvmw.call import Call
 from smartyd.tvmw.errors import TvmwError
+from smartyd.tvmw.web import PREFIX
 
 NOT_WATCHABLE = 2
 MAX_PROGRAMS = 500
@@ -82,13 +91,14 @@ async def _guide(tx, channel_ids: list[int], now: datetime, per_channel: int) ->
 def _programme_fields(prefix: str, p: tuple | None, compact: bool) -> dict:
     if p is None:
         out = {f"{prefix}id": 0, f"{prefix}name": "", f"{prefix}begin_time": 0,
-               f"{prefix}end_time": 0}
+               f"{prefix}end_time": 0, f"{prefix}preview_url": ""}
         if not compact:
             out[f"{prefix}description"] = ""
         return out
     start, stop, title, desc = p
     out = {f"{prefix}id": _epoch(start), f"{prefix}name": title,
-           f"{prefix}begin_time": _epoch(start), f"{prefix}end_time": _epoch(stop)}
+           f"{prefix}begin_time": _epoch(start), f"{prefix}end_time": _epoch(stop),
+           f"{prefix}preview_url": ""}
     if not compact:
         out[f"{prefix}description"] = desc
     return out
@@ -103,6 +113,9 @@ async def channel_list(call: Call) -> dict:
     catalog = await call.deps["channels"].current()
     watchable = await account_channel_ids(call)
     guide = await call.db.run_statement(_guide, list(catalog.order), call.now, 2)
+    origin = call.deps.get("origin")
+    entry = (f"{origin}{PREFIX}/channel/url/?authkey={quote(call.deps['authkey'], safe='')}&cid="
+             if origin else None)
     channels = []
     for position, cid in enumerate(catalog.order, start=1):
         ch = catalog.channels[cid]
@@ -114,7 +127,8 @@ async def channel_list(call: Call) -> dict:
             programmes[0] if programmes and on_air is None else None)
         item = {
             "id": cid, "name": ch["name"], "icon": "", "category_id": ch["category_id"] or 0,
-            "url": "", "has_record": 0, "max_archive_duration": 0, "is_hidden": 0,
+            "url": entry + str(cid) if entry and cid in watchable else "",
+            "has_record": 0, "max_archive_duration": 0, "is_hidden": 0,
             "is_favorited": 0, "has_subscription": 1 if cid in watchable else 0,
             "is_parent_control": 0, "timeshift_offset": 0, "channel_sort": position,
         }
@@ -126,6 +140,14 @@ async def channel_list(call: Call) -> dict:
                              digest_size=8).hexdigest()
     call.deps["sessions"].note_digest(call.deps["authkey"], call.deps["live"], digest)
     return {"channels": channels}
+
+
+async def channel_list_search(call: Call) -> dict:
+    answer = await channel_list(call)
+    if call.params.get("limit"):
+        limit, offset = P.paging(call.params)
+        answer["channels"] = answer["channels"][offset:offset + limit]
+    return answer
 
 
 async def category_list(call: Call) -> dict:
@@ -266,6 +288,7 @@ async def program_list(call: Call) -> dict:
 
 METHODS = {
     "channel/list": channel_list,
+    "channel/list/search": channel_list_search,
     "category/list": category_list,
     "channel/detail": channel_detail,
     "channel/url": channel_url,

@@ -52,7 +52,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from smartyd.db import DatabaseUnavailable
-from smartyd.http.addresses import client_ip
+from smartyd.http.addresses import client_ip, public_origin
 from smartyd.http.handlers import endpoint, shielded
 from smartyd.tvmw.call import Call, Session
 from smartyd.tvmw.errors import TvmwError
@@ -241,7 +241,10 @@ class TvmwWeb:
             session = Session(account_id=live.account_id, customer_id=live.customer_id,
                               abonement=live.abonement, device_uid=live.device_uid,
                               device=live.device, ip=live.ip)
-            extra = {"authkey": authkey, "live": live}
+            # "origin": how the device addressed us, for links it is to follow itself
+            # (ChannelList's ``url``: this API's own ChannelUrl entry).
+            extra = {"authkey": authkey, "live": live,
+                     "origin": public_origin(request, self.trusted_proxies)}
         else:
             uid = _cookie(request, b"device_uid")
             if uid is not None and len(uid) <= 128 and uid.isprintable():

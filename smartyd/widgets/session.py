@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from attrs import frozen
 
-from smartyd.http.addresses import in_networks, peer_ip
+from smartyd.http.addresses import secure
 
 COOKIE = b"smartyd_widget"
 PAGE_FIELD = "session"
@@ -168,11 +168,7 @@ class Sessions:
             return None
 
     def secure(self, request) -> bool:
-        if request.isSecure():
-            return True
-        if self.trusted_proxies and in_networks(peer_ip(request), self.trusted_proxies):
-            return (request.getHeader(b"x-forwarded-proto") or b"").lower() == b"https"
-        return False
+        return secure(request, self.trusted_proxies)
 
     def write(self, request, s: Session) -> None:
         flags = ["Path=/", "HttpOnly", f"Max-Age={LIFETIME}"]
