@@ -207,6 +207,14 @@ def main() -> None:
         found = counts(restored)
         print(f"backup (daemon running): {backup_s:.1f} s, {dump.stat().st_size / 2**20:.1f} MB")
         print(f"restore into a fresh state dir: {restore_s:.1f} s; rows there: {found}")
+        print(json.dumps({
+            "customers": args.customers, "import_s": round(total, 2),
+            "import_s_by_kind": {k: round(v, 2) for k, v in times.items()},
+            "peak_rss_mb": round(rss), "checks_during": len(during),
+            "check_codes": {str(k): v for k, v in dict(checker.codes).items()},
+            "check_p99_ms": round(p99 * 1000, 2), "longest_stall_ms": round(during[-1] * 1000, 2),
+            "backup_s": round(backup_s, 2), "restore_s": round(restore_s, 2),
+            "restored_rows": found}), flush=True)
     finally:
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)

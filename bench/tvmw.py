@@ -208,8 +208,9 @@ def main() -> None:
         print(f"starting smartyd (state {daemon.state}) ...", flush=True)
         daemon.start()
         channel_ids = seed(daemon.dsn(), args.devices, args.channels)
-        authkeys, took = asyncio.run(login_all(daemon.port, args.devices,
-                                               args.login_concurrency))
+        authkeys, took_login = asyncio.run(login_all(daemon.port, args.devices,
+                                                     args.login_concurrency))
+        took = took_login
         print(f"login    {len(authkeys)} devices in {took:.1f} s: {len(authkeys) / took:.1f}"
               f" logins/s (scrypt-bound; {args.login_concurrency} at a time)", flush=True)
         # warm-up, then the measured run
@@ -238,6 +239,13 @@ def main() -> None:
         print(f"p99              {p99:8.1f} ms (target <= 20: {'ok' if ok_p99 else 'MISSED'})")
         print(f"tokens 200       {'all' if all_200 else 'NOT ALL'} ({statuses.get(200, 0)}"
               f" of {len(minted)})")
+        print(json.dumps({
+            "devices": len(authkeys), "logins_per_s": round(len(authkeys) / took_login, 1),
+            "answers": len(latencies), "answers_per_s": round(rate, 1),
+            "p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+            "cpu_us_per_answer": round(per * 1e6, 1), "tokens_checked": len(minted),
+            "tokens_200": statuses.get(200, 0), "all_200": all_200,
+            "load_average": round(os.getloadavg()[0], 1)}), flush=True)
         if not all_200:
             sys.exit(1)
     finally:

@@ -98,6 +98,21 @@ def check_vod_sync(f: dict) -> None:
     positive(f["first"], "peak_rss_mb")
 
 
+def check_tvmw(f: dict) -> None:
+    assert f["devices"] == 4 and f["all_200"] and f["tokens_200"] == f["tokens_checked"] > 0, f
+    positive(f, "logins_per_s", "answers", "answers_per_s", "p99_ms", "cpu_us_per_answer")
+
+
+def check_import(f: dict) -> None:
+    assert f["customers"] == 50, f
+    assert set(f["import_s_by_kind"]) >= {"customers", "accounts", "devices", "subscriptions"}, f
+    # 50 imported + the bench's own probe account
+    assert f["restored_rows"] == {"customers": 51, "accounts": 51, "devices": 50,
+                                  "subscriptions": 51}, f
+    assert f["checks_during"] > 0 and set(f["check_codes"]) == {"200"}, f
+    positive(f, "import_s", "peak_rss_mb", "longest_stall_ms", "backup_s", "restore_s")
+
+
 def check_tokens(f: dict) -> None:
     positive(f, "nginx_rps", "workers1_rps", "workers2_rps",
              "nginx_p99_ms", "workers1_p99_ms", "workers2_p99_ms")
@@ -123,6 +138,10 @@ BENCHES = [
     Bench("bench/pg_restart.py", ("--runs", "1"), check_pg_restart),
     Bench("bench/startup.py", ("--runs", "1"), check_startup),
     Bench("bench/vod_sync.py", ("--titles", "20"), check_vod_sync),
+    Bench("bench/tvmw.py", ("--devices", "4", "--concurrency", "2", "--seconds", "0.5",
+                            "--channels", "2", "--login-concurrency", "2", "--pool-size", "2"),
+          check_tvmw),
+    Bench("bench/import.py", ("--customers", "50", "--check-rate", "50"), check_import),
     Bench("bench/tokens.sh", (), check_tokens, tools=("nginx", "wrk", "taskset", "curl"),
           env={"DURATION": "1s", "WARMUP": "0", "CONNECTIONS": "4"}, unusable=tokens_unusable),
 ]

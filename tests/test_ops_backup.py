@@ -4,7 +4,6 @@ running daemon taking OSMP pays, then into a fresh state dir.
 """
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -160,17 +159,3 @@ def test_restore_refuses_a_file_that_is_no_backup(tmp_path):
         assert code != 0 and "not a backup pg_restore can read" in err and err.count("\n") == 1
     finally:
         EmbeddedCluster.in_state_dir(tmp_path / "s").stop(mode="immediate")
-
-
-def test_the_import_bench_runs_at_a_tiny_size_and_prints_its_figures():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "import.py"), "--customers", "50",
-                           "--check-rate", "50"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert re.search(r"import of 50 customers \+ accounts \+ devices \+ subscriptions: [\d.]+ s", out)
-    assert re.search(r"peak RSS of the import processes: \d+ MB", out)
-    assert re.search(r"token checks during the import: [\d,]+ answered .* longest stall [\d.]+ ms",
-                     out)
-    assert re.search(r"backup \(daemon running\): [\d.]+ s", out)
-    assert "rows there: {'customers': 51, 'accounts': 51, 'devices': 50, 'subscriptions': 51}" \
-        in out

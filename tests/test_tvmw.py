@@ -717,23 +717,6 @@ def test_the_config_section_and_its_redaction():
     assert make_config().tvmw.xml_devices[0] == "android_stb"
 
 
-def test_the_bench_runs_small_and_prints_its_figures():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(
-        [sys.executable, str(root / "bench" / "tvmw.py"), "--devices", "4", "--concurrency", "2",
-         "--seconds", "0.5", "--channels", "2", "--login-concurrency", "2", "--pool-size", "2"],
-        capture_output=True, text=True, timeout=300, cwd=root)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert "login    4 devices" in out and "logins/s" in out
-    assert "answers/s, p50" in out and "us an answer" in out
-    assert "tokens 200       all" in out
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_device_without_uid_keeps_the_one_made_up_for_it(instance, world, db):
     await db.execute("UPDATE accounts SET max_devices = 1 WHERE id = %s", (world.alice,))
