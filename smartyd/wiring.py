@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from smartyd.billing import make_billing, payment_hooks as billing_hooks
 from smartyd.billing_api import make_billing_api
 from smartyd.config import Config
+from smartyd.console import make_console
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.migrate import migrate
 from smartyd.feature import Feature, Readiness
@@ -132,6 +133,9 @@ def build_app(
             cfg, db=db, clock=reactor, metrics=metrics,
             assist=features["assist"].handle if "assist" in features else None,
             payture=features["payture"].handle if "payture" in features else None)
+    if cfg.console.enabled:
+        # Its own listener (a service of the feature), no mount on the HTTP root.
+        features["console"] = make_console(cfg, db=db, reactor=reactor, metrics=metrics)
     if cfg.epg.xmltv_url:
         features["epg"] = make_epg(cfg, db=db, client=http_client, clock=reactor,
                                    metrics=metrics)

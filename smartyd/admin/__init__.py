@@ -26,6 +26,7 @@ from twisted.internet import task
 from smartyd import catalog, config as configmod, ledger, logs, payments
 from smartyd.admin import (
     billing as billing_admin,
+    console as console_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
     vod as vod_admin,
@@ -43,7 +44,8 @@ __all__ = ["AdminError", "main", "run"]
 
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor)}``.
-FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin)
+FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
+                    console_admin)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,567 @@
+"""
+The console's pages (its own listener; see L{smartyd.console}).
+
+  GET  /login, POST /login, POST /logout
+  GET  /search?q=...                      one match: 303 to its card
+  GET  /customers/<id>                    the customer card
+  POST /customers/<id>/accounts/<a>/block|unblock    support, with a reason
+  POST /customers/<id>/money              admin: credit or debit with a reason
+  GET  /audit?actor=&action=&customer=&since=&until=   the audit journal
+  GET  /operators, POST /operators, POST /operators/<login>/disable   admin
+  GET  /static/console.css
+
+Pages are ``twisted.web.template`` documents (every string escaped), with a
+content security policy that allows no inline script and no framing.  The
+session is server-side (L{smartyd.operators}); its cookie is ``HttpOnly``,
+``SameSite=Strict`` and ``Secure`` with ``[console] secure_cookies``.  Every
+form carries a CSRF token bound to the session (the login form: to a
+pre-login cookie); a POST without a valid one is a 403 with a visible
+message and changes nothing.  A role that may not do something gets a 403
+with a message saying which role may.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from attrs import define, field
+from klein import Klein
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.web.server import Request
+from twisted.web.template import Tag, tags
+
+from smartyd import ledger, operators
+from smartyd.console import actions, repo
+from smartyd.console.static import CONSOLE_CSS
+from smartyd.console.texts import language, texts
+from smartyd.http import csrf, pages
+from smartyd.http.auth import DUMMY_HASH
+from smartyd.http.handlers import endpoint
+
+log = Logger()
+
+SESSION_COOKIE = b"smartyd_console"
+LOGIN_COOKIE = b"smartyd_console_login"  # the login form's CSRF binding, before a session
+MAX_FIELD = 500
+MAX_AMOUNT = Decimal("1000000.00")
+
+
+def _safe_next(target: str) -> str:
+    """A path of this console to go to after login; anything else (another site) is /search."""
+    if (not target.startswith("/") or target.startswith("//") or "\\" in target
+            or not target.isprintable() or len(target) > 300):
+        return "/search"
+    return target
+
+
+@define(slots=False)  # Klein binds its router to the instance
+class ConsoleWeb:
+    cfg: Any  # smartyd.config.Config: [console], [billing]
+    db: Any
+    clock: Any
+    key: bytes  # CSRF tokens' key
+    metrics: Any = None
+    thread: Any = field(default=deferToThread)
+
+    app = Klein()
+
+    def resource(self):
+        return self.app.resource()
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _t(self, request: Request) -> dict[str, str]:
+        return texts(language(request.getHeader(b"accept-language")))
+
+    def _arg(self, request: Request, name: str) -> str:
+        raw = (request.args.get(name.encode()) or [b""])[0]
+        try:
+            return raw.decode("utf-8")[:MAX_FIELD * 2].strip()
+        except UnicodeDecodeError:
+            return ""
+
+    def _cookie(self, request: Request, name: bytes, value: str, max_age: int | None) -> None:
+        pages.set_cookie(request, name, value, same_site="Strict",
+                         secure=self.cfg.console.secure_cookies, max_age=max_age)
+
+    async def _session(self, request: Request):
+        """(operator, session id) of the request's live session, or (None, None)."""
+        sid = pages.cookie(request, SESSION_COOKIE)
+        if not sid or len(sid) > 100:
+            return None, None
+        op = await self.db.run(operators.touch_session, sid, self.now())
+        return (op, sid) if op is not None else (None, None)
+
+    def _csrf_field(self, sid: str) -> Tag:
+        return tags.input(type="hidden", name="csrf", value=csrf.token(self.key, sid))
+
+    def _message(self, text: str, kind: str = "message") -> Tag:
+        return tags.p(text, class_=kind, role="alert" if kind == "message" else "status")
+
+    async def _page(self, request: Request, status: int, title: str, body: list,
+                    op: operators.Operator | None = None, sid: str | None = None) -> bytes:
+        t = self._t(request)
+        header = [tags.strong(t["title"], class_="brand")]
+        if op is not None:
+            nav = [tags.a(t["search"], href="/search"), tags.a(t["journal"], href="/audit")]
+            if operators.may(op.role, "admin"):
+                nav.append(tags.a(t["operators"], href="/operators"))
+            header += [
+                tags.nav(*nav),
+                tags.form(tags.input(name="q", type="search", placeholder=t["search_hint"],
+                                     **{"aria-label": t["search"]}),
+                          tags.button(t["find"], type="submit"),
+                          method="get", action="/search", class_="quick"),
+                tags.span(t["signed_in"].format(login=op.login, role=op.role), id="whoami"),
+                tags.form(self._csrf_field(sid), tags.button(t["logout"], type="submit"),
+                          method="post", action="/logout", class_="logout"),
+            ]
+        document = tags.html(
+            tags.head(tags.meta(charset="utf-8"),
+                      tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
+                      tags.title(f"{title} — {t['title']}"),
+                      tags.link(rel="stylesheet", href="/static/console.css")),
+            tags.body(tags.header(*header), tags.main(tags.h1(title), *body)),
+            lang=language(request.getHeader(b"accept-language")))
+        return await pages.html_page(request, status, document, pages.csp())
+
+    async def _refused(self, request, op, sid, needed: str) -> bytes:
+        t = self._t(request)
+        log.info("console: {operator} ({role}) refused an action needing {needed}",
+                 operator=op.login, role=op.role, needed=needed)
+        return await self._page(request, 403, t["title"], [self._message(
+            t["refused"].format(role=op.role, needed=needed))], op, sid)
+
+    async def _guard(self, request: Request, needed: str = "viewer", form: bool = False):
+        """
+        The operator of a request that may go on, or the answer to send
+        instead: to the login page without a session, a 403 without a valid
+        CSRF token (a form) or with too small a role.
+        """
+        op, sid = await self._session(request)
+        if op is None:
+            target = request.uri.decode("utf-8", "replace") if request.method == b"GET" \
+                else "/search"
+            return None, None, pages.redirect(request, "/login?" + urlencode({"next": target}))
+        if form and not csrf.valid(self.key, sid, self._arg(request, "csrf")):
+            log.info("console: a form of {operator} refused without a valid CSRF token",
+                     operator=op.login)
+            t = self._t(request)
+            return None, None, await self._page(request, 403, t["title"],
+                                                [self._message(t["bad_csrf"])], op, sid)
+        if not operators.may(op.role, needed):
+            return None, None, await self._refused(request, op, sid, needed)
+        return op, sid, None
+
+    # -- static, login, logout ------------------------------------------------------------------
+    @app.route("/static/console.css", methods=["GET"])
+    def css(self, request: Request):
+        request.setHeader(b"content-type", b"text/css; charset=utf-8")
+        request.setHeader(b"cache-control", b"public, max-age=3600")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return CONSOLE_CSS
+
+    @app.route("/", methods=["GET"])
+    def home(self, request: Request):
+        return pages.redirect(request, "/search")
+
+    @app.route("/login", methods=["GET"])
+    @endpoint("console_login")
+    async def login_page(self, request: Request):
+        return await self._login_form(request, 200, [])
+
+    async def _login_form(self, request: Request, status: int, before: list) -> bytes:
+        t = self._t(request)
+        nonce = pages.cookie(request, LOGIN_COOKIE)
+        if not nonce or len(nonce) > 64:
+            nonce = secrets.token_urlsafe(24)
+            self._cookie(request, LOGIN_COOKIE, nonce, 3600)
+        form = tags.form(
+            self._csrf_field(nonce),
+            tags.input(type="hidden", name="next", value=_safe_next(self._arg(request, "next"))),
+            tags.label(t["login"], tags.input(name="login", required="required",
+                                              autocomplete="username", maxlength="64")),
+            tags.label(t["password"], tags.input(name="password", type="password",
+                                                 required="required",
+                                                 autocomplete="current-password")),
+            tags.button(t["submit_login"], type="submit"),
+            method="post", action="/login", id="login")
+        return await self._page(request, status, t["submit_login"], before + [form])
+
+    @app.route("/login", methods=["POST"])
+    @endpoint("console_login")
+    async def login(self, request: Request):
+        t = self._t(request)
+        nonce = pages.cookie(request, LOGIN_COOKIE)
+        if not csrf.valid(self.key, nonce, self._arg(request, "csrf")):
+            return await self._login_form(request, 403, [self._message(t["bad_csrf"])])
+        login, password = self._arg(request, "login")[:64], self._arg(request, "password")
+        now = self.now()
+        op = await self.db.run(operators.get, login)
+        usable = op is not None and not op.disabled and not (
+            op.locked_until is not None and op.locked_until > now)
+        # The same scrypt work whatever the case: no timing tells a login exists.
+        ok = await self.thread(ledger.verify_password, password,
+                               op.password_hash if usable else DUMMY_HASH)
+        if not (usable and ok):
+            if op is not None and usable:
+                await self.db.run(operators.login_failed, op.id, now)
+            log.info("console: login refused for {login}", login=login)
+            return await self._login_form(request, 401, [self._message(t["bad_login"])])
+
+        async def open_(tx):
+            await operators.login_succeeded(tx, op.id)
+            return await operators.open_session(tx, op.id, now)
+
+        sid = await self.db.run(open_)
+        log.info("console: {operator} logged in", operator=op.login)
+        self._cookie(request, SESSION_COOKIE, sid, None)
+        self._cookie(request, LOGIN_COOKIE, "", 0)
+        return pages.redirect(request, _safe_next(self._arg(request, "next")))
+
+    @app.route("/logout", methods=["POST"])
+    @endpoint("console_logout")
+    async def logout(self, request: Request):
+        op, sid, answer = await self._guard(request, form=True)
+        if op is None:
+            return answer
+        await self.db.run(operators.close_session, sid)
+        self._cookie(request, SESSION_COOKIE, "", 0)
+        return pages.redirect(request, "/login")
+
+    # -- search ---------------------------------------------------------------------------------
+    @app.route("/search", methods=["GET"])
+    @endpoint("console_search")
+    async def search(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        t = self._t(request)
+        q = self._arg(request, "q")[:repo.MAX_QUERY]
+        body: list = [tags.form(
+            tags.label(t["search_hint"], tags.input(name="q", value=q, type="search",
+                                                    autofocus="autofocus")),
+            tags.button(t["find"], type="submit"), method="get", action="/search",
+            id="search")]
+        if q:
+            found = await self.db.run(repo.search, q)
+            if len(found) == 1:
+                return pages.redirect(request, f"/customers/{found[0]['customer_id']}")
+            if not found:
+                body.append(self._message(t["nothing_found"].format(q=q)))
+            else:
+                body.append(self._table(
+                    [t["customer"], t["name"], t["balance"], t["how"]],
+                    [[tags.a(str(r["customer_id"]), href=f"/customers/{r['customer_id']}"),
+                      r["name"], _money(r["balance"]), r["how"]] for r in found],
+                    t, id="results"))
+        return await self._page(request, 200, t["search"], body, op, sid)
+
+    # -- the customer card ----------------------------------------------------------------------
+    @app.route("/customers/<int:customer_id>", methods=["GET"])
+    @endpoint("console_card")
+    async def card(self, request: Request, customer_id: int):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        return await self._card(request, op, sid, customer_id, 200, [])
+
+    async def _card(self, request, op, sid, customer_id: int, status: int, notes: list) -> bytes:
+        t = self._t(request)
+        data = await self.db.run(repo.card, customer_id)
+        if data is None:
+            return await self._page(request, 404, t["customer"], [self._message(
+                t["no_customer"])], op, sid)
+        audit = await self.db.run(operators.audit_rows, customer_id=customer_id, limit=100)
+        c = data["customer"]
+        base = f"/customers/{c.id}"
+        promise = data["promise"]
+        facts = tags.dl(
+            tags.dt(t["customer"]), tags.dd(str(c.id)),
+            tags.dt(t["ppc"]), tags.dd(c.ppc, id="ppc"),
+            tags.dt(t["name"]), tags.dd(c.name, id="name"),
+            tags.dt(t["phone"]), tags.dd(c.phone or "—"),
+            tags.dt(t["email"]), tags.dd(c.email or "—"),
+            tags.dt(t["balance"]), tags.dd(_money(c.balance), id="balance"),
+            tags.dt(t["credit_limit"]), tags.dd(_money(self.cfg.billing.credit_limit)),
+            tags.dt(t["promise"]), tags.dd(
+                t["promise_due"].format(amount=_money(promise["amount"]), due=_when(
+                    promise["due"])) if promise else t["none"]),
+            id="facts")
+        account_rows = []
+        for a in data["accounts"]:
+            action = "unblock" if not a.active else "block"
+            account_rows.append([
+                str(a.id), a.login, t["active"] if a.active else t["blocked"], a.status_reason,
+                tags.form(self._csrf_field(sid),
+                          tags.input(name="reason", required="required", maxlength="500",
+                                     placeholder=t["reason"],
+                                     **{"aria-label": f"{t['reason']} {a.login}"}),
+                          tags.button(t[action], type="submit"),
+                          tags.small(t["needs"].format(role="support")),
+                          method="post", action=f"{base}/accounts/{a.id}/{action}",
+                          class_="inline")])
+        money_form = tags.form(
+            self._csrf_field(sid),
+            tags.input(type="hidden", name="key", value=secrets.token_urlsafe(18)),
+            tags.label(t["direction"], tags.select(
+                tags.option(t["credit"], value="credit"), tags.option(t["debit"], value="debit"),
+                name="direction")),
+            tags.label(t["amount"], tags.input(name="amount", inputmode="decimal",
+                                               required="required", maxlength="20")),
+            tags.label(t["reason"], tags.input(name="reason", required="required",
+                                               maxlength="500")),
+            tags.button(t["do_money"], type="submit"),
+            tags.small(t["needs"].format(role="admin")),
+            method="post", action=f"{base}/money", id="money")
+        body = notes + [
+            tags.section(facts, class_="facts"),
+            tags.section(tags.h2(t["accounts"]), self._table(
+                ["#", t["login"], t["status"], t["reason"], ""], account_rows, t,
+                id="accounts")),
+            tags.section(tags.h2(t["devices"]), self._table(
+                [t["uid"], t["account"], t["model"], t["created"]],
+                [[d["uid"], str(d["account_id"]), d["model"] or "", _when(d["created"])]
+                 for d in data["devices"]], t, id="devices")),
+            tags.section(tags.h2(t["subscriptions"]), self._table(
+                [t["tariff"], t["account"], t["paid_until"], t["state"]],
+                [[s["tariff"], str(s["account_id"] or "—"), _when(s["paid_until"]), s["state"]]
+                 for s in data["subscriptions"]], t, id="subscriptions")),
+            tags.section(tags.h2(t["money"]), money_form),
+            tags.section(tags.h2(t["statement"]), self._table(
+                [t["time"], t["amount"], t["kind"], t["cause"], t["balance_after"]],
+                [[_when(e.at or e.created), _money(e.amount), e.kind, e.cause,
+                  _money(e.balance_after)] for e in reversed(data["statement"])], t,
+                id="statement")),
+            tags.section(tags.h2(t["payments"]), self._table(
+                [t["time"], t["provider"], t["external_id"], t["amount"], t["receipt"]],
+                [[_when(p["created"]), p["provider"], p["external_id"], _money(p["amount"]),
+                  p["receipt"] or t["no_receipt"]] for p in data["payments"]], t,
+                id="payments")),
+            tags.section(tags.h2(t["audit"]), self._audit_table(audit, t, "audit")),
+        ]
+        return await self._page(request, status, f"{t['customer']} {c.id}", body, op, sid)
+
+    @app.route("/customers/<int:customer_id>/accounts/<int:account_id>/<any(block,unblock):what>",
+               methods=["POST"])
+    @endpoint("console_account")
+    async def account_state(self, request: Request, customer_id: int, account_id: int,
+                            what: str):
+        op, sid, answer = await self._guard(request, "support", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        try:
+            await self.db.run(actions.set_account_state, op, customer_id, account_id,
+                              what == "unblock", self._arg(request, "reason"), self.now())
+        except actions.ActionError as e:
+            return await self._card(request, op, sid, customer_id, 400,
+                                    [self._message(t[str(e)])])
+        log.info("console: {operator} set account {account} {what}", operator=op.login,
+                 account=account_id, what=what)
+        return await self._card(request, op, sid, customer_id, 200, [self._message(
+            t[f"done_{what}"].format(account=account_id), "notice")])
+
+    @app.route("/customers/<int:customer_id>/money", methods=["POST"])
+    @endpoint("console_money")
+    async def money(self, request: Request, customer_id: int):
+        op, sid, answer = await self._guard(request, "admin", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        try:
+            amount = Decimal(self._arg(request, "amount").replace(",", ".").replace(" ", ""))
+        except InvalidOperation:
+            amount = Decimal(0)
+        direction = self._arg(request, "direction")
+        if (not amount.is_finite() or not 0 < amount <= MAX_AMOUNT
+                or amount.as_tuple().exponent < -2 or direction not in ("credit", "debit")):
+            return await self._card(request, op, sid, customer_id, 400,
+                                    [self._message(t["bad_amount"])])
+        signed = amount if direction == "credit" else -amount
+        try:
+            entry, created = await self.db.run(
+                actions.adjust, self.cfg.billing, op, customer_id, signed,
+                self._arg(request, "reason"), self._arg(request, "key"), self.now())
+        except actions.ActionError as e:
+            return await self._card(request, op, sid, customer_id,
+                                    404 if str(e) == "no_customer" else 400,
+                                    [self._message(t[str(e)])])
+        if not created:
+            return await self._card(request, op, sid, customer_id, 200,
+                                    [self._message(t["repeated"])])
+        log.info("console: {operator} posted {amount} to customer {customer}",
+                 operator=op.login, amount=str(signed), customer=customer_id)
+        customer = await self.db.run(ledger.get_customer, customer_id)
+        return await self._card(request, op, sid, customer_id, 200, [self._message(
+            t["done_money"].format(amount=_money(signed), balance=_money(customer.balance)),
+            "notice")])
+
+    # -- the audit journal ----------------------------------------------------------------------
+    @app.route("/audit", methods=["GET"])
+    @endpoint("console_audit")
+    async def journal(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        t = self._t(request)
+        f = {k: self._arg(request, k)[:64] for k in ("actor", "action", "customer", "since",
+                                                     "until")}
+        notes, status = [], 200
+        try:
+            since = _day(f["since"])
+            until = _day(f["until"])
+        except ValueError:
+            since = until = None
+            notes, status = [self._message(t["bad_date"])], 400
+        customer = int(f["customer"]) if f["customer"].isdigit() and len(f["customer"]) < 19 \
+            else None
+        rows = await self.db.run(
+            operators.audit_rows, customer_id=customer, actor=f["actor"] or None,
+            action=f["action"] or None, since=since,
+            until=until + timedelta(days=1) if until else None, limit=500)
+        form = tags.form(
+            *[tags.label(t[label], tags.input(name=k, value=f[k], maxlength="64",
+                                              **({"type": "date"} if k in ("since", "until")
+                                                 else {})))
+              for k, label in (("actor", "actor"), ("action", "action"),
+                               ("customer", "customer"), ("since", "since"),
+                               ("until", "until"))],
+            tags.button(t["filter"], type="submit"), method="get", action="/audit",
+            id="filter", class_="filters")
+        body = notes + [form, self._audit_table(rows, t, "journal", customer_column=True)]
+        return await self._page(request, status, t["journal"], body, op, sid)
+
+    # -- operators (admin) ------------------------------------------------------------------------
+    @app.route("/operators", methods=["GET"])
+    @endpoint("console_operators")
+    async def operators_page(self, request: Request):
+        op, sid, answer = await self._guard(request, "admin")
+        if op is None:
+            return answer
+        return await self._operators(request, op, sid, 200, [])
+
+    async def _operators(self, request, op, sid, status: int, notes: list) -> bytes:
+        t = self._t(request)
+        rows = []
+        for o in await self.db.run(operators.listing):
+            rows.append([o.login, o.role, t["disabled"] if o.disabled else t["enabled"],
+                         "" if o.disabled else tags.form(
+                             self._csrf_field(sid), tags.button(t["disable"], type="submit"),
+                             method="post", action=f"/operators/{quote(o.login)}/disable",
+                             class_="inline")])
+        form = tags.form(
+            self._csrf_field(sid),
+            tags.label(t["login"], tags.input(name="login", required="required",
+                                              maxlength="64")),
+            tags.label(t["role"], tags.select(*[tags.option(r, value=r)
+                                                for r in operators.ROLES], name="role")),
+            tags.button(t["create"], type="submit"),
+            method="post", action="/operators", id="new-operator")
+        body = notes + [self._table([t["login"], t["role"], t["status"], ""], rows, t,
+                                    id="operators"),
+                        tags.section(tags.h2(t["create_operator"]), form)]
+        return await self._page(request, status, t["operators"], body, op, sid)
+
+    @app.route("/operators", methods=["POST"])
+    @endpoint("console_operators")
+    async def create_operator(self, request: Request):
+        op, sid, answer = await self._guard(request, "admin", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        login, role = self._arg(request, "login"), self._arg(request, "role")
+        password = operators.new_password()
+        pw_hash = await self.thread(ledger.hash_password, password)
+        now = self.now()
+
+        async def create(tx):
+            new = await operators.create(tx, login, role, pw_hash)
+            await operators.audit(tx, op.login, "operator.create", at=now, operator_id=op.id,
+                                  after=new.to_json())
+            return new
+
+        try:
+            new = await self.db.run(create)
+        except operators.OperatorError as e:
+            return await self._operators(request, op, sid, 400, [self._message(
+                t["bad_operator"].format(why=str(e)))])
+        log.info("console: {operator} created operator {login} ({role})", operator=op.login,
+                 login=new.login, role=new.role)
+        return await self._operators(request, op, sid, 200, [tags.p(
+            t["operator_created"].format(login=new.login, password=password),
+            class_="notice", id="created")])
+
+    @app.route("/operators/<string:login>/disable", methods=["POST"])
+    @endpoint("console_operators")
+    async def disable_operator(self, request: Request, login: str):
+        op, sid, answer = await self._guard(request, "admin", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        now = self.now()
+
+        async def disable(tx):
+            before = await operators.get(tx, login)
+            after = await operators.disable(tx, login)
+            await operators.audit(tx, op.login, "operator.disable", at=now, operator_id=op.id,
+                                  before=before.to_json(), after=after.to_json())
+
+        try:
+            await self.db.run(disable)
+        except operators.OperatorError:
+            return await self._operators(request, op, sid, 404, [self._message(t["not_found"])])
+        if login == op.login:  # disabled oneself: the session has ended
+            return pages.redirect(request, "/login")
+        return await self._operators(request, op, sid, 200, [self._message(
+            t["operator_disabled"].format(login=login), "notice")])
+
+    # -- tables ---------------------------------------------------------------------------------
+    def _table(self, head: list, rows: list, t: dict, **attrs: str) -> Tag:
+        if not rows:
+            return tags.p(t["empty"], class_="empty", **attrs)
+        return tags.table(tags.thead(tags.tr(*[tags.th(h) for h in head])),
+                          tags.tbody(*[tags.tr(*[tags.td(c) for c in row]) for row in rows]),
+                          **attrs)
+
+    def _audit_table(self, rows: list[dict], t: dict, table_id: str,
+                     customer_column: bool = False) -> Tag:
+        head = [t["time"], t["actor"], t["action"]] + ([t["customer"]] if customer_column
+                                                         else []) + [
+            t["before"], t["after"], t["reason"]]
+        out = []
+        for r in rows:
+            customer = [tags.a(str(r["customer_id"]), href=f"/customers/{r['customer_id']}")
+                        if r["customer_id"] else "—"] if customer_column else []
+            out.append([_when(r["at"]), r["actor"], r["action"], *customer,
+                        _json(r["before"]), _json(r["after"]), r["reason"]])
+        return self._table(head, out, t, id=table_id)
+
+
+def _money(value: Any) -> str:
+    return f"{Decimal(value):.2f}"
+
+
+def _when(value: Any) -> str:
+    if value is None:
+        return "—"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _json(value: Any) -> str:
+    return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _day(text: str) -> datetime | None:
+    """The start of a YYYY-MM-DD day in UTC; ValueError for anything else."""
+    if not text:
+        return None
+    return datetime.combine(date.fromisoformat(text), time(0), timezone.utc)
