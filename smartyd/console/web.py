@@ -23,9 +23,10 @@ with a message saying which role may.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -50,6 +51,7 @@ SESSION_COOKIE = b"smartyd_console"
 LOGIN_COOKIE = b"smartyd_console_login"  # the login form's CSRF binding, before a session
 MAX_FIELD = 500
 MAX_AMOUNT = Decimal("1000000.00")
+AMOUNT_RE = re.compile(r"^[0-9]{1,7}(\.[0-9]{1,2})?$")  # as the ledger keeps it: two places
 
 
 def _safe_next(target: str) -> str:
@@ -129,7 +131,7 @@ class ConsoleWeb:
                       tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
                       tags.title(f"{title} — {t['title']}"),
                       tags.link(rel="stylesheet", href="/static/console.css")),
-            tags.body(tags.header(*header), tags.main(tags.h1(title), *body)),
+            tags.body(tags.header(*header), Tag("main")(tags.h1(title), *body)),
             lang=language(request.getHeader(b"accept-language")))
         return await pages.html_page(request, status, document, pages.csp())
 
@@ -377,13 +379,10 @@ class ConsoleWeb:
         if op is None:
             return answer
         t = self._t(request)
-        try:
-            amount = Decimal(self._arg(request, "amount").replace(",", ".").replace(" ", ""))
-        except InvalidOperation:
-            amount = Decimal(0)
+        text = self._arg(request, "amount").replace(",", ".").replace(" ", "")
+        amount = Decimal(text) if AMOUNT_RE.match(text) else Decimal(0)
         direction = self._arg(request, "direction")
-        if (not amount.is_finite() or not 0 < amount <= MAX_AMOUNT
-                or amount.as_tuple().exponent < -2 or direction not in ("credit", "debit")):
+        if not 0 < amount <= MAX_AMOUNT or direction not in ("credit", "debit"):
             return await self._card(request, op, sid, customer_id, 400,
                                     [self._message(t["bad_amount"])])
         signed = amount if direction == "credit" else -amount
