@@ -531,3 +531,70 @@ async def test_operator_commands(db, admin):
         ("cli", "operator.create"), ("cli", "operator.create")]
     assert all("password" not in json.dumps(r["after"]) or r["action"] != "operator.create"
                for r in rows)
+
+
+# -- support's other actions -----------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_password_unbinds(db):
+    cfg = console_config(mode="builtin", promise_max="500.00")
+    env = Env(db, cfg)
+    cid, aid = await customer_world(db)
+    tariff = (await db.run(catalog.create_tariff, "Sport", "30.00", []))["id"]
+    device = await db.fetchval("SELECT id FROM devices WHERE uid = 'STB-00AA'")
+    await env.operator("sam", "support")
+    await env.operator("vera", "viewer")
+    await env.login("sam")
+    token = await env.csrf()
+    base = f"/customers/{cid}"
+
+    r, html = await env.post(f"{base}/promise", {"csrf": token, "amount": "900", "days": "5",
+                                                 "reason": "asked"})
+    assert r.code == 400 and "Not done: a promised payment is at most 500.00" in html
+    r, html = await env.post(f"{base}/promise", {"csrf": token, "amount": "100", "days": "5",
+                                                 "reason": "asked"})
+    assert r.code == 200 and "A promised payment of 100.00 is granted until" in html
+    assert (await db.run(ledger.get_customer, cid)).balance == Decimal("150.00")
+
+    r, html = await env.post(f"{base}/tariffs/assign", {"csrf": token, "account": str(aid),
+                                                        "tariff": str(tariff), "reason": "r"})
+    assert r.code == 200 and f"Tariff {tariff} is assigned." in html
+    assert await db.run(catalog.account_tariffs, aid) == [tariff]
+    assert (await db.run(ledger.get_customer, cid)).balance == Decimal("120.00")  # charged
+    r, html = await env.post(f"{base}/tariffs/remove", {"csrf": token, "account": str(aid),
+                                                        "tariff": str(tariff), "reason": "r"})
+    assert r.code == 200 and await db.run(catalog.account_tariffs, aid) == []
+
+    r, html = await env.post(f"{base}/accounts/{aid}/password", {"csrf": token,
+                                                                 "reason": "forgot it"})
+    password = re.search(r'id="new-password">The new password of ivan-tv \(shown this once\): '
+                         r'(\S+)</p>', html).group(1)
+    account = await db.run(ledger.get_account, aid)
+    assert ledger.verify_password(unescape(password), account.password_hash)
+    r, html = await env.get(base)
+    assert password not in html  # shown once
+
+    r, html = await env.post(f"{base}/devices/{device}/unbind", {"csrf": token,
+                                                                 "reason": "sold it"})
+    assert r.code == 200 and "Device STB-00AA is unbound." in html
+    assert await db.fetchval("SELECT count(*) FROM devices") == 0
+    r, html = await env.post(f"{base}/devices/{device}/unbind", {"csrf": token,
+                                                                 "reason": "again"})
+    assert r.code == 400 and "No such device" in html
+
+    actions = [(r["actor"], r["action"]) for r in await audit(db, customer_id=cid)]
+    assert actions == [("sam", "device.unbind"), ("sam", "account.password"),
+                       ("sam", "tariff.remove"), ("sam", "tariff.assign"),
+                       ("sam", "promise.grant")]
+    [pw_row] = await audit(db, action="account.password")
+    assert pw_row["after"] == {"account": aid}
+
+    # A viewer may do none of it.
+    viewer = env.another_browser()
+    await env.login("vera", browser=viewer)
+    vtoken = await env.csrf(viewer)
+    for path in (f"{base}/promise", f"{base}/tariffs/assign", f"{base}/accounts/{aid}/password",
+                 f"{base}/devices/{device}/unbind"):
+        r, html = await env.post(path, {"csrf": vtoken, "amount": "1", "days": "1",
+                                        "tariff": str(tariff), "reason": "x"}, browser=viewer)
+        assert r.code == 403 and "it needs the support role" in html, path
+    assert len(await audit(db, customer_id=cid)) == 5

@@ -1,7 +1,9 @@
 """
 The changes an operator makes in the console.  Each runs the function the
-CLI and the billing run (L{ledger.set_active}, L{ledger.post} then
-L{engine.settle}) and writes its audit row in the same transaction: the
+CLI, the billing and the Billing API run (L{ledger.set_active},
+L{ledger.post} then L{engine.settle}, L{engine.promise}, L{engine.assign} /
+L{engine.remove}, the account password and device deletion of the cabinet
+and the Billing API) and writes its audit row in the same transaction: the
 change and its record commit together or not at all.
 """
 
@@ -13,8 +15,10 @@ from decimal import Decimal
 
 from smartyd import ledger, operators
 from smartyd.billing import engine
+from smartyd.billing_api.repo import delete_device
 from smartyd.config import Billing as BillingConfig
 from smartyd.db import Tx
+from smartyd.widgets.repo import set_account_password
 
 MANUAL = "manual"  # the ledger kind of a hand-made credit or debit
 MAX_REASON = 500
@@ -80,3 +84,72 @@ async def adjust(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id
         after={"balance": str(after.balance), "amount": str(amount), "ledger_id": entry.id},
         reason=reason)
     return entry, True
+
+
+async def promise(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id: int,
+                  amount: Decimal, days: int, reason: str, at: datetime) -> dict:
+    """A promised payment (the CLI's ``customer promise``), audited."""
+    reason = _reason(reason)
+    before = await ledger.get_customer(tx, customer_id, lock=True)
+    if before is None:
+        raise ActionError("no_customer")
+    out = await engine.promise(tx, cfg, customer_id, amount, days, at)
+    after = await ledger.get_customer(tx, customer_id)
+    await operators.audit(tx, op.login, "promise.grant", at=at, operator_id=op.id,
+                          customer_id=customer_id, before={"balance": str(before.balance)},
+                          after={"balance": str(after.balance), **out}, reason=reason)
+    return out
+
+
+async def tariff(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id: int,
+                 account_id: int | None, tariff_id: int, assign: bool, reason: str,
+                 at: datetime) -> dict:
+    """
+    Assign or remove a tariff of the customer (``account_id`` None) or of one
+    of its accounts (the CLI's ``tariff assign|remove``), audited.
+    """
+    reason = _reason(reason)
+    if account_id is not None:
+        account = await ledger.get_account(tx, account_id)
+        if account is None or account.customer_id != customer_id:
+            raise ActionError("no_account")
+    before = await ledger.get_customer(tx, customer_id, lock=True)
+    if before is None:
+        raise ActionError("no_customer")
+    op_ = engine.assign if assign else engine.remove
+    out = await op_(tx, cfg, account_id, tariff_id,
+                    customer_id=customer_id if account_id is None else None, at=at)
+    after = await ledger.get_customer(tx, customer_id)
+    await operators.audit(
+        tx, op.login, "tariff.assign" if assign else "tariff.remove", at=at, operator_id=op.id,
+        customer_id=customer_id, before={"balance": str(before.balance)},
+        after={"account": account_id, "tariff": tariff_id, "balance": str(after.balance),
+               **out}, reason=reason)
+    return out
+
+
+async def account_password(tx: Tx, op: operators.Operator, customer_id: int, account_id: int,
+                           password_hash: str, reason: str, at: datetime) -> None:
+    """A new password of the customer's account (the widgets' cabinet's setter), audited."""
+    reason = _reason(reason)
+    if not await set_account_password(tx, customer_id, account_id, password_hash):
+        raise ActionError("no_account")
+    await operators.audit(tx, op.login, "account.password", at=at, operator_id=op.id,
+                          customer_id=customer_id, after={"account": account_id},
+                          reason=reason)
+
+
+async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device_id: int,
+                        reason: str, at: datetime) -> dict:
+    """Unbind a device from the customer's account (the Billing API's delete), audited."""
+    reason = _reason(reason)
+    device = await tx.fetchdict(
+        "SELECT d.id, d.uid, d.account_id, d.model, d.serial FROM devices d"
+        " JOIN accounts a ON a.id = d.account_id WHERE d.id = %s AND a.customer_id = %s",
+        (device_id, customer_id))
+    if device is None:
+        raise ActionError("no_device")
+    await delete_device(tx, device_id)
+    await operators.audit(tx, op.login, "device.unbind", at=at, operator_id=op.id,
+                          customer_id=customer_id, before=device, reason=reason)
+    return device

@@ -65,16 +65,17 @@ async def card(tx: Tx, customer_id: int) -> dict | None:
         "customer": customer,
         "accounts": accounts,
         "devices": await tx.fetchdicts(
-            "SELECT uid, account_id, model, serial, created FROM devices"
+            "SELECT id, uid, account_id, model, serial, created FROM devices"
             " WHERE account_id = ANY(%s) ORDER BY account_id, uid", (ids,)),
         "subscriptions": await tx.fetchdicts(
-            "SELECT s.id, s.account_id, t.name AS tariff, s.paid_until, s.state"
+            "SELECT s.id, s.account_id, s.tariff_id, t.name AS tariff, s.paid_until, s.state"
             " FROM subscriptions s JOIN tariffs t ON t.id = s.tariff_id"
             " WHERE s.customer_id = %s ORDER BY s.id", (customer_id,)),
         "promise": await tx.fetchdict(
             "SELECT amount, due FROM promises WHERE customer_id = %s AND returned_at IS NULL",
             (customer_id,)),
         "statement": await statement(tx, customer_id),
+        "tariffs": await tx.fetchdicts("SELECT id, name, price FROM tariffs ORDER BY name"),
         "payments": await tx.fetchdicts(
             "SELECT p.provider, p.external_id, p.amount, p.created, p.external_date,"
             " r.state AS receipt FROM payments p LEFT JOIN receipt_jobs r ON r.payment_id = p.id"

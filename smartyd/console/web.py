@@ -4,7 +4,11 @@ The console's pages (its own listener; see L{smartyd.console}).
   GET  /login, POST /login, POST /logout
   GET  /search?q=...                      one match: 303 to its card
   GET  /customers/<id>                    the customer card
-  POST /customers/<id>/accounts/<a>/block|unblock    support, with a reason
+  POST /customers/<id>/accounts/<a>/block|unblock    support
+  POST /customers/<id>/accounts/<a>/password         support: a new password, shown once
+  POST /customers/<id>/devices/<d>/unbind            support
+  POST /customers/<id>/tariffs/assign|remove         support (the customer's or an account's)
+  POST /customers/<id>/promise                       support: a promised payment
   POST /customers/<id>/money              admin: credit or debit with a reason
   GET  /audit?actor=&action=&customer=&since=&until=   the audit journal
   GET  /operators, POST /operators, POST /operators/<login>/disable   admin
@@ -17,7 +21,8 @@ session is server-side (L{smartyd.operators}); its cookie is ``HttpOnly``,
 form carries a CSRF token bound to the session (the login form: to a
 pre-login cookie); a POST without a valid one is a 403 with a visible
 message and changes nothing.  A role that may not do something gets a 403
-with a message saying which role may.
+with a message saying which role may.  Every change asks for a reason and is
+an audit row (L{smartyd.console.actions}).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from smartyd.console.texts import language, texts
 from smartyd.http import csrf, pages
 from smartyd.http.auth import DUMMY_HASH
 from smartyd.http.handlers import endpoint
+from smartyd.widgets.web import new_password as new_account_password
 
 log = Logger()
 
@@ -310,7 +316,9 @@ class ConsoleWeb:
                           tags.button(t[action], type="submit"),
                           tags.small(t["needs"].format(role="support")),
                           method="post", action=f"{base}/accounts/{a.id}/{action}",
-                          class_="inline")])
+                          class_="inline"),
+                self._small_form(sid, f"{base}/accounts/{a.id}/password", t["new_password"],
+                                 t, a.login)])
         money_form = tags.form(
             self._csrf_field(sid),
             tags.input(type="hidden", name="key", value=secrets.token_urlsafe(18)),
@@ -327,16 +335,47 @@ class ConsoleWeb:
         body = notes + [
             tags.section(facts, class_="facts"),
             tags.section(tags.h2(t["accounts"]), self._table(
-                ["#", t["login"], t["status"], t["reason"], ""], account_rows, t,
+                ["#", t["login"], t["status"], t["reason"], "", ""], account_rows, t,
                 id="accounts")),
             tags.section(tags.h2(t["devices"]), self._table(
-                [t["uid"], t["account"], t["model"], t["created"]],
-                [[d["uid"], str(d["account_id"]), d["model"] or "", _when(d["created"])]
+                [t["uid"], t["account"], t["model"], t["created"], ""],
+                [[d["uid"], str(d["account_id"]), d["model"] or "", _when(d["created"]),
+                  self._small_form(sid, f"{base}/devices/{d['id']}/unbind", t["unbind"], t,
+                                   d["uid"])]
                  for d in data["devices"]], t, id="devices")),
             tags.section(tags.h2(t["subscriptions"]), self._table(
-                [t["tariff"], t["account"], t["paid_until"], t["state"]],
-                [[s["tariff"], str(s["account_id"] or "—"), _when(s["paid_until"]), s["state"]]
-                 for s in data["subscriptions"]], t, id="subscriptions")),
+                [t["tariff"], t["account"], t["paid_until"], t["state"], ""],
+                [[s["tariff"], str(s["account_id"] or "—"), _when(s["paid_until"]), s["state"],
+                  self._small_form(sid, f"{base}/tariffs/remove", t["remove"], t, s["tariff"],
+                                   tariff=str(s["tariff_id"]),
+                                   account=str(s["account_id"] or ""))]
+                 for s in data["subscriptions"]], t, id="subscriptions"),
+                tags.form(
+                    self._csrf_field(sid),
+                    tags.label(t["account"], tags.select(
+                        tags.option(t["whole_customer"], value=""),
+                        *[tags.option(a.login, value=str(a.id)) for a in data["accounts"]],
+                        name="account")),
+                    tags.label(t["tariff"], tags.select(
+                        *[tags.option(f"{x['name']} ({_money(x['price'])})", value=str(x["id"]))
+                          for x in data["tariffs"]], name="tariff")),
+                    tags.label(t["reason"], tags.input(name="reason", required="required",
+                                                       maxlength="500")),
+                    tags.button(t["assign"], type="submit"),
+                    tags.small(t["needs"].format(role="support")),
+                    method="post", action=f"{base}/tariffs/assign", id="assign",
+                    class_="inline")),
+            tags.section(tags.h2(t["grant_promise"]), tags.form(
+                self._csrf_field(sid),
+                tags.label(t["amount"], tags.input(name="amount", inputmode="decimal",
+                                                   required="required", maxlength="20")),
+                tags.label(t["days"], tags.input(name="days", inputmode="numeric",
+                                                 required="required", maxlength="3")),
+                tags.label(t["reason"], tags.input(name="reason", required="required",
+                                                   maxlength="500")),
+                tags.button(t["grant_promise"], type="submit"),
+                tags.small(t["needs"].format(role="support")),
+                method="post", action=f"{base}/promise", id="promise", class_="inline")),
             tags.section(tags.h2(t["money"]), money_form),
             tags.section(tags.h2(t["statement"]), self._table(
                 [t["time"], t["amount"], t["kind"], t["cause"], t["balance_after"]],
@@ -403,6 +442,102 @@ class ConsoleWeb:
         return await self._card(request, op, sid, customer_id, 200, [self._message(
             t["done_money"].format(amount=_money(signed), balance=_money(customer.balance)),
             "notice")])
+
+    def _small_form(self, sid: str, action: str, label: str, t: dict, what: str,
+                    **hidden: str) -> Tag:
+        """A one-button form of a row: a reason and the button (support)."""
+        return tags.form(
+            self._csrf_field(sid),
+            *[tags.input(type="hidden", name=k, value=v) for k, v in hidden.items()],
+            tags.input(name="reason", required="required", maxlength="500",
+                       placeholder=t["reason"], **{"aria-label": f"{t['reason']} {what}"}),
+            tags.button(label, type="submit"),
+            method="post", action=action, class_="inline")
+
+    async def _act(self, request: Request, customer_id: int, needed: str, change) -> bytes:
+        """
+        Run ``change(op, t)`` (a coroutine returning the notice to show) for
+        an operator with the ``needed`` role and a valid CSRF token; its
+        refusal is shown on the card with a 400 and has changed nothing.
+        """
+        op, sid, answer = await self._guard(request, needed, form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        try:
+            notice = await change(op, t)
+        except actions.ActionError as e:
+            return await self._card(request, op, sid, customer_id,
+                                    404 if str(e) == "no_customer" else 400,
+                                    [self._message(t[str(e)])])
+        except ledger.LedgerError as e:  # the billing's refusal, in its words
+            return await self._card(request, op, sid, customer_id, 400,
+                                    [self._message(t["not_done"].format(why=str(e)))])
+        return await self._card(request, op, sid, customer_id, 200, [notice])
+
+    def _amount(self, request: Request) -> Decimal:
+        text = self._arg(request, "amount").replace(",", ".").replace(" ", "")
+        amount = Decimal(text) if AMOUNT_RE.match(text) else Decimal(0)
+        if not 0 < amount <= MAX_AMOUNT:
+            raise actions.ActionError("bad_amount")
+        return amount
+
+    def _id(self, request: Request, name: str) -> int | None:
+        value = self._arg(request, name)
+        return int(value) if value.isdigit() and len(value) < 19 else None
+
+    @app.route("/customers/<int:customer_id>/promise", methods=["POST"])
+    @endpoint("console_promise")
+    async def promise(self, request: Request, customer_id: int):
+        async def change(op, t):
+            amount = self._amount(request)
+            days = self._id(request, "days") or 0
+            out = await self.db.run(actions.promise, self.cfg.billing, op, customer_id, amount,
+                                    days, self._arg(request, "reason"), self.now())
+            return self._message(t["done_promise"].format(
+                amount=out["amount"], due=_when(datetime.fromisoformat(out["due"]))), "notice")
+
+        return await self._act(request, customer_id, "support", change)
+
+    @app.route("/customers/<int:customer_id>/tariffs/<any(assign,remove):what>",
+               methods=["POST"])
+    @endpoint("console_tariff")
+    async def tariff(self, request: Request, customer_id: int, what: str):
+        async def change(op, t):
+            tariff_id = self._id(request, "tariff")
+            if tariff_id is None:
+                raise actions.ActionError("not_found")
+            await self.db.run(actions.tariff, self.cfg.billing, op, customer_id,
+                              self._id(request, "account"), tariff_id, what == "assign",
+                              self._arg(request, "reason"), self.now())
+            return self._message(t[f"done_{what}"].format(tariff=tariff_id), "notice")
+
+        return await self._act(request, customer_id, "support", change)
+
+    @app.route("/customers/<int:customer_id>/accounts/<int:account_id>/password",
+               methods=["POST"])
+    @endpoint("console_password")
+    async def account_password(self, request: Request, customer_id: int, account_id: int):
+        async def change(op, t):
+            password = new_account_password()
+            pw_hash = await self.thread(ledger.hash_password, password)
+            await self.db.run(actions.account_password, op, customer_id, account_id, pw_hash,
+                              self._arg(request, "reason"), self.now())
+            account = await self.db.run(ledger.get_account, account_id)
+            return tags.p(t["done_password"].format(login=account.login, password=password),
+                          class_="notice", id="new-password")
+
+        return await self._act(request, customer_id, "support", change)
+
+    @app.route("/customers/<int:customer_id>/devices/<int:device_id>/unbind", methods=["POST"])
+    @endpoint("console_device")
+    async def unbind(self, request: Request, customer_id: int, device_id: int):
+        async def change(op, t):
+            device = await self.db.run(actions.unbind_device, op, customer_id, device_id,
+                                       self._arg(request, "reason"), self.now())
+            return self._message(t["done_unbind"].format(uid=device["uid"]), "notice")
+
+        return await self._act(request, customer_id, "support", change)
 
     # -- the audit journal ----------------------------------------------------------------------
     @app.route("/audit", methods=["GET"])
