@@ -133,12 +133,14 @@ def build_app(
             cfg, db=db, clock=reactor, metrics=metrics,
             assist=features["assist"].handle if "assist" in features else None,
             payture=features["payture"].handle if "payture" in features else None)
-    if cfg.console.enabled:
-        # Its own listener (a service of the feature), no mount on the HTTP root.
-        features["console"] = make_console(cfg, db=db, reactor=reactor, metrics=metrics)
     if cfg.epg.xmltv_url:
         features["epg"] = make_epg(cfg, db=db, client=http_client, clock=reactor,
                                    metrics=metrics)
+    if cfg.console.enabled:
+        # Its own listener (a service of the feature), no mount on the HTTP root.
+        features["console"] = make_console(
+            cfg, db=db, reactor=reactor, metrics=metrics,
+            health_sources=tuple(f.health for f in features.values() if f.health))
 
     # The billing is the core, not an optional feature: always built (its
     # charging job only in the charging modes), kept out of ``features`` and

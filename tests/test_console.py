@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from html import unescape
 
@@ -24,7 +25,9 @@ from conftest import make_config
 from fakes import in_memory_client
 from smartyd import catalog, ledger, operators, payments, ppc
 from smartyd.billing import engine
+from smartyd.console import journals
 from smartyd.console.web import ConsoleWeb
+from smartyd.fiscal import jobs as fiscal_jobs
 from smartyd.http.csrf import derive_key
 from testapp import build
 
@@ -598,3 +601,125 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
                                         "tariff": str(tariff), "reason": "x"}, browser=viewer)
         assert r.code == 403 and "it needs the support role" in html, path
     assert len(await audit(db, customer_id=cid)) == 5
+
+
+# -- journals -------------------------------------------------------------------------------------
+DAY = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc)
+
+
+async def day_of_payments(db):
+    async def seed(tx):
+        a = await ledger.create_account(tx, "payer")
+        for txn, amount, when in (("t1", "100.00", DAY), ("t2", "200.00", DAY),
+                                  ("t3", "300.00", DAY), ("t4", "40.00", DAY),
+                                  ("late", "5.00", DAY + timedelta(days=1))):
+            await payments.accept(tx, "osmp", txn, a.id, amount, external_date=when)
+        await payments.accept(tx, "assist", "b1", a.id, "70.00")
+        return a.customer_id
+
+    return await db.run(seed)
+
+
+REGISTRY = ("txn;date;account;amount\n"
+            "t1;30.11.2026;payer;100,00\n"
+            "t2;30.11.2026;payer;250.00\n"      # a different amount
+            "t3;30.11.2026;payer;300.00\n"
+            "x9;30.11.2026;nobody;9.00\n")     # only in the registry; t4 is only ours
+
+
+def multipart(fields: dict, filename: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart/form-data body, as a browser sends a form with a file."""
+    boundary = "----console-test-boundary"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             .encode() for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="registry";'
+                 f' filename="{filename}"\r\nContent-Type: text/csv\r\n\r\n'.encode()
+                 + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), \
+        f"multipart/form-data; boundary={boundary}"
+
+
+async def upload(env, data, fields, browser=None):
+    token = await env.csrf(browser)
+    body, kind = multipart({"csrf": token, **fields}, "registry.csv", data)
+    r = await (browser or env.browser).post(
+        BASE + "/journals/reconcile", allow_redirects=False, data=body,
+        headers={"content-type": kind})
+    return r, (await r.content()).decode("utf-8")
+
+
+@pytest_twisted.ensureDeferred
+async def test_registry_reconciliation_shows_exactly_the_differences_and_remembers_the_layout(db):
+    env = Env(db)
+    cid = await day_of_payments(db)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    fields = {"provider": "osmp", "day": "2026-11-30", "delimiter": ";", "header": "1",
+              "txn": "1", "date": "2", "account": "3", "amount": "4", "format": "html"}
+    r, html = await upload(env, REGISTRY.encode(), fields)
+    assert r.code == 200
+    assert "osmp, 2026-11-30: 2 match, 1 only in the registry, 1 only ours," \
+        " 1 amount mismatches." in html
+
+    def section(name):
+        part = html[html.index(f'id="{name}"'):]
+        return part[:part.index("</table>") if "</table>" in part else 200]
+
+    assert "t2" in section("mismatched") and "250.00" in section("mismatched") \
+        and "200.00" in section("mismatched")
+    assert "x9" in section("only-registry") and "t1" not in section("only-registry")
+    assert "t4" in section("only-ours") and "late" not in section("only-ours")
+    assert f"/customers/{cid}" in section("matched")
+    # The CSV export, and the layout remembered for the provider's next upload.
+    r, text = await upload(env, REGISTRY.encode(), {**fields, "format": "csv"})
+    assert r.headers.getRawHeaders("content-type") == ["text/csv; charset=utf-8"]
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("outcome,txn_id") and sorted(l.split(",")[0] for l in lines[1:]) \
+        == ["amount_mismatch", "match", "match", "only_ours", "only_registry"]
+    other = {**fields, "delimiter": "tab", "header": "", "txn": "2", "amount": "1",
+             "date": "0", "account": "0"}
+    r, html = await upload(env, b"100.00\tt1\n", other)
+    assert r.code == 200 and "1 match, 0 only in the registry, 3 only ours" in html
+    r, html = await env.get("/journals/reconcile?provider=osmp")
+    assert '<option value="tab" selected="selected">' in html
+    assert 'name="txn" value="2"' in html and 'name="amount" value="1"' in html
+    # A registry that cannot be read: a visible message naming the line; nothing saved.
+    r, html = await upload(env, b"t1;x;y;abc\n", {**fields, "header": ""})
+    assert r.code == 400 and "line 1: not an amount" in html
+    r, html = await upload(env, b"a\n", {**fields, "provider": "no such!"})
+    assert r.code == 400 and "Name the provider" in html
+    r, html = await upload(env, b"t1;1\n", {**fields, "txn": "1", "amount": "1"})
+    assert r.code == 400 and "two fields name the same column" in html
+    assert (await db.run(journals.get_layout, "osmp")).delimiter == "tab"
+
+
+@pytest_twisted.ensureDeferred
+async def test_payments_per_day_receipts_and_health_journals(db):
+    env = Env(db)
+    await day_of_payments(db)
+
+    async def more(tx):
+        payment = await payments.get(tx, "osmp", "t1")
+        await fiscal_jobs.enqueue(tx, payment.id, "osmp", "t1")
+        await tx.execute("INSERT INTO job_runs (job, last_started, last_finished, last_ok,"
+                         " last_error, runs, failures) VALUES ('epg-sync', now(), now(), false,"
+                         " 'feed <down>', 3, 1)")
+
+    await db.run(more)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    today = datetime.now(timezone.utc).date().isoformat()
+    r, html = await env.get(f"/journals/payments?since={today}&until={today}")
+    assert r.code == 200
+    totals = html[html.index('id="totals"'):]
+    # All the day's payments were accepted today (the OSMP ones dated 30 Nov by the terminal).
+    assert re.search(r"<td>osmp</td><td>5</td><td>645.00</td>", totals)
+    assert re.search(r"<td>assist</td><td>1</td><td>70.00</td>", totals)
+    assert re.search(r"<td>All providers</td><td>6</td><td>715.00</td>", totals)
+    r, html = await env.get("/journals/payments?since=nonsense")
+    assert r.code == 400 and "YYYY-MM-DD" in html
+    r, html = await env.get("/journals/receipts")
+    assert r.code == 200 and "queued: 1" in html and "<td>queued</td>" in html
+    r, html = await env.get("/journals/health")
+    assert r.code == 200 and "epg-sync" in html and "feed &lt;down&gt;" in html \
+        and "<td>failed</td>" in html

@@ -26,10 +26,14 @@ from smartyd.util.twisted_internals import raise_listen_errors
 __all__ = ["make_console"]
 
 
-def make_console(cfg: Config, *, db: Database, reactor: Any, metrics: Any) -> Feature:
-    """The console's pages and their listener (a service: started once the schema is there)."""
+def make_console(cfg: Config, *, db: Database, reactor: Any, metrics: Any,
+                 health_sources: tuple = ()) -> Feature:
+    """
+    The console's pages and their listener (a service: started once the
+    schema is there); ``health_sources``: the other features' health callables.
+    """
     web = ConsoleWeb(cfg, db, reactor, derive_key(cfg.tokens.keys[0], b"smartyd console csrf"),
-                     metrics=metrics)
+                     metrics=metrics, health_sources=tuple(health_sources))
     site = make_site(web.resource(), cfg.http.max_body, reactor=reactor)
     listener = StreamServerEndpointService(serverFromString(reactor, cfg.console.listen), site)
     raise_listen_errors(listener)  # a port in use stops the daemon with one line

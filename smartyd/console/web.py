@@ -10,6 +10,10 @@ The console's pages (its own listener; see L{smartyd.console}).
   POST /customers/<id>/tariffs/assign|remove         support (the customer's or an account's)
   POST /customers/<id>/promise                       support: a promised payment
   POST /customers/<id>/money              admin: credit or debit with a reason
+  GET  /journals/payments?since=&until=   payments per day and provider, with totals
+  GET  /journals/reconcile, POST (multipart)   a provider's registry against our payments
+  GET  /journals/receipts?state=          the Dreamkas receipt queue
+  GET  /journals/health                   each poller's last run, the features' health
   GET  /audit?actor=&action=&customer=&since=&until=   the audit journal
   GET  /operators, POST /operators, POST /operators/<login>/disable   admin
   GET  /static/console.css
@@ -43,9 +47,10 @@ from twisted.web.server import Request
 from twisted.web.template import Tag, tags
 
 from smartyd import ledger, operators
-from smartyd.console import actions, repo
+from smartyd.console import actions, journals, repo
 from smartyd.console.static import CONSOLE_CSS
 from smartyd.console.texts import language, texts
+from smartyd.fiscal import jobs as fiscal_jobs
 from smartyd.http import csrf, pages
 from smartyd.http.auth import DUMMY_HASH
 from smartyd.http.handlers import endpoint
@@ -75,6 +80,7 @@ class ConsoleWeb:
     clock: Any
     key: bytes  # CSRF tokens' key
     metrics: Any = None
+    health_sources: tuple = ()  # the features' health callables (L{Feature.health})
     thread: Any = field(default=deferToThread)
 
     app = Klein()
@@ -119,7 +125,12 @@ class ConsoleWeb:
         t = self._t(request)
         header = [tags.strong(t["title"], class_="brand")]
         if op is not None:
-            nav = [tags.a(t["search"], href="/search"), tags.a(t["journal"], href="/audit")]
+            nav = [tags.a(t["search"], href="/search"),
+                   tags.a(t["payments_journal"], href="/journals/payments"),
+                   tags.a(t["reconcile"], href="/journals/reconcile"),
+                   tags.a(t["receipts"], href="/journals/receipts"),
+                   tags.a(t["health"], href="/journals/health"),
+                   tags.a(t["journal"], href="/audit")]
             if operators.may(op.role, "admin"):
                 nav.append(tags.a(t["operators"], href="/operators"))
             header += [
@@ -573,6 +584,228 @@ class ConsoleWeb:
             id="filter", class_="filters")
         body = notes + [form, self._audit_table(rows, t, "journal", customer_column=True)]
         return await self._page(request, status, t["journal"], body, op, sid)
+
+    # -- journals ---------------------------------------------------------------------------------
+    @app.route("/journals/payments", methods=["GET"])
+    @endpoint("console_journal")
+    async def payments_journal(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        t = self._t(request)
+        today = self.now().date()
+        notes, status = [], 200
+        try:
+            since = (_day(self._arg(request, "since")[:10]) or _day(
+                (today - timedelta(days=6)).isoformat())).date()
+            until = (_day(self._arg(request, "until")[:10]) or _day(today.isoformat())).date()
+        except ValueError:
+            since, until = today - timedelta(days=6), today
+            notes, status = [self._message(t["bad_date"])], 400
+        rows = await self.db.run(journals.payments_per_day, since, min(until, since + timedelta(
+            days=366)))
+        totals: dict[str, list] = {}
+        for r in rows:
+            entry = totals.setdefault(r["provider"], [0, Decimal(0)])
+            entry[0] += r["count"]
+            entry[1] += r["total"]
+        form = tags.form(
+            tags.label(t["since"], tags.input(name="since", type="date", value=since.isoformat())),
+            tags.label(t["until"], tags.input(name="until", type="date", value=until.isoformat())),
+            tags.button(t["filter"], type="submit"), method="get", action="/journals/payments",
+            class_="filters", id="filter")
+        table = self._table(
+            [t["day"], t["provider"], t["count"], t["total"]],
+            [[r["day"].isoformat(), r["provider"], str(r["count"]), _money(r["total"])]
+             for r in rows], t, id="per-day")
+        summary = self._table(
+            [t["provider"], t["count"], t["total"]],
+            [[p, str(c), _money(v)] for p, (c, v) in sorted(totals.items())]
+            + ([[t["all_providers"], str(sum(c for c, _ in totals.values())),
+                 _money(sum((v for _, v in totals.values()), Decimal(0)))]] if totals else []),
+            t, id="totals")
+        body = notes + [form, tags.section(table), tags.section(tags.h2(t["total"]), summary)]
+        return await self._page(request, status, t["payments_journal"], body, op, sid)
+
+    @app.route("/journals/reconcile", methods=["GET"])
+    @endpoint("console_reconcile")
+    async def reconcile_page(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        provider = self._arg(request, "provider")[:32]
+        return await self._reconcile(request, op, sid, 200, [], provider,
+                                     self.now().date() - timedelta(days=1))
+
+    async def _reconcile(self, request, op, sid, status: int, notes: list, provider: str,
+                         day, layout: journals.Layout | None = None,
+                         result: journals.Reconciliation | None = None) -> bytes:
+        t = self._t(request)
+        known = await self.db.run(journals.providers)
+        if layout is None:
+            layout = await self.db.run(journals.get_layout, provider) \
+                if journals.PROVIDER_RE.match(provider) else journals.Layout()
+
+        def number(name: str, label: str) -> Tag:
+            return tags.label(t[label], tags.input(name=name, value=str(getattr(layout, name)),
+                                                   inputmode="numeric", maxlength="2",
+                                                   required="required"))
+
+        form = tags.form(
+            self._csrf_field(sid),
+            tags.label(t["provider"], tags.input(name="provider", value=provider,
+                                                 list="providers", required="required",
+                                                 maxlength="32")),
+            tags.datalist(*[tags.option(value=p) for p in known], id="providers"),
+            tags.label(t["day"], tags.input(name="day", type="date", value=day.isoformat(),
+                                            required="required")),
+            tags.label(t["registry"], tags.input(name="registry", type="file",
+                                                 accept=".csv,text/csv,text/plain",
+                                                 required="required")),
+            tags.label(t["delimiter"], tags.select(
+                *[tags.option(k, value=k, **({"selected": "selected"} if k == layout.delimiter
+                                             else {})) for k in journals.DELIMITERS],
+                name="delimiter")),
+            tags.label(tags.input(type="checkbox", name="header", value="1",
+                                  **({"checked": "checked"} if layout.header else {})),
+                       t["header"]),
+            number("txn", "col_txn"), number("date", "col_date"),
+            number("account", "col_account"), number("amount", "col_amount"),
+            tags.button(t["compare"], type="submit", name="format", value="html"),
+            tags.button(t["download_csv"], type="submit", name="format", value="csv"),
+            method="post", action="/journals/reconcile", enctype="multipart/form-data",
+            id="reconcile")
+        body = notes + [form]
+        if result is not None:
+            body.append(tags.p(t["summary"].format(
+                provider=provider, day=day.isoformat(), matched=len(result.matched),
+                only_registry=len(result.only_registry), only_ours=len(result.only_ours),
+                mismatched=len(result.mismatched)), class_="notice", id="summary"))
+            card = lambda cid: tags.a(str(cid), href=f"/customers/{cid}")  # noqa: E731
+            body += [
+                tags.section(tags.h2(t["mismatched"]), self._table(
+                    [t["external_id"], t["registry_amount"], t["our_amount"], t["customer"]],
+                    [[r.txn, _money(r.amount), _money(p["amount"]), card(p["customer_id"])]
+                     for r, p in result.mismatched], t, id="mismatched")),
+                tags.section(tags.h2(t["only_registry"]), self._table(
+                    [t["external_id"], t["registry_amount"], t["day"], t["account"]],
+                    [[r.txn, _money(r.amount), r.date, r.account]
+                     for r in result.only_registry], t, id="only-registry")),
+                tags.section(tags.h2(t["only_ours"]), self._table(
+                    [t["external_id"], t["our_amount"], t["time"], t["customer"]],
+                    [[p["external_id"], _money(p["amount"]),
+                      _when(p["external_date"] or p["created"]), card(p["customer_id"])]
+                     for p in result.only_ours], t, id="only-ours")),
+                tags.section(tags.h2(t["matched"]), self._table(
+                    [t["external_id"], t["amount"], t["customer"]],
+                    [[r.txn, _money(r.amount), card(p["customer_id"])]
+                     for r, p in result.matched], t, id="matched")),
+            ]
+        return await self._page(request, status, t["reconcile"], body, op, sid)
+
+    @app.route("/journals/reconcile", methods=["POST"])
+    @endpoint("console_reconcile")
+    async def reconcile(self, request: Request):
+        op, sid, answer = await self._guard(request, form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        provider = self._arg(request, "provider")[:32]
+        day = self.now().date() - timedelta(days=1)
+        try:
+            day = _day(self._arg(request, "day")[:10]).date()
+        except (ValueError, AttributeError):
+            return await self._reconcile(request, op, sid, 400, [self._message(
+                t["bad_date"])], provider, day)
+        if not journals.PROVIDER_RE.match(provider):
+            return await self._reconcile(request, op, sid, 400, [self._message(
+                t["bad_provider"])], provider, day)
+        numbers = {}
+        for name in ("txn", "date", "account", "amount"):
+            value = self._arg(request, name)
+            numbers[name] = int(value) if value.isdigit() and len(value) <= 2 else -1
+        layout = journals.Layout(self._arg(request, "delimiter"),
+                                 self._arg(request, "header") == "1", **numbers)
+        data = (request.args.get(b"registry") or [b""])[0]
+        try:
+            layout.check()
+            rows = journals.parse_registry(data, layout)
+        except journals.RegistryError as e:
+            return await self._reconcile(request, op, sid, 400, [self._message(
+                t["bad_registry"].format(why=str(e)))], provider, day, layout)
+        now = self.now()
+
+        async def run(tx):
+            await journals.save_layout(tx, provider, layout, now)
+            return await journals.reconcile(tx, provider, day, rows)
+
+        result = await self.db.run(run)
+        if self._arg(request, "format") == "csv":
+            request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+            request.setHeader(b"content-disposition", (
+                f'attachment; filename="reconcile-{provider}-{day.isoformat()}.csv"'
+            ).encode("ascii"))
+            request.setHeader(b"cache-control", b"no-store")
+            request.setHeader(b"x-content-type-options", b"nosniff")
+            return journals.reconciliation_csv(result)
+        return await self._reconcile(request, op, sid, 200, [], provider, day, layout, result)
+
+    @app.route("/journals/receipts", methods=["GET"])
+    @endpoint("console_journal")
+    async def receipts(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        t = self._t(request)
+        state = self._arg(request, "state")
+        state = state if state in fiscal_jobs.STATES else None
+
+        async def read(tx):
+            return (await fiscal_jobs.counts(tx),
+                    await fiscal_jobs.list_jobs(tx, state, 200),
+                    dict(await tx.fetchall(
+                        "SELECT p.id, p.customer_id FROM payments p JOIN receipt_jobs r"
+                        " ON r.payment_id = p.id ORDER BY r.id DESC LIMIT 200")))
+
+        counts, found, customers = await self.db.run(read)
+        links = tags.p(*[tags.a(f"{s}: {counts[s]}", href=f"/journals/receipts?state={s}",
+                                class_="count") for s in fiscal_jobs.STATES], id="counts")
+        table = self._table(
+            [t["created"], t["payment"], t["customer"], t["state"], t["attempts"],
+             t["last_error"]],
+            [[_when(j.created), str(j.payment_id),
+              tags.a(str(customers[j.payment_id]), href=f"/customers/"
+                     f"{customers[j.payment_id]}") if j.payment_id in customers else "—",
+              j.state, str(j.attempts), j.last_error or ""] for j in found], t, id="receipts")
+        return await self._page(request, 200, t["receipts"], [links, table], op, sid)
+
+    @app.route("/journals/health", methods=["GET"])
+    @endpoint("console_journal")
+    async def health(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        t = self._t(request)
+        runs = await self.db.run(journals.job_runs)
+        table = self._table(
+            [t["job"], t["last_started"], t["last_finished"], t["outcome"], t["last_error"],
+             t["runs"], t["failures"]],
+            [[r["job"], _when(r["last_started"]), _when(r["last_finished"]),
+              t["never"] if r["last_ok"] is None else (t["ok"] if r["last_ok"] else t["failed"]),
+              r["last_error"] or "", str(r["runs"]), str(r["failures"])] for r in runs], t,
+            id="jobs")
+        extra: dict = {}
+        for source in self.health_sources:
+            try:
+                extra.update(await source() or {})
+            except Exception as e:  # informational, as on /health
+                extra.setdefault("errors", []).append(str(e)[:200])
+        body = [tags.section(table)]
+        if extra:
+            body.append(tags.section(tags.h2(t["features"]), tags.pre(
+                json.dumps(extra, ensure_ascii=False, indent=2, sort_keys=True, default=str),
+                id="features")))
+        return await self._page(request, 200, t["health"], body, op, sid)
 
     # -- operators (admin) ------------------------------------------------------------------------
     @app.route("/operators", methods=["GET"])

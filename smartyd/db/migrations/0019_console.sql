@@ -44,3 +44,11 @@ BEGIN
 END $$;
 CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_is_append_only();
+
+-- A provider's daily registry (CSV) column layout, as last chosen on upload:
+-- {"delimiter": ";", "header": true, "txn": 1, "date": 2, "account": 3, "amount": 4}.
+CREATE TABLE registry_layouts (
+    provider  text PRIMARY KEY CHECK (provider ~ '^[a-z0-9_-]{1,32}$'),
+    layout    jsonb NOT NULL,
+    updated   timestamptz NOT NULL
+);
