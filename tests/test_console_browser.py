@@ -8,7 +8,9 @@ Each role logs in and does what it may and is refused what it may not; a
 support agent finds a customer by payment code and blocks the account, and
 its stream token is then refused on the fast listener; an admin credits
 100.00 with a reason and sees it in the balance, the statement and the audit
-trail; a form without its CSRF token is refused; a customer named
+trail; a viewer reconciles a registry with one missing, one extra and one
+different amount and sees exactly those three; a form without its CSRF token
+is refused; a customer named
 ``<script>...`` is shown as text (no dialog ever opens).
 
 ``SMARTYD_CONSOLE_SCREENSHOTS=DIR`` keeps the screenshots in DIR (docs/console).
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from datetime import datetime, timezone
 
 import pytest_twisted
 from playwright.sync_api import sync_playwright
@@ -37,9 +40,14 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 EVIL = "<script>alert('pwned')</script> Ivanov"
 PASSWORD = "correct-horse-1"
+REGISTRY_DAY = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+# r1 matches, r2's amount differs, r9 is only in the registry, r3 only ours.
+REGISTRY = "txn;date;account;amount\nr1;30.11.2026;payer;10.00\nr2;30.11.2026;payer;25.00\n" \
+    "r9;30.11.2026;someone;9.00\n"
 
 
-def browse(console: str, shots: str, profile: str, customer: int, account: int) -> dict:
+def browse(console: str, shots: str, profile: str, customer: int, account: int,
+           registry: str) -> dict:
     """In a worker thread (Playwright's sync API blocks): what each operator sees."""
     seen: dict = {"dialogs": []}
     code = ppc.encode(customer)
@@ -82,6 +90,19 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int) 
             seen["viewer_nav"] = page.locator("header nav").inner_text()
             response = page.goto(f"{console}/operators")
             seen["viewer_operators"] = (response.status, page.locator(".message").inner_text())
+            # The bookkeeper's reconciliation: one missing, one extra, one different amount.
+            page.goto(f"{console}/journals/reconcile")
+            page.get_by_label("Provider").fill("osmp")
+            page.get_by_label("Day").fill("2026-11-30")
+            page.get_by_label("Registry file (CSV)").set_input_files(registry)
+            page.get_by_role("button", name="Compare").click()
+            seen["summary"] = page.locator("#summary").inner_text(timeout=15000)
+            for part in ("mismatched", "only-registry", "only-ours", "matched"):
+                seen[part] = page.locator(f"#{part} tbody tr").all_inner_texts()
+            shot(page, "reconcile.png")
+            page.goto(f"{console}/journals/payments")
+            seen["per_day"] = page.locator("#totals").inner_text(timeout=15000)
+            shot(page, "payments.png")
             logout()
 
             # -- support: by payment code, blocks; refused money; a form without CSRF ---------------
@@ -161,6 +182,9 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
         t = await catalog.create_tariff(tx, "Basic", "0.00", [ch["id"]])
         await catalog.assign_tariff(tx, a.id, t["id"])
         await payments.accept(tx, "osmp", "8800555", a.id, "50.00")
+        payer = await ledger.create_account(tx, "payer")
+        for txn, amount in (("r1", "10.00"), ("r2", "20.00"), ("r3", "30.00")):
+            await payments.accept(tx, "osmp", txn, payer.id, amount, external_date=REGISTRY_DAY)
         for login, role in (("vera", "viewer"), ("sam", "support"), ("boss", "admin")):
             await operators.create(tx, login, role, pw)
         return cid, a.id, ch["id"]
@@ -183,8 +207,11 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
         before = await fast_check(fast_port, token, "news")
         shots = os.environ.get("SMARTYD_CONSOLE_SCREENSHOTS") or str(tmp_path)
         os.makedirs(shots, exist_ok=True)
+        registry = tmp_path / "osmp-2026-11-30.csv"
+        registry.write_text(REGISTRY)
         seen = await deferToThread(browse, f"http://127.0.0.1:{console_port.getHost().port}",
-                                   shots, str(tmp_path / "chromium-profile"), customer, account)
+                                   shots, str(tmp_path / "chromium-profile"), customer, account,
+                                   str(registry))
         after = await fast_check(fast_port, token, "news")
         if after != 403:  # the NOTIFY's reload may still be on its way
             await within(entitlements.next_reload(), 10)
@@ -200,6 +227,13 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert "your role (viewer) may not do this; it needs the support role" in seen["viewer_block"]
     assert "Operators" not in seen["viewer_nav"]
     assert seen["viewer_operators"][0] == 403 and "admin" in seen["viewer_operators"][1]
+    assert seen["summary"] == ("osmp, 2026-11-30: 1 match, 1 only in the registry, 1 only ours,"
+                               " 1 amount mismatches.")
+    assert [r.split("\t")[:3] for r in seen["mismatched"]] == [["r2", "25.00", "20.00"]]
+    assert [r.split("\t")[:2] for r in seen["only-registry"]] == [["r9", "9.00"]]
+    assert [r.split("\t")[:2] for r in seen["only-ours"]] == [["r3", "30.00"]]
+    assert [r.split("\t")[:2] for r in seen["matched"]] == [["r1", "10.00"]]
+    assert "osmp" in seen["per_day"] and "110.00" in seen["per_day"]
     assert seen["support_url"].endswith(f"/customers/{customer}")
     assert "did not come from this console" in seen["no_csrf"]
     assert seen["blocked"] == f"Account {account} is blocked." and "blocked" in seen["status"]
@@ -219,5 +253,5 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert sorted(r["action"] for r in rows) == ["account.block", "money.credit"]
     assert not (await db.run(ledger.get_account, account)).active
     for name in ("login.png", "search.png", "card.png", "refused.png", "audit.png",
-                 "operators.png"):
+                 "operators.png", "reconcile.png", "payments.png"):
         assert os.path.getsize(os.path.join(shots, name)) > 1000

@@ -19,6 +19,8 @@ dl { display: grid; grid-template-columns: 12em auto; gap: .2em 1em; margin: 0; 
 dt { color: #5a6270; } dd { margin: 0; }
 #balance { font-weight: bold; }
 form label { display: block; margin: .4em 0; }
+form label input, form label select { margin-left: .4em; }
+form label input[type=checkbox] { margin: 0 .4em 0 0; }
 form.inline, form.filters, #money { display: flex; flex-wrap: wrap; gap: .4em;
                                     align-items: center; }
 form.inline label, form.filters label, #money label { margin: 0; }
