@@ -723,3 +723,71 @@ async def test_payments_per_day_receipts_and_health_journals(db):
     r, html = await env.get("/journals/health")
     assert r.code == 200 and "epg-sync" in html and "feed &lt;down&gt;" in html \
         and "<td>failed</td>" in html
+
+
+# -- the catalog -----------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_them(db):
+    env = Env(db)
+    await env.operator("boss", "admin")
+    await env.operator("vera", "viewer")
+    await env.login("boss")
+    token = await env.csrf()
+    r, html = await env.post("/catalog/channels", {
+        "csrf": token, "name": "news", "url_mask": "http://s.example/news/$token",
+        "streamer_id": "astra-news", "xmltv_id": "news.example"})
+    assert r.code == 200 and "Saved." in html
+    [news] = await db.run(catalog.list_channels)
+    assert (news["streamer_id"], news["xmltv_id"]) == ("astra-news", "news.example")
+    r, html = await env.post("/catalog/channels", {"csrf": token, "name": "bad",
+                                                   "url_mask": "ftp://x"})
+    assert r.code == 400 and "url mask must be a stream URL" in html
+    r, html = await env.post("/catalog/tariffs", {
+        "csrf": token, "name": "Basic <TV>", "price": "99.50", "period_days": "30",
+        "period_months": "", "activation_price": "0", "sessions": "2", "hidden": "1",
+        "channel": str(news["id"])})
+    assert r.code == 200 and "Basic &lt;TV&gt;" in html
+    [tariff] = await db.run(catalog.list_tariffs)
+    assert (tariff["price"], tariff["sessions"], tariff["hidden"], tariff["channels"]) == (
+        Decimal("99.50"), 2, True, [news["id"]])
+    for bad, why in (({"price": "1.001"}, "price is not an amount"),
+                     ({"period_days": "0"}, "period days must be 1-3660"),
+                     ({"sessions": "x"}, "sessions must be a whole number")):
+        r, html = await env.post(f"/catalog/tariffs/{tariff['id']}", {
+            "csrf": token, "name": "Basic", "price": "10", "period_days": "30",
+            "activation_price": "0", **bad})
+        assert r.code == 400 and why in html, bad
+    r, html = await env.post(f"/catalog/tariffs/{tariff['id']}", {
+        "csrf": token, "name": "Basic", "price": "120.00", "period_days": "30",
+        "period_months": "1", "activation_price": "5", "sessions": ""})
+    assert r.code == 200 and "Saved." in html
+    [edited] = await db.run(catalog.list_tariffs)
+    assert (edited["name"], edited["price"], edited["period_months"], edited["sessions"],
+            edited["hidden"], edited["channels"]) == ("Basic", Decimal("120.00"), 1, None,
+                                                      False, [])
+    r, html = await env.post(f"/catalog/channels/{news['id']}", {
+        "csrf": token, "url_mask": "https://cdn.example/news/$token", "streamer_id": "",
+        "xmltv_id": ""})
+    assert r.code == 200
+    [news2] = await db.run(catalog.list_channels)
+    assert (news2["url_mask"], news2["streamer_id"], news2["xmltv_id"]) == (
+        "https://cdn.example/news/$token", None, None)
+    r, _ = await env.get("/catalog/tariffs/999")
+    assert r.code == 404
+    assert [r["action"] for r in await audit(db)] == [
+        "channel.edit", "tariff.edit", "tariff.create", "channel.create"]
+    [edit] = await audit(db, action="tariff.edit")
+    assert edit["before"]["price"] == "99.50" and edit["after"]["price"] == "120.00"
+
+    viewer = env.another_browser()
+    await env.login("vera", browser=viewer)
+    r, html = await env.get("/catalog", browser=viewer)
+    assert r.code == 200 and "Basic" in html and "cdn.example" in html
+    vtoken = await env.csrf(viewer)
+    r, html = await env.post(f"/catalog/channels/{news['id']}", {
+        "csrf": vtoken, "url_mask": "http://evil/"}, browser=viewer)
+    assert r.code == 403 and "it needs the admin role" in html
+    r, html = await env.post("/catalog/tariffs", {"csrf": vtoken, "name": "x", "price": "1",
+                                                  "period_days": "1"}, browser=viewer)
+    assert r.code == 403
+    assert len(await db.run(catalog.list_tariffs)) == 1

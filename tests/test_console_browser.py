@@ -153,6 +153,9 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             page.goto(f"{console}/operators")
             seen["operators"] = page.locator("#operators").inner_text(timeout=15000)
             shot(page, "operators.png")
+            page.goto(f"{console}/catalog")
+            seen["catalog"] = page.locator("#tariffs").inner_text(timeout=15000)
+            shot(page, "catalog.png")
             logout()
         finally:
             context.close()
@@ -247,11 +250,12 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert "account.block" in seen["audit"] and "stolen set-top box" in seen["audit"]
     assert "money.credit" in seen["journal"] and "account.block" not in seen["journal"]
     assert all(name in seen["operators"] for name in ("vera", "sam", "boss"))
+    assert "Basic" in seen["catalog"] and "news" in seen["catalog"]
     assert seen["name"] == EVIL
     # Nothing the refused ones tried was done: one block, one credit.
     rows = await db.run(operators.audit_rows)
     assert sorted(r["action"] for r in rows) == ["account.block", "money.credit"]
     assert not (await db.run(ledger.get_account, account)).active
     for name in ("login.png", "search.png", "card.png", "refused.png", "audit.png",
-                 "operators.png", "reconcile.png", "payments.png"):
+                 "operators.png", "reconcile.png", "payments.png", "catalog.png"):
         assert os.path.getsize(os.path.join(shots, name)) > 1000

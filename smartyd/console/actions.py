@@ -13,12 +13,12 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
-from smartyd import ledger, operators
+from smartyd import catalog, ledger, operators
 from smartyd.billing import engine
 from smartyd.billing_api.repo import delete_device
 from smartyd.config import Billing as BillingConfig
 from smartyd.db import Tx
-from smartyd.widgets.repo import set_account_password
+from smartyd.widgets.repo import set_account_password, set_xmltv_id
 
 MANUAL = "manual"  # the ledger kind of a hand-made credit or debit
 MAX_REASON = 500
@@ -153,3 +153,59 @@ async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device
     await operators.audit(tx, op.login, "device.unbind", at=at, operator_id=op.id,
                           customer_id=customer_id, before=device, reason=reason)
     return device
+
+
+# -- the catalog (admin) ---------------------------------------------------------------------------
+async def create_tariff(tx: Tx, op: operators.Operator, fields: dict, channel_ids: list[int],
+                        at: datetime) -> dict:
+    """A tariff, as ``smartyd-admin tariff create`` makes it, audited."""
+    tariff = await catalog.create_tariff(
+        tx, fields["name"], fields["price"], channel_ids, "tv", fields["period_days"],
+        fields["hidden"], period_months=fields["period_months"],
+        activation_price=fields["activation_price"], sessions=fields["sessions"])
+    await operators.audit(tx, op.login, "tariff.create", at=at, operator_id=op.id,
+                          after=tariff)
+    return tariff
+
+
+async def edit_tariff(tx: Tx, op: operators.Operator, tariff_id: int, fields: dict,
+                      channel_ids: list[int], at: datetime) -> dict:
+    before = next((t for t in await catalog.list_tariffs(tx) if t["id"] == tariff_id), None)
+    if before is None:
+        raise ActionError("not_found")
+    after = await catalog.update_tariff(tx, tariff_id, channel_ids=channel_ids, **fields)
+    await operators.audit(tx, op.login, "tariff.edit", at=at, operator_id=op.id,
+                          before=before, after=after)
+    return after
+
+
+async def _set_xmltv(tx: Tx, channel_id: int, xmltv_id: str) -> None:
+    if xmltv_id:
+        await set_xmltv_id(tx, channel_id, xmltv_id)
+    else:
+        await tx.execute("UPDATE channels SET xmltv_id = NULL WHERE id = %s", (channel_id,))
+
+
+async def create_channel(tx: Tx, op: operators.Operator, name: str, url_mask: str,
+                         streamer_id: str, xmltv_id: str, at: datetime) -> dict:
+    """A channel, as ``smartyd-admin channel create`` makes it, audited."""
+    channel = await catalog.create_channel(tx, name, url_mask, streamer_id=streamer_id or None)
+    await _set_xmltv(tx, channel["id"], xmltv_id)
+    after = next(c for c in await catalog.list_channels(tx) if c["id"] == channel["id"])
+    await operators.audit(tx, op.login, "channel.create", at=at, operator_id=op.id,
+                          after=after)
+    return after
+
+
+async def edit_channel(tx: Tx, op: operators.Operator, channel_id: int, url_mask: str,
+                       streamer_id: str, xmltv_id: str, at: datetime) -> dict:
+    before = next((c for c in await catalog.list_channels(tx) if c["id"] == channel_id), None)
+    if before is None:
+        raise ActionError("not_found")
+    await catalog.update_channel(tx, channel_id, url_mask=url_mask,
+                                 streamer_id=streamer_id or None)
+    await _set_xmltv(tx, channel_id, xmltv_id)
+    after = next(c for c in await catalog.list_channels(tx) if c["id"] == channel_id)
+    await operators.audit(tx, op.login, "channel.edit", at=at, operator_id=op.id,
+                          before=before, after=after)
+    return after

@@ -76,6 +76,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "last_started": "Last started", "last_finished": "Last finished", "outcome": "Outcome",
         "runs": "Runs", "failures": "Failures", "ok": "ok", "failed": "failed",
         "never": "never", "features": "Features' state",
+        "catalog": "Catalog", "tariffs": "Tariffs", "channels": "Channels", "price": "Price",
+        "period_days": "Period, days", "period_months": "Period, months (empty: days)",
+        "activation_price": "Activation price", "sessions": "Sessions (empty: no limit)",
+        "hidden": "Hidden", "yes": "yes", "no": "no", "edit": "Edit", "save": "Save",
+        "new_tariff": "New tariff", "new_channel": "New channel", "url_mask": "URL mask",
+        "streamer_id": "Streamer id", "xmltv_id": "XMLTV id", "saved": "Saved.",
+        "tariff_title": "Tariff {name}", "channel_title": "Channel {name}",
     },
     "ru": {
         "title": "Консоль smartyd", "login": "Логин", "password": "Пароль",
@@ -152,6 +159,13 @@ TEXTS: dict[str, dict[str, str]] = {
         "last_started": "Последний запуск", "last_finished": "Последнее завершение",
         "outcome": "Итог", "runs": "Запусков", "failures": "Сбоев", "ok": "успешно",
         "failed": "сбой", "never": "никогда", "features": "Состояние функций",
+        "catalog": "Каталог", "tariffs": "Тарифы", "channels": "Каналы", "price": "Цена",
+        "period_days": "Период, дней", "period_months": "Период, месяцев (пусто: в днях)",
+        "activation_price": "Цена подключения", "sessions": "Сеансов (пусто: без ограничения)",
+        "hidden": "Скрытый", "yes": "да", "no": "нет", "edit": "Изменить", "save": "Сохранить",
+        "new_tariff": "Новый тариф", "new_channel": "Новый канал", "url_mask": "Маска URL",
+        "streamer_id": "Id на стримере", "xmltv_id": "Id в XMLTV", "saved": "Сохранено.",
+        "tariff_title": "Тариф {name}", "channel_title": "Канал {name}",
     },
 }
 

@@ -14,6 +14,8 @@ The console's pages (its own listener; see L{smartyd.console}).
   GET  /journals/reconcile, POST (multipart)   a provider's registry against our payments
   GET  /journals/receipts?state=          the Dreamkas receipt queue
   GET  /journals/health                   each poller's last run, the features' health
+  GET  /catalog; GET, POST /catalog/tariffs/<id>, /catalog/channels/<id>;
+  POST /catalog/tariffs, /catalog/channels   tariffs and channels (editing: admin)
   GET  /audit?actor=&action=&customer=&since=&until=   the audit journal
   GET  /operators, POST /operators, POST /operators/<login>/disable   admin
   GET  /static/console.css
@@ -46,7 +48,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from twisted.web.template import Tag, tags
 
-from smartyd import ledger, operators
+from smartyd import catalog, ledger, operators
 from smartyd.console import actions, journals, repo
 from smartyd.console.static import CONSOLE_CSS
 from smartyd.console.texts import language, texts
@@ -130,6 +132,7 @@ class ConsoleWeb:
                    tags.a(t["reconcile"], href="/journals/reconcile"),
                    tags.a(t["receipts"], href="/journals/receipts"),
                    tags.a(t["health"], href="/journals/health"),
+                   tags.a(t["catalog"], href="/catalog"),
                    tags.a(t["journal"], href="/audit")]
             if operators.may(op.role, "admin"):
                 nav.append(tags.a(t["operators"], href="/operators"))
@@ -806,6 +809,210 @@ class ConsoleWeb:
                 json.dumps(extra, ensure_ascii=False, indent=2, sort_keys=True, default=str),
                 id="features")))
         return await self._page(request, 200, t["health"], body, op, sid)
+
+    # -- the catalog ------------------------------------------------------------------------------
+    @app.route("/catalog", methods=["GET"])
+    @endpoint("console_catalog")
+    async def catalog_page(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        return await self._catalog(request, op, sid, 200, [])
+
+    async def _catalog(self, request, op, sid, status: int, notes: list) -> bytes:
+        t = self._t(request)
+        tariffs = await self.db.run(catalog.list_tariffs)
+        channels = await self.db.run(catalog.list_channels)
+        names = {c["id"]: c["name"] for c in channels}
+        body = notes + [
+            tags.section(tags.h2(t["tariffs"]), self._table(
+                [t["name"], t["price"], t["period_days"], t["activation_price"],
+                 t["sessions"], t["hidden"], t["channels"], ""],
+                [[x["name"], _money(x["price"]),
+                  f"{x['period_months']} mo" if x["period_months"] else str(x["period_days"]),
+                  _money(x["activation_price"]), str(x["sessions"] or "—"),
+                  t["yes"] if x["hidden"] else t["no"],
+                  ", ".join(names.get(c, str(c)) for c in x["channels"]),
+                  tags.a(t["edit"], href=f"/catalog/tariffs/{x['id']}")] for x in tariffs],
+                t, id="tariffs"),
+                tags.h2(t["new_tariff"]),
+                self._tariff_form(sid, t, None, channels, "/catalog/tariffs", "new-tariff")),
+            tags.section(tags.h2(t["channels"]), self._table(
+                ["#", t["name"], t["url_mask"], t["streamer_id"], t["xmltv_id"], ""],
+                [[str(c["id"]), c["name"], c["url_mask"], c["streamer_id"] or "",
+                  c["xmltv_id"] or "", tags.a(t["edit"], href=f"/catalog/channels/{c['id']}")]
+                 for c in channels], t, id="channels"),
+                tags.h2(t["new_channel"]),
+                self._channel_form(sid, t, None, "/catalog/channels", "new-channel")),
+        ]
+        return await self._page(request, status, t["catalog"], body, op, sid)
+
+    def _tariff_form(self, sid, t, tariff: dict | None, channels: list, action: str,
+                     form_id: str) -> Tag:
+        v = tariff or {}
+
+        def field_(name: str, label: str, value: Any, **kw) -> Tag:
+            return tags.label(t[label], tags.input(name=name, value="" if value is None
+                                                   else str(value), **kw))
+
+        return tags.form(
+            self._csrf_field(sid),
+            field_("name", "name", v.get("name"), required="required", maxlength="128"),
+            field_("price", "price", v.get("price"), required="required", inputmode="decimal"),
+            field_("period_days", "period_days", v.get("period_days", 30), inputmode="numeric"),
+            field_("period_months", "period_months", v.get("period_months"),
+                   inputmode="numeric"),
+            field_("activation_price", "activation_price", v.get("activation_price", "0.00"),
+                   inputmode="decimal"),
+            field_("sessions", "sessions", v.get("sessions"), inputmode="numeric"),
+            tags.label(tags.input(type="checkbox", name="hidden", value="1",
+                                  **({"checked": "checked"} if v.get("hidden") else {})),
+                       t["hidden"]),
+            tags.fieldset(tags.legend(t["channels"]), *[
+                tags.label(tags.input(type="checkbox", name="channel", value=str(c["id"]),
+                                      **({"checked": "checked"} if c["id"] in v.get(
+                                          "channels", ()) else {})), c["name"])
+                for c in channels]),
+            tags.button(t["save"], type="submit"),
+            tags.small(t["needs"].format(role="admin")),
+            method="post", action=action, id=form_id)
+
+    def _channel_form(self, sid, t, channel: dict | None, action: str, form_id: str) -> Tag:
+        v = channel or {}
+        rows = [self._csrf_field(sid)]
+        if channel is None:
+            rows.append(tags.label(t["name"], tags.input(name="name", required="required",
+                                                         maxlength="64")))
+        rows += [
+            tags.label(t["url_mask"], tags.input(name="url_mask", value=v.get("url_mask") or "",
+                                                 required="required", maxlength="500")),
+            tags.label(t["streamer_id"], tags.input(name="streamer_id",
+                                                    value=v.get("streamer_id") or "",
+                                                    maxlength="64")),
+            tags.label(t["xmltv_id"], tags.input(name="xmltv_id", value=v.get("xmltv_id") or "",
+                                                 maxlength="128")),
+            tags.button(t["save"], type="submit"), tags.small(t["needs"].format(role="admin"))]
+        return tags.form(*rows, method="post", action=action, id=form_id)
+
+    def _tariff_fields(self, request: Request) -> tuple[dict, list[int]]:
+        def number(name: str, optional: bool = False) -> int | None:
+            value = self._arg(request, name)
+            if optional and value == "":
+                return None
+            if not value.isdigit() or len(value) > 6:
+                raise catalog.CatalogError(f"{name.replace('_', ' ')} must be a whole number")
+            return int(value)
+
+        def amount(name: str) -> str:
+            value = self._arg(request, name).replace(",", ".") or "0"
+            if not AMOUNT_RE.match(value):
+                raise catalog.CatalogError(f"{name.replace('_', ' ')} is not an amount")
+            return value
+
+        channels = []
+        for raw in request.args.get(b"channel", []):
+            if not raw.isdigit() or len(raw) > 18:
+                raise catalog.CatalogError("no such channel")
+            channels.append(int(raw))
+        return ({"name": self._arg(request, "name")[:129], "price": amount("price"),
+                 "period_days": number("period_days"),
+                 "period_months": number("period_months", True),
+                 "activation_price": amount("activation_price"),
+                 "sessions": number("sessions", True),
+                 "hidden": self._arg(request, "hidden") == "1"}, channels)
+
+    @app.route("/catalog/tariffs", methods=["POST"])
+    @endpoint("console_catalog")
+    async def create_tariff(self, request: Request):
+        op, sid, answer = await self._guard(request, "admin", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        try:
+            fields, channels = self._tariff_fields(request)
+            await self.db.run(actions.create_tariff, op, fields, channels, self.now())
+        except ledger.LedgerError as e:
+            return await self._catalog(request, op, sid, 400, [self._message(
+                t["bad_operator"].format(why=str(e)))])
+        return await self._catalog(request, op, sid, 200, [self._message(t["saved"],
+                                                                         "notice")])
+
+    @app.route("/catalog/tariffs/<int:tariff_id>", methods=["GET", "POST"])
+    @endpoint("console_catalog")
+    async def tariff_page(self, request: Request, tariff_id: int):
+        post = request.method == b"POST"
+        op, sid, answer = await self._guard(request, "admin" if post else "viewer", form=post)
+        if op is None:
+            return answer
+        t = self._t(request)
+        notes, status = [], 200
+        if post:
+            try:
+                fields, channels = self._tariff_fields(request)
+                await self.db.run(actions.edit_tariff, op, tariff_id, fields, channels,
+                                  self.now())
+                notes = [self._message(t["saved"], "notice")]
+            except actions.ActionError:
+                pass  # no such tariff: the 404 below
+            except ledger.LedgerError as e:
+                notes, status = [self._message(t["bad_operator"].format(why=str(e)))], 400
+        tariff = next((x for x in await self.db.run(catalog.list_tariffs)
+                       if x["id"] == tariff_id), None)
+        if tariff is None:
+            return await self._page(request, 404, t["catalog"], [self._message(
+                t["not_found"])], op, sid)
+        channels = await self.db.run(catalog.list_channels)
+        return await self._page(request, status, t["tariff_title"].format(name=tariff["name"]),
+                                notes + [self._tariff_form(sid, t, tariff, channels,
+                                                           f"/catalog/tariffs/{tariff_id}",
+                                                           "tariff")], op, sid)
+
+    @app.route("/catalog/channels", methods=["POST"])
+    @endpoint("console_catalog")
+    async def create_channel(self, request: Request):
+        op, sid, answer = await self._guard(request, "admin", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        try:
+            await self.db.run(actions.create_channel, op, self._arg(request, "name"),
+                              self._arg(request, "url_mask"), self._arg(request, "streamer_id"),
+                              self._arg(request, "xmltv_id"), self.now())
+        except ledger.LedgerError as e:
+            return await self._catalog(request, op, sid, 400, [self._message(
+                t["bad_operator"].format(why=str(e)))])
+        return await self._catalog(request, op, sid, 200, [self._message(t["saved"],
+                                                                         "notice")])
+
+    @app.route("/catalog/channels/<int:channel_id>", methods=["GET", "POST"])
+    @endpoint("console_catalog")
+    async def channel_page(self, request: Request, channel_id: int):
+        post = request.method == b"POST"
+        op, sid, answer = await self._guard(request, "admin" if post else "viewer", form=post)
+        if op is None:
+            return answer
+        t = self._t(request)
+        notes, status = [], 200
+        if post:
+            try:
+                await self.db.run(actions.edit_channel, op, channel_id,
+                                  self._arg(request, "url_mask"),
+                                  self._arg(request, "streamer_id"),
+                                  self._arg(request, "xmltv_id"), self.now())
+                notes = [self._message(t["saved"], "notice")]
+            except actions.ActionError:
+                pass
+            except ledger.LedgerError as e:
+                notes, status = [self._message(t["bad_operator"].format(why=str(e)))], 400
+        channel = next((c for c in await self.db.run(catalog.list_channels)
+                        if c["id"] == channel_id), None)
+        if channel is None:
+            return await self._page(request, 404, t["catalog"], [self._message(
+                t["not_found"])], op, sid)
+        return await self._page(request, status, t["channel_title"].format(name=channel["name"]),
+                                notes + [self._channel_form(sid, t, channel,
+                                                            f"/catalog/channels/{channel_id}",
+                                                            "channel")], op, sid)
 
     # -- operators (admin) ------------------------------------------------------------------------
     @app.route("/operators", methods=["GET"])
