@@ -791,3 +791,48 @@ async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_th
                                                   "period_days": "1"}, browser=viewer)
     assert r.code == 403
     assert len(await db.run(catalog.list_tariffs)) == 1
+
+
+# -- the card's other parts --------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_the_card_shows_cards_sessions_outbox_and_the_statement_as_csv(db):
+    env = Env(db)
+    cid, aid = await customer_world(db)
+
+    async def more(tx):
+        await tx.execute("INSERT INTO payture_cards (customer_id, card_id, masked, expiry)"
+                         " VALUES (%s, 'c-1', '411111xxxxxx1111', '12/29')", (cid,))
+        await tx.execute("INSERT INTO partner_calls (provider, user_key, customer_id, op,"
+                         " state, last_error) VALUES ('megogo', 'u1', %s, 'subscribe',"
+                         " 'failed', 'HTTP 500')", (cid,))
+        for session, expires in (("live-1", NOW + 60), ("gone-1", NOW - 60)):
+            await tx.execute("INSERT INTO session_leases (account_id, session, since, expires)"
+                             " VALUES (%s, %s, %s, %s)", (aid, session, NOW - 600, expires))
+
+    await db.run(more)
+    await env.operator("sam", "support")
+    await env.login("sam")
+    r, html = await env.get(f"/customers/{cid}")
+
+    def part(name):
+        return html[html.index(f'id="{name}"'):][:1500]
+
+    assert "411111xxxxxx1111" in part("cards") and "12/29" in part("cards")
+    assert "megogo" in part("outbox") and "HTTP 500" in part("outbox")
+    assert "live-1" in part("sessions") and "gone-1" not in html
+    assert 'id="autopay">off<' in html
+    token = await env.csrf()
+    r, html = await env.post(f"/customers/{cid}/autopay", {"csrf": token, "state": "on",
+                                                           "reason": "asked by phone"})
+    assert r.code == 200 and "Autopayment is on." in html and 'id="autopay">on<' in html
+    [row] = await audit(db, action="customer.autopay")
+    assert (row["before"], row["after"], row["actor"]) == ({"autopay": False}, {"autopay": True},
+                                                           "sam")
+    r, text = await env.get(f"/customers/{cid}/statement.csv")
+    assert r.code == 200 and r.headers.getRawHeaders("content-type") == [
+        "text/csv; charset=utf-8"]
+    lines = text.strip().splitlines()
+    assert lines[0] == "time,amount,kind,cause,balance_after,ledger_id"
+    assert lines[1].split(",")[1:5] == ["50.00", "payment", "osmp:777000111", "50.00"]
+    r, _ = await env.get("/customers/999999/statement.csv")
+    assert r.code == 404

@@ -16,6 +16,7 @@ from decimal import Decimal
 from smartyd import catalog, ledger, operators
 from smartyd.billing import engine
 from smartyd.billing_api.repo import delete_device
+from smartyd.gateways import cards
 from smartyd.config import Billing as BillingConfig
 from smartyd.db import Tx
 from smartyd.widgets.repo import set_account_password, set_xmltv_id
@@ -153,6 +154,18 @@ async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device
     await operators.audit(tx, op.login, "device.unbind", at=at, operator_id=op.id,
                           customer_id=customer_id, before=device, reason=reason)
     return device
+
+
+async def autopay(tx: Tx, op: operators.Operator, customer_id: int, on: bool, reason: str,
+                  at: datetime) -> dict:
+    """Autopayment from the bound Payture card on or off (the CLI's ``customer autopay``)."""
+    reason = _reason(reason)
+    before = await cards.autopay_enabled(tx, customer_id)
+    out = await cards.set_autopay(tx, customer_id, on)
+    await operators.audit(tx, op.login, "customer.autopay", at=at, operator_id=op.id,
+                          customer_id=customer_id, before={"autopay": before},
+                          after={"autopay": on}, reason=reason)
+    return out
 
 
 # -- the catalog (admin) ---------------------------------------------------------------------------

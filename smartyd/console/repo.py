@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from smartyd import ledger, ppc
+from smartyd.gateways import cards
 from smartyd.db import Tx
 
 MAX_QUERY = 100
@@ -54,7 +55,7 @@ async def statement(tx: Tx, customer_id: int) -> list[ledger.Entry]:
     return await ledger.statement(tx, customer_id, limit=200)
 
 
-async def card(tx: Tx, customer_id: int) -> dict | None:
+async def card(tx: Tx, customer_id: int, now: float) -> dict | None:
     """Everything the customer card shows, or None for no such customer."""
     customer = await ledger.get_customer(tx, customer_id)
     if customer is None:
@@ -76,6 +77,17 @@ async def card(tx: Tx, customer_id: int) -> dict | None:
             (customer_id,)),
         "statement": await statement(tx, customer_id),
         "tariffs": await tx.fetchdicts("SELECT id, name, price FROM tariffs ORDER BY name"),
+        "sessions": await tx.fetchdicts(
+            "SELECT account_id, session, to_timestamp(since) AS since,"
+            " to_timestamp(expires) AS expires FROM session_leases"
+            " WHERE account_id = ANY(%s) AND expires > %s ORDER BY account_id, since",
+            (ids, now)),
+        "cards": await cards.list_cards(tx, customer_id),
+        "autopay": await cards.autopay_enabled(tx, customer_id),
+        "outbox": await tx.fetchdicts(
+            "SELECT provider, op, state, attempts, last_error, created, finished"
+            " FROM partner_calls WHERE customer_id = %s ORDER BY id DESC LIMIT 50",
+            (customer_id,)),
         "payments": await tx.fetchdicts(
             "SELECT p.provider, p.external_id, p.amount, p.created, p.external_date,"
             " r.state AS receipt FROM payments p LEFT JOIN receipt_jobs r ON r.payment_id = p.id"

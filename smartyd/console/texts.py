@@ -83,6 +83,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "new_tariff": "New tariff", "new_channel": "New channel", "url_mask": "URL mask",
         "streamer_id": "Streamer id", "xmltv_id": "XMLTV id", "saved": "Saved.",
         "tariff_title": "Tariff {name}", "channel_title": "Channel {name}",
+        "sessions_now": "Viewing sessions", "session": "Session", "started": "Since",
+        "expires": "Expires", "cards": "Payture cards", "card": "Card", "expiry": "Expiry",
+        "autopay": "Autopayment", "autopay_on": "on", "autopay_off": "off",
+        "turn_on": "Turn on", "turn_off": "Turn off", "done_autopay": "Autopayment is {state}.",
+        "outbox": "Partner outbox", "operation": "Operation",
+        "statement_csv": "Download the statement (CSV)",
     },
     "ru": {
         "title": "Консоль smartyd", "login": "Логин", "password": "Пароль",
@@ -166,6 +172,12 @@ TEXTS: dict[str, dict[str, str]] = {
         "new_tariff": "Новый тариф", "new_channel": "Новый канал", "url_mask": "Маска URL",
         "streamer_id": "Id на стримере", "xmltv_id": "Id в XMLTV", "saved": "Сохранено.",
         "tariff_title": "Тариф {name}", "channel_title": "Канал {name}",
+        "sessions_now": "Сеансы просмотра", "session": "Сеанс", "started": "С",
+        "expires": "Истекает", "cards": "Карты Payture", "card": "Карта", "expiry": "Срок",
+        "autopay": "Автоплатёж", "autopay_on": "включён", "autopay_off": "выключен",
+        "turn_on": "Включить", "turn_off": "Выключить", "done_autopay": "Автоплатёж {state}.",
+        "outbox": "Очередь к партнёрам", "operation": "Операция",
+        "statement_csv": "Скачать выписку (CSV)",
     },
 }
 

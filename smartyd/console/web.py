@@ -9,6 +9,8 @@ The console's pages (its own listener; see L{smartyd.console}).
   POST /customers/<id>/devices/<d>/unbind            support
   POST /customers/<id>/tariffs/assign|remove         support (the customer's or an account's)
   POST /customers/<id>/promise                       support: a promised payment
+  POST /customers/<id>/autopay                       support: Payture autopayment on/off
+  GET  /customers/<id>/statement.csv      the statement the card shows, as CSV
   POST /customers/<id>/money              admin: credit or debit with a reason
   GET  /journals/payments?since=&until=   payments per day and provider, with totals
   GET  /journals/reconcile, POST (multipart)   a provider's registry against our payments
@@ -33,6 +35,8 @@ an audit row (L{smartyd.console.actions}).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import secrets
@@ -298,7 +302,7 @@ class ConsoleWeb:
 
     async def _card(self, request, op, sid, customer_id: int, status: int, notes: list) -> bytes:
         t = self._t(request)
-        data = await self.db.run(repo.card, customer_id)
+        data = await self.db.run(repo.card, customer_id, self.clock.seconds())
         if data is None:
             return await self._page(request, 404, t["customer"], [self._message(
                 t["no_customer"])], op, sid)
@@ -390,8 +394,28 @@ class ConsoleWeb:
                 tags.button(t["grant_promise"], type="submit"),
                 tags.small(t["needs"].format(role="support")),
                 method="post", action=f"{base}/promise", id="promise", class_="inline")),
+            tags.section(tags.h2(t["sessions_now"]), self._table(
+                [t["account"], t["session"], t["started"], t["expires"]],
+                [[str(x["account_id"]), x["session"], _when(x["since"]), _when(x["expires"])]
+                 for x in data["sessions"]], t, id="sessions")),
+            tags.section(tags.h2(t["cards"]), self._table(
+                [t["card"], t["expiry"], t["status"]],
+                [[c["masked"], c["expiry"] or "", c["status"] or ""] for c in data["cards"]],
+                t, id="cards"),
+                tags.p(t["autopay"], ": ", tags.strong(
+                    t["autopay_on"] if data["autopay"] else t["autopay_off"], id="autopay")),
+                self._small_form(sid, f"{base}/autopay",
+                                 t["turn_off"] if data["autopay"] else t["turn_on"], t,
+                                 t["autopay"], state="off" if data["autopay"] else "on")),
+            tags.section(tags.h2(t["outbox"]), self._table(
+                [t["created"], t["provider"], t["operation"], t["state"], t["attempts"],
+                 t["last_error"]],
+                [[_when(x["created"]), x["provider"], x["op"], x["state"], str(x["attempts"]),
+                  x["last_error"] or ""] for x in data["outbox"]], t, id="outbox")),
             tags.section(tags.h2(t["money"]), money_form),
-            tags.section(tags.h2(t["statement"]), self._table(
+            tags.section(tags.h2(t["statement"]),
+                         tags.p(tags.a(t["statement_csv"], href=f"{base}/statement.csv")),
+                         self._table(
                 [t["time"], t["amount"], t["kind"], t["cause"], t["balance_after"]],
                 [[_when(e.at or e.created), _money(e.amount), e.kind, e.cause,
                   _money(e.balance_after)] for e in reversed(data["statement"])], t,
@@ -499,6 +523,42 @@ class ConsoleWeb:
     def _id(self, request: Request, name: str) -> int | None:
         value = self._arg(request, name)
         return int(value) if value.isdigit() and len(value) < 19 else None
+
+    @app.route("/customers/<int:customer_id>/autopay", methods=["POST"])
+    @endpoint("console_autopay")
+    async def autopay(self, request: Request, customer_id: int):
+        async def change(op, t):
+            on = self._arg(request, "state") == "on"
+            await self.db.run(actions.autopay, op, customer_id, on,
+                              self._arg(request, "reason"), self.now())
+            return self._message(t["done_autopay"].format(
+                state=t["autopay_on"] if on else t["autopay_off"]), "notice")
+
+        return await self._act(request, customer_id, "support", change)
+
+    @app.route("/customers/<int:customer_id>/statement.csv", methods=["GET"])
+    @endpoint("console_statement")
+    async def statement_csv(self, request: Request, customer_id: int):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        if await self.db.run(ledger.get_customer, customer_id) is None:
+            t = self._t(request)
+            return await self._page(request, 404, t["customer"], [self._message(
+                t["no_customer"])], op, sid)
+        rows = await self.db.run(repo.statement, customer_id)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["time", "amount", "kind", "cause", "balance_after", "ledger_id"])
+        for e in rows:
+            writer.writerow([(e.at or e.created).isoformat(), e.amount, e.kind, e.cause,
+                             e.balance_after, e.id])
+        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+        request.setHeader(b"content-disposition",
+                          f'attachment; filename="statement-{customer_id}.csv"'.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return out.getvalue().encode("utf-8")
 
     @app.route("/customers/<int:customer_id>/promise", methods=["POST"])
     @endpoint("console_promise")
