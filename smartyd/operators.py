@@ -152,7 +152,12 @@ def session_hash(session_id: str) -> bytes:
 
 
 async def open_session(tx: Tx, operator_id: int, now: datetime) -> str:
-    """A new session of the operator; returns its id (for the cookie only)."""
+    """
+    A new session of the operator; returns its id (for the cookie only).
+    Sessions idle past the time-out (anyone's) are deleted on the way.
+    """
+    await tx.execute("DELETE FROM console_sessions WHERE last_seen <= %s",
+                     (now - timedelta(seconds=IDLE_TIMEOUT),))
     session_id = secrets.token_urlsafe(32)
     await tx.execute(
         "INSERT INTO console_sessions (id_hash, operator_id, created, last_seen)"

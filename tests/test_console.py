@@ -19,7 +19,10 @@ from html import unescape
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
+from twisted.web.client import Agent, HTTPConnectionPool
+from treq.client import HTTPClient
 
 from conftest import make_config
 from fakes import in_memory_client
@@ -28,7 +31,6 @@ from smartyd.billing import engine
 from smartyd.console import journals
 from smartyd.console.web import ConsoleWeb
 from smartyd.fiscal import jobs as fiscal_jobs
-from smartyd.http.csrf import derive_key
 from testapp import build
 
 BASE = "http://console"
@@ -127,6 +129,10 @@ async def test_login_sets_a_strict_httponly_cookie_and_logout_ends_the_session(d
     assert sid.encode() not in bytes(await db.fetchval("SELECT id_hash FROM console_sessions"))
     r, html = await env.get("/search")
     assert r.code == 200 and "anna (viewer)" in html
+    r, _ = await env.login("anna")  # again in the same browser: a new id, the old one gone
+    assert await db.fetchval("SELECT count(*) FROM console_sessions") == 1
+    assert await db.fetchval("SELECT count(*) FROM console_sessions WHERE id_hash = %s",
+                             (operators.session_hash(sid),)) == 0
     r, _ = await env.post("/logout", {"csrf": await env.csrf()})
     assert r.code == 303
     assert await db.fetchval("SELECT count(*) FROM console_sessions") == 0
@@ -477,10 +483,26 @@ async def test_the_console_and_the_http_root_share_no_path_and_no_session(db):
     # A widget session's cookie is no console session.
     r, _ = await env.get("/search", env.another_browser(), cookies={"smartyd_widget": sid})
     assert r.code == 303
-    # And the feature's listener is a service of its own on [console] listen.
+    # And the feature's listener is a service of its own on [console] listen, whose site
+    # serves the console only, with the body cap.
     [listener] = env.app.app.features["console"].services
     assert listener.endpoint._interface == "127.0.0.1"
     assert listener.factory.resource is not env.app.root
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(listener.factory)
+    try:
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        r = await client.get(base + "/health")
+        assert r.code == 404
+        await r.content()
+        r = await client.get(base + "/login")
+        assert r.code == 200 and b'name="csrf"' in await r.content()
+        r = await client.post(base + "/journals/reconcile", data=b"x" * (cfg.http.max_body + 1),
+                              headers={"content-type": "multipart/form-data; boundary=b"})
+        assert r.code == 413
+        await r.content()
+    finally:
+        await port.stopListening()
 
 
 # -- smartyd-admin operator ----------------------------------------------------------------------
@@ -678,6 +700,9 @@ async def test_registry_reconciliation_shows_exactly_the_differences_and_remembe
         == ["amount_mismatch", "match", "match", "only_ours", "only_registry"]
     other = {**fields, "delimiter": "tab", "header": "", "txn": "2", "amount": "1",
              "date": "0", "account": "0"}
+    r, text = await upload(env, b"txn;d;a;amount\n=HYPERLINK(1);x;@evil;1.00\n",
+                           {**fields, "format": "csv"})
+    assert "\nonly_registry,'=HYPERLINK(1),1.00,,,x,'@evil\n" in text.replace("\r\n", "\n")
     r, html = await upload(env, b"100.00\tt1\n", other)
     assert r.code == 200 and "1 match, 0 only in the registry, 3 only ours" in html
     r, html = await env.get("/journals/reconcile?provider=osmp")
@@ -793,7 +818,7 @@ async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_th
     assert len(await db.run(catalog.list_tariffs)) == 1
 
 
-# -- the card's other parts --------------------------------------------------------------------------
+# -- the card's other parts ---------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_the_card_shows_cards_sessions_outbox_and_the_statement_as_csv(db):
     env = Env(db)

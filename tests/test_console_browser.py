@@ -75,7 +75,7 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
                 page.get_by_role("button", name="Log out").click()
                 page.locator("#login").wait_for(timeout=15000)
 
-            # -- a viewer reads, and is refused a block and the operators page ----------------------
+            # -- a viewer reads, and is refused a block and the operators page ---------------------
             page.goto(f"{console}/login")
             shot(page, "login.png")
             seen["viewer"] = login("vera")
@@ -105,7 +105,7 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             shot(page, "payments.png")
             logout()
 
-            # -- support: by payment code, blocks; refused money; a form without CSRF ---------------
+            # -- support: by payment code, blocks; refused money; a form without CSRF --------------
             seen["support"] = login("sam")
             page.goto(f"{console}/search")
             page.locator("#search input[name=q]").fill(code)
@@ -130,7 +130,7 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             seen["support_money"] = page.locator(".message").inner_text(timeout=15000)
             logout()
 
-            # -- admin: credits 100.00 with a reason; statement, audit, journal, operators ----------
+            # -- admin: credits 100.00 with a reason; statement, audit, journal, operators ---------
             seen["admin"] = login("boss")
             page.locator("header input[name=q]").fill(str(customer))
             page.locator("header").get_by_role("button", name="Find").click()

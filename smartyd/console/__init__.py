@@ -19,7 +19,7 @@ from smartyd.config import Config
 from smartyd.db import Database
 from smartyd.feature import Feature
 from smartyd.http.csrf import derive_key
-from smartyd.http.root import make_site
+from smartyd.http.root import Root, make_site
 from smartyd.console.web import ConsoleWeb
 from smartyd.util.twisted_internals import raise_listen_errors
 
@@ -34,7 +34,9 @@ def make_console(cfg: Config, *, db: Database, reactor: Any, metrics: Any,
     """
     web = ConsoleWeb(cfg, db, reactor, derive_key(cfg.tokens.keys[0], b"smartyd console csrf"),
                      metrics=metrics, health_sources=tuple(health_sources))
-    site = make_site(web.resource(), cfg.http.max_body, reactor=reactor)
+    # Under a Root of its own for the body cap's 413 (a registry upload beyond
+    # [http] max_body is refused, never read truncated); it mounts nothing else.
+    site = make_site(Root([("/", web.resource())]), cfg.http.max_body, reactor=reactor)
     listener = StreamServerEndpointService(serverFromString(reactor, cfg.console.listen), site)
     raise_listen_errors(listener)  # a port in use stops the daemon with one line
     return Feature(services=(listener,), handle=web)

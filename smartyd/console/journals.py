@@ -179,25 +179,36 @@ async def reconcile(tx: Tx, provider: str, day: date, rows: list[RegistryRow]
     return Reconciliation(matched, only_registry, only_ours, mismatched)
 
 
+def csv_text(value: str) -> str:
+    """
+    A text cell safe to open in a spreadsheet: one starting with = + - @ (a
+    formula there) gets a leading apostrophe.  Amounts are written as numbers.
+    """
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def reconciliation_csv(result: Reconciliation) -> bytes:
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["outcome", "txn_id", "registry_amount", "our_amount", "customer_id",
                 "registry_date", "registry_account"])
+    t = csv_text
     for row, p in result.mismatched:
-        w.writerow(["amount_mismatch", row.txn, row.amount, p["amount"], p["customer_id"],
-                    row.date, row.account])
+        w.writerow(["amount_mismatch", t(row.txn), row.amount, p["amount"], p["customer_id"],
+                    t(row.date), t(row.account)])
     for row in result.only_registry:
-        w.writerow(["only_registry", row.txn, row.amount, "", "", row.date, row.account])
+        w.writerow(["only_registry", t(row.txn), row.amount, "", "", t(row.date),
+                    t(row.account)])
     for p in result.only_ours:
-        w.writerow(["only_ours", p["external_id"], "", p["amount"], p["customer_id"], "", ""])
+        w.writerow(["only_ours", t(p["external_id"]), "", p["amount"], p["customer_id"], "",
+                    ""])
     for row, p in result.matched:
-        w.writerow(["match", row.txn, row.amount, p["amount"], p["customer_id"], row.date,
-                    row.account])
+        w.writerow(["match", t(row.txn), row.amount, p["amount"], p["customer_id"],
+                    t(row.date), t(row.account)])
     return out.getvalue().encode("utf-8")
 
 
-# -- receipts, health --------------------------------------------------------------------------------
+# -- health ----------------------------------------------------------------------------------------
 async def job_runs(tx: Tx) -> list[dict]:
     return await tx.fetchdicts(
         "SELECT job, last_started, last_finished, last_ok, last_error, runs, failures"

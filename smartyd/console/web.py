@@ -243,7 +243,11 @@ class ConsoleWeb:
             log.info("console: login refused for {login}", login=login)
             return await self._login_form(request, 401, [self._message(t["bad_login"])])
 
+        previous = pages.cookie(request, SESSION_COOKIE)
+
         async def open_(tx):
+            if previous and len(previous) <= 100:
+                await operators.close_session(tx, previous)  # a new id at every login
             await operators.login_succeeded(tx, op.id)
             return await operators.open_session(tx, op.id, now)
 
@@ -551,8 +555,8 @@ class ConsoleWeb:
         writer = csv.writer(out)
         writer.writerow(["time", "amount", "kind", "cause", "balance_after", "ledger_id"])
         for e in rows:
-            writer.writerow([(e.at or e.created).isoformat(), e.amount, e.kind, e.cause,
-                             e.balance_after, e.id])
+            writer.writerow([(e.at or e.created).isoformat(), e.amount, e.kind,
+                             journals.csv_text(e.cause), e.balance_after, e.id])
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
         request.setHeader(b"content-disposition",
                           f'attachment; filename="statement-{customer_id}.csv"'.encode())
