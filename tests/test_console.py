@@ -21,7 +21,10 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.error import CannotListenError
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from treq.client import HTTPClient
 
 from conftest import make_config
@@ -861,3 +864,48 @@ async def test_the_card_shows_cards_sessions_outbox_and_the_statement_as_csv(db)
     assert lines[1].split(",")[1:5] == ["50.00", "payment", "osmp:777000111", "50.00"]
     r, _ = await env.get("/customers/999999/statement.csv")
     assert r.code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_block_with_smartyd_admin_is_an_audit_row_of_cli(db, tmp_path, pg_dsn):
+    cid, aid = await customer_world(db)
+    cfg = tmp_path / "smartyd.toml"
+    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
+    proc = subprocess.run([sys.executable, "-m", "smartyd.admin", "--config", str(cfg),
+                           "account", "block", str(aid), "--reason", "FRAUD"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status_reason"] == "FRAUD"
+    [row] = await audit(db)
+    assert (row["actor"], row["action"], row["customer_id"], row["reason"]) == (
+        "cli", "account.block", cid, "FRAUD")
+    assert row["before"]["active"] is True and row["after"]["active"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_texts_follow_the_browsers_language(db):
+    env = Env(db)
+    r, html = await env.get("/login", headers={"accept-language": "ru-RU,ru;q=0.9,en;q=0.5"})
+    assert "Войти" in html and 'lang="ru"' in html
+    r, html = await env.get("/login", headers={"accept-language": "en-GB,ru;q=0.5"})
+    assert "Log in" in html and 'lang="en"' in html
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_listener_starts_on_its_endpoint_and_a_port_in_use_is_an_error(db):
+    busy = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        Site(Resource()))
+    try:
+        port = busy.getHost().port
+        cfg = make_config(console={"enabled": True,
+                                   "listen": f"tcp:{port}:interface=127.0.0.1"})
+        [listener] = build(cfg, reactor, db).app.features["console"].services
+        with pytest.raises(CannotListenError):
+            listener.startService()
+        cfg = make_config(console={"enabled": True, "listen": "tcp:0:interface=127.0.0.1"})
+        [listener] = build(cfg, reactor, db).app.features["console"].services
+        listener.startService()
+        assert listener.running
+        await listener.stopService()
+    finally:
+        await busy.stopListening()

@@ -177,8 +177,7 @@ async def cmd_account(db: Database, args, cfg, reactor) -> dict:
     # A block is the operator's: a payment never lifts it (only DEBT is lifted).
     active = args.action == "unblock"
     reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
-    account = await db.run(ledger.set_active, args.id, active, reason)
-    return account.to_json()
+    return await console_admin.set_account_active(db, args.id, active, reason, reactor)
 
 
 async def cmd_channel(db: Database, args) -> dict:

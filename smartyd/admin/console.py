@@ -9,7 +9,8 @@
   operator password LOGIN [--password-stdin]
                                  -> the operator, and the new ``password`` when generated
 
-Every change is an audit row whose actor is ``cli``.
+Every change is an audit row whose actor is ``cli``; so is ``account
+block|unblock`` (L{set_account_active}).
 """
 
 from __future__ import annotations
@@ -82,3 +83,22 @@ async def cmd_operator(db, args, cfg, reactor, stdin=None) -> dict:
     if generated:
         out["password"] = password
     return out
+
+
+async def set_account_active(db, account_id: int, active: bool, reason: str, reactor) -> dict:
+    """``account block|unblock``: the change and its audit row (actor ``cli``) in one transaction."""
+    at = utc(reactor.seconds())
+
+    async def change(tx):
+        before = await ledger.get_account(tx, account_id, lock=True)
+        account = await ledger.set_active(tx, account_id, active, reason)
+        keep = ("login", "active", "status_reason")
+        await operators.audit(
+            tx, operators.CLI, "account.unblock" if active else "account.block", at=at,
+            customer_id=account.customer_id,
+            before={"account": account_id, **{k: before.to_json()[k] for k in keep}},
+            after={"account": account_id, **{k: account.to_json()[k] for k in keep}},
+            reason=reason)
+        return account.to_json()
+
+    return await db.run(change)
