@@ -31,6 +31,7 @@ from twisted.internet import task
 from smartyd import catalog, config as configmod, ledger, logs, payments
 from smartyd.admin import (
     billing as billing_admin,
+    console as console_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
     journals as journals_admin,
@@ -53,7 +54,7 @@ __all__ = ["AdminError", "main", "run"]
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor, app)}`` (``app``: L{assemble}).
 FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
-                    journals_admin)
+                    journals_admin, console_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -197,8 +198,7 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
     # A block is the operator's: a payment never lifts it (only DEBT is lifted).
     active = args.action == "unblock"
     reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
-    account = await db.run(ledger.set_active, args.id, active, reason)
-    return account.to_json()
+    return await console_admin.set_account_active(db, args.id, active, reason, reactor)
 
 
 async def cmd_channel(db: Database, args) -> dict:
