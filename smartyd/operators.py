@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from attrs import frozen
 
@@ -198,6 +198,47 @@ async def audit(tx: Tx, actor: str, action: str, *, at: datetime, operator_id: i
         (at, actor, operator_id, action, customer_id,
          None if before is None else json.dumps(before, default=str),
          None if after is None else json.dumps(after, default=str), reason))
+
+
+@frozen
+class Actor:
+    """Who makes a change and when: an operator (``operator_id``) or L{CLI}."""
+
+    name: str
+    at: datetime
+    operator_id: int | None = None
+
+
+def _recorded(value: Any) -> Any:
+    return value.to_json() if hasattr(value, "to_json") else value
+
+
+async def audited(tx: Tx, actor: str, action: str, change: Callable[[Tx], Awaitable[Any]], *,
+                  at: datetime, operator_id: int | None = None, customer_id: int | None = None,
+                  before: Callable[[Tx], Awaitable[Any]] | None = None,
+                  after: Callable[[Any], Any] | None = None, reason: str = "") -> Any:
+    """
+    Run ``change(tx)`` and write its audit row in the same transaction: the
+    change and its record commit together or not at all.  Every audited
+    change goes through here (the console's actions, ``smartyd-admin``'s
+    commands with actor L{CLI}); returns the change's result.
+
+    ``before(tx)``, read first, is the state the change replaces; ``after``
+    maps the result to what the row records (default: the result, its
+    ``to_json()`` when it has one).  The row's customer is ``customer_id``,
+    else the ``customer_id`` the recorded state after (or before) names.
+    """
+    was = _recorded(await before(tx)) if before is not None else None
+    out = await change(tx)
+    now = after(out) if after is not None else _recorded(out)
+    if customer_id is None:
+        for state in (now, was):
+            if isinstance(state, dict) and isinstance(state.get("customer_id"), int):
+                customer_id = state["customer_id"]
+                break
+    await audit(tx, actor, action, at=at, operator_id=operator_id, customer_id=customer_id,
+                before=was, after=now, reason=reason)
+    return out
 
 
 async def audit_rows(tx: Tx, *, customer_id: int | None = None, actor: str | None = None,

@@ -29,9 +29,8 @@ from treq.client import HTTPClient
 
 from conftest import make_config
 from fakes import in_memory_client
-from smartyd import catalog, ledger, operators, payments, ppc
+from smartyd import catalog, ledger, operators, payments, ppc, reconcile
 from smartyd.billing import engine
-from smartyd.console import journals
 from smartyd.console.web import ConsoleWeb
 from smartyd.fiscal import jobs as fiscal_jobs
 from testapp import build
@@ -373,7 +372,7 @@ async def test_an_admin_credit_with_a_reason_moves_the_balance_once_and_is_audit
     customer = await db.run(ledger.get_customer, cid)
     assert customer.balance == Decimal("150.00")
     assert await db.run(ledger.ledger_sum, cid) == Decimal("150.00")
-    entry = (await db.run(ledger.statement, cid))[-1]
+    entry = (await db.run(ledger.statement, cid)).rows[-1]
     assert (entry.kind, entry.amount, entry.cause) == (
         "manual", Decimal("100.00"), "operator boss: refund of a fault")
     [row] = await audit(db, customer_id=cid)
@@ -679,8 +678,8 @@ async def test_registry_reconciliation_shows_exactly_the_differences_and_remembe
     cid = await day_of_payments(db)
     await env.operator("vera", "viewer")
     await env.login("vera")
-    fields = {"provider": "osmp", "day": "2026-11-30", "delimiter": ";", "header": "1",
-              "txn": "1", "date": "2", "account": "3", "amount": "4", "format": "html"}
+    fields = {"provider": "osmp", "day": "2026-11-30", "columns": "txn_id,date,account,amount",
+              "format": "html"}
     r, html = await upload(env, REGISTRY.encode(), fields)
     assert r.code == 200
     assert "osmp, 2026-11-30: 2 match, 1 only in the registry, 1 only ours," \
@@ -695,62 +694,103 @@ async def test_registry_reconciliation_shows_exactly_the_differences_and_remembe
     assert "x9" in section("only-registry") and "t1" not in section("only-registry")
     assert "t4" in section("only-ours") and "late" not in section("only-ours")
     assert f"/customers/{cid}" in section("matched")
-    # The CSV export, and the layout remembered for the provider's next upload.
+    # The CSV export (smartyd.reconcile.to_csv, as the CLI's --csv).
     r, text = await upload(env, REGISTRY.encode(), {**fields, "format": "csv"})
     assert r.headers.getRawHeaders("content-type") == ["text/csv; charset=utf-8"]
-    lines = text.strip().splitlines()
-    assert lines[0].startswith("outcome,txn_id") and sorted(l.split(",")[0] for l in lines[1:]) \
-        == ["amount_mismatch", "match", "match", "only_ours", "only_registry"]
-    other = {**fields, "delimiter": "tab", "header": "", "txn": "2", "amount": "1",
-             "date": "0", "account": "0"}
+    lines = text.lstrip("\ufeff").strip().splitlines()
+    assert lines[0].startswith("status;txn_id") and sorted(
+        line.split(";")[0] for line in lines[1:]) == [
+        "amount_mismatch", "matched", "matched", "only_ours", "only_registry"]
+    # A cell a spreadsheet would take for a formula is text; the new layout is remembered.
     r, text = await upload(env, b"txn;d;a;amount\n=HYPERLINK(1);x;@evil;1.00\n",
-                           {**fields, "format": "csv"})
-    assert "\nonly_registry,'=HYPERLINK(1),1.00,,,x,'@evil\n" in text.replace("\r\n", "\n")
-    r, html = await upload(env, b"100.00\tt1\n", other)
+                           {**fields, "columns": "txn_id,-,account,amount", "format": "csv"})
+    assert "only_registry;'=HYPERLINK(1);2;;'@evil;1.00" in text
+    r, html = await upload(env, b"100.00,t1\n", {**fields, "columns": "amount,txn_id"})
     assert r.code == 200 and "1 match, 0 only in the registry, 3 only ours" in html
     r, html = await env.get("/journals/reconcile?provider=osmp")
-    assert '<option value="tab" selected="selected">' in html
-    assert 'name="txn" value="2"' in html and 'name="amount" value="1"' in html
+    assert 'name="columns" value="amount,txn_id"' in html
     # A registry that cannot be read: a visible message naming the line; nothing saved.
-    r, html = await upload(env, b"t1;x;y;abc\n", {**fields, "header": ""})
-    assert r.code == 400 and "line 1: not an amount" in html
+    r, html = await upload(env, b"t1;30.11.2026;y;abc\n", fields)
+    assert r.code == 400 and "line 1: amount" in html
     r, html = await upload(env, b"a\n", {**fields, "provider": "no such!"})
     assert r.code == 400 and "Name the provider" in html
-    r, html = await upload(env, b"t1;1\n", {**fields, "txn": "1", "amount": "1"})
-    assert r.code == 400 and "two fields name the same column" in html
-    assert (await db.run(journals.get_layout, "osmp")).delimiter == "tab"
+    r, html = await upload(env, b"t1;1\n", {**fields, "columns": "txn_id,txn_id,amount"})
+    assert r.code == 400 and "a column is named twice" in html
+    assert await db.run(reconcile.get_layout, "osmp") == ("amount", "txn_id")
+    # Each layout remembered anew is a change of vera's, in the audit journal.
+    rows = await audit(db, action="registry.layout")
+    assert [(row["actor"], row["after"]["columns"]) for row in reversed(rows)] == [
+        ("vera", ["txn_id", "date", "account", "amount"]),
+        ("vera", ["txn_id", "-", "account", "amount"]), ("vera", ["amount", "txn_id"])]
+    assert rows[0]["before"] == {"provider": "osmp", "columns": ["txn_id", "-", "account",
+                                                                 "amount"]}
 
 
 @pytest_twisted.ensureDeferred
 async def test_payments_per_day_receipts_and_health_journals(db):
     env = Env(db)
-    await day_of_payments(db)
+    cid = await day_of_payments(db)
 
     async def more(tx):
         payment = await payments.get(tx, "osmp", "t1")
-        await fiscal_jobs.enqueue(tx, payment.id, "osmp", "t1")
+        job, _ = await fiscal_jobs.enqueue(tx, payment.id, "osmp", "t1")
+        payment = await payments.get(tx, "osmp", "t2")
+        failed, _ = await fiscal_jobs.enqueue(tx, payment.id, "osmp", "t2")
+        await fiscal_jobs.fail(tx, failed.id, "Dreamkas <down>")
         await tx.execute("INSERT INTO job_runs (job, last_started, last_finished, last_ok,"
                          " last_error, runs, failures) VALUES ('epg-sync', now(), now(), false,"
                          " 'feed <down>', 3, 1)")
+        return failed.id
 
-    await db.run(more)
+    failed = await db.run(more)
     await env.operator("vera", "viewer")
+    await env.operator("sam", "support")
     await env.login("vera")
-    today = datetime.now(timezone.utc).date().isoformat()
-    r, html = await env.get(f"/journals/payments?since={today}&until={today}")
+    # Payments are on their provider's day (OSMP's txn_date), in Moscow time.
+    tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).date().isoformat()
+    r, html = await env.get(f"/journals/payments?from=2026-11-30&to={tomorrow}")
     assert r.code == 200
+    per_day = html[html.index('id="per-day"'):]
+    assert re.search(r"<td>2026-11-30</td><td>osmp</td><td>4</td><td><a [^>]*>640.00</a>",
+                     per_day)
     totals = html[html.index('id="totals"'):]
-    # All the day's payments were accepted today (the OSMP ones dated 30 Nov by the terminal).
     assert re.search(r"<td>osmp</td><td>5</td><td>645.00</td>", totals)
     assert re.search(r"<td>assist</td><td>1</td><td>70.00</td>", totals)
     assert re.search(r"<td>All providers</td><td>6</td><td>715.00</td>", totals)
-    r, html = await env.get("/journals/payments?since=nonsense")
+    r, html = await env.get("/journals/payments?from=2026-11-30&to=2026-11-30&provider=assist")
+    assert r.code == 200 and "715.00" not in html and 'id="per-day"' in html
+    r, html = await env.get("/journals/payments?from=nonsense")
     assert r.code == 400 and "YYYY-MM-DD" in html
+    r, html = await env.get("/journals/payments?from=2026-12-01&to=2026-11-30")
+    assert r.code == 400 and "before it starts" in html
+    r, html = await env.get("/journals/payments/day?day=2026-11-30&provider=osmp")
+    assert r.code == 200 and "osmp, 2026-11-30: 4 payments, 640.00" in html
+    assert html.count(f'href="/customers/{cid}"') == 4
+    # The receipt queue: a viewer sees it, may not retry; support retries, audited.
     r, html = await env.get("/journals/receipts")
-    assert r.code == 200 and "queued: 1" in html and "<td>queued</td>" in html
+    assert r.code == 200 and "queued: 1" in html and "failed: 1" in html
+    assert "Dreamkas &lt;down&gt;" in html and f"/journals/receipts/{failed}/retry" in html
+    token = await env.csrf()
+    r, html = await env.post(f"/journals/receipts/{failed}/retry", {"csrf": token})
+    assert r.code == 403 and "it needs the support role" in html
+    assert (await db.run(fiscal_jobs.list_jobs, "failed"))[0].id == failed
+    browser = env.another_browser()
+    await env.login("sam", browser=browser)
+    token = await env.csrf(browser)
+    r, html = await env.post(f"/journals/receipts/{failed}/retry", {"csrf": token},
+                             browser=browser)
+    assert r.code == 200 and f"Receipt job {failed} is handed back" in html
+    assert await db.run(fiscal_jobs.list_jobs, "failed") == []
+    [row] = await audit(db, action="receipt.retry")
+    assert (row["actor"], row["customer_id"]) == ("sam", cid)
+    assert (row["before"]["state"], row["after"]["state"]) == ("failed", "posting")
+    r, html = await env.post(f"/journals/receipts/{failed}/retry", {"csrf": token},
+                             browser=browser)
+    assert r.code == 400 and "is posting, not failed" in html
+    assert len(await audit(db, action="receipt.retry")) == 1
     r, html = await env.get("/journals/health")
     assert r.code == 200 and "epg-sync" in html and "feed &lt;down&gt;" in html \
-        and "<td>failed</td>" in html
+        and "<td>failed</td>" in html and 'id="outbox-depth"' in html
 
 
 # -- the catalog -----------------------------------------------------------------------------------
@@ -861,9 +901,67 @@ async def test_the_card_shows_cards_sessions_outbox_and_the_statement_as_csv(db)
         "text/csv; charset=utf-8"]
     lines = text.strip().splitlines()
     assert lines[0] == "time,amount,kind,cause,balance_after,ledger_id"
-    assert lines[1].split(",")[1:5] == ["50.00", "payment", "osmp:777000111", "50.00"]
+    assert lines[1] == ",,opening_balance,,0.00,"
+    assert lines[2].split(",")[1:5] == ["50.00", "payment", "osmp:777000111", "50.00"]
+    assert lines[3] == ",,closing_balance,,50.00,"
     r, _ = await env.get("/customers/999999/statement.csv")
     assert r.code == 404
+
+
+def day_at(day: int, hour: int = 12) -> datetime:
+    return datetime(2026, 11, day, hour, tzinfo=timezone.utc)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_statement_of_a_period_adds_up_pages_back_and_downloads(db):
+    env = Env(db)
+    env.web.statement_rows = 2  # a page of two rows
+    cid = await db.run(ledger.create_customer, "Period", None, None)
+
+    async def seed(tx):
+        for n, (day, amount) in enumerate([(1, "100.00"), (2, "-10.00"), (3, "-20.00"),
+                                           (4, "-30.00"), (5, "5.00")]):
+            await ledger.post(tx, cid, Decimal(amount), "manual", f"=row {n}", f"k{n}",
+                              at=day_at(day))
+
+    await db.run(seed)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+
+    def statement(html):
+        part = html[html.index('id="statement-section"'):]
+        part = part[:part.index("</section>")]
+        return (re.search(r'id="opening">([^<]*)<', part)[1],
+                re.findall(r"<td>(=row \d)</td>", part),
+                re.search(r'id="closing">([^<]*)<', part)[1],
+                re.search(r'id="earlier" href="([^"]*)"', part))
+
+    # The 2nd to the 4th (days, both included): 100.00 before, -60.00 in it.
+    r, html = await env.get(f"/customers/{cid}?from=2026-11-02&to=2026-11-04")
+    assert r.code == 200
+    opening, rows, closing, earlier = statement(html)
+    assert (opening, rows, closing) == ("90.00", ["=row 2", "=row 3"], "40.00")
+    r, html = await env.get(unescape(earlier[1]))  # the next page back
+    opening, rows, closing, earlier = statement(html)
+    assert (opening, rows, closing, earlier) == ("100.00", ["=row 1"], "90.00", None)
+    # No period: the latest rows, closing with the balance.
+    r, html = await env.get(f"/customers/{cid}")
+    opening, rows, closing, _ = statement(html)
+    assert (opening, rows, closing) == ("70.00", ["=row 3", "=row 4"], "45.00")
+    assert f'href="/customers/{cid}/statement.csv?from=2026-11-02&amp;to=2026-11-04"' in \
+        (await env.get(f"/customers/{cid}?from=2026-11-02&to=2026-11-04"))[1]
+    r, text = await env.get(f"/customers/{cid}/statement.csv?from=2026-11-02&to=2026-11-04")
+    lines = text.strip().splitlines()
+    assert lines[1] == ",,opening_balance,,100.00,"
+    assert [line.split(",")[1:4] for line in lines[2:5]] == [
+        ["-10.00", "manual", "'=row 1"], ["-20.00", "manual", "'=row 2"],
+        ["-30.00", "manual", "'=row 3"]]
+    assert lines[5] == ",,closing_balance,,40.00,"
+    for bad in ("from=2026-11-04&to=2026-11-02", "from=yesterday"):
+        r, html = await env.get(f"/customers/{cid}?{bad}")
+        assert r.code == 400 and "A period is two days" in html
+        r, _ = await env.get(f"/customers/{cid}/statement.csv?{bad}")
+        assert r.code == 400
 
 
 @pytest_twisted.ensureDeferred

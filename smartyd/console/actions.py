@@ -13,7 +13,7 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
-from smartyd import catalog, ledger, operators
+from smartyd import catalog, journals, ledger, operators
 from smartyd.billing import engine
 from smartyd.billing_api.repo import delete_device
 from smartyd.gateways import cards
@@ -222,3 +222,14 @@ async def edit_channel(tx: Tx, op: operators.Operator, channel_id: int, url_mask
     await operators.audit(tx, op.login, "channel.edit", at=at, operator_id=op.id,
                           before=before, after=after)
     return after
+
+
+# -- the journals (support) ----------------------------------------------------------------------
+async def retry_receipt(tx: Tx, op: operators.Operator, job_id: int, at: datetime) -> dict:
+    """
+    A failed receipt handed back to the worker (the CLI's ``receipts retry``,
+    L{journals.retry_receipt}), audited; L{journals.ReceiptNotRetryable}.
+    """
+    return await operators.audited(
+        tx, op.login, "receipt.retry", lambda tx: journals.retry_receipt(tx, job_id), at=at,
+        operator_id=op.id, before=lambda tx: journals.receipt_job(tx, job_id))

@@ -47,16 +47,17 @@ async def search(tx: Tx, query: str) -> list[dict]:
         {"q": q, "number": number, "code": code, "phone": phone})
 
 
-async def statement(tx: Tx, customer_id: int) -> list[ledger.Entry]:
-    """
-    The customer's statement as the card shows it.  One call, so that a
-    period statement with opening and closing balances can replace it here.
-    """
-    return await ledger.statement(tx, customer_id, limit=200)
+async def providers(tx: Tx) -> list[str]:
+    """The providers our payments name (the reconciliation form's choices)."""
+    return [r[0] for r in await tx.fetchall("SELECT DISTINCT provider FROM payments ORDER BY 1")]
 
 
-async def card(tx: Tx, customer_id: int, now: float) -> dict | None:
-    """Everything the customer card shows, or None for no such customer."""
+async def card(tx: Tx, customer_id: int, now: float, period: dict) -> dict | None:
+    """
+    Everything the customer card shows, or None for no such customer;
+    ``period``: the statement's L{ledger.statement} arguments (start, end,
+    limit, before).
+    """
     customer = await ledger.get_customer(tx, customer_id)
     if customer is None:
         return None
@@ -75,7 +76,7 @@ async def card(tx: Tx, customer_id: int, now: float) -> dict | None:
         "promise": await tx.fetchdict(
             "SELECT amount, due FROM promises WHERE customer_id = %s AND returned_at IS NULL",
             (customer_id,)),
-        "statement": await statement(tx, customer_id),
+        "statement": await ledger.statement(tx, customer_id, **period),
         "tariffs": await tx.fetchdicts("SELECT id, name, price FROM tariffs ORDER BY name"),
         "sessions": await tx.fetchdicts(
             "SELECT account_id, session, to_timestamp(since) AS since,"

@@ -10,12 +10,15 @@ The console's pages (its own listener; see L{smartyd.console}).
   POST /customers/<id>/tariffs/assign|remove         support (the customer's or an account's)
   POST /customers/<id>/promise                       support: a promised payment
   POST /customers/<id>/autopay                       support: Payture autopayment on/off
-  GET  /customers/<id>/statement.csv      the statement the card shows, as CSV
+  GET  /customers/<id>?from=&to=&before=  the card; its statement of a period (paged back)
+  GET  /customers/<id>/statement.csv?from=&to=   the statement of the period, as CSV
   POST /customers/<id>/money              admin: credit or debit with a reason
-  GET  /journals/payments?since=&until=   payments per day and provider, with totals
+  GET  /journals/payments?from=&to=&provider=   payments per day and provider, with totals
+  GET  /journals/payments/day?day=&provider=    one day's payments of a provider
   GET  /journals/reconcile, POST (multipart)   a provider's registry against our payments
   GET  /journals/receipts?state=          the Dreamkas receipt queue
-  GET  /journals/health                   each poller's last run, the features' health
+  POST /journals/receipts/<job>/retry     support: a failed receipt handed back
+  GET  /journals/health                   pollers, partner outbox, EPG sync, receipts
   GET  /catalog; GET, POST /catalog/tariffs/<id>, /catalog/channels/<id>;
   POST /catalog/tariffs, /catalog/channels   tariffs and channels (editing: admin)
   GET  /audit?actor=&action=&customer=&since=&until=   the audit journal
@@ -52,14 +55,15 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from twisted.web.template import Tag, tags
 
-from smartyd import catalog, ledger, operators
-from smartyd.console import actions, journals, repo
+from smartyd import catalog, journals, ledger, operators, reconcile
+from smartyd.console import actions, repo
 from smartyd.console.static import CONSOLE_CSS
 from smartyd.console.texts import language, texts
 from smartyd.fiscal import jobs as fiscal_jobs
 from smartyd.http import csrf, pages
 from smartyd.http.auth import DUMMY_HASH
 from smartyd.http.handlers import endpoint
+from smartyd.util.text import spreadsheet_text
 from smartyd.widgets.web import new_password as new_account_password
 
 log = Logger()
@@ -68,6 +72,8 @@ SESSION_COOKIE = b"smartyd_console"
 LOGIN_COOKIE = b"smartyd_console_login"  # the login form's CSRF binding, before a session
 MAX_FIELD = 500
 MAX_AMOUNT = Decimal("1000000.00")
+STATEMENT_ROWS = 50  # the card's statement: a page of the latest rows of the period
+PROVIDER_RE = re.compile(r"^[a-z0-9_-]{1,32}$")  # as payments name their providers
 AMOUNT_RE = re.compile(r"^[0-9]{1,7}(\.[0-9]{1,2})?$")  # as the ledger keeps it: two places
 
 
@@ -87,6 +93,7 @@ class ConsoleWeb:
     key: bytes  # CSRF tokens' key
     metrics: Any = None
     health_sources: tuple = ()  # the features' health callables (L{Feature.health})
+    statement_rows: int = STATEMENT_ROWS  # a page of the card's statement
     thread: Any = field(default=deferToThread)
 
     app = Klein()
@@ -304,9 +311,34 @@ class ConsoleWeb:
             return answer
         return await self._card(request, op, sid, customer_id, 200, [])
 
+    def _period(self, request: Request, limit: int) -> tuple[dict, dict] | None:
+        """
+        The statement's period from the query (``from``, ``to``: days, UTC,
+        both included; ``before``: a ledger row, the next page back) as
+        L{ledger.statement}'s arguments, and the query that repeats it; None
+        when it is not understood.
+        """
+        shown = {k: self._arg(request, k)[:10] for k in ("from", "to")}
+        try:
+            start = _day(shown["from"])
+            end = _day(shown["to"])
+        except ValueError:
+            return None
+        end = end + timedelta(days=1) if end else None
+        if start and end and start >= end:
+            return None
+        return ({"start": start, "end": end, "limit": limit,
+                 "before": self._id(request, "before")},
+                {k: v for k, v in shown.items() if v})
+
     async def _card(self, request, op, sid, customer_id: int, status: int, notes: list) -> bytes:
         t = self._t(request)
-        data = await self.db.run(repo.card, customer_id, self.clock.seconds())
+        found = self._period(request, self.statement_rows)
+        if found is None:
+            found = self._period_whole()
+            notes, status = notes + [self._message(t["bad_period"])], 400
+        period, query = found
+        data = await self.db.run(repo.card, customer_id, self.clock.seconds(), period)
         if data is None:
             return await self._page(request, 404, t["customer"], [self._message(
                 t["no_customer"])], op, sid)
@@ -417,13 +449,7 @@ class ConsoleWeb:
                 [[_when(x["created"]), x["provider"], x["op"], x["state"], str(x["attempts"]),
                   x["last_error"] or ""] for x in data["outbox"]], t, id="outbox")),
             tags.section(tags.h2(t["money"]), money_form),
-            tags.section(tags.h2(t["statement"]),
-                         tags.p(tags.a(t["statement_csv"], href=f"{base}/statement.csv")),
-                         self._table(
-                [t["time"], t["amount"], t["kind"], t["cause"], t["balance_after"]],
-                [[_when(e.at or e.created), _money(e.amount), e.kind, e.cause,
-                  _money(e.balance_after)] for e in reversed(data["statement"])], t,
-                id="statement")),
+            self._statement(t, base, data["statement"], query),
             tags.section(tags.h2(t["payments"]), self._table(
                 [t["time"], t["provider"], t["external_id"], t["amount"], t["receipt"]],
                 [[_when(p["created"]), p["provider"], p["external_id"], _money(p["amount"]),
@@ -432,6 +458,34 @@ class ConsoleWeb:
             tags.section(tags.h2(t["audit"]), self._audit_table(audit, t, "audit")),
         ]
         return await self._page(request, status, f"{t['customer']} {c.id}", body, op, sid)
+
+    def _period_whole(self) -> tuple[dict, dict]:
+        return {"start": None, "end": None, "limit": self.statement_rows, "before": None}, {}
+
+    def _statement(self, t: dict, base: str, st: ledger.Statement, query: dict) -> Tag:
+        """The card's statement: the period's form, opening + rows = closing, paging, CSV."""
+        period = tags.form(
+            tags.label(t["period_from"], tags.input(name="from", type="date",
+                                                    value=query.get("from", ""))),
+            tags.label(t["period_to"], tags.input(name="to", type="date",
+                                                  value=query.get("to", ""))),
+            tags.button(t["show"], type="submit"),
+            tags.a(t["statement_csv"], href=f"{base}/statement.csv"
+                   + (("?" + urlencode(query)) if query else ""), id="statement-csv"),
+            method="get", action=base, class_="filters", id="period")
+        rows = self._table(
+            [t["time"], t["amount"], t["kind"], t["cause"], t["balance_after"]],
+            [[_when(e.at or e.created), _money(e.amount), e.kind, e.cause,
+              _money(e.balance_after)] for e in st.rows], t, id="statement")
+        parts = [tags.h2(t["statement"]), period,
+                 tags.p(t["opening_balance"], ": ",
+                        tags.strong(_money(st.opening_balance), id="opening"))]
+        if st.more:
+            parts.append(tags.p(tags.a(t["earlier_rows"], id="earlier", href=f"{base}?"
+                                       + urlencode({**query, "before": st.rows[0].id}))))
+        parts += [rows, tags.p(t["closing_balance"], ": ",
+                               tags.strong(_money(st.closing_balance), id="closing"))]
+        return tags.section(*parts, id="statement-section")
 
     @app.route("/customers/<int:customer_id>/accounts/<int:account_id>/<any(block,unblock):what>",
                methods=["POST"])
@@ -550,13 +604,22 @@ class ConsoleWeb:
             t = self._t(request)
             return await self._page(request, 404, t["customer"], [self._message(
                 t["no_customer"])], op, sid)
-        rows = await self.db.run(repo.statement, customer_id)
+        # The period the card shows, whole (up to STATEMENT_MAX_ROWS rows; the
+        # opening balance counts any older ones of the period).
+        found = self._period(request, ledger.STATEMENT_MAX_ROWS)
+        if found is None:
+            t = self._t(request)
+            return await self._page(request, 400, t["customer"], [self._message(
+                t["bad_period"])], op, sid)
+        st = await self.db.run(ledger.statement, customer_id, **found[0])
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(["time", "amount", "kind", "cause", "balance_after", "ledger_id"])
-        for e in rows:
+        writer.writerow(["", "", "opening_balance", "", st.opening_balance, ""])
+        for e in st.rows:
             writer.writerow([(e.at or e.created).isoformat(), e.amount, e.kind,
-                             journals.csv_text(e.cause), e.balance_after, e.id])
+                             spreadsheet_text(e.cause), e.balance_after, e.id])
+        writer.writerow(["", "", "closing_balance", "", st.closing_balance, ""])
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
         request.setHeader(b"content-disposition",
                           f'attachment; filename="statement-{customer_id}.csv"'.encode())
@@ -652,7 +715,19 @@ class ConsoleWeb:
         body = notes + [form, self._audit_table(rows, t, "journal", customer_column=True)]
         return await self._page(request, status, t["journal"], body, op, sid)
 
-    # -- journals ---------------------------------------------------------------------------------
+    # -- journals (smartyd.journals and smartyd.reconcile: the CLI's functions) -----------------
+    def _days_default(self, days_back: int) -> tuple[date, date]:
+        """``days_back`` days ago and today, the operator's days (L{journals.MOSCOW})."""
+        today = datetime.fromtimestamp(self.clock.seconds(), journals.MOSCOW).date()
+        return today - timedelta(days=days_back), today
+
+    def _days(self, request: Request, days_back: int) -> tuple[date, date]:
+        """The ``from``/``to`` days of a journal's filter; L{journals.JournalError}."""
+        start, end = self._days_default(days_back)
+        given = self._arg(request, "from")[:10], self._arg(request, "to")[:10]
+        return (journals.parse_day(given[0]) if given[0] else start,
+                journals.parse_day(given[1]) if given[1] else end)
+
     @app.route("/journals/payments", methods=["GET"])
     @endpoint("console_journal")
     async def payments_journal(self, request: Request):
@@ -660,39 +735,66 @@ class ConsoleWeb:
         if op is None:
             return answer
         t = self._t(request)
-        today = self.now().date()
+        provider = self._arg(request, "provider")[:32] or None
         notes, status = [], 200
         try:
-            since = (_day(self._arg(request, "since")[:10]) or _day(
-                (today - timedelta(days=6)).isoformat())).date()
-            until = (_day(self._arg(request, "until")[:10]) or _day(today.isoformat())).date()
-        except ValueError:
-            since, until = today - timedelta(days=6), today
-            notes, status = [self._message(t["bad_date"])], 400
-        rows = await self.db.run(journals.payments_per_day, since, min(until, since + timedelta(
-            days=366)))
-        totals: dict[str, list] = {}
-        for r in rows:
-            entry = totals.setdefault(r["provider"], [0, Decimal(0)])
-            entry[0] += r["count"]
-            entry[1] += r["total"]
+            start, end = self._days(request, 6)
+            found = await self.db.run(journals.payments_by_day, start, end, provider)
+        except journals.JournalError as e:
+            notes, status = [self._message(t["bad_range"].format(why=str(e)))], 400
+            start, end = self._days_default(6)
+            found = await self.db.run(journals.payments_by_day, start, end, provider)
         form = tags.form(
-            tags.label(t["since"], tags.input(name="since", type="date", value=since.isoformat())),
-            tags.label(t["until"], tags.input(name="until", type="date", value=until.isoformat())),
+            tags.label(t["since"], tags.input(name="from", type="date", value=found["from"])),
+            tags.label(t["until"], tags.input(name="to", type="date", value=found["to"])),
+            tags.label(t["provider"], tags.input(name="provider", value=provider or "",
+                                                 maxlength="32")),
             tags.button(t["filter"], type="submit"), method="get", action="/journals/payments",
             class_="filters", id="filter")
         table = self._table(
             [t["day"], t["provider"], t["count"], t["total"]],
-            [[r["day"].isoformat(), r["provider"], str(r["count"]), _money(r["total"])]
-             for r in rows], t, id="per-day")
+            [[r["day"], r["provider"], str(r["count"]),
+              tags.a(r["total"], href="/journals/payments/day?" + urlencode(
+                  {"day": r["day"], "provider": r["provider"]}))] for r in found["days"]],
+            t, id="per-day")
         summary = self._table(
             [t["provider"], t["count"], t["total"]],
-            [[p, str(c), _money(v)] for p, (c, v) in sorted(totals.items())]
-            + ([[t["all_providers"], str(sum(c for c, _ in totals.values())),
-                 _money(sum((v for _, v in totals.values()), Decimal(0)))]] if totals else []),
-            t, id="totals")
-        body = notes + [form, tags.section(table), tags.section(tags.h2(t["total"]), summary)]
+            [[p, str(v["count"]), v["total"]] for p, v in found["providers"].items()]
+            + ([[t["all_providers"], str(found["count"]), found["total"]]]
+               if found["providers"] else []), t, id="totals")
+        body = notes + [form, tags.p(t["days_in"].format(zone=found["timezone"]),
+                                     class_="hint"),
+                        tags.section(table), tags.section(tags.h2(t["total"]), summary)]
         return await self._page(request, status, t["payments_journal"], body, op, sid)
+
+    @app.route("/journals/payments/day", methods=["GET"])
+    @endpoint("console_journal")
+    async def day_payments(self, request: Request):
+        op, sid, answer = await self._guard(request)
+        if op is None:
+            return answer
+        t = self._t(request)
+        provider = self._arg(request, "provider")[:32]
+        try:
+            day = journals.parse_day(self._arg(request, "day")[:10])
+        except journals.JournalError:
+            return await self._page(request, 400, t["day_payments"], [self._message(
+                t["bad_date"])], op, sid)
+        found = await self.db.run(journals.day_payments, day, provider)
+        table = self._table(
+            [t["time"], t["external_id"], t["account"], t["amount"], t["customer"],
+             t["receipt"]],
+            [[p["time"], p["external_id"], p["account"] or "—", p["amount"],
+              self._customer_link(p["customer_id"]), p["receipt"] or t["no_receipt"]]
+             for p in found["payments"]], t, id="day-payments")
+        body = [tags.p(t["day_total"].format(provider=provider, day=found["day"],
+                                             count=found["count"], total=found["total"],
+                                             zone=found["timezone"]), id="day-total"), table]
+        return await self._page(request, 200, t["day_payments"], body, op, sid)
+
+    def _customer_link(self, customer_id: int | None):
+        return tags.a(str(customer_id), href=f"/customers/{customer_id}") \
+            if customer_id else "—"
 
     @app.route("/journals/reconcile", methods=["GET"])
     @endpoint("console_reconcile")
@@ -701,23 +803,18 @@ class ConsoleWeb:
         if op is None:
             return answer
         provider = self._arg(request, "provider")[:32]
-        return await self._reconcile(request, op, sid, 200, [], provider,
-                                     self.now().date() - timedelta(days=1))
+        day = self._days_default(1)[0]
+        return await self._reconcile(request, op, sid, 200, [], provider, day)
 
     async def _reconcile(self, request, op, sid, status: int, notes: list, provider: str,
-                         day, layout: journals.Layout | None = None,
-                         result: journals.Reconciliation | None = None) -> bytes:
+                         day: date, columns: str | None = None,
+                         result: dict | None = None) -> bytes:
         t = self._t(request)
-        known = await self.db.run(journals.providers)
-        if layout is None:
-            layout = await self.db.run(journals.get_layout, provider) \
-                if journals.PROVIDER_RE.match(provider) else journals.Layout()
-
-        def number(name: str, label: str) -> Tag:
-            return tags.label(t[label], tags.input(name=name, value=str(getattr(layout, name)),
-                                                   inputmode="numeric", maxlength="2",
-                                                   required="required"))
-
+        known = await self.db.run(repo.providers)
+        if columns is None:
+            layout = await self.db.run(reconcile.get_layout, provider) \
+                if PROVIDER_RE.match(provider) else None
+            columns = ",".join(layout or reconcile.ROLES)
         form = tags.form(
             self._csrf_field(sid),
             tags.label(t["provider"], tags.input(name="provider", value=provider,
@@ -729,44 +826,54 @@ class ConsoleWeb:
             tags.label(t["registry"], tags.input(name="registry", type="file",
                                                  accept=".csv,text/csv,text/plain",
                                                  required="required")),
-            tags.label(t["delimiter"], tags.select(
-                *[tags.option(k, value=k, **({"selected": "selected"} if k == layout.delimiter
-                                             else {})) for k in journals.DELIMITERS],
-                name="delimiter")),
-            tags.label(tags.input(type="checkbox", name="header", value="1",
-                                  **({"checked": "checked"} if layout.header else {})),
-                       t["header"]),
-            number("txn", "col_txn"), number("date", "col_date"),
-            number("account", "col_account"), number("amount", "col_amount"),
+            tags.label(t["columns"], tags.input(name="columns", value=columns,
+                                                required="required", maxlength="200")),
+            tags.small(t["columns_hint"]),
             tags.button(t["compare"], type="submit", name="format", value="html"),
             tags.button(t["download_csv"], type="submit", name="format", value="csv"),
             method="post", action="/journals/reconcile", enctype="multipart/form-data",
             id="reconcile")
         body = notes + [form]
         if result is not None:
+            n = result["totals"]
             body.append(tags.p(t["summary"].format(
-                provider=provider, day=day.isoformat(), matched=len(result.matched),
-                only_registry=len(result.only_registry), only_ours=len(result.only_ours),
-                mismatched=len(result.mismatched)), class_="notice", id="summary"))
-            card = lambda cid: tags.a(str(cid), href=f"/customers/{cid}")  # noqa: E731
+                provider=provider, day=result["day"], matched=n["matched"]["count"],
+                only_registry=n["only_registry"]["count"], only_ours=n["only_ours"]["count"],
+                mismatched=n["amount_mismatch"]["count"]), class_="notice", id="summary"))
+            body.append(tags.p(t["reconcile_totals"].format(
+                registry=n["registry"]["total"], ours=n["ours"]["total"],
+                difference=n["difference"], zone=result["timezone"]), id="reconcile-totals"))
+            link = self._customer_link
             body += [
                 tags.section(tags.h2(t["mismatched"]), self._table(
                     [t["external_id"], t["registry_amount"], t["our_amount"], t["customer"]],
-                    [[r.txn, _money(r.amount), _money(p["amount"]), card(p["customer_id"])]
-                     for r, p in result.mismatched], t, id="mismatched")),
+                    [[m["txn_id"], m["registry_amount"], m["our_amount"],
+                      link(m["customer_id"])] for m in result["amount_mismatch"]], t,
+                    id="mismatched")),
                 tags.section(tags.h2(t["only_registry"]), self._table(
-                    [t["external_id"], t["registry_amount"], t["day"], t["account"]],
-                    [[r.txn, _money(r.amount), r.date, r.account]
-                     for r in result.only_registry], t, id="only-registry")),
+                    [t["external_id"], t["registry_amount"], t["day"], t["account"],
+                     t["our_day"]],
+                    [[r["txn_id"], r["amount"], r["date"] or "", r["account"] or "",
+                      r["our_day"] or "—"] for r in result["only_registry"]], t,
+                    id="only-registry")),
                 tags.section(tags.h2(t["only_ours"]), self._table(
                     [t["external_id"], t["our_amount"], t["time"], t["customer"]],
-                    [[p["external_id"], _money(p["amount"]),
-                      _when(p["external_date"] or p["created"]), card(p["customer_id"])]
-                     for p in result.only_ours], t, id="only-ours")),
+                    [[p["external_id"], p["amount"], p["time"], link(p["customer_id"])]
+                     for p in result["only_ours"]], t, id="only-ours")),
+                tags.section(tags.h2(t["account_mismatch"]), self._table(
+                    [t["external_id"], t["registry_account"], t["our_account"],
+                     t["customer"]],
+                    [[m["txn_id"], m["registry_account"], m["our_account"],
+                      link(m["customer_id"])] for m in result["account_mismatch"]], t,
+                    id="account-mismatch")),
+                tags.section(tags.h2(t["other_days"]), self._table(
+                    [t["external_id"], t["registry_amount"], t["day"]],
+                    [[r["txn_id"], r["amount"], r["date"] or ""]
+                     for r in result["other_days"]], t, id="other-days")),
                 tags.section(tags.h2(t["matched"]), self._table(
                     [t["external_id"], t["amount"], t["customer"]],
-                    [[r.txn, _money(r.amount), card(p["customer_id"])]
-                     for r, p in result.matched], t, id="matched")),
+                    [[m["txn_id"], m["our_amount"], link(m["customer_id"])]
+                     for m in result["matched"]], t, id="matched")),
             ]
         return await self._page(request, status, t["reconcile"], body, op, sid)
 
@@ -778,35 +885,24 @@ class ConsoleWeb:
             return answer
         t = self._t(request)
         provider = self._arg(request, "provider")[:32]
-        day = self.now().date() - timedelta(days=1)
+        columns = self._arg(request, "columns")[:200]
+        day = self._days_default(1)[0]
         try:
-            day = _day(self._arg(request, "day")[:10]).date()
-        except (ValueError, AttributeError):
+            day = journals.parse_day(self._arg(request, "day")[:10])
+        except journals.JournalError:
             return await self._reconcile(request, op, sid, 400, [self._message(
-                t["bad_date"])], provider, day)
-        if not journals.PROVIDER_RE.match(provider):
+                t["bad_date"])], provider, day, columns)
+        if not PROVIDER_RE.match(provider):
             return await self._reconcile(request, op, sid, 400, [self._message(
-                t["bad_provider"])], provider, day)
-        numbers = {}
-        for name in ("txn", "date", "account", "amount"):
-            value = self._arg(request, name)
-            numbers[name] = int(value) if value.isdigit() and len(value) <= 2 else -1
-        layout = journals.Layout(self._arg(request, "delimiter"),
-                                 self._arg(request, "header") == "1", **numbers)
+                t["bad_provider"])], provider, day, columns)
         data = (request.args.get(b"registry") or [b""])[0]
-        try:
-            layout.check()
-            rows = journals.parse_registry(data, layout)
-        except journals.RegistryError as e:
+        try:  # the layout chosen on upload is remembered for the provider (a change: audited)
+            result = await reconcile.reconcile_registry(
+                self.db, provider, day, data, columns,
+                actor=operators.Actor(op.login, self.now(), op.id))
+        except reconcile.RegistryError as e:
             return await self._reconcile(request, op, sid, 400, [self._message(
-                t["bad_registry"].format(why=str(e)))], provider, day, layout)
-        now = self.now()
-
-        async def run(tx):
-            await journals.save_layout(tx, provider, layout, now)
-            return await journals.reconcile(tx, provider, day, rows)
-
-        result = await self.db.run(run)
+                t["bad_registry"].format(why=str(e)))], provider, day, columns)
         if self._arg(request, "format") == "csv":
             request.setHeader(b"content-type", b"text/csv; charset=utf-8")
             request.setHeader(b"content-disposition", (
@@ -814,8 +910,8 @@ class ConsoleWeb:
             ).encode("ascii"))
             request.setHeader(b"cache-control", b"no-store")
             request.setHeader(b"x-content-type-options", b"nosniff")
-            return journals.reconciliation_csv(result)
-        return await self._reconcile(request, op, sid, 200, [], provider, day, layout, result)
+            return reconcile.to_csv(result)
+        return await self._reconcile(request, op, sid, 200, [], provider, day, columns, result)
 
     @app.route("/journals/receipts", methods=["GET"])
     @endpoint("console_journal")
@@ -823,28 +919,44 @@ class ConsoleWeb:
         op, sid, answer = await self._guard(request)
         if op is None:
             return answer
+        return await self._receipts(request, op, sid, 200, [])
+
+    async def _receipts(self, request, op, sid, status: int, notes: list) -> bytes:
         t = self._t(request)
         state = self._arg(request, "state")
         state = state if state in fiscal_jobs.STATES else None
-
-        async def read(tx):
-            return (await fiscal_jobs.counts(tx),
-                    await fiscal_jobs.list_jobs(tx, state, 200),
-                    dict(await tx.fetchall(
-                        "SELECT p.id, p.customer_id FROM payments p JOIN receipt_jobs r"
-                        " ON r.payment_id = p.id ORDER BY r.id DESC LIMIT 200")))
-
-        counts, found, customers = await self.db.run(read)
+        queue = await self.db.run(journals.receipt_queue, state, 200)
+        counts = queue["counts"]
         links = tags.p(*[tags.a(f"{s}: {counts[s]}", href=f"/journals/receipts?state={s}",
                                 class_="count") for s in fiscal_jobs.STATES], id="counts")
         table = self._table(
-            [t["created"], t["payment"], t["customer"], t["state"], t["attempts"],
-             t["last_error"]],
-            [[_when(j.created), str(j.payment_id),
-              tags.a(str(customers[j.payment_id]), href=f"/customers/"
-                     f"{customers[j.payment_id]}") if j.payment_id in customers else "—",
-              j.state, str(j.attempts), j.last_error or ""] for j in found], t, id="receipts")
-        return await self._page(request, 200, t["receipts"], [links, table], op, sid)
+            [t["created"], t["payment"], t["customer"], t["amount"], t["state"], t["since_state"],
+             t["attempts"], t["last_error"], ""],
+            [[j["created"], f"{j['provider']} {j['payment_external_id']}",
+              self._customer_link(j["customer_id"]), j["amount"], j["state"], j["since"] or "—",
+              str(j["attempts"]), j["last_error"] or "",
+              tags.form(self._csrf_field(sid), tags.button(t["retry"], type="submit"),
+                        tags.small(t["needs"].format(role="support")), method="post",
+                        action=f"/journals/receipts/{j['id']}/retry", class_="inline")
+              if j["retryable"] else ""]
+             for j in queue["jobs"]], t, id="receipts")
+        return await self._page(request, status, t["receipts"], notes + [links, table], op, sid)
+
+    @app.route("/journals/receipts/<int:job_id>/retry", methods=["POST"])
+    @endpoint("console_receipt")
+    async def retry_receipt(self, request: Request, job_id: int):
+        op, sid, answer = await self._guard(request, "support", form=True)
+        if op is None:
+            return answer
+        t = self._t(request)
+        try:
+            await self.db.run(actions.retry_receipt, op, job_id, self.now())
+        except journals.ReceiptNotRetryable as e:
+            return await self._receipts(request, op, sid, 400, [self._message(
+                t["not_done"].format(why=str(e)))])
+        log.info("console: {operator} retried receipt job {job}", operator=op.login, job=job_id)
+        return await self._receipts(request, op, sid, 200, [self._message(
+            t["done_retry"].format(job=job_id), "notice")])
 
     @app.route("/journals/health", methods=["GET"])
     @endpoint("console_journal")
@@ -853,21 +965,44 @@ class ConsoleWeb:
         if op is None:
             return answer
         t = self._t(request)
-        runs = await self.db.run(journals.job_runs)
-        table = self._table(
+        found = await self.db.run(journals.partner_health, self.clock.seconds())
+        outcome = {"ok": t["ok"], "error": t["failed"], "running": t["running"],
+                   "never": t["never"]}
+        pollers = self._table(
             [t["job"], t["last_started"], t["last_finished"], t["outcome"], t["last_error"],
              t["runs"], t["failures"]],
-            [[r["job"], _when(r["last_started"]), _when(r["last_finished"]),
-              t["never"] if r["last_ok"] is None else (t["ok"] if r["last_ok"] else t["failed"]),
-              r["last_error"] or "", str(r["runs"]), str(r["failures"])] for r in runs], t,
-            id="jobs")
+            [[r["job"], r["last_started"] or "—", r["last_finished"] or "—",
+              outcome[r["outcome"]], r["last_error"] or "", str(r["runs"]), str(r["failures"])]
+             for r in found["pollers"]], t, id="jobs")
+        box = found["outbox"]
+        depth = self._table(
+            [t["provider"], t["state"], t["count"]],
+            [[provider, state, str(n)] for provider, states in box["depth"].items()
+             for state, n in sorted(states.items())], t, id="outbox-depth")
+        stuck = self._table(
+            [t["created"], t["provider"], t["operation"], t["state"], t["attempts"],
+             t["last_error"]],
+            [[c["created"] or "", c["provider"], c["op"], c["state"], str(c["attempts"]),
+              c["last_error"] or ""] for c in box["stuck"]], t, id="outbox-stuck")
+        epg = found["epg"]
+        receipts = found["receipts"]
+        body = [
+            tags.section(tags.h2(t["pollers"]), pollers),
+            tags.section(tags.h2(t["outbox"]), depth, tags.h3(t["stuck"]), stuck),
+            tags.section(tags.h2(t["epg_sync"]), tags.p(t["epg_state"].format(
+                last=epg["last_sync"] or t["never"], outcome=outcome[epg["outcome"]],
+                programmes=epg["programmes"], until=epg["guide_until"] or "—"), id="epg"),
+                tags.p(epg["last_error"] or "", class_="error")),
+            tags.section(tags.h2(t["receipts"]), tags.p(*[
+                tags.a(f"{s}: {n}", href=f"/journals/receipts?state={s}", class_="count")
+                for s, n in receipts.items()], id="receipt-counts")),
+        ]
         extra: dict = {}
         for source in self.health_sources:
             try:
                 extra.update(await source() or {})
             except Exception as e:  # informational, as on /health
                 extra.setdefault("errors", []).append(str(e)[:200])
-        body = [tags.section(table)]
         if extra:
             body.append(tags.section(tags.h2(t["features"]), tags.pre(
                 json.dumps(extra, ensure_ascii=False, indent=2, sort_keys=True, default=str),

@@ -1,6 +1,6 @@
 -- The operator console (issue 22): operators with roles, their server-side
 -- sessions, and the audit trail of every change made through the console or
--- smartyd-admin's operator commands.
+-- smartyd-admin.  (A provider's registry layout is migration 0020's.)
 
 CREATE TABLE operators (
     id               bigserial PRIMARY KEY,
@@ -44,11 +44,3 @@ BEGIN
 END $$;
 CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_is_append_only();
-
--- A provider's daily registry (CSV) column layout, as last chosen on upload:
--- {"delimiter": ";", "header": true, "txn": 1, "date": 2, "account": 3, "amount": 4}.
-CREATE TABLE registry_layouts (
-    provider  text PRIMARY KEY CHECK (provider ~ '^[a-z0-9_-]{1,32}$'),
-    layout    jsonb NOT NULL,
-    updated   timestamptz NOT NULL
-);
