@@ -118,17 +118,21 @@ async def create_tariff(
 async def set_account_sessions(tx: Tx, account_id: int, sessions: int) -> dict:
     """
     The account's own concurrent-session limit; 0 clears it (the limit is then
-    the largest of its tariffs', none if one of them has none).
+    the largest of its tariffs', none if one of them has none).  Returns the
+    limit, the one it replaces (``previous``) and the account's customer.
     """
     if sessions < 0:
         raise CatalogError("sessions must be 0 (clear) or more")
     row = await tx.fetchone(
-        "UPDATE accounts SET max_sessions = %s WHERE id = %s RETURNING id",
+        "UPDATE accounts a SET max_sessions = %s"
+        " FROM (SELECT id, max_sessions FROM accounts WHERE id = %s FOR UPDATE) old"
+        " WHERE a.id = old.id RETURNING a.customer_id, old.max_sessions",
         (sessions or None, account_id),
     )
     if row is None:
         raise AccountNotFound(f"no account {account_id}")
-    return {"account": account_id, "max_sessions": sessions or None}
+    return {"account": account_id, "max_sessions": sessions or None, "customer_id": row[0],
+            "previous": row[1]}
 
 
 async def get_tariff(tx: Tx, tariff_id: int) -> dict | None:

@@ -17,6 +17,7 @@ ends after ``IDLE_TIMEOUT`` seconds without a request.  After
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import secrets
@@ -214,7 +215,8 @@ def _recorded(value: Any) -> Any:
 
 
 async def audited(tx: Tx, actor: str, action: str, change: Callable[[Tx], Awaitable[Any]], *,
-                  at: datetime, operator_id: int | None = None, customer_id: int | None = None,
+                  at: datetime, operator_id: int | None = None,
+                  customer_id: int | Callable[[Tx, Any], Any] | None = None,
                   before: Callable[[Tx], Awaitable[Any]] | None = None,
                   after: Callable[[Any], Any] | None = None, reason: str = "") -> Any:
     """
@@ -225,12 +227,17 @@ async def audited(tx: Tx, actor: str, action: str, change: Callable[[Tx], Awaita
 
     ``before(tx)``, read first, is the state the change replaces; ``after``
     maps the result to what the row records (default: the result, its
-    ``to_json()`` when it has one).  The row's customer is ``customer_id``,
-    else the ``customer_id`` the recorded state after (or before) names.
+    ``to_json()`` when it has one).  The row's customer is ``customer_id``
+    (or what ``customer_id(tx, result)`` returns or resolves to), else the
+    ``customer_id`` the recorded state after (or before) names.
     """
     was = _recorded(await before(tx)) if before is not None else None
     out = await change(tx)
     now = after(out) if after is not None else _recorded(out)
+    if callable(customer_id):
+        customer_id = customer_id(tx, out)
+        if inspect.isawaitable(customer_id):
+            customer_id = await customer_id
     if customer_id is None:
         for state in (now, was):
             if isinstance(state, dict) and isinstance(state.get("customer_id"), int):

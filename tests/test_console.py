@@ -965,19 +965,65 @@ async def test_the_statement_of_a_period_adds_up_pages_back_and_downloads(db):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_block_with_smartyd_admin_is_an_audit_row_of_cli(db, tmp_path, pg_dsn):
-    cid, aid = await customer_world(db)
+async def test_smartyd_admin_changes_are_audit_rows_of_cli_in_the_consoles_journal(
+        db, tmp_path, pg_dsn):
     cfg = tmp_path / "smartyd.toml"
     cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
-    proc = subprocess.run([sys.executable, "-m", "smartyd.admin", "--config", str(cfg),
-                           "account", "block", str(aid), "--reason", "FRAUD"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["status_reason"] == "FRAUD"
-    [row] = await audit(db)
-    assert (row["actor"], row["action"], row["customer_id"], row["reason"]) == (
-        "cli", "account.block", cid, "FRAUD")
-    assert row["before"]["active"] is True and row["after"]["active"] is False
+
+    def cli(*argv):
+        proc = subprocess.run([sys.executable, "-m", "smartyd.admin", "--config", str(cfg),
+                               *argv], capture_output=True, text=True, timeout=60)
+        return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, \
+            proc.stderr
+
+    code, customer, err = cli("customer", "create", "--name", "Olga")
+    assert code == 0, err
+    cid = customer["id"]
+    code, account, err = cli("account", "create", "--login", "olga-tv", "--customer", str(cid))
+    assert code == 0, err
+    aid = account["id"]
+    code, channel, err = cli("channel", "create", "--name", "news",
+                             "--url-mask", "http://streamer/news.m3u8")
+    assert code == 0, err
+    code, tariff, err = cli("tariff", "create", "--name", "Basic", "--price", "0.00",
+                            "--channel", str(channel["id"]))
+    assert code == 0, err
+    for argv in (("tariff", "assign", str(aid), str(tariff["id"])),
+                 ("account", "limit", str(aid), "--sessions", "2"),
+                 ("account", "block", str(aid), "--reason", "FRAUD"),
+                 ("customer", "autopay", str(cid), "on")):
+        code, _, err = cli(*argv)
+        assert code == 0, (argv, err)
+    # A command refused changes nothing and records nothing.
+    code, _, err = cli("account", "limit", "999999", "--sessions", "1")
+    assert code != 0 and "no account 999999" in err
+
+    rows = await audit(db)
+    assert {r["actor"] for r in rows} == {"cli"}
+    assert [(r["action"], r["customer_id"]) for r in reversed(rows)] == [
+        ("customer.create", cid), ("account.create", cid), ("channel.create", None),
+        ("tariff.create", None), ("tariff.assign", cid), ("account.limit", cid),
+        ("account.block", cid), ("customer.autopay", cid)]
+    by_action = {r["action"]: r for r in rows}
+    assert by_action["account.block"]["reason"] == "FRAUD"
+    assert by_action["account.block"]["before"]["active"] is True
+    assert by_action["account.block"]["after"]["active"] is False
+    assert (by_action["account.limit"]["after"]["previous"],
+            by_action["account.limit"]["after"]["max_sessions"]) == (None, 2)
+    assert (by_action["customer.autopay"]["before"],
+            by_action["customer.autopay"]["after"]) == ({"autopay": False}, {"autopay": True})
+    assert by_action["tariff.create"]["after"]["name"] == "Basic"
+    # The console's audit journal and the customer's card show them.
+    env = Env(db)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    r, html = await env.get("/audit?actor=cli")
+    journal = html[html.index('id="journal"'):]
+    assert r.code == 200 and journal.count("<td>cli</td>") == 8
+    assert "channel.create" in journal and "FRAUD" in journal
+    r, html = await env.get(f"/customers/{cid}")
+    trail = html[html.index('id="audit"'):]
+    assert trail.count("<td>cli</td>") == 6 and "tariff.assign" in trail
 
 
 @pytest_twisted.ensureDeferred

@@ -170,7 +170,7 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
                                     billing_admin.moment(None, reactor))
             return await ledger.get_account(tx, account.id)
 
-        return (await db.run(create)).to_json()
+        return (await console_admin.audited(db, reactor, "account.create", create)).to_json()
     if args.action == "show":
 
         if (args.id is None) == (args.login is None):
@@ -194,14 +194,16 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
 
         return await db.run(show)
     if args.action == "limit":
-        return await db.run(catalog.set_account_sessions, args.id, args.sessions)
+        return await console_admin.audited(
+            db, reactor, "account.limit",
+            lambda tx: catalog.set_account_sessions(tx, args.id, args.sessions))
     # A block is the operator's: a payment never lifts it (only DEBT is lifted).
     active = args.action == "unblock"
     reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
     return await console_admin.set_account_active(db, args.id, active, reason, reactor)
 
 
-async def cmd_channel(db: Database, args) -> dict:
+async def cmd_channel(db: Database, args, cfg, reactor, app) -> dict:
     async def create(tx):
         channel = await catalog.create_channel(tx, args.name, args.url_mask,
                                                streamer_id=args.streamer_id)
@@ -210,17 +212,17 @@ async def cmd_channel(db: Database, args) -> dict:
             channel["xmltv_id"] = args.xmltv_id
         return channel
 
-    return await db.run(create)
+    return await console_admin.audited(db, reactor, "channel.create", create)
 
 
 async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
     if args.action == "create":
-        return await db.run(
-            catalog.create_tariff, args.name, args.price, args.channel, args.kind,
-            args.period_days, args.hidden, period_months=args.period_months,
-            activation_price=args.activation_price, additional=args.additional,
-            sessions=args.sessions,
-        )
+        return await console_admin.audited(
+            db, reactor, "tariff.create", lambda tx: catalog.create_tariff(
+                tx, args.name, args.price, args.channel, args.kind, args.period_days,
+                args.hidden, period_months=args.period_months,
+                activation_price=args.activation_price, additional=args.additional,
+                sessions=args.sessions))
     if args.customer is None:
         if len(args.ids) != 2:
             raise AdminError(f"tariff {args.action} ACCOUNT TARIFF (or --customer ID TARIFF)")
@@ -231,7 +233,12 @@ async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
         account, [tariff] = None, args.ids
     at = billing_admin.moment(args.at, reactor)
     op = engine.assign if args.action == "assign" else engine.remove
-    out = await db.run(op, cfg.billing, account, tariff, customer_id=args.customer, at=at)
+    out = await console_admin.audited(
+        db, reactor, f"tariff.{args.action}",
+        lambda tx: op(tx, cfg.billing, account, tariff, customer_id=args.customer, at=at),
+        after=lambda out: {"account": account, "tariff": tariff, **out},
+        customer_id=args.customer if args.customer is not None else (
+            lambda tx, _: console_admin.customer_of_account(tx, account)))
     return {"account": account, "customer": args.customer, "tariff": tariff,
             "action": args.action, **out}
 
@@ -251,11 +258,11 @@ async def cmd_payment(db: Database, args) -> dict:
 
 DB_COMMANDS = {
     "migrate": cmd_migrate,
-    "channel": cmd_channel,
     "payment": cmd_payment,
 }
 # Commands that need the configuration ([billing]), the reactor's clock and the app.
-EXTENSION_COMMANDS.update(account=cmd_account, tariff=cmd_tariff)
+# Every change they make is an audit row of ``cli`` (L{console_admin.audited}).
+EXTENSION_COMMANDS.update(account=cmd_account, channel=cmd_channel, tariff=cmd_tariff)
 
 
 # -- logs ----------------------------------------------------------------------------------------
