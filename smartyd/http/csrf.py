@@ -2,8 +2,9 @@
 CSRF tokens bound to a session: HMAC-SHA256(key, "csrf:" + session id),
 base64url.  A page from us carries the token; another site cannot compute it
 without the key, and without the session (its cookie) no token verifies.
-Compared in constant time.  The widgets' L{smartyd.widgets.session.Sessions}
-derives the same token; it may call these instead.
+Compared in constant time.  The one CSRF token of every surface: the
+console's (bound to its server-side session) and the widgets'
+(L{smartyd.widgets.session.Sessions}, bound to the signed session's id).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """
-What every server-rendered surface sends with a page: the content security
-policy, the cookie flags and the HTML headers, and the flattening of a
-``twisted.web.template`` document (which escapes every string it is given).
-Written for the console; the widgets' ``_csp``/``_html``/``Sessions.write``
-do the same and may call these instead.
+What every server-rendered surface (the widgets, the console) sends with a
+page: the content security policy, the cookie flags and the HTML headers,
+and the flattening of a ``twisted.web.template`` document (which escapes
+every string it is given); and the redirect to a path of ours.  The one
+copy of each (STYLE.md, "Web surfaces"); CSRF tokens are L{smartyd.http.csrf}.
 """
 
 from __future__ import annotations
@@ -25,16 +25,31 @@ def csp(form_action: tuple[str, ...] = (), frame_ancestors: tuple[str, ...] = ()
 
 
 def set_cookie(request: Request, name: bytes, value: str, *, same_site: str, secure: bool,
-               max_age: int | None = None, path: str = "/") -> None:
-    """A ``Set-Cookie`` that is ``HttpOnly`` always; ``max_age`` 0 deletes it."""
+               max_age: int | None = None, path: str = "/", partitioned: bool = False) -> None:
+    """
+    A ``Set-Cookie`` that is ``HttpOnly`` always; ``max_age`` 0 deletes it.
+    ``partitioned`` (with ``secure``): kept per top-level site (CHIPS), the
+    cookie of a frame on another site where third-party cookies are blocked.
+    """
     flags = [f"Path={path}", "HttpOnly", f"SameSite={same_site}"]
     if max_age is not None:
         flags.append(f"Max-Age={max_age}")
     if secure:
         flags.append("Secure")
+        if partitioned:
+            flags.append("Partitioned")
     # Request.addCookie cannot say SameSite: the Set-Cookie value is queued as is.
     request.cookies.append(name + b"=" + value.encode("ascii") + b"; "
                            + "; ".join(flags).encode("ascii"))
+
+
+def arg(request: Request, name: str, limit: int) -> str:
+    """A form's or query's field as text (at most ``limit`` characters, stripped); "" if absent."""
+    raw = (request.args.get(name.encode()) or [b""])[0]
+    try:
+        return raw.decode("utf-8")[:limit].strip()
+    except UnicodeDecodeError:
+        return ""
 
 
 def cookie(request: Request, name: bytes) -> str | None:
@@ -45,14 +60,20 @@ def cookie(request: Request, name: bytes) -> str | None:
         return None
 
 
-async def html_page(request: Request, status: int, document: Tag, policy: bytes) -> bytes:
-    """The document, escaped by the flattener, with the headers every page has."""
+async def html_page(request: Request, status: int, document: Tag, policy: bytes,
+                    framed: bool = False) -> bytes:
+    """
+    The document, escaped by the flattener, with the headers every page has;
+    ``framed``: a page other sites may frame (the policy's ``frame-ancestors``
+    says which), else never framed (``X-Frame-Options: DENY`` too).
+    """
     html = await flattenString(None, document)
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"text/html; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"x-frame-options", b"DENY")
+    if not framed:
+        request.setHeader(b"x-frame-options", b"DENY")
     request.setHeader(b"referrer-policy", b"same-origin")
     request.setHeader(b"content-security-policy", policy)
     return b"<!DOCTYPE html>\n" + html
