@@ -3,8 +3,10 @@ The changes an operator makes in the console.  Each runs the function the
 CLI, the billing and the Billing API run (L{ledger.set_active},
 L{ledger.post} then L{engine.settle}, L{engine.promise}, L{engine.assign} /
 L{engine.remove}, the account password and device deletion of the cabinet
-and the Billing API) and writes its audit row in the same transaction: the
-change and its record commit together or not at all.
+and the Billing API, L{journals.retry_receipt}) and writes its audit row in
+the same transaction through L{operators.audited} (as ``smartyd-admin``
+does with actor ``cli``): the change and its record commit together or not
+at all.
 """
 
 from __future__ import annotations
@@ -30,6 +32,30 @@ class ActionError(ledger.LedgerError):
     """The action was refused; the message (a text key of the console) says why."""
 
 
+ACCOUNT_STATE = ("login", "active", "status_reason")  # what a block's audit row records
+
+
+async def _value(value):
+    """``value`` as a state read before a change (L{operators.audited}'s ``before``)."""
+    return value
+
+
+async def _balance(tx: Tx, customer_id: int) -> str:
+    return str((await ledger.get_customer(tx, customer_id)).balance)
+
+
+async def _balance_before(tx: Tx, customer_id: int) -> dict:
+    """The customer's balance before a change, its row locked; ``no_customer``."""
+    customer = await ledger.get_customer(tx, customer_id, lock=True)
+    if customer is None:
+        raise ActionError("no_customer")
+    return {"balance": str(customer.balance)}
+
+
+async def _channel(tx: Tx, channel_id: int) -> dict | None:
+    return next((c for c in await catalog.list_channels(tx) if c["id"] == channel_id), None)
+
+
 def _reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason or len(reason) > MAX_REASON or not reason.isprintable():
@@ -41,18 +67,19 @@ async def set_account_state(tx: Tx, op: operators.Operator, customer_id: int, ac
                             active: bool, reason: str, at: datetime) -> ledger.Account:
     """Block or unblock an account (the CLI's ``account block|unblock``), audited."""
     reason = _reason(reason)
-    before = await ledger.get_account(tx, account_id, lock=True)
-    if before is None or before.customer_id != customer_id:
+    account = await ledger.get_account(tx, account_id, lock=True)
+    if account is None or account.customer_id != customer_id:
         raise ActionError("no_account")
-    after = await ledger.set_active(tx, account_id, active,
-                                    ledger.ACTIVE if active else ledger.BLOCK)
-    keep = ("login", "active", "status_reason")
-    await operators.audit(
-        tx, op.login, "account.unblock" if active else "account.block", at=at,
-        operator_id=op.id, customer_id=customer_id,
-        before={"account": account_id, **{k: before.to_json()[k] for k in keep}},
-        after={"account": account_id, **{k: after.to_json()[k] for k in keep}}, reason=reason)
-    return after
+
+    def state(a: ledger.Account) -> dict:
+        return {"account": account_id, **{k: a.to_json()[k] for k in ACCOUNT_STATE}}
+
+    return await operators.audited(
+        tx, op.login, "account.unblock" if active else "account.block",
+        lambda tx: ledger.set_active(tx, account_id, active,
+                                     ledger.ACTIVE if active else ledger.BLOCK),
+        at=at, operator_id=op.id, customer_id=customer_id, before=lambda tx: _value(state(account)),
+        after=state, reason=reason)
 
 
 async def adjust(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id: int,
@@ -91,15 +118,15 @@ async def promise(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_i
                   amount: Decimal, days: int, reason: str, at: datetime) -> dict:
     """A promised payment (the CLI's ``customer promise``), audited."""
     reason = _reason(reason)
-    before = await ledger.get_customer(tx, customer_id, lock=True)
-    if before is None:
-        raise ActionError("no_customer")
-    out = await engine.promise(tx, cfg, customer_id, amount, days, at)
-    after = await ledger.get_customer(tx, customer_id)
-    await operators.audit(tx, op.login, "promise.grant", at=at, operator_id=op.id,
-                          customer_id=customer_id, before={"balance": str(before.balance)},
-                          after={"balance": str(after.balance), **out}, reason=reason)
-    return out
+
+    async def grant(tx):
+        out = await engine.promise(tx, cfg, customer_id, amount, days, at)
+        return {"balance": await _balance(tx, customer_id), **out}
+
+    return await operators.audited(tx, op.login, "promise.grant", grant, at=at,
+                                   operator_id=op.id, customer_id=customer_id,
+                                   before=lambda tx: _balance_before(tx, customer_id),
+                                   reason=reason)
 
 
 async def tariff(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id: int,
@@ -114,30 +141,32 @@ async def tariff(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id
         account = await ledger.get_account(tx, account_id)
         if account is None or account.customer_id != customer_id:
             raise ActionError("no_account")
-    before = await ledger.get_customer(tx, customer_id, lock=True)
-    if before is None:
-        raise ActionError("no_customer")
     op_ = engine.assign if assign else engine.remove
-    out = await op_(tx, cfg, account_id, tariff_id,
-                    customer_id=customer_id if account_id is None else None, at=at)
-    after = await ledger.get_customer(tx, customer_id)
-    await operators.audit(
-        tx, op.login, "tariff.assign" if assign else "tariff.remove", at=at, operator_id=op.id,
-        customer_id=customer_id, before={"balance": str(before.balance)},
-        after={"account": account_id, "tariff": tariff_id, "balance": str(after.balance),
-               **out}, reason=reason)
-    return out
+
+    async def change(tx):
+        out = await op_(tx, cfg, account_id, tariff_id,
+                        customer_id=customer_id if account_id is None else None, at=at)
+        return {"account": account_id, "tariff": tariff_id,
+                "balance": await _balance(tx, customer_id), **out}
+
+    return await operators.audited(
+        tx, op.login, "tariff.assign" if assign else "tariff.remove", change, at=at,
+        operator_id=op.id, customer_id=customer_id,
+        before=lambda tx: _balance_before(tx, customer_id), reason=reason)
 
 
 async def account_password(tx: Tx, op: operators.Operator, customer_id: int, account_id: int,
                            password_hash: str, reason: str, at: datetime) -> None:
     """A new password of the customer's account (the widgets' cabinet's setter), audited."""
     reason = _reason(reason)
-    if not await set_account_password(tx, customer_id, account_id, password_hash):
-        raise ActionError("no_account")
-    await operators.audit(tx, op.login, "account.password", at=at, operator_id=op.id,
-                          customer_id=customer_id, after={"account": account_id},
-                          reason=reason)
+
+    async def change(tx):
+        if not await set_account_password(tx, customer_id, account_id, password_hash):
+            raise ActionError("no_account")
+        return {"account": account_id}  # never the password
+
+    await operators.audited(tx, op.login, "account.password", change, at=at,
+                            operator_id=op.id, customer_id=customer_id, reason=reason)
 
 
 async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device_id: int,
@@ -150,9 +179,13 @@ async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device
         (device_id, customer_id))
     if device is None:
         raise ActionError("no_device")
-    await delete_device(tx, device_id)
-    await operators.audit(tx, op.login, "device.unbind", at=at, operator_id=op.id,
-                          customer_id=customer_id, before=device, reason=reason)
+
+    async def unbind(tx):
+        await delete_device(tx, device_id)
+
+    await operators.audited(tx, op.login, "device.unbind", unbind, at=at, operator_id=op.id,
+                            customer_id=customer_id, before=lambda tx: _value(device),
+                            reason=reason)
     return device
 
 
@@ -160,25 +193,26 @@ async def autopay(tx: Tx, op: operators.Operator, customer_id: int, on: bool, re
                   at: datetime) -> dict:
     """Autopayment from the bound Payture card on or off (the CLI's ``customer autopay``)."""
     reason = _reason(reason)
-    before = await cards.autopay_enabled(tx, customer_id)
-    out = await cards.set_autopay(tx, customer_id, on)
-    await operators.audit(tx, op.login, "customer.autopay", at=at, operator_id=op.id,
-                          customer_id=customer_id, before={"autopay": before},
-                          after={"autopay": on}, reason=reason)
-    return out
+
+    async def before(tx):
+        return {"autopay": await cards.autopay_enabled(tx, customer_id)}
+
+    return await operators.audited(
+        tx, op.login, "customer.autopay", lambda tx: cards.set_autopay(tx, customer_id, on),
+        at=at, operator_id=op.id, customer_id=customer_id, before=before,
+        after=lambda out: {"autopay": out["autopay"]}, reason=reason)
 
 
 # -- the catalog (admin) ---------------------------------------------------------------------------
 async def create_tariff(tx: Tx, op: operators.Operator, fields: dict, channel_ids: list[int],
                         at: datetime) -> dict:
     """A tariff, as ``smartyd-admin tariff create`` makes it, audited."""
-    tariff = await catalog.create_tariff(
-        tx, fields["name"], fields["price"], channel_ids, "tv", fields["period_days"],
-        fields["hidden"], period_months=fields["period_months"],
-        activation_price=fields["activation_price"], sessions=fields["sessions"])
-    await operators.audit(tx, op.login, "tariff.create", at=at, operator_id=op.id,
-                          after=tariff)
-    return tariff
+    return await operators.audited(
+        tx, op.login, "tariff.create", lambda tx: catalog.create_tariff(
+            tx, fields["name"], fields["price"], channel_ids, "tv", fields["period_days"],
+            fields["hidden"], period_months=fields["period_months"],
+            activation_price=fields["activation_price"], sessions=fields["sessions"]),
+        at=at, operator_id=op.id)
 
 
 async def edit_tariff(tx: Tx, op: operators.Operator, tariff_id: int, fields: dict,
@@ -186,10 +220,10 @@ async def edit_tariff(tx: Tx, op: operators.Operator, tariff_id: int, fields: di
     before = next((t for t in await catalog.list_tariffs(tx) if t["id"] == tariff_id), None)
     if before is None:
         raise ActionError("not_found")
-    after = await catalog.update_tariff(tx, tariff_id, channel_ids=channel_ids, **fields)
-    await operators.audit(tx, op.login, "tariff.edit", at=at, operator_id=op.id,
-                          before=before, after=after)
-    return after
+    return await operators.audited(
+        tx, op.login, "tariff.edit",
+        lambda tx: catalog.update_tariff(tx, tariff_id, channel_ids=channel_ids, **fields),
+        at=at, operator_id=op.id, before=lambda tx: _value(before))
 
 
 async def _set_xmltv(tx: Tx, channel_id: int, xmltv_id: str) -> None:
@@ -202,26 +236,30 @@ async def _set_xmltv(tx: Tx, channel_id: int, xmltv_id: str) -> None:
 async def create_channel(tx: Tx, op: operators.Operator, name: str, url_mask: str,
                          streamer_id: str, xmltv_id: str, at: datetime) -> dict:
     """A channel, as ``smartyd-admin channel create`` makes it, audited."""
-    channel = await catalog.create_channel(tx, name, url_mask, streamer_id=streamer_id or None)
-    await _set_xmltv(tx, channel["id"], xmltv_id)
-    after = next(c for c in await catalog.list_channels(tx) if c["id"] == channel["id"])
-    await operators.audit(tx, op.login, "channel.create", at=at, operator_id=op.id,
-                          after=after)
-    return after
+    async def create(tx):
+        channel = await catalog.create_channel(tx, name, url_mask,
+                                               streamer_id=streamer_id or None)
+        await _set_xmltv(tx, channel["id"], xmltv_id)
+        return await _channel(tx, channel["id"])
+
+    return await operators.audited(tx, op.login, "channel.create", create, at=at,
+                                   operator_id=op.id)
 
 
 async def edit_channel(tx: Tx, op: operators.Operator, channel_id: int, url_mask: str,
                        streamer_id: str, xmltv_id: str, at: datetime) -> dict:
-    before = next((c for c in await catalog.list_channels(tx) if c["id"] == channel_id), None)
-    if before is None:
+    if await _channel(tx, channel_id) is None:
         raise ActionError("not_found")
-    await catalog.update_channel(tx, channel_id, url_mask=url_mask,
-                                 streamer_id=streamer_id or None)
-    await _set_xmltv(tx, channel_id, xmltv_id)
-    after = next(c for c in await catalog.list_channels(tx) if c["id"] == channel_id)
-    await operators.audit(tx, op.login, "channel.edit", at=at, operator_id=op.id,
-                          before=before, after=after)
-    return after
+
+    async def edit(tx):
+        await catalog.update_channel(tx, channel_id, url_mask=url_mask,
+                                     streamer_id=streamer_id or None)
+        await _set_xmltv(tx, channel_id, xmltv_id)
+        return await _channel(tx, channel_id)
+
+    return await operators.audited(tx, op.login, "channel.edit", edit, at=at,
+                                   operator_id=op.id,
+                                   before=lambda tx: _channel(tx, channel_id))
 
 
 # -- the journals (support) ----------------------------------------------------------------------
@@ -233,3 +271,20 @@ async def retry_receipt(tx: Tx, op: operators.Operator, job_id: int, at: datetim
     return await operators.audited(
         tx, op.login, "receipt.retry", lambda tx: journals.retry_receipt(tx, job_id), at=at,
         operator_id=op.id, before=lambda tx: journals.receipt_job(tx, job_id))
+
+
+# -- operators (admin) ---------------------------------------------------------------------------
+async def create_operator(tx: Tx, op: operators.Operator, login: str, role: str,
+                          password_hash: str, at: datetime) -> operators.Operator:
+    """An operator, as ``smartyd-admin operator create`` makes it, audited."""
+    return await operators.audited(
+        tx, op.login, "operator.create",
+        lambda tx: operators.create(tx, login, role, password_hash), at=at, operator_id=op.id)
+
+
+async def disable_operator(tx: Tx, op: operators.Operator, login: str,
+                           at: datetime) -> operators.Operator:
+    """Disable an operator and end its sessions (``operator disable``), audited."""
+    return await operators.audited(
+        tx, op.login, "operator.disable", lambda tx: operators.disable(tx, login), at=at,
+        operator_id=op.id, before=lambda tx: operators.get(tx, login))

@@ -109,11 +109,7 @@ class ConsoleWeb:
         return texts(language(request.getHeader(b"accept-language")))
 
     def _arg(self, request: Request, name: str) -> str:
-        raw = (request.args.get(name.encode()) or [b""])[0]
-        try:
-            return raw.decode("utf-8")[:MAX_FIELD * 2].strip()
-        except UnicodeDecodeError:
-            return ""
+        return pages.arg(request, name, MAX_FIELD * 2)
 
     def _cookie(self, request: Request, name: bytes, value: str, max_age: int | None) -> None:
         pages.set_cookie(request, name, value, same_site="Strict",
@@ -1254,16 +1250,9 @@ class ConsoleWeb:
         login, role = self._arg(request, "login"), self._arg(request, "role")
         password = operators.new_password()
         pw_hash = await self.thread(ledger.hash_password, password)
-        now = self.now()
-
-        async def create(tx):
-            new = await operators.create(tx, login, role, pw_hash)
-            await operators.audit(tx, op.login, "operator.create", at=now, operator_id=op.id,
-                                  after=new.to_json())
-            return new
-
         try:
-            new = await self.db.run(create)
+            new = await self.db.run(actions.create_operator, op, login, role, pw_hash,
+                                    self.now())
         except operators.OperatorError as e:
             return await self._operators(request, op, sid, 400, [self._message(
                 t["bad_operator"].format(why=str(e)))])
@@ -1280,16 +1269,8 @@ class ConsoleWeb:
         if op is None:
             return answer
         t = self._t(request)
-        now = self.now()
-
-        async def disable(tx):
-            before = await operators.get(tx, login)
-            after = await operators.disable(tx, login)
-            await operators.audit(tx, op.login, "operator.disable", at=now, operator_id=op.id,
-                                  before=before.to_json(), after=after.to_json())
-
         try:
-            await self.db.run(disable)
+            await self.db.run(actions.disable_operator, op, login, self.now())
         except operators.OperatorError:
             return await self._operators(request, op, sid, 404, [self._message(t["not_found"])])
         if login == op.login:  # disabled oneself: the session has ended
