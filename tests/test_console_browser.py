@@ -6,7 +6,8 @@ the daemon's fast token listener and entitlement snapshot run beside it.
 
 Each role logs in and does what it may and is refused what it may not; a
 support agent finds a customer by payment code and blocks the account, and
-its stream token is then refused on the fast listener; an admin credits
+its stream token is then refused on the fast listener, and retries a failed
+receipt; an admin credits
 100.00 with a reason and sees it in the balance, the statement and the audit
 trail; a viewer reconciles a registry with one missing, one extra and one
 different amount and sees exactly those three; a form without its CSRF token
@@ -31,6 +32,7 @@ from twisted.internet.threads import deferToThread
 
 from conftest import make_config
 from smartyd import catalog, ledger, operators, payments, ppc
+from smartyd.fiscal import jobs as fiscal_jobs
 from smartyd.streams import make_codec
 from streams_world import connect, get, within
 from testapp import build
@@ -128,6 +130,16 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             page.locator("#money input[name=reason]").fill("try")
             page.locator("#money").get_by_role("button", name="Post").click()
             seen["support_money"] = page.locator(".message").inner_text(timeout=15000)
+            # A failed receipt handed back to the worker.
+            page.goto(f"{console}/journals/receipts")
+            page.locator("#receipts tr", has_text="r1").get_by_role("button",
+                                                                    name="Retry").click()
+            seen["retried"] = page.locator(".notice").inner_text(timeout=15000)
+            seen["receipts"] = page.locator("#receipts").inner_text()
+            shot(page, "receipts.png")
+            page.goto(f"{console}/journals/health")
+            seen["health"] = page.locator("#receipt-counts").inner_text(timeout=15000)
+            shot(page, "health.png")
             logout()
 
             # -- admin: credits 100.00 with a reason; statement, audit, journal, operators ---------
@@ -142,6 +154,7 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             seen["credited"] = page.locator(".notice").inner_text(timeout=15000)
             seen["balance_after"] = page.locator("#balance").inner_text()
             seen["statement"] = page.locator("#statement").inner_text()
+            seen["closing"] = page.locator("#closing").inner_text()
             seen["audit"] = page.locator("#audit").inner_text()
             seen["name"] = page.locator("#name").inner_text()
             shot(page, "card.png")
@@ -188,6 +201,9 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
         payer = await ledger.create_account(tx, "payer")
         for txn, amount in (("r1", "10.00"), ("r2", "20.00"), ("r3", "30.00")):
             await payments.accept(tx, "osmp", txn, payer.id, amount, external_date=REGISTRY_DAY)
+        job, _ = await fiscal_jobs.enqueue(tx, (await payments.get(tx, "osmp", "r1")).id,
+                                           "osmp", "r1")
+        await fiscal_jobs.fail(tx, job.id, "Dreamkas: the device is offline")
         for login, role in (("vera", "viewer"), ("sam", "support"), ("boss", "admin")):
             await operators.create(tx, login, role, pw)
         return cid, a.id, ch["id"]
@@ -241,11 +257,13 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert "did not come from this console" in seen["no_csrf"]
     assert seen["blocked"] == f"Account {account} is blocked." and "blocked" in seen["status"]
     assert "it needs the admin role" in seen["support_money"]
+    assert "is handed back to the worker" in seen["retried"] and "posting" in seen["receipts"]
+    assert "posting: 1" in seen["health"]
     assert before == 200 and after == 403  # the stream token is refused now
     assert seen["balance_before"] == "50.00" and seen["balance_after"] == "150.00"
     assert "100.00 posted; the balance is now 150.00." in seen["credited"]
     assert "100.00" in seen["statement"] and "operator boss: refund for the outage" in \
-        seen["statement"]
+        seen["statement"] and seen["closing"] == "150.00"
     assert "money.credit" in seen["audit"] and "refund for the outage" in seen["audit"]
     assert "account.block" in seen["audit"] and "stolen set-top box" in seen["audit"]
     assert "money.credit" in seen["journal"] and "account.block" not in seen["journal"]
@@ -254,8 +272,10 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert seen["name"] == EVIL
     # Nothing the refused ones tried was done: one block, one credit.
     rows = await db.run(operators.audit_rows)
-    assert sorted(r["action"] for r in rows) == ["account.block", "money.credit"]
+    assert sorted(r["action"] for r in rows) == ["account.block", "money.credit",
+                                                 "receipt.retry", "registry.layout"]
     assert not (await db.run(ledger.get_account, account)).active
     for name in ("login.png", "search.png", "card.png", "refused.png", "audit.png",
-                 "operators.png", "reconcile.png", "payments.png", "catalog.png"):
+                 "operators.png", "reconcile.png", "payments.png", "catalog.png",
+                 "receipts.png", "health.png"):
         assert os.path.getsize(os.path.join(shots, name)) > 1000
