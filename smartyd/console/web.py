@@ -1116,98 +1116,96 @@ class ConsoleWeb:
                  "sessions": number("sessions", True),
                  "hidden": self._arg(request, "hidden") == "1"}, channels)
 
-    @app.route("/catalog/tariffs", methods=["POST"])
-    @endpoint("console_catalog")
-    async def create_tariff(self, request: Request):
+    async def _catalog_create(self, request: Request, create) -> bytes:
+        """An admin's new tariff or channel: ``create(op)``; refused: the catalog with a 400."""
         op, sid, answer = await self._guard(request, "admin", form=True)
         if op is None:
             return answer
         t = self._t(request)
         try:
-            fields, channels = self._tariff_fields(request)
-            await self.db.run(actions.create_tariff, op, fields, channels, self.now())
+            await create(op)
         except ledger.LedgerError as e:
             return await self._catalog(request, op, sid, 400, [self._message(
                 t["bad_operator"].format(why=str(e)))])
         return await self._catalog(request, op, sid, 200, [self._message(t["saved"],
                                                                          "notice")])
+
+    async def _catalog_item(self, request: Request, kind: str, item_id: int, edit,
+                            form) -> bytes:
+        """
+        A tariff's or channel's page (``kind``), read by anyone; a POST is an
+        admin's ``edit(op)``.  ``form(sid, t, item)``: its form.
+        """
+        post = request.method == b"POST"
+        op, sid, answer = await self._guard(request, "admin" if post else "viewer", form=post)
+        if op is None:
+            return answer
+        t = self._t(request)
+        notes, status = [], 200
+        if post:
+            try:
+                await edit(op)
+                notes = [self._message(t["saved"], "notice")]
+            except actions.ActionError:
+                pass  # no such item: the 404 below
+            except ledger.LedgerError as e:
+                notes, status = [self._message(t["bad_operator"].format(why=str(e)))], 400
+        listing = catalog.list_tariffs if kind == "tariff" else catalog.list_channels
+        item = next((x for x in await self.db.run(listing) if x["id"] == item_id), None)
+        if item is None:
+            return await self._page(request, 404, t["catalog"], [self._message(
+                t["not_found"])], op, sid)
+        return await self._page(request, status, t[f"{kind}_title"].format(name=item["name"]),
+                                notes + [await form(sid, t, item)], op, sid)
+
+    @app.route("/catalog/tariffs", methods=["POST"])
+    @endpoint("console_catalog")
+    async def create_tariff(self, request: Request):
+        async def create(op):
+            fields, channels = self._tariff_fields(request)
+            await self.db.run(actions.create_tariff, op, fields, channels, self.now())
+
+        return await self._catalog_create(request, create)
 
     @app.route("/catalog/tariffs/<int:tariff_id>", methods=["GET", "POST"])
     @endpoint("console_catalog")
     async def tariff_page(self, request: Request, tariff_id: int):
-        post = request.method == b"POST"
-        op, sid, answer = await self._guard(request, "admin" if post else "viewer", form=post)
-        if op is None:
-            return answer
-        t = self._t(request)
-        notes, status = [], 200
-        if post:
-            try:
-                fields, channels = self._tariff_fields(request)
-                await self.db.run(actions.edit_tariff, op, tariff_id, fields, channels,
-                                  self.now())
-                notes = [self._message(t["saved"], "notice")]
-            except actions.ActionError:
-                pass  # no such tariff: the 404 below
-            except ledger.LedgerError as e:
-                notes, status = [self._message(t["bad_operator"].format(why=str(e)))], 400
-        tariff = next((x for x in await self.db.run(catalog.list_tariffs)
-                       if x["id"] == tariff_id), None)
-        if tariff is None:
-            return await self._page(request, 404, t["catalog"], [self._message(
-                t["not_found"])], op, sid)
-        channels = await self.db.run(catalog.list_channels)
-        return await self._page(request, status, t["tariff_title"].format(name=tariff["name"]),
-                                notes + [self._tariff_form(sid, t, tariff, channels,
-                                                           f"/catalog/tariffs/{tariff_id}",
-                                                           "tariff")], op, sid)
+        async def edit(op):
+            fields, channels = self._tariff_fields(request)
+            await self.db.run(actions.edit_tariff, op, tariff_id, fields, channels, self.now())
+
+        async def form(sid, t, tariff):
+            channels = await self.db.run(catalog.list_channels)
+            return self._tariff_form(sid, t, tariff, channels, f"/catalog/tariffs/{tariff_id}",
+                                     "tariff")
+
+        return await self._catalog_item(request, "tariff", tariff_id, edit, form)
+
+    def _channel_fields(self, request: Request) -> tuple[str, str, str]:
+        return (self._arg(request, "url_mask"), self._arg(request, "streamer_id"),
+                self._arg(request, "xmltv_id"))
 
     @app.route("/catalog/channels", methods=["POST"])
     @endpoint("console_catalog")
     async def create_channel(self, request: Request):
-        op, sid, answer = await self._guard(request, "admin", form=True)
-        if op is None:
-            return answer
-        t = self._t(request)
-        try:
+        async def create(op):
             await self.db.run(actions.create_channel, op, self._arg(request, "name"),
-                              self._arg(request, "url_mask"), self._arg(request, "streamer_id"),
-                              self._arg(request, "xmltv_id"), self.now())
-        except ledger.LedgerError as e:
-            return await self._catalog(request, op, sid, 400, [self._message(
-                t["bad_operator"].format(why=str(e)))])
-        return await self._catalog(request, op, sid, 200, [self._message(t["saved"],
-                                                                         "notice")])
+                              *self._channel_fields(request), self.now())
+
+        return await self._catalog_create(request, create)
 
     @app.route("/catalog/channels/<int:channel_id>", methods=["GET", "POST"])
     @endpoint("console_catalog")
     async def channel_page(self, request: Request, channel_id: int):
-        post = request.method == b"POST"
-        op, sid, answer = await self._guard(request, "admin" if post else "viewer", form=post)
-        if op is None:
-            return answer
-        t = self._t(request)
-        notes, status = [], 200
-        if post:
-            try:
-                await self.db.run(actions.edit_channel, op, channel_id,
-                                  self._arg(request, "url_mask"),
-                                  self._arg(request, "streamer_id"),
-                                  self._arg(request, "xmltv_id"), self.now())
-                notes = [self._message(t["saved"], "notice")]
-            except actions.ActionError:
-                pass
-            except ledger.LedgerError as e:
-                notes, status = [self._message(t["bad_operator"].format(why=str(e)))], 400
-        channel = next((c for c in await self.db.run(catalog.list_channels)
-                        if c["id"] == channel_id), None)
-        if channel is None:
-            return await self._page(request, 404, t["catalog"], [self._message(
-                t["not_found"])], op, sid)
-        return await self._page(request, status, t["channel_title"].format(name=channel["name"]),
-                                notes + [self._channel_form(sid, t, channel,
-                                                            f"/catalog/channels/{channel_id}",
-                                                            "channel")], op, sid)
+        async def edit(op):
+            await self.db.run(actions.edit_channel, op, channel_id,
+                              *self._channel_fields(request), self.now())
+
+        async def form(sid, t, channel):
+            return self._channel_form(sid, t, channel, f"/catalog/channels/{channel_id}",
+                                      "channel")
+
+        return await self._catalog_item(request, "channel", channel_id, edit, form)
 
     # -- operators (admin) ------------------------------------------------------------------------
     @app.route("/operators", methods=["GET"])
