@@ -30,6 +30,7 @@ from treq.client import HTTPClient
 from conftest import make_config
 from fakes import in_memory_client
 from smartyd import catalog, ledger, operators, payments, ppc, reconcile
+from smartyd.admin import console as console_admin
 from smartyd.billing import engine
 from smartyd.console.web import ConsoleWeb
 from smartyd.fiscal import jobs as fiscal_jobs
@@ -1024,6 +1025,22 @@ async def test_smartyd_admin_changes_are_audit_rows_of_cli_in_the_consoles_journ
     r, html = await env.get(f"/customers/{cid}")
     trail = html[html.index('id="audit"'):]
     assert trail.count("<td>cli</td>") == 6 and "tariff.assign" in trail
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_made_at_a_gateway_is_recorded_for_the_accounts_customer(db):
+    # assist charge|cancel and payture card-remove: the partner's answer first, then the row.
+    cid, aid = await customer_world(db)
+    clock = Clock()
+    clock.advance(NOW)
+    await console_admin.recorded(db, clock, "assist.charge", {"order": "A-1", "amount": "9.00"},
+                                 account_id=aid)
+    await console_admin.recorded(db, clock, "payture.card_remove", {"card": "c-1"},
+                                 customer_id=cid)
+    rows = await audit(db, customer_id=cid)
+    assert [(r["actor"], r["action"], r["after"], r["at"].timestamp()) for r in reversed(rows)] \
+        == [("cli", "assist.charge", {"order": "A-1", "amount": "9.00"}, NOW),
+            ("cli", "payture.card_remove", {"card": "c-1"}, NOW)]
 
 
 @pytest_twisted.ensureDeferred
