@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smartyd import ledger, ppc
+from smartyd import catalog, ledger, ppc
 from smartyd.gateways import cards
 from smartyd.db import Tx
 
@@ -63,21 +63,21 @@ async def card(tx: Tx, customer_id: int, now: float, period: dict) -> dict | Non
         return None
     accounts = await ledger.customer_accounts(tx, customer_id)
     ids = [a.id for a in accounts]
+    tariffs = await catalog.list_tariffs(tx)
+    names = {t["id"]: t["name"] for t in tariffs}
     return {
         "customer": customer,
         "accounts": accounts,
         "devices": await tx.fetchdicts(
             "SELECT id, uid, account_id, model, serial, created FROM devices"
             " WHERE account_id = ANY(%s) ORDER BY account_id, uid", (ids,)),
-        "subscriptions": await tx.fetchdicts(
-            "SELECT s.id, s.account_id, s.tariff_id, t.name AS tariff, s.paid_until, s.state"
-            " FROM subscriptions s JOIN tariffs t ON t.id = s.tariff_id"
-            " WHERE s.customer_id = %s ORDER BY s.id", (customer_id,)),
+        "subscriptions": [{**sub, "tariff": names[sub["tariff_id"]]}
+                          for sub in await catalog.customer_subscriptions(tx, customer_id)],
         "promise": await tx.fetchdict(
             "SELECT amount, due FROM promises WHERE customer_id = %s AND returned_at IS NULL",
             (customer_id,)),
         "statement": await ledger.statement(tx, customer_id, **period),
-        "tariffs": await tx.fetchdicts("SELECT id, name, price FROM tariffs ORDER BY name"),
+        "tariffs": tariffs,
         "sessions": await tx.fetchdicts(
             "SELECT account_id, session, to_timestamp(since) AS since,"
             " to_timestamp(expires) AS expires FROM session_leases"
