@@ -125,17 +125,21 @@ async def create_tariff(
 async def set_account_sessions(tx: Tx, account_id: int, sessions: int) -> dict:
     """
     The account's own concurrent-session limit; 0 clears it (the limit is then
-    the largest of its tariffs', none if one of them has none).
+    the largest of its tariffs', none if one of them has none).  Returns the
+    limit, the one it replaces (``previous``) and the account's customer.
     """
     if sessions < 0:
         raise CatalogError("sessions must be 0 (clear) or more")
     row = await tx.fetchone(
-        "UPDATE accounts SET max_sessions = %s WHERE id = %s RETURNING id",
+        "UPDATE accounts a SET max_sessions = %s"
+        " FROM (SELECT id, max_sessions FROM accounts WHERE id = %s FOR UPDATE) old"
+        " WHERE a.id = old.id RETURNING a.customer_id, old.max_sessions",
         (sessions or None, account_id),
     )
     if row is None:
         raise AccountNotFound(f"no account {account_id}")
-    return {"account": account_id, "max_sessions": sessions or None}
+    return {"account": account_id, "max_sessions": sessions or None, "customer_id": row[0],
+            "previous": row[1]}
 
 
 async def get_tariff(tx: Tx, tariff_id: int) -> dict | None:
@@ -230,3 +234,75 @@ async def customer_subscriptions(tx: Tx, customer_id: int) -> list[dict]:
         " WHERE customer_id = %s ORDER BY id",
         (customer_id,),
     )
+
+
+# -- editing (the operator console's catalog pages) -----------------------------------------------
+async def list_tariffs(tx: Tx) -> list[dict]:
+    """Every tariff with its session limit and channel ids, by name."""
+    rows = await tx.fetchdicts(
+        f"SELECT {_TARIFF_COLUMNS}, sessions_count AS sessions,"
+        " coalesce((SELECT array_agg(channel_id ORDER BY channel_id) FROM tariff_channels"
+        "  WHERE tariff_id = tariffs.id), '{}') AS channels FROM tariffs ORDER BY name")
+    return rows
+
+
+async def list_channels(tx: Tx) -> list[dict]:
+    return await tx.fetchdicts(
+        "SELECT id, name, url_mask, streamer_id, xmltv_id FROM channels ORDER BY name")
+
+
+async def update_tariff(tx: Tx, tariff_id: int, *, name: str, price: object,
+                        period_days: int, period_months: int | None, activation_price: object,
+                        hidden: bool, sessions: int | None, channel_ids: list[int]) -> dict:
+    """
+    Set a tariff's fields and channels (as L{create_tariff} checks them).  A
+    new price applies from the next charge; the channels change at once
+    (the entitlement NOTIFY).
+    """
+    if not name or len(name) > 128:
+        raise CatalogError("tariff name must be 1-128 characters")
+    price, activation_price = money(price), money(activation_price)
+    if price < 0 or activation_price < 0:
+        raise CatalogError("tariff price must not be negative")
+    if not 0 < period_days <= 3660:
+        raise CatalogError("period days must be 1-3660")
+    if period_months is not None and not 0 < period_months <= 120:
+        raise CatalogError("period months must be 1-120")
+    if sessions is not None and sessions < 1:
+        raise CatalogError("sessions must be at least 1 (leave it out for no limit)")
+    if await tx.fetchval("SELECT 1 FROM tariffs WHERE name = %s AND id <> %s",
+                         (name, tariff_id)):
+        raise CatalogError(f"tariff {name!r} exists already")
+    done = await tx.fetchval(
+        "UPDATE tariffs SET name = %s, price = %s, period_days = %s, period_months = %s,"
+        " activation_price = %s, hidden = %s, sessions_count = %s WHERE id = %s RETURNING id",
+        (name, price, period_days, period_months, activation_price, hidden, sessions, tariff_id))
+    if done is None:
+        raise CatalogError(f"no tariff {tariff_id}")
+    wanted = sorted(set(channel_ids))
+    if wanted and await tx.fetchval("SELECT count(*) FROM channels WHERE id = ANY(%s)",
+                                    (wanted,)) != len(wanted):
+        raise CatalogError("no such channel")
+    await tx.execute("DELETE FROM tariff_channels WHERE tariff_id = %s AND NOT channel_id ="
+                     " ANY(%s)", (tariff_id, wanted))
+    await tx.execute("INSERT INTO tariff_channels (tariff_id, channel_id) SELECT %s, unnest(%s::"
+                     "bigint[]) ON CONFLICT DO NOTHING", (tariff_id, wanted))
+    return next(t for t in await list_tariffs(tx) if t["id"] == tariff_id)
+
+
+async def update_channel(tx: Tx, channel_id: int, *, url_mask: str,
+                         streamer_id: str | None) -> dict:
+    """Set a channel's URL mask and streamer id (None clears it)."""
+    if not url_mask.startswith(("http://", "https://", "udp://", "rtmp://", "rtsp://", "srt://")):
+        raise CatalogError("url mask must be a stream URL (http://, https://, udp://, ...)")
+    done = await tx.fetchval("UPDATE channels SET url_mask = %s WHERE id = %s RETURNING id",
+                             (url_mask, channel_id))
+    if done is None:
+        raise CatalogError(f"no channel {channel_id}")
+    if streamer_id:
+        await set_streamer_id(tx, channel_id, streamer_id)
+    else:
+        await tx.execute("UPDATE channels SET streamer_id = NULL WHERE id = %s", (channel_id,))
+    return await tx.fetchdict(
+        "SELECT id, name, url_mask, streamer_id, xmltv_id FROM channels WHERE id = %s",
+        (channel_id,))

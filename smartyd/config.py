@@ -639,6 +639,19 @@ class Tvmw:
     xml_devices: tuple = _c(device_types, XML_DEVICES)
 
 
+@frozen
+class Console:
+    """
+    The operator console (DESIGN.md section 12): its own listener, meant to be
+    put behind the operator's HTTPS proxy; ``secure_cookies`` marks the
+    session cookie ``Secure`` (set it whenever the browser sees HTTPS).
+    """
+
+    enabled: bool = _c(boolean, False)
+    listen: str = _c(endpoint(), "tcp:8090:interface=127.0.0.1")
+    secure_cookies: bool = _c(boolean, False)
+
+
 _SECTIONS = {
     "http": HTTP,
     "database": DatabaseConfig,
@@ -657,6 +670,7 @@ _SECTIONS = {
     "widgets": Widgets,
     "epg": EPG,
     "tvmw": Tvmw,
+    "console": Console,
 }
 
 
@@ -679,6 +693,7 @@ class Config:
     widgets: Widgets = Widgets()
     epg: EPG = EPG()
     tvmw: Tvmw = Tvmw()
+    console: Console = Console()
     source: str = "<defaults>"
 
     def replace(self, **sections: Any) -> "Config":
@@ -859,6 +874,9 @@ def from_dict(raw: dict, source: str = "<dict>") -> Config:
     if cfg.billing_api.enabled and cfg.billing.mode == "reduced" and not cfg.billing_api.methods:
         raise ConfigError("[billing_api] methods: required when [billing] mode = \"reduced\""
                           " (the methods the reduced mode answers)")
+    if cfg.console.enabled and cfg.console.listen == cfg.http.listen:
+        raise ConfigError("[console] listen: the console has a listener of its own;"
+                          " it must differ from [http] listen")
     return cfg
 
 

@@ -34,7 +34,8 @@ from smartyd.widgets.epg import POLLER_JOB as EPG_JOB
 
 __all__ = [
     "MAX_DAYS", "MOSCOW", "JournalError", "ReceiptNotRetryable", "day_bounds", "day_payments",
-    "parse_day", "partner_health", "payments_by_day", "receipt_queue", "retry_receipt",
+    "parse_day", "partner_health", "payments_by_day", "receipt_job", "receipt_queue",
+    "retry_receipt",
     "zone_name",
 ]
 
@@ -212,6 +213,15 @@ async def receipt_queue(tx: Tx, state: str | None = None, limit: int = 100,
                     "amount": _money(amount),
                     "retryable": job.state == "failed" and job.operation_status != "ERROR"})
     return {"counts": await jobs.counts(tx), "jobs": out}
+
+
+async def receipt_job(tx: Tx, job_id: int, tz: timezone = MOSCOW) -> dict | None:
+    """One receipt job as L{receipt_queue} lists it (its payment's customer too), or None."""
+    payment_id = await tx.fetchval("SELECT payment_id FROM receipt_jobs WHERE id = %s",
+                                   (job_id,))
+    if payment_id is None:
+        return None
+    return (await receipt_queue(tx, limit=1, payment_id=payment_id, tz=tz))["jobs"][0]
 
 
 async def retry_receipt(tx: Tx, job_id: int) -> dict:

@@ -53,9 +53,10 @@ from decimal import Decimal
 from attrs import frozen
 from twisted.internet import threads
 
-from smartyd import journals
+from smartyd import journals, operators
 from smartyd.db import Database, Tx
 from smartyd.journals import MOSCOW
+from smartyd.util.text import spreadsheet_text
 
 __all__ = [
     "MAX_BYTES", "ROLES", "Registry", "RegistryError", "RegistryRow", "compare", "get_layout",
@@ -314,10 +315,12 @@ def compare(registry: Registry, ours: list[dict], day: date) -> dict:
 
 async def reconcile(tx: Tx, provider: str, day: date, registry: Registry,
                     layout: tuple[str, ...], remember: bool = False,
-                    tz: timezone = MOSCOW) -> dict:
+                    tz: timezone = MOSCOW, actor: operators.Actor | None = None) -> dict:
     """
     Compare a parsed ``registry`` with our payments of ``provider`` on ``day``
-    (in one transaction: with ``remember``, the layout is saved in it).
+    (in one transaction: with ``remember``, the layout is saved in it and,
+    when it differs from the one remembered, ``actor``'s audit row
+    ``registry.layout`` written).
 
     Returns::
 
@@ -340,7 +343,14 @@ async def reconcile(tx: Tx, provider: str, day: date, registry: Registry,
                     "account_mismatch": {"count"}, "difference": "registry - ours"}}
     """
     if remember:
+        before = await get_layout(tx, provider)
         await set_layout(tx, provider, layout)
+        if actor is not None and before != layout:
+            await operators.audit(
+                tx, actor.name, "registry.layout", at=actor.at, operator_id=actor.operator_id,
+                before=None if before is None else {"provider": provider,
+                                                    "columns": list(before)},
+                after={"provider": provider, "columns": list(layout)})
     ours = (await journals.day_payments(tx, day, provider, tz))["payments"]
     out = compare(registry, ours, day)
     elsewhere = {}
@@ -360,12 +370,14 @@ async def reconcile(tx: Tx, provider: str, day: date, registry: Registry,
 
 async def reconcile_registry(db: Database, provider: str, day: date, data: bytes,
                              columns: str | list[str] | None = None,
-                             tz: timezone = MOSCOW) -> dict:
+                             tz: timezone = MOSCOW,
+                             actor: operators.Actor | None = None) -> dict:
     """
     The whole upload: the layout from ``columns`` (then remembered for
-    ``provider``) or the one remembered, the registry ``data`` read in a
-    thread, the comparison (L{reconcile}'s return).  Raises L{RegistryError}
-    for no layout, a bad layout or bad rows; then nothing is remembered.
+    ``provider``, a change audited as ``actor``'s) or the one remembered,
+    the registry ``data`` read in a thread, the comparison (L{reconcile}'s
+    return).  Raises L{RegistryError} for no layout, a bad layout or bad
+    rows; then nothing is remembered.
     """
     if columns is not None:
         layout = parse_layout(columns)
@@ -375,7 +387,7 @@ async def reconcile_registry(db: Database, provider: str, day: date, data: bytes
             raise RegistryError(f"no column layout remembered for {provider}: give the columns")
     registry = await threads.deferToThread(parse_registry, data, layout)
     return await db.run(reconcile, provider, day, registry, layout,
-                        remember=columns is not None, tz=tz)
+                        remember=columns is not None, tz=tz, actor=actor)
 
 
 # -- export --------------------------------------------------------------------------------------
@@ -388,31 +400,35 @@ def to_csv(result: dict) -> bytes:
     L{reconcile}'s result as CSV for a spreadsheet: UTF-8 with a BOM, ``;``,
     the header L{CSV_HEADER}; one row per registry row and unpaired payment,
     ``status`` one of matched, amount_mismatch, account_mismatch (a matched
-    pair whose accounts differ), only_registry, only_ours, other_day.
+    pair whose accounts differ), only_registry, only_ours, other_day.  Text
+    cells (ids, accounts) that a spreadsheet would read as a formula get a
+    leading apostrophe (L{spreadsheet_text}).
     """
     out = io.StringIO(newline="")
     w = csv.writer(out, delimiter=";", lineterminator="\r\n")
     w.writerow(CSV_HEADER)
+    t = spreadsheet_text  # the text cells: never a formula in a spreadsheet
     accounts = {m["txn_id"] for m in result["account_mismatch"]}
     rows = []
     for status in ("matched", "amount_mismatch"):
         for m in result[status]:
             label = "account_mismatch" if status == "matched" and m["txn_id"] in accounts \
                 else status
-            rows.append((m["line"], (label, m["txn_id"], m["line"], m["registry_date"],
-                                     m["registry_account"],
+            rows.append((m["line"], (label, t(m["txn_id"]), m["line"], m["registry_date"],
+                                     t(m["registry_account"]),
                                      m["registry_amount"], m["payment_id"], m["time"],
-                                     m["our_account"], m["our_amount"],
+                                     t(m["our_account"]), m["our_amount"],
                                      m.get("difference", "0.00"))))
     for status, key in (("only_registry", "only_registry"), ("other_day", "other_days")):
         for r in result[key]:
-            rows.append((r["line"], (status, r["txn_id"], r["line"], r["date"], r["account"],
+            rows.append((r["line"], (status, t(r["txn_id"]), r["line"], r["date"],
+                                     t(r["account"]),
                                      r["amount"], "", "", "", "",
                                      r["amount"] if status == "only_registry" else "")))
     rows.sort(key=lambda r: r[0])
     for _, row in rows:
         w.writerow(["" if v is None else v for v in row])
     for p in result["only_ours"]:
-        w.writerow(["only_ours", p["external_id"], "", "", "", "", p["id"], p["time"],
-                    p["account"] or "", p["amount"], "-" + p["amount"]])
+        w.writerow(["only_ours", t(p["external_id"]), "", "", "", "", p["id"], p["time"],
+                    t(p["account"]), p["amount"], "-" + p["amount"]])
     return out.getvalue().encode("utf-8-sig")

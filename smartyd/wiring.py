@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from smartyd.billing import make_billing, payment_hooks as billing_hooks
 from smartyd.billing_api import make_billing_api
 from smartyd.config import Config
+from smartyd.console import make_console
 from smartyd.db import Database, DatabaseUnavailable
 from smartyd.db.migrate import migrate
 from smartyd.feature import Feature, Readiness
@@ -138,6 +139,11 @@ def build_app(
     if cfg.epg.xmltv_url:
         features["epg"] = make_epg(cfg, db=db, client=http_client, clock=reactor,
                                    metrics=metrics)
+    if cfg.console.enabled:
+        # Its own listener (a service of the feature), no mount on the HTTP root.
+        features["console"] = make_console(
+            cfg, db=db, reactor=reactor, metrics=metrics,
+            health_sources=tuple(f.health for f in features.values() if f.health))
 
     if cfg.tvmw.enabled:
         features["tvmw"] = make_tvmw(

@@ -109,6 +109,10 @@ def write(tmp_path, text):
         ("[dreamkas]\nstuck_after = '1h'\n", "[dreamkas] stuck_after: expected an integer"),
         ("[dreamkas]\nstuck_after = 120\npoll_interval = 120\n",
          "[dreamkas] stuck_after: 120 is not above poll_interval 120"),
+        ("[console]\nlisten = 'tcp:notaport'\n", "[console] listen: bad endpoint string"),
+        ("[console]\nsecure_cookies = 1\n", "[console] secure_cookies: expected true or false"),
+        ("[console]\nenabled = true\nlisten = 'tcp:8080:interface=127.0.0.1'\n",
+         "[console] listen: the console has a listener of its own"),
         ("[http\n", "not valid TOML"),
     ],
 )
@@ -239,3 +243,12 @@ def test_config_is_immutable():
     cfg = config.load(None)
     with pytest.raises(Exception):
         cfg.osmp.max_sum = Decimal("1")
+
+
+def test_console_section_defaults_and_values(tmp_path):
+    assert config.Config().console == config.Console(
+        enabled=False, listen="tcp:8090:interface=127.0.0.1", secure_cookies=False)
+    cfg = config.load(write(tmp_path, "[console]\nenabled = true\nlisten = 'tcp:9001'\n"
+                                      "secure_cookies = true\n"))
+    assert (cfg.console.enabled, cfg.console.listen, cfg.console.secure_cookies) == (
+        True, "tcp:9001", True)

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 from conftest import make_config
 from fakes.assist import in_memory_client
 from fakes.payture import FakePayture
-from smartyd import catalog, ledger
+from smartyd import catalog, ledger, operators
 from smartyd.admin.billing import cmd_customer
 from smartyd.billing import engine
 from smartyd.config import ConfigError
@@ -219,14 +219,17 @@ async def test_customer_autopay_command(db, metrics, fake):
     env = Env(db, metrics, fake, Clock())
     account = await env.account()
     args = argparse.Namespace(action="autopay", id=account.customer_id, state="on")
-    out = await cmd_customer(db, args, env.cfg, None, env.app)
+    out = await cmd_customer(db, args, env.cfg, env.clock, env.app)
     assert out["autopay"] is True and out["cards"] == 0 and "note" in out
+    [row] = await db.run(operators.audit_rows, customer_id=account.customer_id)
+    assert (row["actor"], row["action"], row["before"], row["after"]) == (
+        "cli", "customer.autopay", {"autopay": False}, {"autopay": True})
     assert await db.run(cards.autopay_enabled, account.customer_id)
     out = await cmd_customer(db, argparse.Namespace(action="autopay", id=account.customer_id, state="off"),
-                             env.cfg, None, env.app)
+                             env.cfg, env.clock, env.app)
     assert out["autopay"] is False
     with pytest.raises(ledger.CustomerNotFound):
-        await cmd_customer(db, argparse.Namespace(action="autopay", id=999999, state="on"), env.cfg, None, env.app)
+        await cmd_customer(db, argparse.Namespace(action="autopay", id=999999, state="on"), env.cfg, env.clock, env.app)
 
 
 # -- autopayment -----------------------------------------------------------------------------------------

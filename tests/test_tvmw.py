@@ -674,6 +674,8 @@ async def test_admin_lists_and_unbinds_devices_and_sets_device_limits(instance, 
     assert code == 0 and out == {"uid": "box-1", "account": world.alice, "sessions_ended": 1}
     await within(ended, 5)
     assert (await device("channel/list"))["error"] == -1
+    assert await db.fetchval(
+        "SELECT count(*) FROM audit_log WHERE actor = 'cli' AND action = 'device.unbind'") == 1
     code, err = await admin("device", "unbind", "box-1")
     assert code != 0 and "no device 'box-1'" in err
 
@@ -715,6 +717,23 @@ def test_the_config_section_and_its_redaction():
     from smartyd.config import redacted
     assert "secret-tvmw-key" not in repr(redacted(cfg)) and "secret-tvmw-key" not in repr(cfg)
     assert make_config().tvmw.xml_devices[0] == "android_stb"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_device_deleted_by_any_path_ends_its_sessions(instance, world, db):
+    """The Billing API's and the console's unbind delete the row: migration 0023 ends its sessions."""
+    from smartyd.billing_api import repo as billing_api_repo
+
+    device = Device(instance.http, uid="box-7")
+    assert (await device.login())["error"] == 0
+    other = Device(instance.http, uid="box-8")
+    assert (await other.login())["error"] == 0
+    device_id = await db.fetchval("SELECT id FROM devices WHERE uid = 'box-7'")
+    ended = instance.store.next_end()
+    await db.run(billing_api_repo.delete_device, device_id)
+    await within(ended, 5)
+    assert (await device("channel/list"))["error"] == -1
+    assert (await other("channel/list"))["error"] == 0
 
 
 @pytest_twisted.ensureDeferred

@@ -795,7 +795,7 @@ async def test_admin_vod_and_outbox_commands(db):
 
     async def admin(*argv):
         args = parser.parse_args(argv)
-        return await handlers[args.command](db, args, w.cfg, None, w.app())
+        return await handlers[args.command](db, args, w.cfg, w.clock, w.app())
 
     out = await admin("vod", "genre-map", "--provider", "megogo", "--partner-genre", "drama",
                       "--genre", "Драма")

@@ -32,6 +32,7 @@ from smartyd import catalog, config as configmod, ledger, logs, payments
 from smartyd.admin import (
     backup as backup_admin,
     billing as billing_admin,
+    console as console_admin,
     fiscal as fiscal_admin,
     gateways as gateways_admin,
     journals as journals_admin,
@@ -56,7 +57,7 @@ __all__ = ["AdminError", "main", "run"]
 # The feature command groups: each module's ``register(subparsers)`` returns
 # ``{command name: async handler(db, args, cfg, reactor, app)}`` (``app``: L{assemble}).
 FEATURE_COMMANDS = (gateways_admin, fiscal_admin, billing_admin, vod_admin, widgets_admin,
-                    journals_admin, backup_admin, transfer_admin)
+                    journals_admin, backup_admin, transfer_admin, console_admin)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,7 +184,7 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
                                     billing_admin.moment(None, reactor))
             return await ledger.get_account(tx, account.id)
 
-        return (await db.run(create)).to_json()
+        return (await console_admin.audited(db, reactor, "account.create", create)).to_json()
     if args.action == "show":
 
         if (args.id is None) == (args.login is None):
@@ -218,17 +219,16 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
                 out.update(await tvmw_devices.set_account_devices(tx, args.id, args.devices))
             return out
 
-        return await db.run(limit)
+        return await console_admin.audited(db, reactor, "account.limit", limit)
     if args.action == "devices":
         return await db.run(tvmw_devices.account_devices, args.id)
     # A block is the operator's: a payment never lifts it (only DEBT is lifted).
     active = args.action == "unblock"
     reason = args.reason or (ledger.ACTIVE if active else ledger.BLOCK)
-    account = await db.run(ledger.set_active, args.id, active, reason)
-    return account.to_json()
+    return await console_admin.set_account_active(db, args.id, active, reason, reactor)
 
 
-async def cmd_channel(db: Database, args) -> dict:
+async def cmd_channel(db: Database, args, cfg, reactor, app) -> dict:
     async def create(tx):
         channel = await catalog.create_channel(tx, args.name, args.url_mask,
                                                streamer_id=args.streamer_id)
@@ -241,17 +241,17 @@ async def cmd_channel(db: Database, args) -> dict:
                              (channel["category_id"], channel["id"]))
         return channel
 
-    return await db.run(create)
+    return await console_admin.audited(db, reactor, "channel.create", create)
 
 
 async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
     if args.action == "create":
-        return await db.run(
-            catalog.create_tariff, args.name, args.price, args.channel, args.kind,
-            args.period_days, args.hidden, period_months=args.period_months,
-            activation_price=args.activation_price, additional=args.additional,
-            sessions=args.sessions, devices=args.devices,
-        )
+        return await console_admin.audited(
+            db, reactor, "tariff.create", lambda tx: catalog.create_tariff(
+                tx, args.name, args.price, args.channel, args.kind, args.period_days,
+                args.hidden, period_months=args.period_months,
+                activation_price=args.activation_price, additional=args.additional,
+                sessions=args.sessions, devices=args.devices))
     if args.customer is None:
         if len(args.ids) != 2:
             raise AdminError(f"tariff {args.action} ACCOUNT TARIFF (or --customer ID TARIFF)")
@@ -262,13 +262,19 @@ async def cmd_tariff(db: Database, args, cfg, reactor, app) -> dict:
         account, [tariff] = None, args.ids
     at = billing_admin.moment(args.at, reactor)
     op = engine.assign if args.action == "assign" else engine.remove
-    out = await db.run(op, cfg.billing, account, tariff, customer_id=args.customer, at=at)
+    out = await console_admin.audited(
+        db, reactor, f"tariff.{args.action}",
+        lambda tx: op(tx, cfg.billing, account, tariff, customer_id=args.customer, at=at),
+        after=lambda out: {"account": account, "tariff": tariff, **out},
+        customer_id=args.customer if args.customer is not None else (
+            lambda tx, _: console_admin.customer_of_account(tx, account)))
     return {"account": account, "customer": args.customer, "tariff": tariff,
             "action": args.action, **out}
 
 
-async def cmd_device(db: Database, args) -> dict:
-    return await db.run(tvmw_devices.unbind, args.uid)
+async def cmd_device(db: Database, args, cfg, reactor, app) -> dict:
+    return await console_admin.audited(db, reactor, "device.unbind",
+                                       lambda tx: tvmw_devices.unbind(tx, args.uid))
 
 
 async def cmd_payment(db: Database, args) -> dict:
@@ -286,12 +292,12 @@ async def cmd_payment(db: Database, args) -> dict:
 
 DB_COMMANDS = {
     "migrate": cmd_migrate,
-    "channel": cmd_channel,
     "payment": cmd_payment,
-    "device": cmd_device,
 }
 # Commands that need the configuration ([billing]), the reactor's clock and the app.
-EXTENSION_COMMANDS.update(account=cmd_account, tariff=cmd_tariff)
+# Every change they make is an audit row of ``cli`` (L{console_admin.audited}).
+EXTENSION_COMMANDS.update(account=cmd_account, channel=cmd_channel, tariff=cmd_tariff,
+                          device=cmd_device)
 
 
 # -- logs ----------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from smartyd import catalog, ledger
+from smartyd.admin.console import audited
 from smartyd.admin.errors import AdminError
 from smartyd.admin.gateways import set_autopay
 from smartyd.billing import engine
@@ -104,11 +105,12 @@ async def cmd_customer(db, args, cfg, reactor, app) -> Any:
                 contract_number=args.contract, meta=meta)
             return await customer_json(tx, cid)
 
-        return await db.run(create)
+        return await audited(db, reactor, "customer.create", create,
+                             customer_id=lambda tx, out: out["id"])
     if args.action == "show":
         return await db.run(customer_json, args.id)
     if args.action == "autopay":
-        return await set_autopay(db, args)
+        return await set_autopay(db, args, reactor)
     if args.action == "statement":
         start = parse_moment(args.start, "--from") if args.start is not None else None
         end = parse_moment(args.end, "--to") if args.end is not None else None
@@ -121,7 +123,15 @@ async def cmd_customer(db, args, cfg, reactor, app) -> Any:
             raise AdminError(f"--{e}")
         return found.to_json()
     at = moment(args.at, reactor)
-    return await db.run(engine.promise, cfg.billing, args.id, args.amount, args.days, at)
+
+    async def balance(tx):
+        customer = await ledger.get_customer(tx, args.id, lock=True)
+        return None if customer is None else {"balance": str(customer.balance)}
+
+    return await audited(
+        db, reactor, "promise.grant",
+        lambda tx: engine.promise(tx, cfg.billing, args.id, args.amount, args.days, at),
+        before=balance, customer_id=args.id)
 
 
 async def cmd_billing(db, args, cfg, reactor, app) -> Any:

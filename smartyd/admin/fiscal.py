@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from smartyd import journals
+from smartyd.admin.console import audited
 from smartyd.fiscal import dreamkas_api, jobs
 from smartyd.fiscal.dreamkas_cache import DreamkasCache
 from smartyd.partners import HTTPClientService, PartnerError
@@ -34,7 +35,11 @@ async def cmd_receipts(db, args, cfg, reactor, app) -> dict:
     action = getattr(args, "action", None)
     if action == "fiscalize":
         try:
-            job, created = await db.run(jobs.enqueue_payment_id, args.payment)
+            job, created = await audited(
+                db, reactor, "receipt.fiscalize",
+                lambda tx: jobs.enqueue_payment_id(tx, args.payment),
+                after=lambda out: {"job": out[0].to_json(), "created": out[1]},
+                customer_id=lambda tx, out: _customer(tx, out[0].id))
         except LookupError as e:
             raise ValueError(str(e))
         out = {"created": created, "job": job.to_json()}
@@ -44,11 +49,18 @@ async def cmd_receipts(db, args, cfg, reactor, app) -> dict:
     if action == "refresh-cache":
         return await refresh_cache(db, cfg, reactor)
     if action == "retry":
-        out = {"job": await db.run(journals.retry_receipt, args.job)}
+        out = {"job": await audited(db, reactor, "receipt.retry",
+                                    lambda tx: journals.retry_receipt(tx, args.job),
+                                    before=lambda tx: journals.receipt_job(tx, args.job))}
         if not cfg.dreamkas.enabled:
             out["warning"] = "[dreamkas] enabled is false: the job waits until it is enabled"
         return out
     return await db.run(journals.receipt_queue, args.state, args.limit, args.payment)
+
+
+async def _customer(tx, job_id: int) -> int | None:
+    job = await journals.receipt_job(tx, job_id)
+    return job["customer_id"] if job else None
 
 
 async def refresh_cache(db, cfg, reactor) -> dict:

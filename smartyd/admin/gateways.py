@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from smartyd.admin.console import audited, recorded
 from smartyd.admin.errors import AdminError
 from smartyd.gateways import cards, orders
 from smartyd.gateways.assist_service import POLLER_JOB
@@ -93,7 +94,12 @@ async def cmd_assist(db, args, cfg, reactor, app) -> Any:
             return await service.show(args.order)
         if args.action == "poll":
             return await _poll(service, db, reactor, cfg.assist.poll_interval)
-        return await (service.charge if args.action == "charge" else service.cancel)(args.order)
+        out = await (service.charge if args.action == "charge" else service.cancel)(args.order)
+        # Done at ASSIST (its answer, then our order): the audit row after it.
+        await recorded(db, reactor, f"assist.{args.action}",
+                       {"order": args.order, "amount": out["order"]["amount"]},
+                       account_id=out["order"]["account_id"])
+        return out
 
     return await _partner(operation(), "ASSIST")
 
@@ -128,7 +134,10 @@ async def cmd_payture(db, args, cfg, reactor, app) -> Any:
             try:
                 if args.action == "cards":
                     return await service.wallet.cards(args.customer)
-                return await service.wallet.remove(args.customer, args.card)
+                out = await service.wallet.remove(args.customer, args.card)
+                await recorded(db, reactor, "payture.card_remove", {"card": args.card},
+                               customer_id=args.customer)
+                return out
             except CardNotFound as e:
                 raise AdminError(str(e))
         order = await db.run(orders.get, "payture", args.order)
@@ -143,9 +152,15 @@ async def cmd_payture(db, args, cfg, reactor, app) -> Any:
     return await _partner(operation(), "Payture")
 
 
-async def set_autopay(db, args) -> Any:
+async def set_autopay(db, args, reactor) -> Any:
     """``customer autopay ID on|off`` (registered with the billing's customer commands)."""
-    out = await db.run(cards.set_autopay, args.id, args.state == "on")
+    async def before(tx):
+        return {"autopay": await cards.autopay_enabled(tx, args.id)}
+
+    out = await audited(db, reactor, "customer.autopay",
+                        lambda tx: cards.set_autopay(tx, args.id, args.state == "on"),
+                        before=before, after=lambda out: {"autopay": out["autopay"]},
+                        customer_id=args.id)
     out["cards"] = len(await db.run(cards.list_cards, args.id))
     if out["autopay"] and not out["cards"]:
         out["note"] = "no bound card yet: autopayment starts once a card is bound"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from twisted.internet import threads
 
-from smartyd import journals, reconcile
+from smartyd import journals, operators, reconcile
+from smartyd.billing.engine import utc
 
 
 def register(sub) -> dict:
@@ -62,7 +63,10 @@ async def cmd_registry(db, args, cfg, reactor, app) -> dict:
         data = await threads.deferToThread(Path(args.file).read_bytes)
     except OSError as e:
         raise ValueError(f"{args.file}: {e.strerror}")
-    result = await reconcile.reconcile_registry(db, args.provider, day, data, args.columns)
+    # A layout given with --columns is remembered: a change, audited as cli's.
+    result = await reconcile.reconcile_registry(
+        db, args.provider, day, data, args.columns,
+        actor=operators.Actor(operators.CLI, utc(reactor.seconds())))
     if args.csv:
         out = reconcile.to_csv(result)
         try:

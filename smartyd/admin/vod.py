@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from smartyd.admin.console import audited, recorded
 from smartyd.partners import PartnerError
 from smartyd.vod import outbox
 from smartyd.vod.catalog_sync import genres, get_title, map_genre
@@ -68,17 +69,24 @@ async def cmd_vod(db, args, cfg, reactor, app) -> dict:
         # The grant is only queued here (same transaction); the daemon's outbox sends it.
         purchase, created = await vod.tvod.buy(args.provider, args.account, args.id,
                                                args.purchase_id)
-        return {**purchase.to_json(), "created": created}
+        out = {**purchase.to_json(), "created": created}
+        if created:  # the purchase's own transaction (its debit, its grant queued) is done
+            await recorded(db, reactor, "vod.buy", out, customer_id=purchase.customer_id)
+        return out
     if args.action == "genres":
         return {"provider": args.provider, "genres": await db.run(genres, args.provider)}
-    return await db.run(map_genre, args.provider, args.partner_genre, args.genre)
+    return await audited(db, reactor, "vod.genre_map",
+                         lambda tx: map_genre(tx, args.provider, args.partner_genre, args.genre))
 
 
 async def cmd_outbox(db, args, cfg, reactor, app) -> dict:
     if getattr(args, "action", None) == "retry":
-        call = await db.run(outbox.retry, args.id)
-        if call is None:
-            raise ValueError(f"no failed partner call {args.id}")
-        return call.to_json()
+        async def retry(tx):
+            call = await outbox.retry(tx, args.id)
+            if call is None:
+                raise ValueError(f"no failed partner call {args.id}")
+            return call
+
+        return (await audited(db, reactor, "outbox.retry", retry)).to_json()
     calls = await db.run(outbox.list_calls, args.state)
     return {"calls": [c.to_json() for c in calls]}

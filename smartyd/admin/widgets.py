@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from smartyd.admin.console import audited
 from smartyd.partners import PartnerError
 from smartyd.widgets.epg import EPGError
 from smartyd.widgets.repo import KINDS, create_widget
@@ -28,7 +29,9 @@ def register(sub) -> dict:
 
 
 async def cmd_widget(db, args, cfg, reactor, app) -> dict:
-    return (await db.run(create_widget, args.type, args.title, args.tariff)).to_json()
+    return (await audited(db, reactor, "widget.create",
+                          lambda tx: create_widget(tx, args.type, args.title,
+                                                   args.tariff))).to_json()
 
 
 async def cmd_epg(db, args, cfg, reactor, app) -> dict:

@@ -26,12 +26,14 @@ async def account_devices(tx: Tx, account_id: int) -> dict:
 
 
 async def unbind(tx: Tx, uid: str) -> dict:
+    """Unbind a device; its sessions end with it (migration 0023's trigger on ``devices``)."""
+    sessions = await tx.fetchval(
+        "SELECT count(*) FROM tvmw_sessions s JOIN devices d"
+        " ON d.account_id = s.account_id AND d.uid = s.device_uid WHERE d.uid = %s", (uid,))
     account = await tx.fetchval("DELETE FROM devices WHERE uid = %s RETURNING account_id", (uid,))
     if account is None:
         raise LedgerError(f"no device {uid!r}")
-    await tx.execute("DELETE FROM tvmw_sessions WHERE account_id = %s AND device_uid = %s",
-                     (account, uid))
-    return {"uid": uid, "account": account, "sessions_ended": tx.rowcount}
+    return {"uid": uid, "account": account, "sessions_ended": sessions}
 
 
 async def set_account_devices(tx: Tx, account_id: int, devices: int) -> dict:

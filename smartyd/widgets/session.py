@@ -8,8 +8,10 @@ The cookie is ``<payload>.<mac>``: payload = base64url JSON ``{"sid", "acc",
 random per browser and rotated at login (no fixation); ``acc`` is the
 cabinet's account once logged in.
 
-A form's CSRF token is HMAC(key, "csrf:" + sid): a page from us carries it,
-another site cannot compute it, and without the session no token verifies.
+A form's CSRF token is L{smartyd.http.csrf}'s (HMAC(key, "csrf:" + sid), as
+the console's): a page from us carries it, another site cannot compute it,
+and without the session no token verifies.  The cookie's flags are
+L{smartyd.http.pages.set_cookie}'s.
 As an iframe on another site needs it, the cookie is ``SameSite=None;
 Secure; Partitioned`` when the request came over HTTPS (directly or through
 a trusted proxy's ``X-Forwarded-Proto``): partitioned by the top-level site
@@ -48,6 +50,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from attrs import frozen
 
+from smartyd.http import csrf, pages
 from smartyd.http.addresses import secure
 
 COOKIE = b"smartyd_widget"
@@ -65,7 +68,8 @@ class Session:
 
 
 def derive_key(token_key: str) -> bytes:
-    return hmac.new(token_key.encode("utf-8"), b"smartyd widget sessions", hashlib.sha256).digest()
+    """The sessions' key, of its own purpose, from the stream token key (L{csrf.derive_key})."""
+    return csrf.derive_key(token_key, b"smartyd widget sessions")
 
 
 def _b64(data: bytes) -> str:
@@ -145,11 +149,7 @@ class Sessions:
         return Session(data["sid"], data["acc"], float(data["exp"]), in_page=widget_id)
 
     def read(self, request) -> Session | None:
-        raw = request.getCookie(COOKIE)
-        try:
-            return self.decode(raw.decode("ascii") if raw else None)
-        except UnicodeDecodeError:
-            return None
+        return self.decode(pages.cookie(request, COOKIE))
 
     def read_page(self, request, widget_id: int) -> Session | None:
         """
@@ -171,18 +171,12 @@ class Sessions:
         return secure(request, self.trusted_proxies)
 
     def write(self, request, s: Session) -> None:
-        flags = ["Path=/", "HttpOnly", f"Max-Age={LIFETIME}"]
-        flags += ["SameSite=None", "Secure", "Partitioned"] if self.secure(request) \
-            else ["SameSite=Lax"]
-        # Request.addCookie cannot say SameSite: the Set-Cookie value is queued as is.
-        request.cookies.append(COOKIE + b"=" + self.encode(s).encode("ascii") + b"; "
-                               + "; ".join(flags).encode("ascii"))
+        secure = self.secure(request)
+        pages.set_cookie(request, COOKIE, self.encode(s), same_site="None" if secure else "Lax",
+                         secure=secure, partitioned=True, max_age=LIFETIME)
 
     def csrf_token(self, s: Session) -> str:
-        return _b64(hmac.new(self.key, b"csrf:" + s.sid.encode(), hashlib.sha256).digest())
+        return csrf.token(self.key, s.sid)
 
     def csrf_ok(self, s: Session | None, token: str | None) -> bool:
-        if s is None or not token:
-            return False
-        return hmac.compare_digest(token.encode("utf-8", "replace"),
-                                   self.csrf_token(s).encode("ascii"))
+        return csrf.valid(self.key, s.sid if s is not None else None, token)

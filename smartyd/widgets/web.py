@@ -36,13 +36,14 @@ from klein import Klein
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web.server import Request
-from twisted.web.template import Tag, flattenString, tags
+from twisted.web.template import Tag, tags
 
 from smartyd import catalog, ledger
 from smartyd.billing import engine
 from smartyd.gateways import orders
 from smartyd.gateways.assist import payment_form, server_url
 from smartyd.gateways.assist_service import NEW_DAYS as ORDER_DAYS
+from smartyd.http import pages
 from smartyd.http.addresses import client_ip
 from smartyd.http.auth import password_login
 from smartyd.http.handlers import endpoint, json_body
@@ -257,11 +258,7 @@ class WidgetsWeb:
 
     # -- rendering --------------------------------------------------------------------------------
     def _arg(self, request: Request, name: str) -> str:
-        raw = (request.args.get(name.encode()) or [b""])[0]
-        try:
-            return raw.decode("utf-8")[:MAX_FIELD * 4].strip()
-        except UnicodeDecodeError:
-            return ""
+        return pages.arg(request, name, MAX_FIELD * 4)
 
     def _message(self, key: str, **args: Any) -> Tag:
         return tags.p(self.t[key].format(**args), class_="message", role="alert")
@@ -275,11 +272,8 @@ class WidgetsWeb:
         return fields
 
     def _csp(self, form_action: tuple[str, ...] = ()) -> bytes:
-        ancestors = " ".join(self.cfg.widgets.allowed_origins) or "'none'"
-        actions = " ".join(("'self'",) + tuple(a for a in form_action if a))
-        return (f"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
-                f" form-action {actions}; frame-ancestors {ancestors}; base-uri 'none'"
-                ).encode("ascii")
+        """Framed by ``[widgets] allowed_origins`` only (L{pages.csp})."""
+        return pages.csp(form_action, tuple(self.cfg.widgets.allowed_origins))
 
     async def _html(self, request: Request, status: int, widget: repo.Widget | None,
                     session: Session | None, body: list, form_action: tuple[str, ...] = ()
@@ -295,14 +289,8 @@ class WidgetsWeb:
                                 if widget else "widget")),
             lang=self.cfg.widgets.language, **{"data-widget": str(widget.id if widget else 0)},
         )
-        html = await flattenString(None, document)
-        request.setResponseCode(status)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"referrer-policy", b"same-origin")
-        request.setHeader(b"content-security-policy", self._csp(form_action))
-        return b"<!DOCTYPE html>\n" + html
+        return await pages.html_page(request, status, document, self._csp(form_action),
+                                     framed=True)
 
     async def _after(self, request: Request, widget: repo.Widget, session: Session,
                      new: Session | None = None) -> bytes:
@@ -318,10 +306,7 @@ class WidgetsWeb:
         return await self._html(request, 200, widget, shown, body)
 
     def _redirect(self, request: Request, widget: repo.Widget) -> bytes:
-        request.setResponseCode(303)
-        request.setHeader(b"location", f"/widgets/page/{widget.id}".encode())
-        request.setHeader(b"cache-control", b"no-store")
-        return b""
+        return pages.redirect(request, f"/widgets/page/{widget.id}")
 
     # -- channels ---------------------------------------------------------------------------------
     async def _show_channels(self, request, widget, session) -> list:
