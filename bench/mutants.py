@@ -36,9 +36,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "osmp_protocol": (["smartyd/osmp/protocol.py"], ["tests/test_osmp_protocol.py"]),
     "periods": (["smartyd/billing/periods.py"],
                 ["tests/test_billing.py", "tests/test_billing_periods.py"]),
-    "signature": (["smartyd/billing_api/signature.py"], ["tests/test_billing_api.py"]),
+    "signature": (["smartyd/billing_api/signature.py"],
+                  ["tests/test_billing_api.py", "tests/test_billing_api_wire.py"]),
     "params": (["smartyd/billing_api/params.py"],
-               ["tests/test_billing_api.py", "tests/test_billing_api_params.py"]),
+               ["tests/test_billing_api.py", "tests/test_billing_api_wire.py"]),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -55,7 +56,10 @@ def setup_cfg(mutate: list[str], tests: list[str]) -> str:
         "source_paths=smartyd\n"
         f"only_mutate={lines(mutate)}\n"
         "also_copy=pytest.ini\n"
-        # pytest-twisted's reactor runs once per process: a fresh fork each run.
+        # pytest-twisted's reactor runs once per process: a fresh fork each
+        # run.  The fork server has imported the modules (collected the
+        # tests): a value computed at import (tokens' _LAYOUTS) is the
+        # original's, so a function run at import needs a test that calls it.
         "process_isolation=forkserver\n"
         f"pytest_add_cli_args={lines(['-p', 'mutants_pytest'])}\n"
         f"pytest_add_cli_args_test_selection={lines(tests)}\n"
@@ -75,12 +79,14 @@ def load_equivalent() -> dict[str, tuple[str, str]]:
 
 
 def mutated_line(mutmut: str, work: Path, name: str) -> str:
-    """The first line the mutant adds (from ``mutmut show``), stripped."""
+    """The mutant's change (from ``mutmut show``): ``old -> new``, each its first line."""
     out = subprocess.run([mutmut, "show", name], cwd=work, capture_output=True, text=True)
-    for line in out.stdout.splitlines():
-        if line.startswith("+") and not line.startswith("+++"):
-            return line[1:].strip()
-    return "(no line: " + (out.stdout.strip().splitlines() or ["?"])[-1] + ")"
+    lines = out.stdout.splitlines()
+    old = [x[1:].strip() for x in lines if x.startswith("-") and not x.startswith("---")]
+    new = [x[1:].strip() for x in lines if x.startswith("+") and not x.startswith("+++")]
+    if not old and not new:
+        return "(no diff: " + (out.stdout.strip().splitlines() or ["?"])[-1] + ")"
+    return f"{old[0] if old else ''} -> {new[0] if new else '(removed)'}"
 
 
 def run_module(name: str, base: Path, mutmut: str, children: int, equivalent: dict) -> dict:

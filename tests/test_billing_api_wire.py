@@ -1,8 +1,10 @@
 """
-The Billing API's request parameters (smartyd/billing_api/params.py) as the
-public clients send them: precise vectors for each shape, Hypothesis for the
-parsers.  No database: bench/mutants.sh judges the module's mutants with
-these (and the pure tests in tests/test_billing_api.py).
+The Billing API's wire, pure: the request signature
+(smartyd/billing_api/signature.py) and the request parameters
+(smartyd/billing_api/params.py) as the public clients send them -- precise
+vectors for each shape, Hypothesis for the parsers.  No database:
+bench/mutants.sh judges the two modules' mutants with these (and the pure
+tests in tests/test_billing_api.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from smartyd.billing_api import signature
 from smartyd.billing_api.params import (FALSE, NOT_GIVEN, TRUE, FieldError, Params, parse_bool,
                                         parse_ids)
 
@@ -174,3 +177,21 @@ def test_parsers_answer_or_refuse_with_the_field(value):
             parse("f")
         except FieldError as e:
             assert e.field == "f" and str(e) == f"f: {e.message}"
+
+
+# -- the signature ----------------------------------------------------------------------------
+def test_sign_leaves_the_signature_out():
+    pairs = [("client_id", "1"), ("b", "2")]
+    expected = signature.digest("b:2;client_id:1;key")
+    assert signature.sign(pairs, "key") == expected
+    assert signature.sign(pairs + [("signature", "abc")], "key") == expected
+    assert signature.sign([("signature", "abc")] + pairs, "key") == expected
+    assert signature.verify(pairs + [("signature", "x")], "key", expected)
+
+
+def test_a_signature_that_is_not_ascii_is_refused_not_raised():
+    pairs = [("client_id", "1")]
+    good = signature.sign(pairs, "key")
+    assert signature.verify(pairs, "key", " " + good.upper() + "\n")
+    for bad in ("ä" * 32, good[:-1] + "ё", "", "\ud800" * 32):
+        assert signature.verify(pairs, "key", bad) is False
