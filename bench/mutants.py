@@ -73,8 +73,10 @@ def load_equivalent() -> dict[str, tuple[str, str]]:
         for raw in EQUIVALENT.read_text("utf-8").splitlines():
             if not raw.strip() or raw.lstrip().startswith("#"):
                 continue
-            name, line, why = (part.strip() for part in raw.split("|", 2))
-            known[name] = (line, why)
+            # name | old -> new | why  (the change may hold "|" itself)
+            name, rest = raw.split(" | ", 1)
+            line, why = rest.rsplit(" | ", 1)
+            known[name.strip()] = (line.strip(), why.strip())
     return known
 
 

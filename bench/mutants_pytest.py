@@ -16,3 +16,14 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def pytest_configure(config):
+    # Timing is not what a mutant is judged on (the runs are traced, the
+    # machine may be busy): no deadlines, no too-slow health check, and the
+    # same examples every run so that a verdict does not change by chance.
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("mutants", deadline=None, derandomize=True, database=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("mutants")

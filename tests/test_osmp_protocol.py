@@ -87,6 +87,7 @@ def test_txn_date_in_another_zone():
     (without(b"account"), "account is missing", "1234567"),
     ({**PAY, b"account": [b"426", b"426"]}, "account is given more than once", "1234567"),
     (without(b"sum"), "sum is missing", "1234567"),
+    ({**PAY, b"sum": [b"1.00", b"1.00"]}, "sum is given more than once", "1234567"),
     ({**PAY, b"sum": [b"10"]}, "sum is not digits with a dot and 1-2 decimals", "1234567"),
     ({**PAY, b"sum": [b"10.000"]}, "sum is not digits with a dot and 1-2 decimals", "1234567"),
     ({**PAY, b"sum": [b"1234567890.00"]}, "sum is not digits with a dot and 1-2 decimals",
@@ -113,8 +114,8 @@ def test_the_largest_sum_and_txn_id():
 
 
 @pytest.mark.parametrize("mode, raw, ref", [
-    ("ppc", b"426", 42), ("ppc", b"000426", 42), ("ppc", b"59071", 5907),
-    ("id", b"42", 42), ("id", b"0042", 42), ("id", b"9223372036854775807", 2**63 - 1),
+    ("ppc", b"426", 42), ("ppc", b"000426", 42), ("ppc", b"59071", 5907), ("ppc", b"11", 1),
+    ("id", b"1", 1), ("id", b"42", 42), ("id", b"0042", 42), ("id", b"9223372036854775807", 2**63 - 1),
     ("login", b"alice", "alice"), ("login", b"a.b-c_d+e@f", "a.b-c_d+e@f"),
     ("login", b"0042", "0042"), ("login", b"x" * 64, "x" * 64),
 ])
