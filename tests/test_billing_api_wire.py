@@ -64,7 +64,7 @@ def test_ident():
     assert Params([("id", "9" * 18)]).ident("id") == 10**18 - 1
     assert Params([("id", "-1")]).ident("id") is None
     assert Params([]).ident("id") is None
-    for bad in ("1" * 19, "4.2", "x", "-5", "1e3"):
+    for bad in ("1" * 19, "4.2", "x", "-5", "1e3", "²", "١١", "4\n2"):
         assert refusal(lambda: Params([("id", bad)]).ident("id")) \
             == ("id", "not an id", "id: not an id")
 
@@ -94,7 +94,7 @@ def test_integer():
     assert Params([("n", "-" + "9" * 18)]).integer("n") == -(10**18 - 1)
     assert Params([]).integer("n") is None and Params([]).integer("n", 5) == 5
     assert Params([("n", " ")]).integer("n", 3) == 3
-    for bad in ("1" * 19, "4.2", "x", "--1", "+1", "1 2"):
+    for bad in ("1" * 19, "4.2", "x", "--1", "+1", "1 2", "²", "١١", "1\n2"):
         assert refusal(lambda: Params([("n", bad)]).integer("n")) \
             == ("n", "not an integer", "n: not an integer")
 
@@ -113,7 +113,7 @@ def test_ids_repeated_or_with_brackets_in_the_key():
     p = Params([("g", "1"), ("g[]", "2"), ("g", "[3, 4]"), ("g[]", "5"), ("h", "9")])
     assert p.ids("g") == [1, 3, 4, 2, 5]
     assert p.ids("missing") == []
-    for bad in ("[1, x]", "1;2", "-1", "1.5", "1" * 19, "[[1]]"):
+    for bad in ("[1, x]", "1;2", "-1", "1.5", "1" * 19, "[[1]]", "²", "[١]"):
         assert refusal(lambda: parse_ids("g", bad)) \
             == ("g", "not a list of ids", "g: not a list of ids")
 
@@ -142,7 +142,8 @@ def test_amount_default_and_refusals():
     assert str(Params([("a", "")]).amount("a", "5")) == "5.00"
     assert str(Params([("a", " ")]).amount("a", "1.5")) == "1.50"
     message = "not an amount (digits, '.', at most 2 decimals)"
-    for bad in ("1.005", "1,50", "1e3", "x", "1234567890123", ".5", "1.", "+1", "--1"):
+    for bad in ("1.005", "1,50", "1e3", "x", "1234567890123", ".5", "1.", "+1", "--1", "١٢",
+                "1\n.5"):
         assert refusal(lambda: Params([("a", bad)]).amount("a")) \
             == ("a", message, f"a: {message}")
 
