@@ -110,7 +110,10 @@ def run_module(name: str, base: Path, mutmut: str, children: int, equivalent: di
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
     if done.returncode != 0:
-        tail = (work / "mutmut.log").read_text("utf-8", "replace")[-3000:]
+        text = (work / "mutmut.log").read_text("utf-8", "replace")
+        # mutmut's spinner redraws its line with carriage returns: keep the rest
+        lines = [x for x in re.split(r"[\r\n]+", text) if x.strip() and not x[:1] in "⠁⠂⠄⡀⢀⠠⠐⠈⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"]
+        tail = "\n".join(lines[-60:])
         raise SystemExit(f"{name}: mutmut run failed ({done.returncode}):\n{tail}")
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=work,
                              capture_output=True, text=True, check=True).stdout

@@ -113,7 +113,7 @@ def test_ids_repeated_or_with_brackets_in_the_key():
     p = Params([("g", "1"), ("g[]", "2"), ("g", "[3, 4]"), ("g[]", "5"), ("h", "9")])
     assert p.ids("g") == [1, 3, 4, 2, 5]
     assert p.ids("missing") == []
-    for bad in ("[1, x]", "1;2", "-1", "1.5", "1" * 19, "[[1]]", "²", "[١]"):
+    for bad in ("[1, x]", "1;2", "-1", "1.5", "1" * 19, "[[1]]", "²", "[١]", "X1", "1X"):
         assert refusal(lambda: parse_ids("g", bad)) \
             == ("g", "not a list of ids", "g: not a list of ids")
 

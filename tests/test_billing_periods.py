@@ -138,6 +138,17 @@ def test_unused_share_of_an_empty_or_reversed_span_is_nothing():
     assert unused_share(D("10.00"), T + DAY, T, T - DAY) == D("0.00")
 
 
+def test_unused_share_counts_microseconds_exactly_over_centuries():
+    # 2**54 microseconds (571 years): a float cannot hold 2**54 - 1 or
+    # 2**54 + 1, an integer count can -- the share stays just below 1.00.
+    start = datetime(1000, 1, 1, tzinfo=UTC)
+    at = start + MICROSECOND
+    for length in (2**54, 2**54 + 1):
+        end = start + length * MICROSECOND
+        assert str(unused_share(D("1.00"), start, end, at)) == "0.99"
+        assert str(unused_share(D("1.00"), start, end, start)) == "1.00"
+
+
 def test_unused_share_counts_microseconds():
     end = T + timedelta(seconds=1)
     assert unused_share(D("1000000.00"), T, end, T + timedelta(microseconds=1)) \
