@@ -16,6 +16,8 @@ line (an entry gone stale is reported and counts again).
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import os
 import re
 import shutil
@@ -91,7 +93,8 @@ def mutated_line(mutmut: str, work: Path, name: str) -> str:
     return f"{old[0] if old else ''} -> {new[0] if new else '(removed)'}"
 
 
-def run_module(name: str, base: Path, mutmut: str, children: int, equivalent: dict) -> dict:
+def run_module(name: str, base: Path, mutmut: str, children: int, equivalent: dict,
+               only: str | None = None) -> dict:
     mutate, tests = MODULES[name]
     missing = [t for t in tests if not (ROOT / t).exists()]
     if missing:
@@ -106,18 +109,21 @@ def run_module(name: str, base: Path, mutmut: str, children: int, equivalent: di
         [str(BENCH)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     started = time.monotonic()
     with open(work / "mutmut.log", "w") as log:
-        done = subprocess.run([mutmut, "run", "--max-children", str(children)], cwd=work,
+        done = subprocess.run([mutmut, "run", "--max-children", str(children)]
+                              + ([only] if only else []), cwd=work,
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - started
     if done.returncode != 0:
         text = (work / "mutmut.log").read_text("utf-8", "replace")
         # mutmut's spinner redraws its line with carriage returns: keep the rest
-        lines = [x for x in re.split(r"[\r\n]+", text) if x.strip() and not x[:1] in "⠁⠂⠄⡀⢀⠠⠐⠈⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"]
+        lines = [x for x in re.split(r"[\r\n]+", text)
+                 if x.strip() and x[:1] not in "⠁⠂⠄⡀⢀⠠⠐⠈⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"]
         tail = "\n".join(lines[-60:])
         raise SystemExit(f"{name}: mutmut run failed ({done.returncode}):\n{tail}")
     listing = subprocess.run([mutmut, "results", "--all", "true"], cwd=work,
                              capture_output=True, text=True, check=True).stdout
-    statuses = dict(re.findall(r"^\s*(\S+): (.+?)\s*$", listing, re.M))
+    statuses = {m: s for m, s in re.findall(r"^\s*(\S+): (.+?)\s*$", listing, re.M)
+                if only is None or fnmatch.fnmatch(m, only)}
     result = {"name": name, "seconds": seconds, "killed": 0, "scored": 0,
               "survivors": [], "equivalent": [], "stale": [], "unsure": []}
     for mutant, status in sorted(statuses.items(), key=lambda kv: _natural(kv[0])):
@@ -153,6 +159,9 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=int(os.environ.get("CHILDREN", "2")),
                         help="mutants judged at once (default 2, or $CHILDREN)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--only", metavar="PATTERN",
+                        help="judge only the mutants whose name matches (fnmatch), e.g."
+                             " 'smartyd.ppc.x_encode*': a smoke run of the set-up")
     args = parser.parse_args()
     names = args.modules or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
@@ -164,7 +173,7 @@ def main() -> None:
     results = []
     try:
         for name in names:
-            r = run_module(name, base, mutmut, args.children, equivalent)
+            r = run_module(name, base, mutmut, args.children, equivalent, args.only)
             results.append(r)
             print(f"{name:14} killed {r['killed']:4}/{r['scored']:<4} {share(r['killed'], r['scored'])}"
                   f"   ({len(r['equivalent'])} equivalent left out, {r['seconds']:.0f} s)",
@@ -189,6 +198,21 @@ def main() -> None:
         print(f"equivalent mutants left out ({EQUIVALENT.relative_to(ROOT)}):")
         for mutant, line, why in equivalents:
             print(f"  {mutant}: {line}  -- {why}")
+
+    def percent(k, n):
+        return round(100.0 * k / n, 1) if n else None
+
+    # The figures, as every bench prints them: one JSON object on the last line.
+    print(json.dumps({
+        "modules": {r["name"]: {
+            "killed": r["killed"], "scored": r["scored"],
+            "killed_percent": percent(r["killed"], r["scored"]),
+            "equivalent": len(r["equivalent"]), "seconds": round(r["seconds"], 1),
+            "survivors": [m for m, _, _ in r["survivors"] + r["unsure"]],
+        } for r in results},
+        "killed": killed, "scored": scored, "killed_percent": percent(killed, scored),
+        "goal_percent": GOAL,
+    }))
 
 
 if __name__ == "__main__":
