@@ -16,10 +16,12 @@ import random
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
 import pytest_twisted
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from conftest import make_config
+from holding import hold, waiting_for
 from smartyd import catalog, fiscal, ledger, payments, ppc
 from smartyd.billing import engine
 from smartyd.config import Billing
@@ -190,3 +192,136 @@ async def test_refusals_read_only_and_answer_from_an_earlier_payment(db):
         == ("refused", paid.prv_txn, a.customer_id)
     done = await db.run_statement(payments.accept_in_sql, "osmp", "5009", "nobody", "10.00")
     assert (done.outcome, done.payee, done.payment) == ("no_payee", None, None)
+
+
+# -- one order per customer: the pay queues behind the customer's lock --------------------------
+# (issue 24, item 7) Deterministic races: a second connection holds a lock
+# (tests/holding.py), PostgreSQL says who waits for it, then it is released.
+
+async def ledger_chain_breaks(db) -> list[tuple]:
+    """Ledger rows whose balance_after is not the running sum of the customer's rows."""
+    return await db.fetchall(
+        "SELECT id, balance_after, run FROM (SELECT id, balance_after, sum(amount) OVER"
+        " (PARTITION BY customer_id ORDER BY id) AS run FROM ledger) r"
+        " WHERE balance_after <> run")
+
+
+async def suspend_by_run(db, a, tariff):
+    """
+    The customer paid one period, up to an hour from now; the writer is the
+    charging run as of that moment (its clock a little ahead of the
+    database's): the period is due, the balance is 0, so it suspends the
+    customer to DEBT.  A pay looking on its own sees nothing due.
+    """
+    now = await db.fetchval("SELECT now()")
+    await db.run(ledger.credit, a.customer_id, "300.00", "payment", "seed", "seed:1")
+    await db.run(engine.assign, BUILTIN, a.id, tariff, at=now - timedelta(days=30, hours=-1))
+    paid_until = await db.fetchval("SELECT paid_until FROM subscriptions")
+    assert paid_until > now
+
+    async def writer(tx):
+        result = await engine.settle(tx, BUILTIN, [a.customer_id], paid_until)
+        assert result.suspended == 1
+    return writer
+
+
+async def suspend_by_assign(db, a, tariff):
+    """The writer connects the tariff with no money for it: suspended, DEBT at once."""
+    now = await db.fetchval("SELECT now()")
+
+    async def writer(tx):
+        out = await engine.assign(tx, BUILTIN, a.id, tariff, at=now)
+        assert out["subscription"]["state"] == "suspended"
+    return writer
+
+
+@pytest.mark.parametrize("suspend", [suspend_by_run, suspend_by_assign])
+@pytest_twisted.ensureDeferred
+async def test_a_pay_waits_for_the_writer_that_holds_its_customer_then_ends_the_debt(
+        db, make_db, suspend):
+    # payee_lookup's FOR UPDATE (migration 0011): without it the pay decides
+    # "nothing to settle" from what it sees before the writer commits, then
+    # credits the money and leaves the paid customer in DEBT.
+    a = await db.run(ledger.create_account, "alice", account_id=42)
+    tariff = (await db.run(catalog.create_tariff, "basic", "300.00"))["id"]
+    writer = await suspend(db, a, tariff)
+    held = await hold(make_db, writer)
+    assert (await db.run(ledger.get_account, a.id)).status_reason == ledger.ACTIVE  # not yet
+
+    s = service(db)
+    paying = defer.ensureDeferred(s.pay(request(s, "pay", ppc.encode(a.customer_id), "7001",
+                                                "300.00")))
+    [payer] = await waiting_for(db, held.pid, what="the pay to wait for the writer")
+    assert not paying.called
+    held.release.callback(None)
+    await held.done
+
+    paid = await paying
+    assert paid.result == 0
+    acc = await db.run(ledger.get_account, a.id)
+    assert (acc.active, acc.status_reason) == (True, ledger.ACTIVE)
+    assert await db.fetchval("SELECT state FROM subscriptions") == "active"
+    assert (await db.run(ledger.get_customer, a.customer_id)).balance == Decimal("0.00")
+    assert await db.run(ledger.balance_mismatches) == []
+    assert await ledger_chain_breaks(db) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_identical_pays_queued_behind_a_held_customer_credit_once(db, make_db):
+    a = await db.run(ledger.create_account, "alice", account_id=42)
+    code = ppc.encode(a.customer_id)
+
+    async def lock(tx):  # e.g. the charging run's batch
+        await tx.execute("SELECT 1 FROM customers WHERE id = %s FOR UPDATE", (a.customer_id,))
+    held = await hold(make_db, lock)
+
+    s = service(db)
+    pays = [defer.ensureDeferred(s.pay(request(s, "pay", code, "8001", "25.00")))
+            for _ in range(2)]
+    await waiting_for(db, held.pid, count=2, what="both pays to queue")
+    assert not any(p.called for p in pays)
+    held.release.callback(None)
+    await held.done
+
+    first, second = await defer.gatherResults(pays)
+    assert (first.result, second.result) == (0, 0)
+    assert first.prv_txn == second.prv_txn == (await db.run(payments.get, "osmp", "8001")).id
+    assert await counts(db) == (1, 1, 1)
+    assert (await db.run(ledger.get_customer, a.customer_id)).balance == Decimal("25.00")
+    assert await db.run(ledger.balance_mismatches) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_txn_id_for_two_customers_racing_inside_the_statement(db, make_db):
+    # Two customers' locks do not order the pays: both find no payment under
+    # the txn_id and insert.  The second waits on the first's unique key;
+    # ON CONFLICT DO NOTHING (payment_accept) makes it see the first's
+    # payment, a conflict answered 300 -- not a unique violation answered
+    # "temporary error" for the terminal to retry forever.
+    alice = await db.run(ledger.create_account, "alice", account_id=42)
+    bob = await db.run(ledger.create_account, "bob", account_id=43)
+
+    async def rename(tx):  # an operator renaming alice's login, not yet committed
+        await tx.execute("UPDATE accounts SET login = 'alice2' WHERE id = %s", (alice.id,))
+    held = await hold(make_db, rename)
+
+    s = service(db)
+    first = defer.ensureDeferred(s.pay(request(s, "pay", ppc.encode(alice.customer_id),
+                                               "9001", "25.00")))
+    # Alice's pay has inserted its payment; its foreign key waits for the rename.
+    [first_pid] = await waiting_for(db, held.pid, what="alice's pay to wait for the rename")
+    second = defer.ensureDeferred(s.pay(request(s, "pay", ppc.encode(bob.customer_id),
+                                                "9001", "25.00")))
+    await waiting_for(db, first_pid, what="bob's pay to wait for alice's payment")
+    held.release.callback(None)
+    await held.done
+
+    assert (await first).result == 0
+    refused = await second
+    assert (refused.result, refused.comment) \
+        == (300, "txn_id was accepted with another account or sum")
+    payment = await db.run(payments.get, "osmp", "9001")
+    assert (payment.customer_id, refused.prv_txn) == (alice.customer_id, None)
+    assert await counts(db) == (1, 1, 1)
+    assert (await db.run(ledger.get_customer, bob.customer_id)).balance == Decimal("0.00")
+    assert await db.run(ledger.balance_mismatches) == []

@@ -113,6 +113,10 @@ def check_import(f: dict) -> None:
     positive(f, "import_s", "peak_rss_mb", "longest_stall_ms", "backup_s", "restore_s")
 
 
+def check_mutants(f: dict) -> None:
+    assert f["killed"] == f["scored"] == 6 and "ppc" in f["modules"], f
+
+
 def check_tokens(f: dict) -> None:
     positive(f, "nginx_rps", "workers1_rps", "workers2_rps",
              "nginx_p99_ms", "workers1_p99_ms", "workers2_p99_ms")
@@ -142,6 +146,7 @@ BENCHES = [
                             "--channels", "2", "--login-concurrency", "2", "--pool-size", "2"),
           check_tvmw),
     Bench("bench/import.py", ("--customers", "50", "--check-rate", "50"), check_import),
+    Bench("bench/mutants.sh", ("ppc", "--only", "smartyd.ppc.x_encode*"), check_mutants),
     Bench("bench/tokens.sh", (), check_tokens, tools=("nginx", "wrk", "taskset", "curl"),
           env={"DURATION": "1s", "WARMUP": "0", "CONNECTIONS": "4"}, unusable=tokens_unusable),
 ]

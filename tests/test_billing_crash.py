@@ -23,10 +23,11 @@ from decimal import Decimal
 from urllib.parse import urlencode
 
 import pytest_twisted
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 
 from conftest import make_config
 from fakes import in_memory_client
+from holding import until
 from smartyd import ledger, osmp, ppc
 from smartyd.billing.engine import epoch
 from testapp import build
@@ -42,17 +43,6 @@ def poor(cid: int) -> bool:
 
 def paid(cid: int) -> bool:
     return cid % 7 == 0          # an OSMP pay of 10.00 during the crash and the rerun
-
-
-async def until(check, what: str, timeout: float = 30.0):
-    """Wait for a condition in the database (polled; fails after ``timeout``)."""
-    deadline = reactor.seconds() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert reactor.seconds() < deadline, f"timed out waiting for {what}"
-        await task.deferLater(reactor, 0.05, lambda: None)
 
 
 class Run(protocol.ProcessProtocol):

@@ -274,6 +274,30 @@ async def test_a_getstate_refusal_that_is_not_about_the_order_is_retried(
 
 
 @pytest_twisted.ensureDeferred
+async def test_get_state_answered_for_another_order_credits_nothing(env, fake, metrics,
+                                                                    log_events):
+    # Payture's answer names another order, Charged for our very amount: it
+    # says nothing about ours (issue 24: without the OrderId check it was credited).
+    account, order = await env.order("124.80")
+    fake.register("a1b2c3d4", 12480, "Charged")
+    fake.answers_for[order.order_number] = "a1b2c3d4"
+    assert await env.notify(fake.notification(order.order_number, 12480)) == (200, "OK")
+    assert fake.gets[order.order_number] == 1
+    assert await env.payments() == 0 and await env.balance(account.id) == 0
+    assert await env.outcomes() == ["forged"]
+    assert await env.status(order.order_number) == "new"
+    assert gw_events(metrics, "forged") == 1 and gw_events(metrics, "credited") == 0
+    [loud] = [e for e in log_events if e.get("answered_order") is not None]
+    assert (loud["log_level"].name, loud["order"], loud["answered_order"], loud["reason"]) \
+        == ("error", order.order_number, "a1b2c3d4", "forged")
+    # Once Payture answers about our order, the repeat credits it.
+    del fake.answers_for[order.order_number]
+    fake.set_state(order.order_number, "Charged")
+    assert await env.notify(fake.notification(order.order_number, 12480)) == (200, "OK")
+    assert await env.balance(account.id) == Decimal("124.80")
+
+
+@pytest_twisted.ensureDeferred
 async def test_notifications_that_claim_no_payment_are_noted(env, fake):
     account, order = await env.order()
     fake.set_state(order.order_number, "Charged")  # even so: these never credit

@@ -377,6 +377,23 @@ async def test_exactly_one_credit_per_confirmed_charge(db, metrics, fake):
 
 
 @pytest_twisted.ensureDeferred
+async def test_autopay_get_state_answered_for_another_order_credits_nothing(db, metrics, fake):
+    env = Env(db, metrics, fake, Clock())
+    account = await debtor(env, balance="0.00")
+    cid = account.customer_id
+    card = (await db.run(cards.autopay_cards, [cid]))[cid]
+    attempt, _ = await db.run(env.autopay._claim, cid, card, LATER)
+    fake.register("a1b2c3d4", 30000, "Charged")  # another order, charged for our amount
+    fake.answers_for[attempt.order_number] = "a1b2c3d4"
+    assert await env.autopay.resolve(attempt, LATER) == "pending"
+    assert fake.gets[attempt.order_number] == 1
+    balance, _, payments = await state_of(db, cid)
+    assert (balance, payments) == (Decimal("0.00"), [])
+    assert [a.state for a in await db.run(cards.attempts, cid)] == ["pending"]
+    assert metrics.gateway_events.labels("payture", "forged")._value.get() == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_two_charging_runs_at_once(db, make_db, metrics, fake):
     one = Env(db, metrics, fake, Clock())
     other_db = await make_db()

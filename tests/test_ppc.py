@@ -40,3 +40,30 @@ def test_decode_never_crashes(s):
     except ppc.BadPaymentCode:
         return
     assert ppc.encode(account_id) == s
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("", "a payment code is ASCII digits only"),
+    ("12a", "a payment code is ASCII digits only"),
+    ("١١", "a payment code is ASCII digits only"),
+    ("5", "a payment code has 2 to 19 digits"),
+    ("1" * 19 + "9", "a payment code has 2 to 19 digits"),  # 20 digits, right check digit
+    ("0011", "a payment code does not start with 0"),
+    ("427", "wrong check digit"),
+])
+def test_refusals_say_why(bad, message):
+    with pytest.raises(ppc.BadPaymentCode) as caught:
+        ppc.decode(bad)
+    assert str(caught.value) == message
+
+
+def test_the_longest_code_and_the_smallest_ids():
+    assert ppc.decode("1" * 18 + "8") == int("1" * 18)
+    assert ppc.check_digit(0) == 0 and ppc.check_digit(1) == 1
+    for bad in (0, -1):
+        with pytest.raises(ValueError) as caught:
+            ppc.encode(bad)
+        assert str(caught.value) == "account ids are positive"
+    with pytest.raises(ValueError) as caught:
+        ppc.check_digit(-1)
+    assert str(caught.value) == "account ids are positive"

@@ -263,3 +263,100 @@ def test_codec_constants_are_the_documented_reasons():
     assert (tokens.MALFORMED, tokens.UNKNOWN_KEY, tokens.BAD_SIGNATURE, tokens.EXPIRED,
             tokens.IP_MISMATCH) == ("malformed", "unknown_key", "bad_signature", "expired",
                                     "ip_mismatch")
+
+
+# -- held to precise vectors (bench/mutants.sh) ----------------------------------------------
+def test_the_layouts_table():
+    """Computed once at import: called here so that a change to it is seen."""
+    every = frozenset(ALPHABET.encode())
+    assert tokens._layouts() == {
+        52: (39, tokens._NARROW, False, every),                       # no unused bits
+        74: (55, tokens._NARROW, True, frozenset(b"AQgw")),           # 4 unused bits
+        63: (47, tokens._WIDE, False, frozenset(ALPHABET[::4].encode())),  # 2
+        84: (63, tokens._WIDE, True, every),
+    }
+    assert tokens._LAYOUTS == tokens._layouts()
+
+
+def test_codecs_bind_to_the_ip_unless_told_not_to():
+    codec = TokenCodec(["s3cret"])
+    assert codec.bind_ip is True
+    assert len(codec.mint(1, 2, EXPIRES, ip="192.0.2.1")) == 74
+
+
+def test_refusals_of_mint_and_of_the_keys_say_why():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    for call, message in [
+        (lambda: TokenCodec([]), "at least one non-empty token secret is required"),
+        (lambda: TokenCodec(["a", ""]), "at least one non-empty token secret is required"),
+        (lambda: codec.mint(-1, 2, EXPIRES, ip="192.0.2.1"),
+         "account and channel ids must be 0..2**64-1"),
+        (lambda: codec.mint(1, 2**64, EXPIRES, ip="192.0.2.1"),
+         "account and channel ids must be 0..2**64-1"),
+        (lambda: codec.mint(1, 2, -1, ip="192.0.2.1"), "expiry out of range"),
+        (lambda: codec.mint(1, 2, EXPIRES, ip="192.0.2.1", nonce=b"1234567"),
+         "the nonce is 8 bytes"),
+        (lambda: codec.mint(1, 2, EXPIRES, ip="nope"),
+         "cannot bind a token to 'nope': not an IP address"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("account, channel, expires, length", [
+    (0, 0, 0, 52), (tokens.MAX_U32, tokens.MAX_U32, tokens.MAX_U32, 52),
+    (tokens.MAX_U32 + 1, 0, 1, 63), (0, tokens.MAX_U32 + 1, 1, 63),
+    (tokens.MAX_U64, tokens.MAX_U64, tokens.MAX_U32, 63),
+])
+def test_the_extremes_each_layout_carries(account, channel, expires, length):
+    codec = TokenCodec(["s3cret"], bind_ip=False)
+    token = codec.mint(account, channel, expires, nonce=NONCE)
+    assert len(token) == length
+    claims = Claims(account, channel, expires, NONCE, False)
+    assert codec.verify(token, None, expires - 1) == ("ok", claims)
+    assert codec.verify(token, None, expires) == ("expired", claims)
+
+
+def test_the_signer_and_its_twin_both_verify():
+    base = key_id(derive_key("k0"))
+    twin = next(f"k{i}" for i in range(1, 10_000) if key_id(derive_key(f"k{i}")) == base)
+    for secrets in (["k0", twin], [twin, "k0"]):
+        both = TokenCodec(secrets, bind_ip=False)
+        for signer in ("k0", twin):
+            token = TokenCodec([signer], bind_ip=False).mint(5, 6, EXPIRES)
+            assert both.verify(token, None, NOW)[0] == "ok", (secrets, signer)
+
+
+def sign_header(version=1, flags=0x02, layout=tokens._NARROW, bound=True) -> str:
+    """A token with any header, signed with the right key (only the header is wrong)."""
+    key = tokens._Key("s3cret")
+    wide = layout is tokens._WIDE
+    header = layout.pack(version, key.id, flags, EXPIRES, 42, 7, NONCE)
+    mac = key.mac(header)
+    raw = header + mac
+    if bound:
+        raw += key.mac(b"ip" + header + mac + bytes([203, 0, 113, 9]))
+    assert len(raw) == (63 if wide else 55) - (0 if bound else 16)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_each_header_field_alone_makes_a_signed_token_malformed():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    assert codec.verify(sign_header(), "203.0.113.9", NOW)[0] == "ok"
+    for token in (sign_header(version=2), sign_header(version=0),
+                  sign_header(flags=0x02 | 0x04), sign_header(flags=0x02 | 0x80),
+                  sign_header(flags=0x03),                     # says wide, is narrow
+                  sign_header(flags=0x00),                     # says unbound, is bound
+                  sign_header(flags=0x02, layout=tokens._WIDE),  # says narrow, is wide
+                  sign_header(flags=0x00 | 0x02, bound=False)):  # says bound, is not
+        assert codec.verify(token, "203.0.113.9", NOW) == ("malformed", None), token
+
+
+def test_the_claims_carry_the_nonce():
+    codec = TokenCodec(["s3cret"], bind_ip=True)
+    token = codec.mint(42, 7, EXPIRES, ip="203.0.113.9", nonce=NONCE)
+    assert codec.verify(token, "203.0.113.9", NOW) == (
+        "ok", Claims(42, 7, EXPIRES, NONCE, True))
+    assert codec.verify(token, "192.0.2.1", NOW) == (
+        "ip_mismatch", Claims(42, 7, EXPIRES, NONCE, True))

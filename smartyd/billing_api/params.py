@@ -29,7 +29,11 @@ TRUE = frozenset({"1", "true", "True", "TRUE", "on", "yes"})
 FALSE = frozenset({"0", "false", "False", "FALSE", "off", "no"})
 NOT_GIVEN = frozenset({"", "-1"})
 _LIST = re.compile(r"^\[(.*)\]$", re.S)
-_INT = re.compile(r"^-?\d{1,18}$")
+# ASCII digits only: str.isdigit() and a plain \d also take "²" or "١", which
+# int() then refuses (or reads) -- not what any client sends.
+_INT = re.compile(r"-?[0-9]{1,18}")
+_ID = re.compile(r"[0-9]{1,18}")
+_AMOUNT = re.compile(r"-?[0-9]{1,12}(\.[0-9]{1,2})?")
 
 
 class FieldError(Exception):
@@ -81,7 +85,7 @@ class Params:
         v = self.ref(name)
         if v is None:
             return None
-        if not v.isdigit() or len(v) > 18:
+        if not _ID.fullmatch(v):
             raise FieldError(name, "not an id")
         return int(v)
 
@@ -96,7 +100,7 @@ class Params:
         if v is None or v.strip() == "":
             return default
         v = v.strip()
-        if not _INT.match(v):
+        if not _INT.fullmatch(v):
             raise FieldError(name, "not an integer")
         return int(v)
 
@@ -121,7 +125,7 @@ class Params:
         """Money with ``.`` and at most two places (never rounded: a third place is refused)."""
         v = self.raw(name)
         v = default if v is None or v.strip() == "" else v.strip()
-        if not re.match(r"^-?\d{1,12}(\.\d{1,2})?$", v):
+        if not _AMOUNT.fullmatch(v):
             raise FieldError(name, "not an amount (digits, '.', at most 2 decimals)")
         try:
             return ledger.money(v)
@@ -160,7 +164,7 @@ def parse_ids(name: str, v: str) -> list[int]:
         part = part.strip().strip("'\"")
         if part == "":
             continue
-        if not part.isdigit() or len(part) > 18:
+        if not _ID.fullmatch(part):
             raise FieldError(name, "not a list of ids")
         out.append(int(part))
     return out

@@ -142,7 +142,15 @@ class Autopay:
             state = await self.client.get_state(attempt.order_number)
         except PartnerError as e:
             return self._outcome(attempt, "pending", error=e.message)
-        if not state.success or state.order_id != attempt.order_number:
+        if state.success and state.order_id != attempt.order_number:
+            # An answer about another order confirms nothing about ours.
+            events.count(self.metrics, PARTNER, "forged")
+            log.error("Payture answered GetState for autopayment order {order} with order"
+                      " {answered_order}: NOT credited, an operator must look",
+                      order=attempt.order_number, answered_order=state.order_id,
+                      customer=attempt.customer_id, provider=PARTNER, reason="forged")
+            return self._outcome(attempt, "pending", answered_order=state.order_id)
+        if not state.success:
             if (not sent and state.err_code == "ORDER_NOT_FOUND"
                     and at - attempt.created_at >= RESEND_AFTER):
                 return await self.charge(attempt, at)  # the same OrderId: never twice

@@ -378,7 +378,15 @@ class PaytureService:
                       " keys and that Payture admits our address", order=number,
                       err_code=state.err_code, provider=PARTNER, reason="state_refused")
             return "gateway_error", Handled(503, "gateway_error", b"RETRY")
-        if not state.success or state.order_id != number:
+        if state.success and state.order_id != number:
+            # Payture's answer is about another order (a mixed-up answer, a
+            # proxy's cache): it confirms nothing about ours.
+            events.count(self.metrics, PARTNER, "forged")
+            log.error("Payture answered GetState for order {order} with order"
+                      " {answered_order}: NOT credited, an operator must look", order=number,
+                      answered_order=state.order_id, provider=PARTNER, reason="forged")
+            return "forged", Handled(200, "forged")
+        if not state.success:
             events.count(self.metrics, PARTNER, "forged")
             log.warn("Payture does not confirm order {order} (ErrCode {err_code}): a forged"
                      " or stale notification, not credited", order=number,

@@ -24,7 +24,8 @@ cards on the Add terminal, payments on the Pay terminal):
 
 Knobs: ``modes`` (a queue: "500", "hang", "html", "garbage", "wrong-element"),
 ``gets`` (GetState calls per order), ``state_errors`` (GetState refusals to answer
-first, a queue of ErrCodes), ``declines`` (Pay ErrCodes to answer, a
+first, a queue of ErrCodes), ``answers_for`` (GetState asked about one order
+answers about another), ``declines`` (Pay ErrCodes to answer, a
 queue).  L{notification} builds the form Payture posts; L{pay_on_page} is
 the customer paying on the page of a session.
 """
@@ -72,6 +73,8 @@ class FakePayture:
         self.sessions: dict[str, str] = {}
         self.modes: list[str] = []
         self.gets: Counter = Counter()
+        # GetState for the key's order answered about the value's (mixed up).
+        self.answers_for: dict[str, str] = {}
         self.requests: list[str] = []
         self.hung: list[defer.Deferred] = []
         self._arrivals: list[defer.Deferred] = []
@@ -181,6 +184,7 @@ class FakePayture:
         if _arg(request, "Key") != self.key:
             return _element(element, Success="False", OrderId=order_id, State="",
                             Forwarded="False", ErrCode="ACCESS_DENIED")
+        order_id = self.answers_for.get(order_id, order_id)
         payment = self.payments.get(order_id)
         if payment is None:
             return _element(element, Success="False", OrderId=order_id, State="",
