@@ -474,12 +474,19 @@ class BillingAPIClient:
 _CLIENT_KEYS = {"client_id", "api_key", "allow", "shared"}
 
 
-def api_clients(v: Any) -> tuple[BillingAPIClient, ...]:
+def client_tables(v: Any, keys: set, extra: dict) -> list[tuple]:
+    """
+    A list of operator tables ``{client_id, api_key, ...}`` (the Billing API's
+    and the device API's ``clients``): each table's ``(client_id, api_key,
+    *extra values)``, ``extra`` naming the other keys and their parsers with
+    their defaults, in order.  One-line errors name the entry.
+    """
     if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-        raise ValueError("expected a list of tables {client_id, api_key, allow, shared}")
+        raise ValueError("expected a list of tables {%s}" % ", ".join(
+            ["client_id", "api_key", *extra]))
     out, seen = [], set()
     for i, raw in enumerate(v):
-        unknown = set(raw) - _CLIENT_KEYS
+        unknown = set(raw) - keys
         if unknown:
             raise ValueError(f"entry {i}: unknown key {sorted(unknown)[0]}")
         cid = raw.get("client_id")
@@ -488,21 +495,25 @@ def api_clients(v: Any) -> tuple[BillingAPIClient, ...]:
         try:
             cid = string(cid if cid is not None else "")
             key = string(raw.get("api_key", ""))
-            allow = networks(raw.get("allow", []))
-            shared = boolean(raw.get("shared", False))
+            values = [parse(raw.get(name, default)) for name, (parse, default) in extra.items()]
         except ValueError as e:
             raise ValueError(f"entry {i}: {e}")
         if not cid or len(cid) > 64 or not cid.isprintable() or cid != cid.strip():
             raise ValueError(f"entry {i}: client_id must be 1-64 printable characters")
         if not key:
             # Not held to the token-secret rules: the key is the one the
-            # billing already signs with (the operator changes only the URL).
+            # operator's billing or apps already use (only the URL changes).
             raise ValueError(f"entry {i}: api_key is empty")
         if cid in seen:
             raise ValueError(f"entry {i}: client_id {cid!r} appears twice")
         seen.add(cid)
-        out.append(BillingAPIClient(cid, key, allow, shared))
-    return tuple(out)
+        out.append((cid, key, *values))
+    return out
+
+
+def api_clients(v: Any) -> tuple[BillingAPIClient, ...]:
+    rows = client_tables(v, _CLIENT_KEYS, {"allow": (networks, []), "shared": (boolean, False)})
+    return tuple(BillingAPIClient(*row) for row in rows)
 
 
 def api_methods(v: Any) -> tuple[str, ...]:
@@ -581,31 +592,8 @@ _TVMW_CLIENT_KEYS = {"client_id", "api_key", "shared"}
 
 
 def tvmw_clients(v: Any) -> tuple[TvmwClient, ...]:
-    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-        raise ValueError("expected a list of tables {client_id, api_key, shared}")
-    out, seen = [], set()
-    for i, raw in enumerate(v):
-        unknown = set(raw) - _TVMW_CLIENT_KEYS
-        if unknown:
-            raise ValueError(f"entry {i}: unknown key {sorted(unknown)[0]}")
-        cid = raw.get("client_id")
-        if isinstance(cid, int) and not isinstance(cid, bool):
-            cid = str(cid)
-        try:
-            cid = string(cid if cid is not None else "")
-            key = string(raw.get("api_key", ""))
-            shared = boolean(raw.get("shared", False))
-        except ValueError as e:
-            raise ValueError(f"entry {i}: {e}")
-        if not cid or len(cid) > 64 or not cid.isprintable() or cid != cid.strip():
-            raise ValueError(f"entry {i}: client_id must be 1-64 printable characters")
-        if not key:
-            raise ValueError(f"entry {i}: api_key is empty")
-        if cid in seen:
-            raise ValueError(f"entry {i}: client_id {cid!r} appears twice")
-        seen.add(cid)
-        out.append(TvmwClient(cid, key, shared))
-    return tuple(out)
+    rows = client_tables(v, _TVMW_CLIENT_KEYS, {"shared": (boolean, False)})
+    return tuple(TvmwClient(*row) for row in rows)
 
 
 _DEVICE_RE = re.compile(r"^[a-z0-9_]{1,32}$")
