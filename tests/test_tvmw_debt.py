@@ -103,6 +103,7 @@ async def test_a_debtor_stays_logged_in_watches_nothing_and_zaps_again_once_it_p
     # Sees its money and its tariffs (the debt banner lists the assigned ones).
     info = await phone.ok("customer/info")
     assert info["balance"] == "0.00" and info["activation_days_left"] == 0
+    assert info["current_debt_amount"] == "100.00"  # what the suspended tariff needs
     assert [(t["name"], t["is_assigned"]) for t in info["tariffs"]] == [("basic", 1)]
     assert [s["tariff_id"] for s in info["subscriptions"]] == [world.basic]
     assert (await phone.ok("payment/list"))["payments"] == []
@@ -139,6 +140,7 @@ async def test_a_debtor_stays_logged_in_watches_nothing_and_zaps_again_once_it_p
     assert await token_check(daemon, uri) == 200
     assert [p["amount"] for p in (await phone.ok("payment/list"))["payments"]] == [
         "-100.00", "100.00"]
+    assert (await phone.ok("customer/info"))["current_debt_amount"] == "0.00"
 
 
 @pytest_twisted.ensureDeferred
