@@ -50,8 +50,9 @@ Choices where the spec is silent (kept; the tests hold them):
 - VideoUrl: 1 for no such title or asset (``vfid`` other than the title's
   id), 3 when the account may not watch it (neither subscription nor
   purchase, or the account is in DEBT: a debtor keeps its session, L{auth},
-  and watches nothing, bought titles included, until it pays).  A MEGOGO title answers what a MEGOGO-enabled app needs to play
-  it through MEGOGO: ``ext_id`` (the title's MEGOGO id), ``ext_partner_id``
+  and watches nothing, bought titles included, until it pays).  A MEGOGO
+  title answers what a MEGOGO-enabled app needs to play it through MEGOGO:
+  ``ext_id`` (the title's MEGOGO id), ``ext_partner_id``
   (``[megogo] partner_id``), ``ext_auth_token`` (the SSO token,
   L{smartyd.vod.megogo.sso_token}) and, for the device class of the call's
   ``device`` (L{smartyd.vod.megogo.device_class}; the session's device type
