@@ -165,10 +165,14 @@ async def test_a_blocked_or_otherwise_inactive_account_still_gets_login_error_2(
     channels = (await device.ok("channel/list"))["channels"]
     assert [(c["has_subscription"], c["url"]) for c in channels] == [(0, ""), (0, "")]
     assert (await device("channel/url", cid=world.ch1, redirect=0))["error"] == 2
+    actions = (await device.ok("channel/detail", cid=world.ch1))["actions"]
+    assert [(a["action"], a["tariff_id"]) for a in actions] == [("subscribe", world.basic)]
     # The external billing lifts it: the same session zaps.
     reloaded = daemon.entitlements.next_reload()
     await db.run(ledger.set_active, world.alice, True, "ACTIVE")
     await within(reloaded, 5)
+    actions = (await device.ok("channel/detail", cid=world.ch1))["actions"]
+    assert [a["action"] for a in actions] == ["get_channel_url"]
     uri = (await device.ok("channel/url", cid=world.ch1, redirect=0))["uri"]
     assert await token_check(daemon, uri) == 200
 

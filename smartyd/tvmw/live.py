@@ -18,7 +18,8 @@ what ``pid_from`` takes back.
 ChannelList lists every channel of the catalog, ``has_subscription`` 1 for
 those the account's active tariffs carry while the account is active (a
 device shows the others locked, with ChannelDetail's ``subscribe`` actions;
-an account in DEBT, still logged in, sees every channel locked).  A watchable channel's ``url`` is
+an account in DEBT, still logged in, sees every channel locked, and
+ChannelDetail's ``get_channel_url`` nowhere).  A watchable channel's ``url`` is
 this API's own ChannelUrl entry (``<origin>/tvmiddleware/api/channel/url/?cid=
 N&authkey=...``, the origin as the device addressed us): apps that play
 ``url`` (and playlist generators that copy it into an M3U) get a fresh token
@@ -188,7 +189,7 @@ async def _actions(tx, account_id: int, channel_id: int) -> list[tuple]:
         "SELECT t.id, t.name, t.price, t.activation_price, EXISTS ("
         "  SELECT 1 FROM accounts a JOIN subscriptions s ON s.customer_id = a.customer_id"
         "   AND (s.account_id IS NULL OR s.account_id = a.id) AND s.state = 'active'"
-        "  WHERE a.id = %s AND s.tariff_id = t.id)"
+        "  WHERE a.id = %s AND a.active AND s.tariff_id = t.id)"
         " FROM tariffs t JOIN tariff_channels tc ON tc.tariff_id = t.id"
         " WHERE tc.channel_id = %s AND NOT t.hidden ORDER BY t.price, t.id",
         (account_id, channel_id))
