@@ -134,6 +134,11 @@ class Snapshot:
             return None
         return self.channel_sets[code if code >= 0 else ~code]
 
+    def watchable(self, account: int) -> frozenset:
+        """The channels the account may watch now: none while it is inactive (blocked, DEBT)."""
+        code = self.accounts.get(account)
+        return self.channel_sets[code] if code is not None and code >= 0 else frozenset()
+
 
 class SnapshotBuilder:
     """Collects accounts one by one into a L{Snapshot}."""

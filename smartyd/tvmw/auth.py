@@ -10,7 +10,13 @@ Login (the spec's error codes):
   ``device_uid`` alone that is bound to an account -- else 1 ("not found"),
   which is also the answer under the rate limit (L{ratelimit}); a client
   without ``shared`` finds only the accounts of its own customers;
-- the account inactive (blocked, DEBT, deleted) -- 2, with its ``status_reason``;
+- the account inactive (blocked, deleted, any ``status_reason`` but DEBT) --
+  2, with its ``status_reason``.  An account in DEBT (deactivated for lack of
+  money) logs in (0, ``status_reason`` DEBT), as Smarty answers a debtor and
+  operators' apps expect (tvcom_iOS shows its debt banner on it): its
+  session shows the debt and lets it pay and subscribe, it watches nothing
+  until the DEBT is lifted (the entitlement snapshot holds it inactive), and
+  the billing's DEBT does not end its sessions (migration 0022);
 - no tariff assigned to the account or its customer -- 8;
 - the ``device_uid`` bound to another account -- 6;
 - the account's devices in session at their limit (the account's
@@ -33,6 +39,7 @@ import hmac
 import secrets
 from typing import Any
 
+from smartyd import ledger
 from smartyd.http.auth import password_login
 from smartyd.streams.web import account_by_device
 from smartyd.tvmw import params as P
@@ -92,7 +99,7 @@ async def open_session(tx, account_id: int, client, device_uid: str, bind: bool,
     if row is None or row["deleted_at"] is not None or (
             not client.shared and row["client_id"] != client.client_id):
         return {"refused": NOT_FOUND}
-    if not row["active"]:
+    if not row["active"] and row["status_reason"] != ledger.DEBT:
         return {"refused": INACTIVE, "status_reason": row["status_reason"]}
     if not await tx.fetchval(
             "SELECT 1 FROM subscriptions WHERE customer_id = %s"
@@ -202,10 +209,13 @@ async def logout(call: Call) -> dict:
 
 async def account_status(call: Call) -> dict:
     """
-    The account's status; ``message``: the newest message for the TV screen
-    (the Billing API's ``account/message/create``) this session has not been
-    shown -- shown once per session (``has_new_messages`` 1 then); smartyd
-    sends no ``command``.
+    The account's status: ``status`` 0 (active) or 2 (deactivated) with its
+    ``status_reason`` -- a debtor's session answers 2 and DEBT, and lives on
+    (apps such as tvcom_iOS drop the session only on 1, "not authorized",
+    which an unknown or ended authkey answers).  ``message``: the newest
+    message for the TV screen (the Billing API's ``account/message/create``)
+    this session has not been shown -- shown once per session
+    (``has_new_messages`` 1 then); smartyd sends no ``command``.
     """
     from smartyd.tvmw.live import channels_digest
 

@@ -52,6 +52,11 @@ async def tariffs_by_id(tx: Tx, ids: list[int]) -> dict[int, dict]:
     return {r["id"]: r for r in rows}
 
 
+async def account_active(tx: Tx, account_id: int) -> bool:
+    """False while the account is inactive: blocked, or in DEBT (a debtor keeps its session)."""
+    return bool(await tx.fetchval("SELECT active FROM accounts WHERE id = %s", (account_id,)))
+
+
 async def active_tariff_ids(tx: Tx, customer_id: int, account_id: int) -> set[int]:
     rows = await tx.fetchall(
         f"SELECT DISTINCT s.tariff_id FROM subscriptions s WHERE {_MINE} AND s.state = 'active'",

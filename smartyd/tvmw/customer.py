@@ -33,8 +33,10 @@ Choices where the spec is silent (kept; the tests hold them):
   today), ledger rows by service: ``btv`` (rows of a ``tv`` tariff), ``vod``
   (TVOD purchases and rows of ``svod``/``tvod`` tariffs), ``other`` (payments
   and the rest).  ``payment_sum`` is what the active subscriptions cost per
-  period, ``current_debt_amount`` the balance below zero,
-  ``activation_days_left`` the whole days until the first active
+  period, ``current_debt_amount`` what a payment must bring for the charges
+  due now to be taken (a debtor's suspended tariff: the billing's dry run,
+  L{smartyd.billing.engine.settle} with ``shortfalls``), at least the balance
+  below zero, ``activation_days_left`` the whole days until the first active
   subscription's paid period ends.  Not kept here, not answered:
   ``payment_period`` (tariffs have periods of their own).
 - ``PaymentList``: the ledger, newest first (``limit`` 0-100, default 20,
@@ -263,14 +265,18 @@ async def info(call: Call) -> dict:
     end = datetime.combine(last + timedelta(days=1), time(0), timezone.utc)
 
     async def look(tx):
+        # What the charges due now lack (a suspended tariff's period: a debtor's
+        # debt): the billing's dry run, under its lock order (customer row first).
+        short: dict = {}
+        await engine.settle(tx, call.cfg.billing, [s.customer_id], call.now, shortfalls=short)
         account = await ledger.get_account(tx, s.account_id)
         customer = await ledger.get_customer(tx, s.customer_id)
         tariffs = await repo.offered_tariffs(tx, s.customer_id, s.account_id)
         subs = await repo.subscriptions(tx, s.customer_id, s.account_id)
         rows = await repo.ledger_between(tx, s.customer_id, start, end)
-        return account, customer, tariffs, subs, rows
+        return account, customer, tariffs, subs, rows, short.get(s.customer_id)
 
-    account, customer, tariffs, subs, rows = await call.db.run(look)
+    account, customer, tariffs, subs, rows, shortfall = await call.db.run(look)
     payments: dict[str, list] = {"btv": [], "vod": [], "other": []}
     for r in rows:
         payments[_service(r)].append(_payment(r))
@@ -294,7 +300,8 @@ async def info(call: Call) -> dict:
         } for x in subs],
         "payment_sum": money(due),
         "payment_sum_no_discount": money(due),
-        "current_debt_amount": money(max(Decimal(0), -customer.balance)),
+        "current_debt_amount": money(max(Decimal(0), -customer.balance,
+                                         shortfall.amount if shortfall else Decimal(0))),
         "activation_days_left": days_left,
     }
 

@@ -49,8 +49,10 @@ Choices where the spec is silent (kept; the tests hold them):
   the title's ``ext_id`` (1 otherwise).
 - VideoUrl: 1 for no such title or asset (``vfid`` other than the title's
   id), 3 when the account may not watch it (neither subscription nor
-  purchase).  A MEGOGO title answers what a MEGOGO-enabled app needs to play
-  it through MEGOGO: ``ext_id`` (the title's MEGOGO id), ``ext_partner_id``
+  purchase, or the account is in DEBT: a debtor keeps its session, L{auth},
+  and watches nothing, bought titles included, until it pays).  A MEGOGO
+  title answers what a MEGOGO-enabled app needs to play it through MEGOGO:
+  ``ext_id`` (the title's MEGOGO id), ``ext_partner_id``
   (``[megogo] partner_id``), ``ext_auth_token`` (the SSO token,
   L{smartyd.vod.megogo.sso_token}) and, for the device class of the call's
   ``device`` (L{smartyd.vod.megogo.device_class}; the session's device type
@@ -302,6 +304,8 @@ async def video_url(call: Call) -> dict:
     _, may_watch = _watchable(call, t, set(f["tariffs"]))
     if not may_watch:
         raise TvmwError(3, "neither a subscription nor a purchase gives access to this video")
+    if not await call.db.run_statement(repo.account_active, call.session.account_id):
+        raise TvmwError(3, "the account is inactive (in DEBT): it watches nothing until it pays")
     if t["provider"] != "megogo":
         raise TvmwError(2, f"{t['provider']} gives no stream address to devices")
     cfg = call.cfg.megogo

@@ -16,8 +16,10 @@ A programme has no id of its own there (its key is channel + start): its
 what ``pid_from`` takes back.
 
 ChannelList lists every channel of the catalog, ``has_subscription`` 1 for
-those the account's active tariffs carry (a device shows the others locked,
-with ChannelDetail's ``subscribe`` actions).  A watchable channel's ``url`` is
+those the account's active tariffs carry while the account is active (a
+device shows the others locked, with ChannelDetail's ``subscribe`` actions;
+an account in DEBT, still logged in, sees every channel locked, and
+ChannelDetail's ``get_channel_url`` nowhere).  A watchable channel's ``url`` is
 this API's own ChannelUrl entry (``<origin>/tvmiddleware/api/channel/url/?cid=
 N&authkey=...``, the origin as the device addressed us): apps that play
 ``url`` (and playlist generators that copy it into an M3U) get a fresh token
@@ -29,8 +31,9 @@ timeshift) answer empty / 0.
 
 Error codes where the spec names none for the case: an unknown ``cid``
 answers 1 with ``error_messages``; a channel the account may not watch now
-(no active tariff carries it, or the account was blocked a moment ago)
-answers ChannelUrl's error 2.
+(no active tariff carries it, the account is in DEBT, or it was blocked a
+moment ago) answers error 2, the one refusal for every such case (the
+spec lists no error for ChannelUrl), and mints nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from urllib.parse import quote
 from smartyd import catalog as core_catalog
 from smartyd.streams.entitlements import OK as ENTITLED
 from smartyd.streams.web import grant, mint_stream
+from smartyd.tvmw import content_repo
 from smartyd.tvmw import params as P
 from smartyd.tvmw.call import Call
 from smartyd.tvmw.errors import TvmwError
@@ -51,12 +55,22 @@ NOT_WATCHABLE = 2
 MAX_PROGRAMS = 500
 
 
+async def _watchable(tx, account_id: int) -> list[int]:
+    if not await content_repo.account_active(tx, account_id):
+        return []
+    return await core_catalog.account_channels(tx, account_id)
+
+
 async def account_channel_ids(call: Call) -> frozenset:
+    """
+    The channels the account may watch now: its active tariffs' while the
+    account is active, none while it is not (a debtor's session lives on:
+    its list shows every channel locked until a payment lifts the DEBT).
+    """
     snapshot = call.deps["entitlements"].snapshot
     if snapshot is not None:
-        ids = snapshot.channels_of(call.session.account_id)
-        return ids if ids is not None else frozenset()
-    return frozenset(await call.db.run(core_catalog.account_channels, call.session.account_id))
+        return snapshot.watchable(call.session.account_id)
+    return frozenset(await call.db.run(_watchable, call.session.account_id))
 
 
 async def channels_digest(call: Call) -> str:
@@ -175,7 +189,7 @@ async def _actions(tx, account_id: int, channel_id: int) -> list[tuple]:
         "SELECT t.id, t.name, t.price, t.activation_price, EXISTS ("
         "  SELECT 1 FROM accounts a JOIN subscriptions s ON s.customer_id = a.customer_id"
         "   AND (s.account_id IS NULL OR s.account_id = a.id) AND s.state = 'active'"
-        "  WHERE a.id = %s AND s.tariff_id = t.id)"
+        "  WHERE a.id = %s AND a.active AND s.tariff_id = t.id)"
         " FROM tariffs t JOIN tariff_channels tc ON tc.tariff_id = t.id"
         " WHERE tc.channel_id = %s AND NOT t.hidden ORDER BY t.price, t.id",
         (account_id, channel_id))

@@ -16,7 +16,8 @@ up and kept current by ``NOTIFY smartyd_tvmw`` (payload: the ended key's hash),
 which the table's delete trigger sends.  Sessions end in the database only --
 ``Logout``, the idle sweep, and the trigger on ``accounts`` that deletes an
 account's sessions when its password changes, when it is deactivated
-(blocked, DEBT, deleted) or moves to another customer -- so every path that
+(blocked, deleted; not for DEBT, migration 0022: a debtor stays logged in
+and watches nothing until it pays) or moves to another customer -- so every path that
 changes an account (CLI, widgets, Billing API, console, charging) ends them
 on every instance.  A key this instance has not seen (logged in on another
 instance a moment ago) or whose last use it saw longer than ``ttl`` ago is
