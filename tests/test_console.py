@@ -601,10 +601,25 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
     r, html = await env.get(base)
     assert password not in html  # shown once
 
+    # The device's TV Middleware session is on the card (never its key); unbinding ends it.
+    key_hash = bytes(range(32))
+    await db.execute(
+        "INSERT INTO tvmw_sessions (key_hash, account_id, client_id, device_uid, device, ip,"
+        " created, last_seen) VALUES (%s, %s, 'c1', 'STB-00AA', 'stb <MAG>', '203.0.113.7',"
+        " %s, %s)", (key_hash, aid, day_at(30, 21), day_at(30, 22)))
+    r, html = await env.get(base)
+    tv = html[html.index('id="tv-sessions"'):]
+    tv = tv[:tv.index("</table>")]
+    assert re.search(r"<td>STB-00AA</td><td>\d+</td><td>stb &lt;MAG&gt;</td>"
+                     r"<td>203.0.113.7</td><td>2026-12-01 00:00:00</td>"
+                     r"<td>2026-12-01 01:00:00</td>", tv), tv
+    assert key_hash.hex() not in html and "key_hash" not in html
     r, html = await env.post(f"{base}/devices/{device}/unbind", {"csrf": token,
                                                                  "reason": "sold it"})
-    assert r.code == 200 and "Device STB-00AA is unbound." in html
+    assert r.code == 200 and "Device STB-00AA is unbound; TV sessions ended: 1." in html
     assert await db.fetchval("SELECT count(*) FROM devices") == 0
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 0
+    assert 'class="empty" id="tv-sessions"' in html
     r, html = await env.post(f"{base}/devices/{device}/unbind", {"csrf": token,
                                                                  "reason": "again"})
     assert r.code == 400 and "No such device" in html
@@ -615,6 +630,9 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
                        ("sam", "promise.grant")]
     [pw_row] = await audit(db, action="account.password")
     assert pw_row["after"] == {"account": aid}
+    [unbind_row] = await audit(db, action="device.unbind")
+    assert unbind_row["before"]["uid"] == "STB-00AA" \
+        and unbind_row["after"] == {"sessions_ended": 1}
 
     # A viewer may do none of it.
     viewer = env.another_browser()
@@ -677,8 +695,8 @@ async def upload(env, data, fields, browser=None):
 async def test_registry_reconciliation_shows_exactly_the_differences_and_remembers_the_layout(db):
     env = Env(db)
     cid = await day_of_payments(db)
-    await env.operator("vera", "viewer")
-    await env.login("vera")
+    await env.operator("sam", "support")
+    await env.login("sam")
     fields = {"provider": "osmp", "day": "2026-11-30", "columns": "txn_id,date,account,amount",
               "format": "html"}
     r, html = await upload(env, REGISTRY.encode(), fields)
@@ -718,13 +736,43 @@ async def test_registry_reconciliation_shows_exactly_the_differences_and_remembe
     r, html = await upload(env, b"t1;1\n", {**fields, "columns": "txn_id,txn_id,amount"})
     assert r.code == 400 and "a column is named twice" in html
     assert await db.run(reconcile.get_layout, "osmp") == ("amount", "txn_id")
-    # Each layout remembered anew is a change of vera's, in the audit journal.
+    # Each layout remembered anew is a change of sam's, in the audit journal.
     rows = await audit(db, action="registry.layout")
     assert [(row["actor"], row["after"]["columns"]) for row in reversed(rows)] == [
-        ("vera", ["txn_id", "date", "account", "amount"]),
-        ("vera", ["txn_id", "-", "account", "amount"]), ("vera", ["amount", "txn_id"])]
+        ("sam", ["txn_id", "date", "account", "amount"]),
+        ("sam", ["txn_id", "-", "account", "amount"]), ("sam", ["amount", "txn_id"])]
     assert rows[0]["before"] == {"provider": "osmp", "columns": ["txn_id", "-", "account",
                                                                  "amount"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_viewer_reconciles_with_its_own_columns_but_remembers_no_layout(db):
+    env = Env(db)
+    await day_of_payments(db)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    _, html = await env.get("/journals/reconcile?provider=osmp")
+    assert "used for this upload only" in html
+    fields = {"provider": "osmp", "day": "2026-11-30", "columns": "txn_id,date,account,amount",
+              "format": "html"}
+    # No layout yet: the viewer's columns serve the comparison, nothing is remembered.
+    r, html = await upload(env, REGISTRY.encode(), fields)
+    assert r.code == 200 and "2 match, 1 only in the registry, 1 only ours" in html
+    assert "used for this comparison only" in html
+    assert await db.run(reconcile.get_layout, "osmp") is None
+    # A layout support remembered stays as it was after the viewer's upload with others.
+    await db.run(reconcile.set_layout, "osmp", ("amount", "txn_id"))
+    r, html = await upload(env, REGISTRY.encode(), fields)
+    assert r.code == 200 and "2 match, 1 only in the registry, 1 only ours" in html
+    assert "used for this comparison only" in html
+    assert 'name="columns" value="txn_id,date,account,amount"' in html  # as given, this run
+    assert await db.run(reconcile.get_layout, "osmp") == ("amount", "txn_id")
+    r, html = await env.get("/journals/reconcile?provider=osmp")
+    assert 'name="columns" value="amount,txn_id"' in html
+    # The remembered layout itself given again: nothing to say.
+    r, html = await upload(env, b"100.00,t1\n", {**fields, "columns": "amount,txn_id"})
+    assert r.code == 200 and "used for this comparison only" not in html
+    assert await audit(db) == []
 
 
 @pytest_twisted.ensureDeferred
