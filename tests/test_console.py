@@ -646,6 +646,98 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
     assert len(await audit(db, customer_id=cid)) == 5
 
 
+@pytest_twisted.ensureDeferred
+async def test_support_sets_an_accounts_own_session_and_device_limits_audited(db):
+    env = Env(db)
+    cid, aid = await customer_world(db)
+    other_aid = (await db.run(ledger.create_account, "other-tv")).id
+    await env.operator("sam", "support")
+    await env.operator("vera", "viewer")
+    await env.login("sam")
+    token = await env.csrf()
+    base = f"/customers/{cid}"
+
+    def limits_form(html):
+        form = html[html.index(f'action="{base}/accounts/{aid}/limits"'):]
+        return form[:form.index("</form>")]
+
+    _, html = await env.get(base)
+    assert 'name="sessions" value=""' in limits_form(html)
+    r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+        "csrf": token, "sessions": "2", "devices": "1", "reason": "two TVs"})
+    assert r.code == 200 and f"Limits of account {aid}: sessions 2, devices 1." in html
+    assert 'name="sessions" value="2"' in limits_form(html) \
+        and 'name="devices" value="1"' in limits_form(html)
+    assert (await db.fetchall("SELECT max_sessions, max_devices FROM accounts WHERE id = %s",
+                              (aid,)))[0] == (2, 1)
+    for bad in ({"sessions": "0"}, {"devices": "x"}, {"sessions": "-1"}, {"reason": ""}):
+        r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+            "csrf": token, "sessions": "5", "devices": "5", "reason": "r", **bad})
+        assert r.code == 400 and ("A limit is a whole number" in html
+                                  or "Give a reason" in html), bad
+    r, html = await env.post(f"{base}/accounts/{other_aid}/limits", {
+        "csrf": token, "sessions": "5", "devices": "5", "reason": "r"})
+    assert r.code == 400 and "No such account of this customer" in html
+    # Empty: the account's own limit cleared (its tariffs decide), as the CLI's 0.
+    r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+        "csrf": token, "sessions": "", "devices": "3", "reason": "sold one"})
+    assert r.code == 200
+    assert (await db.fetchall("SELECT max_sessions, max_devices FROM accounts WHERE id = %s",
+                              (aid,)))[0] == (None, 3)
+    assert await db.fetchval("SELECT max_sessions FROM accounts WHERE id = %s",
+                             (other_aid,)) is None
+    rows = await audit(db, action="account.limit")
+    assert [(r["actor"], r["customer_id"], r["reason"], r["before"], r["after"])
+            for r in reversed(rows)] == [
+        ("sam", cid, "two TVs", {"account": aid, "max_sessions": None, "max_devices": None},
+         {"account": aid, "max_sessions": 2, "max_devices": 1}),
+        ("sam", cid, "sold one", {"account": aid, "max_sessions": 2, "max_devices": 1},
+         {"account": aid, "max_sessions": None, "max_devices": 3})]
+    viewer = env.another_browser()
+    await env.login("vera", browser=viewer)
+    r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+        "csrf": await env.csrf(viewer), "sessions": "9", "devices": "9", "reason": "x"},
+        browser=viewer)
+    assert r.code == 403 and "it needs the support role" in html
+    assert len(await audit(db, action="account.limit")) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_console_counts_days_and_shows_times_in_the_journals_zone(db):
+    """One operator day: the statement's and the audit's days are Moscow days, as the journals'."""
+    env = Env(db)
+    cid = await db.run(ledger.create_customer, "Zone", None, None)
+    late = datetime(2026, 11, 1, 22, 30, tzinfo=timezone.utc)  # 2 Nov 01:30 in Moscow
+
+    async def seed(tx):
+        await ledger.post(tx, cid, Decimal("10.00"), "manual", "late", "z1", at=late)
+        await ledger.post(tx, cid, Decimal("5.00"), "manual", "noon", "z2", at=day_at(2))
+        await operators.audit(tx, "cli", "zone.test", at=late, customer_id=cid)
+
+    await db.run(seed)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    r, html = await env.get(f"/customers/{cid}?from=2026-11-02&to=2026-11-02")
+    assert r.code == 200 and "Times and days in UTC+03:00." in html
+    part = html[html.index('id="statement-section"'):]
+    assert re.findall(r"<td>(late|noon)</td>", part) == ["late", "noon"]
+    assert "<td>2026-11-02 01:30:00</td>" in part
+    assert re.search(r'id="opening">0.00<', part) and re.search(r'id="closing">15.00<', part)
+    r, html = await env.get(f"/customers/{cid}?from=2026-11-01&to=2026-11-01")
+    part = html[html.index('id="statement-section"'):]
+    assert "late" not in part and re.search(r'id="closing">0.00<', part)
+    r, text = await env.get(f"/customers/{cid}/statement.csv?from=2026-11-02&to=2026-11-02")
+    assert text.splitlines()[2].startswith("2026-11-02T01:30:00+03:00,10.00,manual,late")
+    r, html = await env.get("/audit?since=2026-11-02&until=2026-11-02")
+    assert "zone.test" in html and "2026-11-02 01:30:00" in html
+    r, html = await env.get("/audit?since=2026-11-01&until=2026-11-01")
+    assert "zone.test" not in html
+    for page in ("/search", "/journals/payments", "/journals/reconcile", "/journals/receipts",
+                 "/journals/health", "/catalog", "/audit"):
+        r, html = await env.get(page)
+        assert r.code == 200 and "Times and days in UTC+03:00." in html, page
+
+
 # -- journals -------------------------------------------------------------------------------------
 DAY = datetime(2026, 11, 30, 10, 0, tzinfo=timezone.utc)
 
@@ -861,27 +953,37 @@ async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_th
     assert r.code == 400 and "url mask must be a stream URL" in html
     r, html = await env.post("/catalog/tariffs", {
         "csrf": token, "name": "Basic <TV>", "price": "99.50", "period_days": "30",
-        "period_months": "", "activation_price": "0", "sessions": "2", "hidden": "1",
-        "channel": str(news["id"])})
+        "period_months": "", "activation_price": "0", "sessions": "2", "devices": "3",
+        "hidden": "1", "channel": str(news["id"])})
     assert r.code == 200 and "Basic &lt;TV&gt;" in html
     [tariff] = await db.run(catalog.list_tariffs)
-    assert (tariff["price"], tariff["sessions"], tariff["hidden"], tariff["channels"]) == (
-        Decimal("99.50"), 2, True, [news["id"]])
+    assert (tariff["price"], tariff["sessions"], tariff["devices"], tariff["hidden"],
+            tariff["channels"]) == (Decimal("99.50"), 2, 3, True, [news["id"]])
+    assert await db.fetchval("SELECT devices_count FROM tariffs") == 3
+    r, html = await env.get(f"/catalog/tariffs/{tariff['id']}")
+    assert 'name="devices" value="3"' in html and "Devices in session" in html
     for bad, why in (({"price": "1.001"}, "price is not an amount"),
                      ({"period_days": "0"}, "period days must be 1-3660"),
-                     ({"sessions": "x"}, "sessions must be a whole number")):
+                     ({"sessions": "x"}, "sessions must be a whole number"),
+                     ({"devices": "x"}, "devices must be a whole number"),
+                     ({"devices": "0"}, "devices must be at least 1")):
         r, html = await env.post(f"/catalog/tariffs/{tariff['id']}", {
             "csrf": token, "name": "Basic", "price": "10", "period_days": "30",
             "activation_price": "0", **bad})
         assert r.code == 400 and why in html, bad
+    r, html = await env.post("/catalog/tariffs", {
+        "csrf": token, "name": "Other", "price": "1", "period_days": "30",
+        "activation_price": "0", "devices": "0"})
+    assert r.code == 400 and "devices must be at least 1" in html
+    assert len(await db.run(catalog.list_tariffs)) == 1
     r, html = await env.post(f"/catalog/tariffs/{tariff['id']}", {
         "csrf": token, "name": "Basic", "price": "120.00", "period_days": "30",
         "period_months": "1", "activation_price": "5", "sessions": ""})
     assert r.code == 200 and "Saved." in html
     [edited] = await db.run(catalog.list_tariffs)
     assert (edited["name"], edited["price"], edited["period_months"], edited["sessions"],
-            edited["hidden"], edited["channels"]) == ("Basic", Decimal("120.00"), 1, None,
-                                                      False, [])
+            edited["devices"], edited["hidden"], edited["channels"]) == (
+        "Basic", Decimal("120.00"), 1, None, None, False, [])
     r, html = await env.post(f"/catalog/channels/{news['id']}", {
         "csrf": token, "url_mask": "https://cdn.example/news/$token", "streamer_id": "",
         "xmltv_id": ""})
@@ -895,6 +997,7 @@ async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_th
         "channel.edit", "tariff.edit", "tariff.create", "channel.create"]
     [edit] = await audit(db, action="tariff.edit")
     assert edit["before"]["price"] == "99.50" and edit["after"]["price"] == "120.00"
+    assert (edit["before"]["devices"], edit["after"]["devices"]) == (3, None)
 
     viewer = env.another_browser()
     await env.login("vera", browser=viewer)
