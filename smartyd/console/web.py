@@ -336,7 +336,7 @@ class ConsoleWeb:
 
     def _period(self, request: Request, limit: int) -> tuple[dict, dict] | None:
         """
-        The statement's period from the query (``from``, ``to``: days, UTC,
+        The statement's period from the query (``from``, ``to``: the operator's days,
         both included; ``before``: a ledger row, the next page back) as
         L{ledger.statement}'s arguments, and the query that repeats it; None
         when it is not understood.
@@ -578,7 +578,7 @@ class ConsoleWeb:
             value = limits[name]
             return tags.label(t[label], tags.input(
                 name=name.removeprefix("max_"), value="" if value is None else str(value),
-                inputmode="numeric", maxlength="6", size="4", placeholder=t["tariffs_decide"],
+                inputmode="numeric", maxlength="6", size="10", placeholder=t["tariffs_decide"],
                 **{"aria-label": f"{t[label]} {login}"}))
 
         return tags.form(
