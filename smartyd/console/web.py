@@ -34,7 +34,10 @@ form carries a CSRF token bound to the session (the login form: to a
 pre-login cookie); a POST without a valid one is a 403 with a visible
 message and changes nothing.  A role that may not do something gets a 403
 with a message saying which role may.  Every change asks for a reason and is
-an audit row (L{smartyd.console.actions}).
+an audit row (L{smartyd.console.actions}); a viewer changes nothing (its
+registry upload's columns serve that comparison only).  One operator day: the
+days of every filter and every time shown are in L{ConsoleWeb.tz} (the
+journals' Moscow time), which each page states.
 """
 
 from __future__ import annotations
