@@ -238,9 +238,9 @@ async def customer_subscriptions(tx: Tx, customer_id: int) -> list[dict]:
 
 # -- editing (the operator console's catalog pages) -----------------------------------------------
 async def list_tariffs(tx: Tx) -> list[dict]:
-    """Every tariff with its session limit and channel ids, by name."""
+    """Every tariff with its session and device limits and channel ids, by name."""
     rows = await tx.fetchdicts(
-        f"SELECT {_TARIFF_COLUMNS}, sessions_count AS sessions,"
+        f"SELECT {_TARIFF_COLUMNS}, sessions_count AS sessions, devices_count AS devices,"
         " coalesce((SELECT array_agg(channel_id ORDER BY channel_id) FROM tariff_channels"
         "  WHERE tariff_id = tariffs.id), '{}') AS channels FROM tariffs ORDER BY name")
     return rows
@@ -253,7 +253,8 @@ async def list_channels(tx: Tx) -> list[dict]:
 
 async def update_tariff(tx: Tx, tariff_id: int, *, name: str, price: object,
                         period_days: int, period_months: int | None, activation_price: object,
-                        hidden: bool, sessions: int | None, channel_ids: list[int]) -> dict:
+                        hidden: bool, sessions: int | None, devices: int | None,
+                        channel_ids: list[int]) -> dict:
     """
     Set a tariff's fields and channels (as L{create_tariff} checks them).  A
     new price applies from the next charge; the channels change at once
@@ -270,13 +271,17 @@ async def update_tariff(tx: Tx, tariff_id: int, *, name: str, price: object,
         raise CatalogError("period months must be 1-120")
     if sessions is not None and sessions < 1:
         raise CatalogError("sessions must be at least 1 (leave it out for no limit)")
+    if devices is not None and devices < 1:
+        raise CatalogError("devices must be at least 1 (leave it out for no limit)")
     if await tx.fetchval("SELECT 1 FROM tariffs WHERE name = %s AND id <> %s",
                          (name, tariff_id)):
         raise CatalogError(f"tariff {name!r} exists already")
     done = await tx.fetchval(
         "UPDATE tariffs SET name = %s, price = %s, period_days = %s, period_months = %s,"
-        " activation_price = %s, hidden = %s, sessions_count = %s WHERE id = %s RETURNING id",
-        (name, price, period_days, period_months, activation_price, hidden, sessions, tariff_id))
+        " activation_price = %s, hidden = %s, sessions_count = %s, devices_count = %s"
+        " WHERE id = %s RETURNING id",
+        (name, price, period_days, period_months, activation_price, hidden, sessions, devices,
+         tariff_id))
     if done is None:
         raise CatalogError(f"no tariff {tariff_id}")
     wanted = sorted(set(channel_ids))

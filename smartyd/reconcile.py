@@ -371,11 +371,13 @@ async def reconcile(tx: Tx, provider: str, day: date, registry: Registry,
 async def reconcile_registry(db: Database, provider: str, day: date, data: bytes,
                              columns: str | list[str] | None = None,
                              tz: timezone = MOSCOW,
-                             actor: operators.Actor | None = None) -> dict:
+                             actor: operators.Actor | None = None,
+                             remember: bool = True) -> dict:
     """
     The whole upload: the layout from ``columns`` (then remembered for
-    ``provider``, a change audited as ``actor``'s) or the one remembered,
-    the registry ``data`` read in a thread, the comparison (L{reconcile}'s
+    ``provider``, a change audited as ``actor``'s, unless ``remember`` is
+    false: the columns serve this run only) or the one remembered, the
+    registry ``data`` read in a thread, the comparison (L{reconcile}'s
     return).  Raises L{RegistryError} for no layout, a bad layout or bad
     rows; then nothing is remembered.
     """
@@ -387,7 +389,7 @@ async def reconcile_registry(db: Database, provider: str, day: date, data: bytes
             raise RegistryError(f"no column layout remembered for {provider}: give the columns")
     registry = await threads.deferToThread(parse_registry, data, layout)
     return await db.run(reconcile, provider, day, registry, layout,
-                        remember=columns is not None, tz=tz, actor=actor)
+                        remember=remember and columns is not None, tz=tz, actor=actor)
 
 
 # -- export --------------------------------------------------------------------------------------

@@ -601,10 +601,25 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
     r, html = await env.get(base)
     assert password not in html  # shown once
 
+    # The device's TV Middleware session is on the card (never its key); unbinding ends it.
+    key_hash = bytes(range(32))
+    await db.execute(
+        "INSERT INTO tvmw_sessions (key_hash, account_id, client_id, device_uid, device, ip,"
+        " created, last_seen) VALUES (%s, %s, 'c1', 'STB-00AA', 'stb <MAG>', '203.0.113.7',"
+        " %s, %s)", (key_hash, aid, day_at(30, 21), day_at(30, 22)))
+    r, html = await env.get(base)
+    tv = html[html.index('id="tv-sessions"'):]
+    tv = tv[:tv.index("</table>")]
+    assert re.search(r"<td>STB-00AA</td><td>\d+</td><td>stb &lt;MAG&gt;</td>"
+                     r"<td>203.0.113.7</td><td>2026-12-01 00:00:00</td>"
+                     r"<td>2026-12-01 01:00:00</td>", tv), tv
+    assert key_hash.hex() not in html and "key_hash" not in html
     r, html = await env.post(f"{base}/devices/{device}/unbind", {"csrf": token,
                                                                  "reason": "sold it"})
-    assert r.code == 200 and "Device STB-00AA is unbound." in html
+    assert r.code == 200 and "Device STB-00AA is unbound; TV sessions ended: 1." in html
     assert await db.fetchval("SELECT count(*) FROM devices") == 0
+    assert await db.fetchval("SELECT count(*) FROM tvmw_sessions") == 0
+    assert 'class="empty" id="tv-sessions"' in html
     r, html = await env.post(f"{base}/devices/{device}/unbind", {"csrf": token,
                                                                  "reason": "again"})
     assert r.code == 400 and "No such device" in html
@@ -615,6 +630,9 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
                        ("sam", "promise.grant")]
     [pw_row] = await audit(db, action="account.password")
     assert pw_row["after"] == {"account": aid}
+    [unbind_row] = await audit(db, action="device.unbind")
+    assert unbind_row["before"]["uid"] == "STB-00AA" \
+        and unbind_row["after"] == {"sessions_ended": 1}
 
     # A viewer may do none of it.
     viewer = env.another_browser()
@@ -626,6 +644,98 @@ async def test_support_grants_a_promise_assigns_and_removes_tariffs_resets_a_pas
                                         "tariff": str(tariff), "reason": "x"}, browser=viewer)
         assert r.code == 403 and "it needs the support role" in html, path
     assert len(await audit(db, customer_id=cid)) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_support_sets_an_accounts_own_session_and_device_limits_audited(db):
+    env = Env(db)
+    cid, aid = await customer_world(db)
+    other_aid = (await db.run(ledger.create_account, "other-tv")).id
+    await env.operator("sam", "support")
+    await env.operator("vera", "viewer")
+    await env.login("sam")
+    token = await env.csrf()
+    base = f"/customers/{cid}"
+
+    def limits_form(html):
+        form = html[html.index(f'action="{base}/accounts/{aid}/limits"'):]
+        return form[:form.index("</form>")]
+
+    _, html = await env.get(base)
+    assert 'name="sessions" value=""' in limits_form(html)
+    r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+        "csrf": token, "sessions": "2", "devices": "1", "reason": "two TVs"})
+    assert r.code == 200 and f"Limits of account {aid}: sessions 2, devices 1." in html
+    assert 'name="sessions" value="2"' in limits_form(html) \
+        and 'name="devices" value="1"' in limits_form(html)
+    assert (await db.fetchall("SELECT max_sessions, max_devices FROM accounts WHERE id = %s",
+                              (aid,)))[0] == (2, 1)
+    for bad in ({"sessions": "0"}, {"devices": "x"}, {"sessions": "-1"}, {"reason": ""}):
+        r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+            "csrf": token, "sessions": "5", "devices": "5", "reason": "r", **bad})
+        assert r.code == 400 and ("A limit is a whole number" in html
+                                  or "Give a reason" in html), bad
+    r, html = await env.post(f"{base}/accounts/{other_aid}/limits", {
+        "csrf": token, "sessions": "5", "devices": "5", "reason": "r"})
+    assert r.code == 400 and "No such account of this customer" in html
+    # Empty: the account's own limit cleared (its tariffs decide), as the CLI's 0.
+    r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+        "csrf": token, "sessions": "", "devices": "3", "reason": "sold one"})
+    assert r.code == 200
+    assert (await db.fetchall("SELECT max_sessions, max_devices FROM accounts WHERE id = %s",
+                              (aid,)))[0] == (None, 3)
+    assert await db.fetchval("SELECT max_sessions FROM accounts WHERE id = %s",
+                             (other_aid,)) is None
+    rows = await audit(db, action="account.limit")
+    assert [(r["actor"], r["customer_id"], r["reason"], r["before"], r["after"])
+            for r in reversed(rows)] == [
+        ("sam", cid, "two TVs", {"account": aid, "max_sessions": None, "max_devices": None},
+         {"account": aid, "max_sessions": 2, "max_devices": 1}),
+        ("sam", cid, "sold one", {"account": aid, "max_sessions": 2, "max_devices": 1},
+         {"account": aid, "max_sessions": None, "max_devices": 3})]
+    viewer = env.another_browser()
+    await env.login("vera", browser=viewer)
+    r, html = await env.post(f"{base}/accounts/{aid}/limits", {
+        "csrf": await env.csrf(viewer), "sessions": "9", "devices": "9", "reason": "x"},
+        browser=viewer)
+    assert r.code == 403 and "it needs the support role" in html
+    assert len(await audit(db, action="account.limit")) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_console_counts_days_and_shows_times_in_the_journals_zone(db):
+    """One operator day: the statement's and the audit's days are Moscow days, as the journals'."""
+    env = Env(db)
+    cid = await db.run(ledger.create_customer, "Zone", None, None)
+    late = datetime(2026, 11, 1, 22, 30, tzinfo=timezone.utc)  # 2 Nov 01:30 in Moscow
+
+    async def seed(tx):
+        await ledger.post(tx, cid, Decimal("10.00"), "manual", "late", "z1", at=late)
+        await ledger.post(tx, cid, Decimal("5.00"), "manual", "noon", "z2", at=day_at(2))
+        await operators.audit(tx, "cli", "zone.test", at=late, customer_id=cid)
+
+    await db.run(seed)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    r, html = await env.get(f"/customers/{cid}?from=2026-11-02&to=2026-11-02")
+    assert r.code == 200 and "Times and days in UTC+03:00." in html
+    part = html[html.index('id="statement-section"'):]
+    assert re.findall(r"<td>(late|noon)</td>", part) == ["late", "noon"]
+    assert "<td>2026-11-02 01:30:00</td>" in part
+    assert re.search(r'id="opening">0.00<', part) and re.search(r'id="closing">15.00<', part)
+    r, html = await env.get(f"/customers/{cid}?from=2026-11-01&to=2026-11-01")
+    part = html[html.index('id="statement-section"'):]
+    assert "late" not in part and re.search(r'id="closing">0.00<', part)
+    r, text = await env.get(f"/customers/{cid}/statement.csv?from=2026-11-02&to=2026-11-02")
+    assert text.splitlines()[2].startswith("2026-11-02T01:30:00+03:00,10.00,manual,late")
+    r, html = await env.get("/audit?since=2026-11-02&until=2026-11-02")
+    assert "zone.test" in html and "2026-11-02 01:30:00" in html
+    r, html = await env.get("/audit?since=2026-11-01&until=2026-11-01")
+    assert "zone.test" not in html
+    for page in ("/search", "/journals/payments", "/journals/reconcile", "/journals/receipts",
+                 "/journals/health", "/catalog", "/audit"):
+        r, html = await env.get(page)
+        assert r.code == 200 and "Times and days in UTC+03:00." in html, page
 
 
 # -- journals -------------------------------------------------------------------------------------
@@ -677,8 +787,8 @@ async def upload(env, data, fields, browser=None):
 async def test_registry_reconciliation_shows_exactly_the_differences_and_remembers_the_layout(db):
     env = Env(db)
     cid = await day_of_payments(db)
-    await env.operator("vera", "viewer")
-    await env.login("vera")
+    await env.operator("sam", "support")
+    await env.login("sam")
     fields = {"provider": "osmp", "day": "2026-11-30", "columns": "txn_id,date,account,amount",
               "format": "html"}
     r, html = await upload(env, REGISTRY.encode(), fields)
@@ -718,13 +828,43 @@ async def test_registry_reconciliation_shows_exactly_the_differences_and_remembe
     r, html = await upload(env, b"t1;1\n", {**fields, "columns": "txn_id,txn_id,amount"})
     assert r.code == 400 and "a column is named twice" in html
     assert await db.run(reconcile.get_layout, "osmp") == ("amount", "txn_id")
-    # Each layout remembered anew is a change of vera's, in the audit journal.
+    # Each layout remembered anew is a change of sam's, in the audit journal.
     rows = await audit(db, action="registry.layout")
     assert [(row["actor"], row["after"]["columns"]) for row in reversed(rows)] == [
-        ("vera", ["txn_id", "date", "account", "amount"]),
-        ("vera", ["txn_id", "-", "account", "amount"]), ("vera", ["amount", "txn_id"])]
+        ("sam", ["txn_id", "date", "account", "amount"]),
+        ("sam", ["txn_id", "-", "account", "amount"]), ("sam", ["amount", "txn_id"])]
     assert rows[0]["before"] == {"provider": "osmp", "columns": ["txn_id", "-", "account",
                                                                  "amount"]}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_viewer_reconciles_with_its_own_columns_but_remembers_no_layout(db):
+    env = Env(db)
+    await day_of_payments(db)
+    await env.operator("vera", "viewer")
+    await env.login("vera")
+    _, html = await env.get("/journals/reconcile?provider=osmp")
+    assert "used for this upload only" in html
+    fields = {"provider": "osmp", "day": "2026-11-30", "columns": "txn_id,date,account,amount",
+              "format": "html"}
+    # No layout yet: the viewer's columns serve the comparison, nothing is remembered.
+    r, html = await upload(env, REGISTRY.encode(), fields)
+    assert r.code == 200 and "2 match, 1 only in the registry, 1 only ours" in html
+    assert "used for this comparison only" in html
+    assert await db.run(reconcile.get_layout, "osmp") is None
+    # A layout support remembered stays as it was after the viewer's upload with others.
+    await db.run(reconcile.set_layout, "osmp", ("amount", "txn_id"))
+    r, html = await upload(env, REGISTRY.encode(), fields)
+    assert r.code == 200 and "2 match, 1 only in the registry, 1 only ours" in html
+    assert "used for this comparison only" in html
+    assert 'name="columns" value="txn_id,date,account,amount"' in html  # as given, this run
+    assert await db.run(reconcile.get_layout, "osmp") == ("amount", "txn_id")
+    r, html = await env.get("/journals/reconcile?provider=osmp")
+    assert 'name="columns" value="amount,txn_id"' in html
+    # The remembered layout itself given again: nothing to say.
+    r, html = await upload(env, b"100.00,t1\n", {**fields, "columns": "amount,txn_id"})
+    assert r.code == 200 and "used for this comparison only" not in html
+    assert await audit(db) == []
 
 
 @pytest_twisted.ensureDeferred
@@ -813,27 +953,37 @@ async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_th
     assert r.code == 400 and "url mask must be a stream URL" in html
     r, html = await env.post("/catalog/tariffs", {
         "csrf": token, "name": "Basic <TV>", "price": "99.50", "period_days": "30",
-        "period_months": "", "activation_price": "0", "sessions": "2", "hidden": "1",
-        "channel": str(news["id"])})
+        "period_months": "", "activation_price": "0", "sessions": "2", "devices": "3",
+        "hidden": "1", "channel": str(news["id"])})
     assert r.code == 200 and "Basic &lt;TV&gt;" in html
     [tariff] = await db.run(catalog.list_tariffs)
-    assert (tariff["price"], tariff["sessions"], tariff["hidden"], tariff["channels"]) == (
-        Decimal("99.50"), 2, True, [news["id"]])
+    assert (tariff["price"], tariff["sessions"], tariff["devices"], tariff["hidden"],
+            tariff["channels"]) == (Decimal("99.50"), 2, 3, True, [news["id"]])
+    assert await db.fetchval("SELECT devices_count FROM tariffs") == 3
+    r, html = await env.get(f"/catalog/tariffs/{tariff['id']}")
+    assert 'name="devices" value="3"' in html and "Devices in session" in html
     for bad, why in (({"price": "1.001"}, "price is not an amount"),
                      ({"period_days": "0"}, "period days must be 1-3660"),
-                     ({"sessions": "x"}, "sessions must be a whole number")):
+                     ({"sessions": "x"}, "sessions must be a whole number"),
+                     ({"devices": "x"}, "devices must be a whole number"),
+                     ({"devices": "0"}, "devices must be at least 1")):
         r, html = await env.post(f"/catalog/tariffs/{tariff['id']}", {
             "csrf": token, "name": "Basic", "price": "10", "period_days": "30",
             "activation_price": "0", **bad})
         assert r.code == 400 and why in html, bad
+    r, html = await env.post("/catalog/tariffs", {
+        "csrf": token, "name": "Other", "price": "1", "period_days": "30",
+        "activation_price": "0", "devices": "0"})
+    assert r.code == 400 and "devices must be at least 1" in html
+    assert len(await db.run(catalog.list_tariffs)) == 1
     r, html = await env.post(f"/catalog/tariffs/{tariff['id']}", {
         "csrf": token, "name": "Basic", "price": "120.00", "period_days": "30",
         "period_months": "1", "activation_price": "5", "sessions": ""})
     assert r.code == 200 and "Saved." in html
     [edited] = await db.run(catalog.list_tariffs)
     assert (edited["name"], edited["price"], edited["period_months"], edited["sessions"],
-            edited["hidden"], edited["channels"]) == ("Basic", Decimal("120.00"), 1, None,
-                                                      False, [])
+            edited["devices"], edited["hidden"], edited["channels"]) == (
+        "Basic", Decimal("120.00"), 1, None, None, False, [])
     r, html = await env.post(f"/catalog/channels/{news['id']}", {
         "csrf": token, "url_mask": "https://cdn.example/news/$token", "streamer_id": "",
         "xmltv_id": ""})
@@ -847,6 +997,7 @@ async def test_an_admin_creates_and_edits_tariffs_and_channels_a_viewer_reads_th
         "channel.edit", "tariff.edit", "tariff.create", "channel.create"]
     [edit] = await audit(db, action="tariff.edit")
     assert edit["before"]["price"] == "99.50" and edit["after"]["price"] == "120.00"
+    assert (edit["before"]["devices"], edit["after"]["devices"]) == (3, None)
 
     viewer = env.another_browser()
     await env.login("vera", browser=viewer)

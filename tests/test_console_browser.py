@@ -6,11 +6,13 @@ the daemon's fast token listener and entitlement snapshot run beside it.
 
 Each role logs in and does what it may and is refused what it may not; a
 support agent finds a customer by payment code and blocks the account, and
-its stream token is then refused on the fast listener, and retries a failed
+its stream token is then refused on the fast listener, sets the account's
+device limit, sees its device's TV session (ended by the block), and retries a failed
 receipt; an admin credits
 100.00 with a reason and sees it in the balance, the statement and the audit
 trail; a viewer reconciles a registry with one missing, one extra and one
-different amount and sees exactly those three; a form without its CSRF token
+different amount and sees exactly those three (its columns remembered for
+no one: a viewer changes nothing); a form without its CSRF token
 is refused; a customer named
 ``<script>...`` is shown as text (no dialog ever opens).
 
@@ -99,6 +101,7 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             page.get_by_label("Registry file (CSV)").set_input_files(registry)
             page.get_by_role("button", name="Compare").click()
             seen["summary"] = page.locator("#summary").inner_text(timeout=15000)
+            seen["layout_once"] = page.locator("p.notice[role=status]").inner_text()
             for part in ("mismatched", "only-registry", "only-ours", "matched"):
                 seen[part] = page.locator(f"#{part} tbody tr").all_inner_texts()
             shot(page, "reconcile.png")
@@ -115,6 +118,7 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             page.locator("#search").get_by_role("button", name="Find").click()
             page.locator("#ppc").wait_for(timeout=15000)
             seen["support_url"] = page.url
+            seen["tv_sessions"] = page.locator("#tv-sessions tbody tr").all_inner_texts()
             form = page.locator("#accounts tr", has_text="ivan-tv").locator("form").first
             form.locator("input[name=csrf]").evaluate("e => e.remove()")
             form.locator("input[name=reason]").fill("no token")
@@ -130,6 +134,15 @@ def browse(console: str, shots: str, profile: str, customer: int, account: int,
             page.locator("#money input[name=reason]").fill("try")
             page.locator("#money").get_by_role("button", name="Post").click()
             seen["support_money"] = page.locator(".message").inner_text(timeout=15000)
+            # The account's own limit of devices in session; the TV session on the card.
+            page.goto(f"{console}/customers/{customer}")
+            limits = page.locator("#accounts tr", has_text="ivan-tv").locator("form.limits")
+            limits.locator("input[name=devices]").fill("2")
+            limits.locator("input[name=reason]").fill("two set-top boxes")
+            limits.get_by_role("button", name="Set limits").click()
+            seen["limits"] = page.locator(".notice").inner_text(timeout=15000)
+            seen["tv_sessions_blocked"] = page.locator("#tv-sessions tbody tr").count()
+            seen["zone"] = page.locator("#zone").inner_text()
             # A failed receipt handed back to the worker.
             page.goto(f"{console}/journals/receipts")
             page.locator("#receipts tr", has_text="r1").get_by_role("button",
@@ -197,6 +210,12 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
         ch = await catalog.create_channel(tx, "news", "http://s.example/news/index.m3u8")
         t = await catalog.create_tariff(tx, "Basic", "0.00", [ch["id"]])
         await catalog.assign_tariff(tx, a.id, t["id"])
+        await tx.execute("INSERT INTO devices (uid, account_id, model) VALUES"
+                         " ('STB-00AA', %s, 'MAG250')", (a.id,))
+        await tx.execute(
+            "INSERT INTO tvmw_sessions (key_hash, account_id, client_id, device_uid, device,"
+            " ip, created, last_seen) VALUES (%s, %s, 'c1', 'STB-00AA', 'stb', '203.0.113.7',"
+            " %s, %s)", (bytes(32), a.id, REGISTRY_DAY, REGISTRY_DAY))
         await payments.accept(tx, "osmp", "8800555", a.id, "50.00")
         payer = await ledger.create_account(tx, "payer")
         for txn, amount in (("r1", "10.00"), ("r2", "20.00"), ("r3", "30.00")):
@@ -257,6 +276,13 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert "did not come from this console" in seen["no_csrf"]
     assert seen["blocked"] == f"Account {account} is blocked." and "blocked" in seen["status"]
     assert "it needs the admin role" in seen["support_money"]
+    assert "a viewer's upload remembers no layout" in seen["layout_once"]
+    assert seen["limits"] == f"Limits of account {account}: sessions tariffs decide, devices 2."
+    assert [r.split("\t") for r in seen["tv_sessions"]] == [
+        ["STB-00AA", str(account), "stb", "203.0.113.7", "2026-11-30 15:00:00",
+         "2026-11-30 15:00:00"]]
+    assert seen["tv_sessions_blocked"] == 0  # the block ended the TV session
+    assert seen["zone"] == "Times and days in UTC+03:00."
     assert "is handed back to the worker" in seen["retried"] and "posting" in seen["receipts"]
     assert "posting: 1" in seen["health"]
     assert before == 200 and after == 403  # the stream token is refused now
@@ -270,10 +296,11 @@ async def test_roles_block_reaches_the_fast_listener_and_a_credit_is_seen(db, tm
     assert all(name in seen["operators"] for name in ("vera", "sam", "boss"))
     assert "Basic" in seen["catalog"] and "news" in seen["catalog"]
     assert seen["name"] == EVIL
-    # Nothing the refused ones tried was done: one block, one credit.
+    # Nothing the refused ones tried was done: one block, one credit; the viewer's
+    # reconciliation remembered no layout.
     rows = await db.run(operators.audit_rows)
-    assert sorted(r["action"] for r in rows) == ["account.block", "money.credit",
-                                                 "receipt.retry", "registry.layout"]
+    assert sorted(r["action"] for r in rows) == ["account.block", "account.limit",
+                                                 "money.credit", "receipt.retry"]
     assert not (await db.run(ledger.get_account, account)).active
     for name in ("login.png", "search.png", "card.png", "refused.png", "audit.png",
                  "operators.png", "reconcile.png", "payments.png", "catalog.png",

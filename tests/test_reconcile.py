@@ -120,6 +120,20 @@ async def test_cp1251_comma_delimited_other_column_order_and_no_header(db):
 
 
 @pytest_twisted.ensureDeferred
+async def test_columns_for_one_run_only_are_not_remembered(db):
+    """``remember=False`` (a console viewer's upload): the columns serve that run only."""
+    await a_day_of_osmp(db)
+    out = await reconcile.reconcile_registry(db, "osmp", DAY, REGISTRY.encode(), LAYOUT,
+                                             remember=False)
+    assert [m["txn_id"] for m in out["matched"]] == ["0005001", "5002"]
+    assert await db.run(reconcile.get_layout, "osmp") is None
+    with pytest.raises(reconcile.RegistryError, match="no column layout remembered"):
+        await reconcile.reconcile_registry(db, "osmp", DAY, REGISTRY.encode())
+    await reconcile.reconcile_registry(db, "osmp", DAY, REGISTRY.encode(), LAYOUT)
+    assert await db.run(reconcile.get_layout, "osmp") == reconcile.parse_layout(LAYOUT)
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_bad_row_is_reported_by_line_and_nothing_is_remembered(db):
     await a_day_of_osmp(db)
     bad = (

@@ -19,6 +19,7 @@ from smartyd import catalog, journals, ledger, operators
 from smartyd.billing import engine
 from smartyd.billing_api.repo import delete_device
 from smartyd.gateways import cards
+from smartyd.tvmw import devices as tvmw_devices
 from smartyd.config import Billing as BillingConfig
 from smartyd.db import Tx
 from smartyd.widgets.repo import set_account_password, set_xmltv_id
@@ -180,13 +181,45 @@ async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device
     if device is None:
         raise ActionError("no_device")
 
-    async def unbind(tx):
+    async def unbind(tx):  # its TV sessions end with it (migration 0023's trigger)
+        ended = await tx.fetchval(
+            "SELECT count(*) FROM tvmw_sessions WHERE account_id = %s AND device_uid = %s",
+            (device["account_id"], device["uid"]))
         await delete_device(tx, device_id)
+        return {"sessions_ended": ended}
 
-    await operators.audited(tx, op.login, "device.unbind", unbind, at=at, operator_id=op.id,
-                            customer_id=customer_id, before=lambda tx: _value(device),
-                            reason=reason)
-    return device
+    out = await operators.audited(tx, op.login, "device.unbind", unbind, at=at,
+                                  operator_id=op.id, customer_id=customer_id,
+                                  before=lambda tx: _value(device), reason=reason)
+    return {**device, **out}
+
+
+async def account_limits(tx: Tx, op: operators.Operator, customer_id: int, account_id: int,
+                         sessions: int, devices: int, reason: str, at: datetime) -> dict:
+    """
+    The account's own limits of concurrent sessions and of devices in
+    session, 0 clearing either (the tariffs decide): the CLI's ``account
+    limit`` (L{catalog.set_account_sessions},
+    L{smartyd.tvmw.devices.set_account_devices}), audited.
+    """
+    reason = _reason(reason)
+    account = await ledger.get_account(tx, account_id, lock=True)
+    if account is None or account.customer_id != customer_id:
+        raise ActionError("no_account")
+
+    async def limits(tx) -> dict:
+        row = await tx.fetchdict("SELECT max_sessions, max_devices FROM accounts WHERE id = %s",
+                                 (account_id,))
+        return {"account": account_id, **row}
+
+    async def change(tx):
+        await catalog.set_account_sessions(tx, account_id, sessions)
+        await tvmw_devices.set_account_devices(tx, account_id, devices)
+        return await limits(tx)
+
+    return await operators.audited(tx, op.login, "account.limit", change, at=at,
+                                   operator_id=op.id, customer_id=customer_id, before=limits,
+                                   reason=reason)
 
 
 async def autopay(tx: Tx, op: operators.Operator, customer_id: int, on: bool, reason: str,
@@ -211,7 +244,8 @@ async def create_tariff(tx: Tx, op: operators.Operator, fields: dict, channel_id
         tx, op.login, "tariff.create", lambda tx: catalog.create_tariff(
             tx, fields["name"], fields["price"], channel_ids, "tv", fields["period_days"],
             fields["hidden"], period_months=fields["period_months"],
-            activation_price=fields["activation_price"], sessions=fields["sessions"]),
+            activation_price=fields["activation_price"], sessions=fields["sessions"],
+            devices=fields["devices"]),
         at=at, operator_id=op.id)
 
 

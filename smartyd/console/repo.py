@@ -68,9 +68,15 @@ async def card(tx: Tx, customer_id: int, now: float, period: dict) -> dict | Non
     return {
         "customer": customer,
         "accounts": accounts,
+        "limits": {r["id"]: r for r in await tx.fetchdicts(
+            "SELECT id, max_sessions, max_devices FROM accounts WHERE id = ANY(%s)", (ids,))},
         "devices": await tx.fetchdicts(
             "SELECT id, uid, account_id, model, serial, created FROM devices"
             " WHERE account_id = ANY(%s) ORDER BY account_id, uid", (ids,)),
+        # The devices' TV Middleware sessions (never their key hashes).
+        "tv_sessions": await tx.fetchdicts(
+            "SELECT account_id, device_uid, device, ip, created, last_seen FROM tvmw_sessions"
+            " WHERE account_id = ANY(%s) ORDER BY account_id, device_uid, created", (ids,)),
         "subscriptions": [{**sub, "tariff": names[sub["tariff_id"]]}
                           for sub in await catalog.customer_subscriptions(tx, customer_id)],
         "promise": await tx.fetchdict(

@@ -6,7 +6,8 @@ The console's pages (its own listener; see L{smartyd.console}).
   GET  /customers/<id>                    the customer card
   POST /customers/<id>/accounts/<a>/block|unblock    support
   POST /customers/<id>/accounts/<a>/password         support: a new password, shown once
-  POST /customers/<id>/devices/<d>/unbind            support
+  POST /customers/<id>/accounts/<a>/limits           support: own sessions/devices limits
+  POST /customers/<id>/devices/<d>/unbind            support (its TV sessions end)
   POST /customers/<id>/tariffs/assign|remove         support (the customer's or an account's)
   POST /customers/<id>/promise                       support: a promised payment
   POST /customers/<id>/autopay                       support: Payture autopayment on/off
@@ -33,7 +34,10 @@ form carries a CSRF token bound to the session (the login form: to a
 pre-login cookie); a POST without a valid one is a 403 with a visible
 message and changes nothing.  A role that may not do something gets a 403
 with a message saying which role may.  Every change asks for a reason and is
-an audit row (L{smartyd.console.actions}).
+an audit row (L{smartyd.console.actions}); a viewer changes nothing (its
+registry upload's columns serve that comparison only).  One operator day: the
+days of every filter and every time shown are in L{ConsoleWeb.tz} (the
+journals' Moscow time), which each page states.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import io
 import json
 import re
 import secrets
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -95,6 +99,9 @@ class ConsoleWeb:
     health_sources: tuple = ()  # the features' health callables (L{Feature.health})
     statement_rows: int = STATEMENT_ROWS  # a page of the card's statement
     thread: Any = field(default=deferToThread)
+    # The operator's zone: the days of every filter and every time shown (the
+    # journals' and OSMP's Moscow time, L{journals.MOSCOW}), stated on each page.
+    tz: Any = journals.MOSCOW
 
     app = Klein()
 
@@ -103,6 +110,25 @@ class ConsoleWeb:
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+
+    def _when(self, value: Any) -> str:
+        """A moment (a datetime or an ISO-8601 string) in the operator's zone, or —."""
+        if isinstance(value, str) and value:
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return value
+        if not isinstance(value, datetime) or value.year < 2:  # None, '-infinity'
+            return "—"
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(self.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    def _day(self, text: str) -> datetime | None:
+        """The start of a YYYY-MM-DD day in the operator's zone; ValueError for anything else."""
+        if not text:
+            return None
+        return journals.day_bounds(date.fromisoformat(text), self.tz)[0]
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _t(self, request: Request) -> dict[str, str]:
@@ -158,7 +184,11 @@ class ConsoleWeb:
                       tags.meta(name="viewport", content="width=device-width, initial-scale=1"),
                       tags.title(f"{title} — {t['title']}"),
                       tags.link(rel="stylesheet", href="/static/console.css")),
-            tags.body(tags.header(*header), Tag("main")(tags.h1(title), *body)),
+            tags.body(tags.header(*header), Tag("main")(
+                tags.h1(title),
+                *([tags.p(t["times_in"].format(zone=journals.zone_name(self.tz)),
+                          class_="hint", id="zone")] if op is not None else []),
+                *body)),
             lang=language(request.getHeader(b"accept-language")))
         return await pages.html_page(request, status, document, pages.csp())
 
@@ -309,15 +339,15 @@ class ConsoleWeb:
 
     def _period(self, request: Request, limit: int) -> tuple[dict, dict] | None:
         """
-        The statement's period from the query (``from``, ``to``: days, UTC,
+        The statement's period from the query (``from``, ``to``: the operator's days,
         both included; ``before``: a ledger row, the next page back) as
         L{ledger.statement}'s arguments, and the query that repeats it; None
         when it is not understood.
         """
         shown = {k: self._arg(request, k)[:10] for k in ("from", "to")}
         try:
-            start = _day(shown["from"])
-            end = _day(shown["to"])
+            start = self._day(shown["from"])
+            end = self._day(shown["to"])
         except ValueError:
             return None
         end = end + timedelta(days=1) if end else None
@@ -351,7 +381,7 @@ class ConsoleWeb:
             tags.dt(t["balance"]), tags.dd(_money(c.balance), id="balance"),
             tags.dt(t["credit_limit"]), tags.dd(_money(self.cfg.billing.credit_limit)),
             tags.dt(t["promise"]), tags.dd(
-                t["promise_due"].format(amount=_money(promise["amount"]), due=_when(
+                t["promise_due"].format(amount=_money(promise["amount"]), due=self._when(
                     promise["due"])) if promise else t["none"]),
             id="facts")
         account_rows = []
@@ -368,7 +398,9 @@ class ConsoleWeb:
                           method="post", action=f"{base}/accounts/{a.id}/{action}",
                           class_="inline"),
                 self._small_form(sid, f"{base}/accounts/{a.id}/password", t["new_password"],
-                                 t, a.login)])
+                                 t, a.login),
+                self._limits_form(sid, t, f"{base}/accounts/{a.id}/limits", a.login,
+                                  data["limits"][a.id])])
         money_form = tags.form(
             self._csrf_field(sid),
             tags.input(type="hidden", name="key", value=secrets.token_urlsafe(18)),
@@ -385,17 +417,24 @@ class ConsoleWeb:
         body = notes + [
             tags.section(facts, class_="facts"),
             tags.section(tags.h2(t["accounts"]), self._table(
-                ["#", t["login"], t["status"], t["reason"], "", ""], account_rows, t,
-                id="accounts")),
+                ["#", t["login"], t["status"], t["reason"], "", "", t["limits"]], account_rows,
+                t, id="accounts")),
             tags.section(tags.h2(t["devices"]), self._table(
                 [t["uid"], t["account"], t["model"], t["created"], ""],
-                [[d["uid"], str(d["account_id"]), d["model"] or "", _when(d["created"]),
+                [[d["uid"], str(d["account_id"]), d["model"] or "", self._when(d["created"]),
                   self._small_form(sid, f"{base}/devices/{d['id']}/unbind", t["unbind"], t,
                                    d["uid"])]
-                 for d in data["devices"]], t, id="devices")),
+                 for d in data["devices"]], t, id="devices"),
+                tags.h3(t["tv_sessions"]), self._table(
+                    [t["uid"], t["account"], t["device_type"], t["ip"], t["created"],
+                     t["last_seen"]],
+                    [[x["device_uid"], str(x["account_id"]), x["device"], x["ip"],
+                      self._when(x["created"]), self._when(x["last_seen"])]
+                     for x in data["tv_sessions"]], t, id="tv-sessions")),
             tags.section(tags.h2(t["subscriptions"]), self._table(
                 [t["tariff"], t["account"], t["paid_until"], t["state"], ""],
-                [[s["tariff"], str(s["account_id"] or "—"), _when(s["paid_until"]), s["state"],
+                [[s["tariff"], str(s["account_id"] or "—"), self._when(s["paid_until"]),
+                  s["state"],
                   self._small_form(sid, f"{base}/tariffs/remove", t["remove"], t, s["tariff"],
                                    tariff=str(s["tariff_id"]),
                                    account=str(s["account_id"] or ""))]
@@ -428,7 +467,8 @@ class ConsoleWeb:
                 method="post", action=f"{base}/promise", id="promise", class_="inline")),
             tags.section(tags.h2(t["sessions_now"]), self._table(
                 [t["account"], t["session"], t["started"], t["expires"]],
-                [[str(x["account_id"]), x["session"], _when(x["since"]), _when(x["expires"])]
+                [[str(x["account_id"]), x["session"], self._when(x["since"]),
+                  self._when(x["expires"])]
                  for x in data["sessions"]], t, id="sessions")),
             tags.section(tags.h2(t["cards"]), self._table(
                 [t["card"], t["expiry"], t["status"]],
@@ -442,13 +482,13 @@ class ConsoleWeb:
             tags.section(tags.h2(t["outbox"]), self._table(
                 [t["created"], t["provider"], t["operation"], t["state"], t["attempts"],
                  t["last_error"]],
-                [[_when(x["created"]), x["provider"], x["op"], x["state"], str(x["attempts"]),
+                [[self._when(x["created"]), x["provider"], x["op"], x["state"], str(x["attempts"]),
                   x["last_error"] or ""] for x in data["outbox"]], t, id="outbox")),
             tags.section(tags.h2(t["money"]), money_form),
             self._statement(t, base, data["statement"], query),
             tags.section(tags.h2(t["payments"]), self._table(
                 [t["time"], t["provider"], t["external_id"], t["amount"], t["receipt"]],
-                [[_when(p["created"]), p["provider"], p["external_id"], _money(p["amount"]),
+                [[self._when(p["created"]), p["provider"], p["external_id"], _money(p["amount"]),
                   p["receipt"] or t["no_receipt"]] for p in data["payments"]], t,
                 id="payments")),
             tags.section(tags.h2(t["audit"]), self._audit_table(audit, t, "audit")),
@@ -471,7 +511,7 @@ class ConsoleWeb:
             method="get", action=base, class_="filters", id="period")
         rows = self._table(
             [t["time"], t["amount"], t["kind"], t["cause"], t["balance_after"]],
-            [[_when(e.at or e.created), _money(e.amount), e.kind, e.cause,
+            [[self._when(e.at or e.created), _money(e.amount), e.kind, e.cause,
               _money(e.balance_after)] for e in st.rows], t, id="statement")
         parts = [tags.h2(t["statement"]), period,
                  tags.p(t["opening_balance"], ": ",
@@ -534,6 +574,24 @@ class ConsoleWeb:
         return await self._card(request, op, sid, customer_id, 200, [self._message(
             t["done_money"].format(amount=_money(signed), balance=_money(customer.balance)),
             "notice")])
+
+    def _limits_form(self, sid: str, t: dict, action: str, login: str, limits: dict) -> Tag:
+        """An account's own limits of sessions and devices (empty: its tariffs decide)."""
+        def limit(name: str, label: str) -> Tag:
+            value = limits[name]
+            return tags.label(t[label], tags.input(
+                name=name.removeprefix("max_"), value="" if value is None else str(value),
+                inputmode="numeric", maxlength="6", size="10", placeholder=t["tariffs_decide"],
+                **{"aria-label": f"{t[label]} {login}"}))
+
+        return tags.form(
+            self._csrf_field(sid), limit("max_sessions", "max_sessions"),
+            limit("max_devices", "max_devices"),
+            tags.input(name="reason", required="required", maxlength="500",
+                       placeholder=t["reason"], **{"aria-label": f"{t['reason']} {login}"}),
+            tags.button(t["set_limits"], type="submit"),
+            tags.small(t["limits_hint"], "; ", t["needs"].format(role="support")),
+            method="post", action=action, class_="inline limits")
 
     def _small_form(self, sid: str, action: str, label: str, t: dict, what: str,
                     **hidden: str) -> Tag:
@@ -613,7 +671,7 @@ class ConsoleWeb:
         writer.writerow(["time", "amount", "kind", "cause", "balance_after", "ledger_id"])
         writer.writerow(["", "", "opening_balance", "", st.opening_balance, ""])
         for e in st.rows:
-            writer.writerow([(e.at or e.created).isoformat(), e.amount, e.kind,
+            writer.writerow([(e.at or e.created).astimezone(self.tz).isoformat(), e.amount, e.kind,
                              spreadsheet_text(e.cause), e.balance_after, e.id])
         writer.writerow(["", "", "closing_balance", "", st.closing_balance, ""])
         request.setHeader(b"content-type", b"text/csv; charset=utf-8")
@@ -632,7 +690,7 @@ class ConsoleWeb:
             out = await self.db.run(actions.promise, self.cfg.billing, op, customer_id, amount,
                                     days, self._arg(request, "reason"), self.now())
             return self._message(t["done_promise"].format(
-                amount=out["amount"], due=_when(datetime.fromisoformat(out["due"]))), "notice")
+                amount=out["amount"], due=self._when(datetime.fromisoformat(out["due"]))), "notice")
 
         return await self._act(request, customer_id, "support", change)
 
@@ -666,13 +724,38 @@ class ConsoleWeb:
 
         return await self._act(request, customer_id, "support", change)
 
+    @app.route("/customers/<int:customer_id>/accounts/<int:account_id>/limits",
+               methods=["POST"])
+    @endpoint("console_account")
+    async def account_limits(self, request: Request, customer_id: int, account_id: int):
+        def limit(name: str) -> int:
+            value = self._arg(request, name).strip()
+            if value == "":
+                return 0  # the account's own limit cleared: its tariffs decide
+            if not value.isdigit() or len(value) > 6 or int(value) < 1:
+                raise actions.ActionError("bad_limit")
+            return int(value)
+
+        async def change(op, t):
+            sessions, devices = limit("sessions"), limit("devices")
+            await self.db.run(actions.account_limits, op, customer_id, account_id, sessions,
+                              devices, self._arg(request, "reason"), self.now())
+            log.info("console: {operator} set the limits of account {account}",
+                     operator=op.login, account=account_id)
+            return self._message(t["done_limits"].format(
+                account=account_id, sessions=sessions or t["tariffs_decide"],
+                devices=devices or t["tariffs_decide"]), "notice")
+
+        return await self._act(request, customer_id, "support", change)
+
     @app.route("/customers/<int:customer_id>/devices/<int:device_id>/unbind", methods=["POST"])
     @endpoint("console_device")
     async def unbind(self, request: Request, customer_id: int, device_id: int):
         async def change(op, t):
             device = await self.db.run(actions.unbind_device, op, customer_id, device_id,
                                        self._arg(request, "reason"), self.now())
-            return self._message(t["done_unbind"].format(uid=device["uid"]), "notice")
+            return self._message(t["done_unbind"].format(uid=device["uid"],
+                                                           sessions=device["sessions_ended"]), "notice")
 
         return await self._act(request, customer_id, "support", change)
 
@@ -688,8 +771,8 @@ class ConsoleWeb:
                                                      "until")}
         notes, status = [], 200
         try:
-            since = _day(f["since"])
-            until = _day(f["until"])
+            since = self._day(f["since"])
+            until = self._day(f["until"])
         except ValueError:
             since = until = None
             notes, status = [self._message(t["bad_date"])], 400
@@ -714,7 +797,7 @@ class ConsoleWeb:
     # -- journals (smartyd.journals and smartyd.reconcile: the CLI's functions) -----------------
     def _days_default(self, days_back: int) -> tuple[date, date]:
         """``days_back`` days ago and today, the operator's days (L{journals.MOSCOW})."""
-        today = datetime.fromtimestamp(self.clock.seconds(), journals.MOSCOW).date()
+        today = datetime.fromtimestamp(self.clock.seconds(), self.tz).date()
         return today - timedelta(days=days_back), today
 
     def _days(self, request: Request, days_back: int) -> tuple[date, date]:
@@ -735,11 +818,13 @@ class ConsoleWeb:
         notes, status = [], 200
         try:
             start, end = self._days(request, 6)
-            found = await self.db.run(journals.payments_by_day, start, end, provider)
+            found = await self.db.run(journals.payments_by_day, start, end, provider,
+                                      self.tz)
         except journals.JournalError as e:
             notes, status = [self._message(t["bad_range"].format(why=str(e)))], 400
             start, end = self._days_default(6)
-            found = await self.db.run(journals.payments_by_day, start, end, provider)
+            found = await self.db.run(journals.payments_by_day, start, end, provider,
+                                      self.tz)
         form = tags.form(
             tags.label(t["since"], tags.input(name="from", type="date", value=found["from"])),
             tags.label(t["until"], tags.input(name="to", type="date", value=found["to"])),
@@ -776,11 +861,11 @@ class ConsoleWeb:
         except journals.JournalError:
             return await self._page(request, 400, t["day_payments"], [self._message(
                 t["bad_date"])], op, sid)
-        found = await self.db.run(journals.day_payments, day, provider)
+        found = await self.db.run(journals.day_payments, day, provider, self.tz)
         table = self._table(
             [t["time"], t["external_id"], t["account"], t["amount"], t["customer"],
              t["receipt"]],
-            [[p["time"], p["external_id"], p["account"] or "—", p["amount"],
+            [[self._when(p["time"]), p["external_id"], p["account"] or "—", p["amount"],
               self._customer_link(p["customer_id"]), p["receipt"] or t["no_receipt"]]
              for p in found["payments"]], t, id="day-payments")
         body = [tags.p(t["day_total"].format(provider=provider, day=found["day"],
@@ -824,7 +909,8 @@ class ConsoleWeb:
                                                  required="required")),
             tags.label(t["columns"], tags.input(name="columns", value=columns,
                                                 required="required", maxlength="200")),
-            tags.small(t["columns_hint"]),
+            tags.small(t["columns_hint"] if operators.may(op.role, "support")
+                       else t["columns_hint_viewer"], id="columns-hint"),
             tags.button(t["compare"], type="submit", name="format", value="html"),
             tags.button(t["download_csv"], type="submit", name="format", value="csv"),
             method="post", action="/journals/reconcile", enctype="multipart/form-data",
@@ -854,7 +940,8 @@ class ConsoleWeb:
                     id="only-registry")),
                 tags.section(tags.h2(t["only_ours"]), self._table(
                     [t["external_id"], t["our_amount"], t["time"], t["customer"]],
-                    [[p["external_id"], p["amount"], p["time"], link(p["customer_id"])]
+                    [[p["external_id"], p["amount"], self._when(p["time"]),
+                      link(p["customer_id"])]
                      for p in result["only_ours"]], t, id="only-ours")),
                 tags.section(tags.h2(t["account_mismatch"]), self._table(
                     [t["external_id"], t["registry_account"], t["our_account"],
@@ -892,10 +979,14 @@ class ConsoleWeb:
             return await self._reconcile(request, op, sid, 400, [self._message(
                 t["bad_provider"])], provider, day, columns)
         data = (request.args.get(b"registry") or [b""])[0]
-        try:  # the layout chosen on upload is remembered for the provider (a change: audited)
+        # The layout chosen on upload is remembered for the provider (a change:
+        # audited) when support or admin upload; a viewer changes nothing, its
+        # columns serve this comparison only.
+        remember = operators.may(op.role, "support")
+        try:
             result = await reconcile.reconcile_registry(
-                self.db, provider, day, data, columns,
-                actor=operators.Actor(op.login, self.now(), op.id))
+                self.db, provider, day, data, columns, tz=self.tz,
+                actor=operators.Actor(op.login, self.now(), op.id), remember=remember)
         except reconcile.RegistryError as e:
             return await self._reconcile(request, op, sid, 400, [self._message(
                 t["bad_registry"].format(why=str(e)))], provider, day, columns)
@@ -907,7 +998,12 @@ class ConsoleWeb:
             request.setHeader(b"cache-control", b"no-store")
             request.setHeader(b"x-content-type-options", b"nosniff")
             return reconcile.to_csv(result)
-        return await self._reconcile(request, op, sid, 200, [], provider, day, columns, result)
+        notes = []
+        if not remember and tuple(result["layout"]) != await self.db.run(reconcile.get_layout,
+                                                                          provider):
+            notes = [self._message(t["layout_once"], "notice")]
+        return await self._reconcile(request, op, sid, 200, notes, provider, day, columns,
+                                     result)
 
     @app.route("/journals/receipts", methods=["GET"])
     @endpoint("console_journal")
@@ -921,15 +1017,16 @@ class ConsoleWeb:
         t = self._t(request)
         state = self._arg(request, "state")
         state = state if state in fiscal_jobs.STATES else None
-        queue = await self.db.run(journals.receipt_queue, state, 200)
+        queue = await self.db.run(journals.receipt_queue, state, 200, tz=self.tz)
         counts = queue["counts"]
         links = tags.p(*[tags.a(f"{s}: {counts[s]}", href=f"/journals/receipts?state={s}",
                                 class_="count") for s in fiscal_jobs.STATES], id="counts")
         table = self._table(
             [t["created"], t["payment"], t["customer"], t["amount"], t["state"], t["since_state"],
              t["attempts"], t["last_error"], ""],
-            [[j["created"], f"{j['provider']} {j['payment_external_id']}",
-              self._customer_link(j["customer_id"]), j["amount"], j["state"], j["since"] or "—",
+            [[self._when(j["created"]), f"{j['provider']} {j['payment_external_id']}",
+              self._customer_link(j["customer_id"]), j["amount"], j["state"],
+              self._when(j["since"]),
               str(j["attempts"]), j["last_error"] or "",
               tags.form(self._csrf_field(sid), tags.button(t["retry"], type="submit"),
                         tags.small(t["needs"].format(role="support")), method="post",
@@ -961,13 +1058,14 @@ class ConsoleWeb:
         if op is None:
             return answer
         t = self._t(request)
-        found = await self.db.run(journals.partner_health, self.clock.seconds())
+        found = await self.db.run(journals.partner_health, self.clock.seconds(),
+                                  tz=self.tz)
         outcome = {"ok": t["ok"], "error": t["failed"], "running": t["running"],
                    "never": t["never"]}
         pollers = self._table(
             [t["job"], t["last_started"], t["last_finished"], t["outcome"], t["last_error"],
              t["runs"], t["failures"]],
-            [[r["job"], r["last_started"] or "—", r["last_finished"] or "—",
+            [[r["job"], self._when(r["last_started"]), self._when(r["last_finished"]),
               outcome[r["outcome"]], r["last_error"] or "", str(r["runs"]), str(r["failures"])]
              for r in found["pollers"]], t, id="jobs")
         box = found["outbox"]
@@ -978,7 +1076,7 @@ class ConsoleWeb:
         stuck = self._table(
             [t["created"], t["provider"], t["operation"], t["state"], t["attempts"],
              t["last_error"]],
-            [[c["created"] or "", c["provider"], c["op"], c["state"], str(c["attempts"]),
+            [[self._when(c["created"]), c["provider"], c["op"], c["state"], str(c["attempts"]),
               c["last_error"] or ""] for c in box["stuck"]], t, id="outbox-stuck")
         epg = found["epg"]
         receipts = found["receipts"]
@@ -986,8 +1084,9 @@ class ConsoleWeb:
             tags.section(tags.h2(t["pollers"]), pollers),
             tags.section(tags.h2(t["outbox"]), depth, tags.h3(t["stuck"]), stuck),
             tags.section(tags.h2(t["epg_sync"]), tags.p(t["epg_state"].format(
-                last=epg["last_sync"] or t["never"], outcome=outcome[epg["outcome"]],
-                programmes=epg["programmes"], until=epg["guide_until"] or "—"), id="epg"),
+                last=self._when(epg["last_sync"]) if epg["last_sync"] else t["never"],
+                outcome=outcome[epg["outcome"]], programmes=epg["programmes"],
+                until=self._when(epg["guide_until"])), id="epg"),
                 tags.p(epg["last_error"] or "", class_="error")),
             tags.section(tags.h2(t["receipts"]), tags.p(*[
                 tags.a(f"{s}: {n}", href=f"/journals/receipts?state={s}", class_="count")
@@ -1022,10 +1121,11 @@ class ConsoleWeb:
         body = notes + [
             tags.section(tags.h2(t["tariffs"]), self._table(
                 [t["name"], t["price"], t["period_days"], t["activation_price"],
-                 t["sessions"], t["hidden"], t["channels"], ""],
+                 t["sessions"], t["devices_limit"], t["hidden"], t["channels"], ""],
                 [[x["name"], _money(x["price"]),
                   f"{x['period_months']} mo" if x["period_months"] else str(x["period_days"]),
                   _money(x["activation_price"]), str(x["sessions"] or "—"),
+                  str(x["devices"] or "—"),
                   t["yes"] if x["hidden"] else t["no"],
                   ", ".join(names.get(c, str(c)) for c in x["channels"]),
                   tags.a(t["edit"], href=f"/catalog/tariffs/{x['id']}")] for x in tariffs],
@@ -1060,6 +1160,7 @@ class ConsoleWeb:
             field_("activation_price", "activation_price", v.get("activation_price", "0.00"),
                    inputmode="decimal"),
             field_("sessions", "sessions", v.get("sessions"), inputmode="numeric"),
+            field_("devices", "devices_limit", v.get("devices"), inputmode="numeric"),
             tags.label(tags.input(type="checkbox", name="hidden", value="1",
                                   **({"checked": "checked"} if v.get("hidden") else {})),
                        t["hidden"]),
@@ -1114,6 +1215,7 @@ class ConsoleWeb:
                  "period_months": number("period_months", True),
                  "activation_price": amount("activation_price"),
                  "sessions": number("sessions", True),
+                 "devices": number("devices", True),
                  "hidden": self._arg(request, "hidden") == "1"}, channels)
 
     async def _catalog_create(self, request: Request, create) -> bytes:
@@ -1293,7 +1395,7 @@ class ConsoleWeb:
         for r in rows:
             customer = [tags.a(str(r["customer_id"]), href=f"/customers/{r['customer_id']}")
                         if r["customer_id"] else "—"] if customer_column else []
-            out.append([_when(r["at"]), r["actor"], r["action"], *customer,
+            out.append([self._when(r["at"]), r["actor"], r["action"], *customer,
                         _json(r["before"]), _json(r["after"]), r["reason"]])
         return self._table(head, out, t, id=table_id)
 
@@ -1302,18 +1404,6 @@ def _money(value: Any) -> str:
     return f"{Decimal(value):.2f}"
 
 
-def _when(value: Any) -> str:
-    if value is None:
-        return "—"
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def _json(value: Any) -> str:
     return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
-
-def _day(text: str) -> datetime | None:
-    """The start of a YYYY-MM-DD day in UTC; ValueError for anything else."""
-    if not text:
-        return None
-    return datetime.combine(date.fromisoformat(text), time(0), timezone.utc)
