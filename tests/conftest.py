@@ -36,6 +36,20 @@ def _data_tables(dsn: str) -> list[str]:
         return [r[0] for r in cur.fetchall()]
 
 
+@pytest.fixture
+def tmp_path():
+    """
+    A directory of its own under the temp dir, not pytest's: as root, the
+    embedded cluster runs as another user, who must traverse to it, and
+    pytest (ours, or a parallel run) may take that right from its base dir
+    (/tmp/pytest-of-root is reset to 0700).  Every test that starts a
+    cluster or a daemon under tmp_path needs this.
+    """
+    path = Path(tempfile.mkdtemp(prefix="smartyd-tmp-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_root() -> Path:
     # Short path: the cluster's Unix socket lives in pgdata.

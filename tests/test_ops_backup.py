@@ -4,10 +4,8 @@ running daemon taking OSMP pays, then into a fresh state dir.
 """
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -15,25 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import psycopg2
-import pytest
 
 from smartyd.db.embedded import EmbeddedCluster
 from test_daemon import Daemon, free_port, osmp_pay
 
 ROOT = Path(__file__).resolve().parent.parent
 OSMP = '[osmp]\nusername = ""\naccount = "id"\nallow = ["127.0.0.0/8"]\n'
-
-
-@pytest.fixture
-def tmp_path():
-    """
-    A directory of its own under the temp dir, not pytest's: as root, the
-    embedded cluster runs as another user, who must traverse to it, and
-    pytest (ours, or a parallel run) may take that right from its base dir.
-    """
-    path = Path(tempfile.mkdtemp(prefix="smartyd-ops-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def admin(config, *args):
