@@ -248,9 +248,10 @@ def _day(call: Call, name: str):
     if not v:
         return None
     try:
-        return datetime.strptime(v, "%Y-%m-%d").date()
+        day = datetime.strptime(v, "%Y-%m-%d").date()
     except ValueError:
         raise P.bad(name, "must be a date YYYY-MM-DD")
+    return P.in_calendar(day, name)
 
 
 async def info(call: Call) -> dict:

@@ -39,7 +39,7 @@ spec lists no error for ChannelUrl), and mints nothing.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from urllib.parse import quote
 
 from smartyd import catalog as core_catalog
@@ -248,9 +248,10 @@ async def channel_programs(call: Call) -> dict:
 def _day(raw: str) -> datetime:
     for fmt in ("%Y-%m-%d", "%d.%m.%Y", "%d-%m-%Y"):
         try:
-            return datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc)
+            day = datetime.strptime(raw, fmt).date()
         except ValueError:
             continue
+        return datetime.combine(P.in_calendar(day, "date"), time(0), timezone.utc)
     raise P.bad("date", "must be a day like 2026-01-31")
 
 
@@ -266,7 +267,7 @@ async def program_list(call: Call) -> dict:
     p = call.params
     if P.flag(p, "is_camera"):
         raise P.bad("is_camera", "cameras are not served")
-    lo, hi = 0, 2**40
+    lo, hi = 0, P.MAX_EPOCH
     time_from = P.integer(p, "time_from", lo=lo, hi=hi)
     time_to = P.integer(p, "time_to", lo=lo, hi=hi)
     pid_from = P.integer(p, "pid_from", lo=lo, hi=hi)

@@ -96,9 +96,12 @@ def read_params(request: Request) -> dict[str, str]:
                             error_messages={"query": "parameters must be UTF-8"})
         if len(name) > MAX_NAME or not name.isprintable():
             raise TvmwError(1, "bad parameter name", error_messages={"query": "bad parameter name"})
-        if len(value) > MAX_VALUE or "\x00" in value:
+        if len(value) > MAX_VALUE:
             raise TvmwError(1, f"bad parameter {name}: too long",
                             error_messages={name: f"at most {MAX_VALUE} characters"})
+        if "\x00" in value:
+            raise TvmwError(1, f"bad parameter {name}: NUL",
+                            error_messages={name: "must not contain NUL"})
         params[name] = value
     return params
 

@@ -1,0 +1,52 @@
+"""
+Regressions found by an audit that drove the TV Middleware API as a device
+would, with values an app (or a fuzzer) sends: each answered a 500 or a
+misleading message before its fix.
+"""
+
+from __future__ import annotations
+
+import pytest_twisted
+
+from test_tvmw import Device, instance  # noqa: F401 (the fixture)
+
+
+@pytest_twisted.ensureDeferred
+async def test_integers_with_repeated_signs_are_a_parameter_error(instance, world):  # noqa: F811
+    device = Device(instance.http)
+    await device.login()
+    for value in ("--5", "-", "+5", "5-"):
+        answer = await device("channel/detail", cid=value)
+        assert answer["error"] == 1 and answer["error_messages"] == {
+            "cid": "must be an integer"}, (value, answer)
+    answer = await device("payment/list", limit="--1")
+    assert answer["error"] == 1 and "limit" in answer["error_messages"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_times_and_days_past_the_calendar_are_a_parameter_error(instance, world):  # noqa: F811
+    device = Device(instance.http)
+    await device.login()
+    far = str(253402300000)  # 9999-12-31: one day more overflows Python's datetime
+    for params, name in (({"time_from": far}, "time_from"), ({"time_to": far}, "time_to"),
+                         ({"pid_from": far}, "pid_from"), ({"time_from": str(2**40)}, "time_from"),
+                         ({"date": "9999-12-31"}, "date"), ({"date": "0001-01-01"}, "date")):
+        answer = await device("program/list", cid=world.ch1, **params)
+        assert answer["error"] == 1 and name in answer["error_messages"], (params, answer)
+    for params, name in (({"date_to": "9999-12-31"}, "date_to"),
+                         ({"date_to": "0001-01-01"}, "date_to"),
+                         ({"date_from": "0001-01-01"}, "date_from")):
+        answer = await device("customer/info", **params)
+        assert answer["error"] == 1 and name in answer["error_messages"], (params, answer)
+    # Ordinary days still answer.
+    assert (await device.ok("program/list", cid=world.ch1, date="2026-01-31"))["programs"] == []
+    assert (await device.ok("customer/info", date_from="2026-01-01",
+                            date_to="2026-01-31"))["payments"]["other"] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_nul_byte_is_refused_for_what_it_is(instance, world):  # noqa: F811
+    device = Device(instance.http)
+    answer = await device("login", abonement="al\x00ice", password="x", api_key="k")
+    assert answer["error"] == 1
+    assert answer["error_messages"] == {"abonement": "must not contain NUL"}
