@@ -50,3 +50,14 @@ async def test_a_nul_byte_is_refused_for_what_it_is(instance, world):  # noqa: F
     answer = await device("login", abonement="al\x00ice", password="x", api_key="k")
     assert answer["error"] == 1
     assert answer["error_messages"] == {"abonement": "must not contain NUL"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_detail_prices_are_numbers_as_the_spec_types_them(instance, world):  # noqa: F811
+    device = Device(instance.http)
+    await device.login()
+    detail = await device.ok("channel/detail", cid=world.ch1)
+    [action] = detail["actions"]
+    # The spec: actions.price and actions.activation_price are Number (as CustomerTariffList's).
+    assert (action["price"], action["activation_price"]) == (100.0, 0.0)
+    assert isinstance(action["price"], float) and isinstance(action["activation_price"], float)

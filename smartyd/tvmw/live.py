@@ -48,6 +48,7 @@ from smartyd.streams.web import grant, mint_stream
 from smartyd.tvmw import content_repo
 from smartyd.tvmw import params as P
 from smartyd.tvmw.call import Call
+from smartyd.tvmw.customer import number
 from smartyd.tvmw.errors import TvmwError
 from smartyd.tvmw.web import PREFIX
 
@@ -201,8 +202,8 @@ async def channel_detail(call: Call) -> dict:
     rows = await call.db.run_statement(_actions, call.session.account_id, ch["id"])
     actions = [{
         "action": "get_channel_url" if has else "subscribe",
-        "tariff_id": tid, "is_virtual": 0, "caption": name, "price": price,
-        "periodical": True, "activation_price": activation,
+        "tariff_id": tid, "is_virtual": 0, "caption": name, "price": number(price),
+        "periodical": True, "activation_price": number(activation),
     } for tid, name, price, activation, has in rows]
     return {"id": ch["id"], "name": ch["name"], "actions": actions}
 
