@@ -61,3 +61,16 @@ async def test_channel_detail_prices_are_numbers_as_the_spec_types_them(instance
     # The spec: actions.price and actions.activation_price are Number (as CustomerTariffList's).
     assert (action["price"], action["activation_price"]) == (100.0, 0.0)
     assert isinstance(action["price"], float) and isinstance(action["activation_price"], float)
+
+
+@pytest_twisted.ensureDeferred
+async def test_payment_list_without_limit_answers_the_specs_default_of_100(db):
+    from conftest import make_config
+    from smartyd.tvmw import customer
+    from test_tvmw_content import T0, Device as CallDevice, account_with, clock_at, seed_ledger
+
+    account = await account_with(db)
+    await seed_ledger(db, account, 25)
+    dev = CallDevice(db, make_config(), account, clock_at(T0))
+    assert len((await dev.ok(customer.payment_list))["payments"]) == 25
+    assert len((await dev.ok(customer.payment_list, limit=20))["payments"]) == 20
