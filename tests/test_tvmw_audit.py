@@ -74,3 +74,45 @@ async def test_payment_list_without_limit_answers_the_specs_default_of_100(db):
     dev = CallDevice(db, make_config(), account, clock_at(T0))
     assert len((await dev.ok(customer.payment_list))["payments"]) == 25
     assert len((await dev.ok(customer.payment_list, limit=20))["payments"]) == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_video_url_without_a_stream_address_is_not_a_403_saying_error_0(db, world):
+    """
+    A device of no MEGOGO class (no key pair, so no ``uri``) calling VideoUrl
+    with the spec's default ``redirect=1``: nothing to redirect to, so the
+    answer is the body with the ``ext_*`` fields (200), as with ``redirect=0``
+    -- before, an HTTP 403 whose body said ``error: 0``.
+    """
+    import json
+
+    from smartyd import ledger
+    from smartyd.billing import engine
+    from fakes import in_memory_client
+    from fakes.megogo import FakeMegogo
+    from test_tvmw_content import (CATALOG, KEYS, MEGOGO, T0, Daemon, feed, tv_tariff,
+                                   tvmw_config)
+
+    fake = FakeMegogo(partner_id=7)
+    cat = await tv_tariff(db, "megogo-catalog", "0.00", hidden=True)
+    svod = await tv_tariff(db, "megogo-svod", "0.00", additional=True)
+    cfg = tvmw_config(megogo={**MEGOGO, "catalog_tariff_id": cat, "tariff_id": svod, **KEYS})
+    daemon = Daemon(db, cfg, http_client=in_memory_client(fake.resource()))
+    await daemon.app.app.features["vod"].handle.syncs["megogo"].sync_bytes(feed(*CATALOG))
+    await daemon.start()
+    try:
+        alice = await db.run(ledger.get_account, world.alice)
+        for t in (cat, svod):
+            await db.run(engine.assign, cfg.billing, alice.id, t, at=T0)
+        device = Device(daemon.http, device="browser", uid="web-1")
+        assert (await device.login())["error"] == 0
+        vid = (await device.ok("video/list", search="alpha"))["videos"][0]["id"]
+        resp = await device.raw("video/url", vid=vid)
+        answer = json.loads(await resp.content())
+        assert (resp.code, answer["error"], answer["uri"]) == (200, 0, "")
+        assert answer["ext_id"] == "1" and answer["ext_partner_id"] == "7"
+        # Refusals in redirect mode stay a 403 with the error.
+        resp = await device.raw("video/url", vid=999999)
+        assert resp.code == 403 and json.loads(await resp.content())["error"] == 1
+    finally:
+        await daemon.stop()
