@@ -12,7 +12,7 @@ from test_tvmw import Device, instance  # noqa: F401 (the fixture)
 
 
 @pytest_twisted.ensureDeferred
-async def test_integers_with_repeated_signs_are_a_parameter_error(instance, world):  # noqa: F811
+async def test_integers_with_repeated_signs_are_a_parameter_error(instance, world):
     device = Device(instance.http)
     await device.login()
     for value in ("--5", "-", "+5", "5-"):
@@ -24,7 +24,7 @@ async def test_integers_with_repeated_signs_are_a_parameter_error(instance, worl
 
 
 @pytest_twisted.ensureDeferred
-async def test_times_and_days_past_the_calendar_are_a_parameter_error(instance, world):  # noqa: F811
+async def test_times_and_days_past_the_calendar_are_a_parameter_error(instance, world):
     device = Device(instance.http)
     await device.login()
     far = str(253402300000)  # 9999-12-31: one day more overflows Python's datetime
@@ -45,7 +45,7 @@ async def test_times_and_days_past_the_calendar_are_a_parameter_error(instance, 
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_nul_byte_is_refused_for_what_it_is(instance, world):  # noqa: F811
+async def test_a_nul_byte_is_refused_for_what_it_is(instance, world):
     device = Device(instance.http)
     answer = await device("login", abonement="al\x00ice", password="x", api_key="k")
     assert answer["error"] == 1
@@ -53,7 +53,7 @@ async def test_a_nul_byte_is_refused_for_what_it_is(instance, world):  # noqa: F
 
 
 @pytest_twisted.ensureDeferred
-async def test_channel_detail_prices_are_numbers_as_the_spec_types_them(instance, world):  # noqa: F811
+async def test_channel_detail_prices_are_numbers_as_the_spec_types_them(instance, world):
     device = Device(instance.http)
     await device.login()
     detail = await device.ok("channel/detail", cid=world.ch1)
