@@ -632,7 +632,7 @@ async def test_guide_categories_and_channel_detail(instance, world, db):
     detail = await device.ok("channel/detail", cid=world.ch1)
     assert detail["id"] == world.ch1 and detail["name"] == "ch1"
     assert [(a["tariff_id"], a["action"], a["price"]) for a in detail["actions"]] == [
-        (world.basic, "get_channel_url", "100.00"), (premium_id, "subscribe", "300.00")]
+        (world.basic, "get_channel_url", 100.0), (premium_id, "subscribe", 300.0)]
 
 
 @pytest_twisted.ensureDeferred

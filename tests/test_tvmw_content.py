@@ -222,11 +222,11 @@ async def test_payment_list_pages_the_ledger_newest_first(db):
     account = await account_with(db)
     await seed_ledger(db, account, 25)
     dev = Device(db, make_config(), account, clock_at(T0))
-    first = (await dev.ok(customer.payment_list))["payments"]
+    first = (await dev.ok(customer.payment_list, limit=20))["payments"]
     assert len(first) == 20 and first[0]["amount"] == "25.00"
     assert first[0] == {"comment": "payment: osmp:24", "datetime": "2025-03-09 12:00:00",
                         "amount": "25.00"}
-    second = (await dev.ok(customer.payment_list, page=2))["payments"]
+    second = (await dev.ok(customer.payment_list, limit=20, page=2))["payments"]
     assert [p["amount"] for p in second] == [f"{i}.00" for i in range(5, 0, -1)]
     assert [p["amount"] for p in (await dev.ok(customer.payment_list, limit=3, page=3))[
         "payments"]] == ["19.00", "18.00", "17.00"]

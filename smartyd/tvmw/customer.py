@@ -39,7 +39,7 @@ Choices where the spec is silent (kept; the tests hold them):
   below zero, ``activation_days_left`` the whole days until the first active
   subscription's paid period ends.  Not kept here, not answered:
   ``payment_period`` (tariffs have periods of their own).
-- ``PaymentList``: the ledger, newest first (``limit`` 0-100, default 20,
+- ``PaymentList``: the ledger, newest first (``limit`` 0-100, default 100 as the spec's,
   ``page`` from 1); a bad ``limit``/``page`` answers 1 with ``error_messages``.
 - ``AccountPasswordChange``: a new password of 6-128 printable characters
   (1 otherwise, as for a missing old one); a wrong old password is 2 ("error
@@ -248,9 +248,10 @@ def _day(call: Call, name: str):
     if not v:
         return None
     try:
-        return datetime.strptime(v, "%Y-%m-%d").date()
+        day = datetime.strptime(v, "%Y-%m-%d").date()
     except ValueError:
         raise P.bad(name, "must be a date YYYY-MM-DD")
+    return P.in_calendar(day, name)
 
 
 async def info(call: Call) -> dict:
@@ -308,7 +309,7 @@ async def info(call: Call) -> dict:
 
 async def payment_list(call: Call) -> dict:
     s = _session(call)
-    limit, offset = P.paging(call.params)
+    limit, offset = P.paging(call.params, default_limit=100)  # the spec's default here
     rows = await call.db.run(repo.ledger_page, s.customer_id, limit, offset)
     return {"payments": [_payment(r) for r in rows]}
 

@@ -39,7 +39,7 @@ spec lists no error for ChannelUrl), and mints nothing.
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from urllib.parse import quote
 
 from smartyd import catalog as core_catalog
@@ -48,6 +48,7 @@ from smartyd.streams.web import grant, mint_stream
 from smartyd.tvmw import content_repo
 from smartyd.tvmw import params as P
 from smartyd.tvmw.call import Call
+from smartyd.tvmw.customer import number
 from smartyd.tvmw.errors import TvmwError
 from smartyd.tvmw.web import PREFIX
 
@@ -201,8 +202,8 @@ async def channel_detail(call: Call) -> dict:
     rows = await call.db.run_statement(_actions, call.session.account_id, ch["id"])
     actions = [{
         "action": "get_channel_url" if has else "subscribe",
-        "tariff_id": tid, "is_virtual": 0, "caption": name, "price": price,
-        "periodical": True, "activation_price": activation,
+        "tariff_id": tid, "is_virtual": 0, "caption": name, "price": number(price),
+        "periodical": True, "activation_price": number(activation),
     } for tid, name, price, activation, has in rows]
     return {"id": ch["id"], "name": ch["name"], "actions": actions}
 
@@ -248,9 +249,10 @@ async def channel_programs(call: Call) -> dict:
 def _day(raw: str) -> datetime:
     for fmt in ("%Y-%m-%d", "%d.%m.%Y", "%d-%m-%Y"):
         try:
-            return datetime.strptime(raw, fmt).replace(tzinfo=timezone.utc)
+            day = datetime.strptime(raw, fmt).date()
         except ValueError:
             continue
+        return datetime.combine(P.in_calendar(day, "date"), time(0), timezone.utc)
     raise P.bad("date", "must be a day like 2026-01-31")
 
 
@@ -266,7 +268,7 @@ async def program_list(call: Call) -> dict:
     p = call.params
     if P.flag(p, "is_camera"):
         raise P.bad("is_camera", "cameras are not served")
-    lo, hi = 0, 2**40
+    lo, hi = 0, P.MAX_EPOCH
     time_from = P.integer(p, "time_from", lo=lo, hi=hi)
     time_to = P.integer(p, "time_to", lo=lo, hi=hi)
     pid_from = P.integer(p, "pid_from", lo=lo, hi=hi)

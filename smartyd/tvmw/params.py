@@ -8,6 +8,8 @@ A bad or missing parameter raises L{TvmwError} with the method's code for it
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from typing import Mapping
 
 from smartyd.tvmw.errors import TvmwError
@@ -16,6 +18,12 @@ from smartyd.tvmw.errors import TvmwError
 MAX_VALUE = 1024
 #: The largest integer a parameter may carry (PostgreSQL bigint).
 MAX_INT = 2**63 - 1
+#: The latest moment (Unix time) a time parameter may name, 3000-01-01 UTC, and
+#: the days a day parameter may name: date arithmetic on them (a day more, a
+#: period back) stays inside Python's calendar, so none of it can raise.
+MAX_EPOCH = 32503680000
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(2999, 12, 31)
+_INTEGER = re.compile(r"-?[0-9]{1,19}")
 
 
 def bad(name: str, why: str, code: int = 1) -> TvmwError:
@@ -28,12 +36,19 @@ def integer(params: Mapping[str, str], name: str, *, default: int | None = None,
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.lstrip("-").isdigit()) or len(raw) > 20:
+    if _INTEGER.fullmatch(raw) is None:
         raise bad(name, "must be an integer", code)
     value = int(raw)
     if not lo <= value <= hi:
         raise bad(name, f"must be between {lo} and {hi}", code)
     return value
+
+
+def in_calendar(day: date, name: str, code: int = 1) -> date:
+    """``day`` when within L{FIRST_DAY}..L{LAST_DAY}; else the parameter error."""
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise bad(name, f"must be a day from {FIRST_DAY} to {LAST_DAY}", code)
+    return day
 
 
 def required_integer(params: Mapping[str, str], name: str, *, lo: int = 0, hi: int = MAX_INT,

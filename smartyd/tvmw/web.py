@@ -30,7 +30,8 @@ Choices where the spec is silent, kept:
 - A database outage answers ``503 {"error": -3}``; never a 500 for input.
 - ``redirect`` (ChannelUrl, VideoUrl; default 1) answers ``302`` to the
   stream, so ``.../channel/url/?cid=5&authkey=...`` is an M3U entry; an
-  error then answers ``403`` with the JSON body (a player must not play it).
+  error then answers ``403`` with the JSON body (a player must not play it);
+  a success without an address (VideoUrl's empty ``uri``) the usual body.
 - ``Login`` sets the ``authkey`` cookie (HttpOnly, path /tvmiddleware/api;
   and ``device_uid`` when it made one up) and ``Logout`` clears it.
 
@@ -96,9 +97,12 @@ def read_params(request: Request) -> dict[str, str]:
                             error_messages={"query": "parameters must be UTF-8"})
         if len(name) > MAX_NAME or not name.isprintable():
             raise TvmwError(1, "bad parameter name", error_messages={"query": "bad parameter name"})
-        if len(value) > MAX_VALUE or "\x00" in value:
+        if len(value) > MAX_VALUE:
             raise TvmwError(1, f"bad parameter {name}: too long",
                             error_messages={name: f"at most {MAX_VALUE} characters"})
+        if "\x00" in value:
+            raise TvmwError(1, f"bad parameter {name}: NUL",
+                            error_messages={name: "must not contain NUL"})
         params[name] = value
     return params
 
@@ -221,7 +225,10 @@ class TvmwWeb:
                 request.setHeader(b"location", str(answer[redirect_field]).encode("utf-8"))
                 request.setHeader(b"cache-control", b"no-store")
                 return b""
-            return self._json(request, 403, answer)
+            if answer["error"] != 0:
+                return self._json(request, 403, answer)
+            # Granted, but no address to send a player to (VideoUrl for a device of no
+            # MEGOGO class): the body, as with redirect=0 -- never a 403 saying error 0.
         if xml:
             request.setHeader(b"content-type", b"application/xml; charset=utf-8")
             request.setHeader(b"cache-control", b"no-store")
