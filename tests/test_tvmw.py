@@ -639,7 +639,30 @@ async def test_guide_categories_and_channel_detail(instance, world, db):
 async def test_health_check_needs_no_session(instance):
     answer = await Device(instance.http)("health/check", check_db_conn=1)
     assert answer["error"] == 0 and answer["connection_errors"] == []
-    assert answer["alive"] in (0, 1) and 0 <= answer["usage"] <= 1
+    assert answer["alive"] == 1 and 0 <= answer["usage"] <= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_check_is_dead_only_without_the_database(own_cluster, make_db):
+    """Load is information (``usage``); ``alive`` 0 means the database does not answer."""
+    from datetime import datetime, timezone
+
+    from smartyd.tvmw.call import Call
+    from smartyd.tvmw.health import health_check
+
+    db = await make_db(size=1, dsn=own_cluster.dsn())
+
+    def call(**params):
+        return Call(params=params, session=None, ip="127.0.0.1",
+                    now=datetime.now(timezone.utc), reactor=None, db=db, cfg=None,
+                    metrics=None, deps={})
+
+    assert (await health_check(call(check_db_conn="1")))["alive"] == 1
+    own_cluster.stop(mode="fast")
+    down = await health_check(call(check_db_conn="1"))
+    assert down["alive"] == 0 and down["connection_errors"] == ["database: not answering"]
+    assert (await health_check(call()))["alive"] == 1  # not asked to check the database
+    own_cluster.start()
 
 
 # -- smartyd-admin ------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """
 ``HealthCheck`` (``/health/check/``): may a device (or a balancer) use this server.
 
-The spec computes ``usage`` from Smarty's MAX_LA / MAX_USED_MEM settings,
-which smartyd does not have: ``usage`` here is the one-minute load average per
-CPU, capped at 1, and ``alive`` is 1 while it is below 1 -- and, with
-``check_db_conn=1``, while the database answers (``connection_errors`` then
-says why not).  No session needed; smartyd knows no reserve servers.
+The spec computes ``usage`` from Smarty's MAX_LA / MAX_USED_MEM settings and
+answers ``alive`` 0 past them.  smartyd has no such limits: ``usage`` here is
+the one-minute load average per CPU, capped at 1, for information only, and
+``alive`` is 1 -- with ``check_db_conn=1``, while the database answers
+(``connection_errors`` then says why not).  A busy server is not a dead one:
+a balancer that followed the load average would take every instance out at
+the peak.  No session needed; smartyd knows no reserve servers.
 """
 
 from __future__ import annotations
@@ -26,9 +28,8 @@ def load_usage() -> float:
 
 async def health_check(call: Call) -> dict:
     check_db = P.flag(call.params, "check_db_conn")
-    usage = load_usage()
-    alive = usage < 1.0
-    answer = {"usage": usage, "reserved_server_addresses": []}
+    alive = True
+    answer = {"usage": load_usage(), "reserved_server_addresses": []}
     if check_db:
         errors = [] if await call.db.ping() else ["database: not answering"]
         answer["connection_errors"] = errors
