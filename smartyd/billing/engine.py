@@ -442,6 +442,23 @@ async def promise(tx: Tx, cfg: BillingConfig, customer_id: int, amount: object, 
             "due": row["due"].isoformat()}
 
 
+async def create_account(tx: Tx, cfg: BillingConfig, login: str, password_hash: str = "", *,
+                         account_id: int | None = None, customer_id: int | None = None,
+                         at: datetime) -> ledger.Account:
+    """
+    A new account (L{ledger.create_account}) of every entry point (the CLI,
+    the Billing API, the widgets' sign-up and cabinet): its customer is
+    settled as of ``at``, so the customer's tariffs cover it at once and a
+    customer in debt gets it in DEBT like its other accounts.
+    """
+    account = await ledger.create_account(tx, login, password_hash, account_id=account_id,
+                                          customer_id=customer_id)
+    if customer_id is not None:
+        await settle(tx, cfg, [customer_id], at)
+        account = await ledger.get_account(tx, account.id)
+    return account
+
+
 async def _holder(tx: Tx, account_id: int | None, customer_id: int | None) -> int:
     if account_id is not None:
         account = await ledger.get_account(tx, account_id)

@@ -380,7 +380,8 @@ class WidgetsWeb:
             login = new_login()
             while await ledger.find_account_by_login(tx, login) is not None:
                 login = new_login()
-            account = await ledger.create_account(tx, login, pw_hash, customer_id=customer_id)
+            account = await engine.create_account(tx, self.cfg.billing, login, pw_hash,
+                                                  customer_id=customer_id, at=now)
             for tariff_id in widget.tariff_ids:
                 await engine.assign(tx, self.cfg.billing, account.id, tariff_id, at=now)
             await repo.record_signup(tx, ip, customer_id, now)
@@ -530,8 +531,8 @@ class WidgetsWeb:
             login = new_login()
             while await ledger.find_account_by_login(tx, login) is not None:
                 login = new_login()
-            return await ledger.create_account(tx, login, pw_hash,
-                                               customer_id=account.customer_id)
+            return await engine.create_account(tx, self.cfg.billing, login, pw_hash,
+                                               customer_id=account.customer_id, at=self.now())
 
         added = await self.db.run(add)
         if added is None:
