@@ -14,16 +14,18 @@ Irdeto enabled on their fakes, receipts on), and asserts the same effects:
   account block         x        x                               x
   account unblock       x        x                               x
   password change                x          x         x          x
+  account deleted                x
   account of a debtor   x        x          x
   money in                       x                               x        x
 
 The effects: the engine's charge (ledger rows by kind, balance), the
 subscription row, the entitlement NOTIFY (a running snapshot's answer), the
 partner outbox (what the MEGOGO and Irdeto fakes hold after a send), TV
-sessions, the fiscal receipt (a payment only), idempotency, and the audit row
-(the console and the CLI only: issue 22 audits "every change made in the
-console (and by smartyd-admin)"; the others are the subscriber's or the
-external billing's own actions).
+sessions and the cabinet's sessions (ended by a new password or a deletion,
+not by a block), the fiscal receipt (a payment only), idempotency, and the
+audit row (the console and the CLI only: issue 22 audits "every change made
+in the console (and by smartyd-admin)"; the others are the subscriber's or
+the external billing's own actions).
 
 The console is driven through L{smartyd.console.actions}, the functions its
 pages call (its HTTP, sessions and CSRF are tests/test_console.py's).
@@ -350,6 +352,7 @@ async def test_a_block_and_unblock_by_every_entry_point(world):
                            at=datetime.now(timezone.utc))
     await w.sent()
     devices = {how: await w.device(f"bl-{how}") for how in people}
+    cabinets = {how: await w.cabinet(f"bl-{how}") for how in people}
     for how, (cid, aid) in people.items():
         assert w.irdeto.entitlements[f"box-bl-{how}"] == {PRODUCT}
         await w.db.execute("DELETE FROM vod_dirty")
@@ -361,6 +364,9 @@ async def test_a_block_and_unblock_by_every_entry_point(world):
         # The device's TV session ended (migration 0015's trigger), whoever blocked.
         assert await w.tv_sessions(aid) == 0, how
         assert (await devices[how]("channel/list"))["error"] == -1, how
+        # The cabinet stays open: a blocked account sees there why, and pays.
+        html, _ = await cabinets[how].page()
+        assert 'id="login"' not in html and 'id="balance"' in html, how
         # Irdeto entitles the devices of active accounts: the block reaches it too.
         assert await w.marked(cid), how
         await w.sent()
@@ -379,20 +385,23 @@ async def test_a_block_and_unblock_by_every_entry_point(world):
 
 # -- passwords -----------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
-async def test_a_password_changed_by_every_entry_point_ends_tv_sessions(world):
+async def test_a_password_changed_by_every_entry_point_ends_tv_and_cabinet_sessions(world):
     w = world
     new = "new-pass-2"
     for how in ("billing_api", "widgets", "tvmw", "console"):
         login = f"pw-{how}"
         cid, aid = await w.customer(login)
         device = await w.device(login)
+        watcher = await w.cabinet(login)  # a cabinet left open in another browser
         if how == "billing_api":
             await w.billing.ok("account/modify", {"abonement": login, "password": new})
         elif how == "widgets":
             browser = await w.cabinet(login)
             page = await browser.submit("/password", password=PASSWORD, new_password=new,
                                         new_password2=new, account_id=str(aid))
-            assert "password_changed" in page or "changed" in page
+            assert 'role="status"' in page and 'id="login"' not in page
+            # The browser that changed it (giving the current password) stays logged in.
+            assert 'id="login"' not in (await browser.page())[0]
         elif how == "tvmw":
             await device.ok("account/password/change", old_password=PASSWORD,
                             new_password=new)
@@ -402,6 +411,8 @@ async def test_a_password_changed_by_every_entry_point_ends_tv_sessions(world):
         assert (await password_login(w.db, login, new)).id == aid, how
         assert await w.tv_sessions(aid) == 0, how
         assert (await device("channel/list"))["error"] == -1, how
+        # And the cabinet's sessions end too: the old password opens nothing any more.
+        assert 'id="login"' in (await watcher.page())[0], how
         assert [a for _, a in await w.audits(cid)] == (
             ["account.password"] if how == "console" else []), how
 
@@ -471,3 +482,22 @@ async def test_money_in_by_every_entry_point_settles_the_debt_once(world):
         assert receipts == (1 if how == "payment" else 0), how
         assert [a for _, a in await w.audits(cid)] == (
             ["money.credit"] if how == "console" else []), how
+
+
+# -- deletion (the Billing API's alone) ----------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_an_account_deleted_ends_every_session_and_every_entitlement(world):
+    w = world
+    cid, aid = await w.customer("gone", "100.00")
+    for tariff in (w.svod, w.cas):
+        await w.db.run(engine.assign, w.cfg.billing, aid, tariff, at=datetime.now(timezone.utc))
+    await w.sent()
+    assert w.irdeto.entitlements["box-gone"] == {PRODUCT} and w.megogo_services(cid) == {555}
+    device, cabinet = await w.device("gone"), await w.cabinet("gone")
+    notified = w.expect_notify()
+    await w.billing.ok("account/delete", {"account_id": aid})
+    await w.snapshot(aid, BLOCKED, notified)
+    assert await w.tv_sessions(aid) == 0 and (await device("channel/list"))["error"] == -1
+    assert 'id="login"' in (await cabinet.page())[0]
+    await w.sent()
+    assert w.irdeto.entitlements["box-gone"] == set() and w.megogo_services(cid) == set()

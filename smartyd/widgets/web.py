@@ -403,9 +403,7 @@ class WidgetsWeb:
     # -- cabinet -----------------------------------------------------------------------------------
     async def _show_cabinet(self, request, widget, session) -> list:
         t = self.t
-        account = None
-        if session is not None and session.account_id is not None:
-            account = await self.db.run(ledger.get_account, session.account_id)
+        account = await self._logged_in(session)
         if account is None:
             return [tags.form(
                 self._csrf(session),
@@ -508,9 +506,14 @@ class WidgetsWeb:
                 method="post", action=f"/widgets/page/{widget.id}/profile", id="profile")]
 
     async def _logged_in(self, session) -> ledger.Account | None:
+        """
+        The session's account while its login and password are the ones it
+        logged in with (L{Sessions.credentials}); None once either changed.
+        """
         if session is None or session.account_id is None:
             return None
-        return await self.db.run(ledger.get_account, session.account_id)
+        account = await self.db.run(ledger.get_account, session.account_id)
+        return account if self.sessions.current(session, account) else None
 
     async def _cabinet_notice(self, request, widget, session, notice: list) -> bytes:
         """The cabinet with ``notice`` above it (a change done; credentials shown once)."""
@@ -570,6 +573,12 @@ class WidgetsWeb:
             raise Refusal(400, "bad_input", why=self.t["account"])
         log.info("widget {widget}: password of account {target} changed by account {account}",
                  widget=widget.id, target=int(target), account=account.id)
+        if int(target) == account.id:
+            # Its own password: this session ends with the others; the one who
+            # just gave the current password is logged in anew (a new sid).
+            new = self.sessions.login(await self.db.run(ledger.get_account, account.id))
+            self.sessions.write(request, new)
+            session = evolve(new, in_page=session.in_page)
         return await self._cabinet_notice(request, widget, session, [
             tags.p(self.t["password_changed"], class_="notice", role="status")])
 
@@ -593,7 +602,7 @@ class WidgetsWeb:
             account = await password_login(self.db, login, password)
         if account is None:
             raise Refusal(403, "bad_login")
-        new = self.sessions.new(account.id)  # a new sid: no fixation
+        new = self.sessions.login(account)  # a new sid: no fixation
         self.sessions.write(request, new)
         return await self._after(request, widget, session, new)
 
@@ -603,7 +612,7 @@ class WidgetsWeb:
         return await self._after(request, widget, session, new)
 
     async def _tariff_cabinet(self, request, widget, session) -> bytes:
-        if session.account_id is None:
+        if await self._logged_in(session) is None:
             return await self._after(request, widget, session)
         tariff = self._arg(request, "tariff_id")
         action = self._arg(request, "action")
