@@ -11,6 +11,8 @@ Irdeto enabled on their fakes, receipts on), and asserts the same effects:
   change               CLI  Billing API  widgets  device API  console  payment
   tariff assign         x        x          x         x          x
   tariff remove         x        x          x         x          x
+  own tariff, unpaid                        x         x
+  own tariff, full mode                     x         x
   account block         x        x                               x
   account unblock       x        x                               x
   password change                x          x         x          x
@@ -329,6 +331,54 @@ async def test_a_tariff_assigned_and_removed_by_every_entry_point(world):
     for how, (cid, aid) in people.items():
         assert w.megogo_services(cid) == set(), how
         assert w.irdeto.entitlements[f"box-tv-{how}"] == set(), how
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_connects_only_what_the_money_covers_and_only_where_we_charge(world):
+    # The subscriber's own entry points (the cabinet, the device API) refuse a tariff the
+    # balance does not cover, changing nothing -- not the operator's debt of an assignment
+    # (the account blocked for its owner's click) -- and refuse every change in the modes
+    # where tariffs are the external billing's (a tariff taken there would be free).
+    w = world
+    full = build(make_config(**{**SECTIONS, "billing": {"mode": "full"}}), reactor, w.db)
+    for how in ("widgets", "tvmw"):
+        login = f"poor-{how}"
+        cid, aid = await w.customer(login, "20.00")
+        await w.db.execute("DELETE FROM vod_dirty")
+        if how == "widgets":
+            browser = await w.cabinet(login, [w.svod])
+            _, hidden = await browser.page()
+            r, page = await browser.post("/tariff", {**hidden, "tariff_id": str(w.svod),
+                                                     "action": "connect"})
+            assert r.code == 400 and "does not cover" in page
+        else:
+            device = await w.device(login)
+            answer = await device("customer/tariff/subscribe", tariff_id=w.svod)
+            assert answer["error"] == 2, answer
+        assert await w.subs(cid) == [] and await w.kinds(cid) == [], how
+        assert await w.account(aid) == (True, ledger.ACTIVE), how
+        assert not await w.marked(cid), how
+
+        # [billing] mode = "full": neither connects nor disconnects anything.
+        w.app, saved = full, w.app
+        w.http = in_memory_client(full.root)
+        await w.db.run(engine.assign, w.cfg.billing, aid, w.cas, at=datetime.now(timezone.utc))
+        for on in (True, False):
+            tariff = w.svod if on else w.cas
+            if how == "widgets":
+                browser = await w.cabinet(login, [tariff])
+                _, hidden = await browser.page()
+                r, page = await browser.post("/tariff", {
+                    **hidden, "tariff_id": str(tariff),
+                    "action": "connect" if on else "disconnect"})
+                assert r.code == 400 and "cannot be changed" in page
+            else:
+                device = await w.device(login)
+                answer = await device(f"customer/tariff/{'subscribe' if on else 'unsubscribe'}",
+                                      tariff_id=tariff)
+                assert answer["error"] == 4, answer
+        assert await w.subs(cid) == [(w.cas, "active")], how
+        w.app, w.http = saved, in_memory_client(saved.root)
 
 
 # -- block, unblock ------------------------------------------------------------------------------

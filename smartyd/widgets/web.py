@@ -620,10 +620,14 @@ class WidgetsWeb:
         if not tariff.isdigit() or int(tariff) not in {o["id"] for o in offered} \
                 or action not in ("connect", "disconnect"):
             raise Refusal(400, "tariff_failed")
-        change = engine.assign if action == "connect" else engine.remove
+        # The subscriber's own change, as on the device API: refused when the daemon
+        # does not charge, and a tariff the money does not cover is not taken.
+        change = engine.subscribe if action == "connect" else engine.unsubscribe
         try:
             await self.db.run(change, self.cfg.billing, session.account_id, int(tariff),
                               at=self.now())
+        except engine.NotCovered:
+            raise Refusal(400, "tariff_no_money")
         except ledger.LedgerError:
             raise Refusal(400, "tariff_failed")
         log.info("widget {widget}: account {account} {action}ed tariff {tariff}",
