@@ -17,6 +17,8 @@ Irdeto enabled on their fakes, receipts on), and asserts the same effects:
   account unblock       x        x                               x
   password change                x          x         x          x
   account deleted                x
+  device unbind         x        x                               x
+  promise               x                                        x
   account of a debtor   x        x          x
   money in                       x                               x        x
 
@@ -431,6 +433,60 @@ async def test_a_block_and_unblock_by_every_entry_point(world):
         assert w.irdeto.entitlements[f"box-bl-{how}"] == {PRODUCT}, how
         assert [a for _, a in await w.audits(cid)] == (
             [] if how == "billing_api" else ["account.block", "account.unblock"]), how
+
+
+# -- device unbind ------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_device_unbound_by_every_entry_point(world):
+    w = world
+    for how in ("cli", "billing_api", "console"):
+        login = f"unbind-{how}"
+        cid, aid = await w.customer(login, "100.00")
+        await w.db.run(engine.assign, w.cfg.billing, aid, w.cas, at=datetime.now(timezone.utc))
+        await w.sent()
+        assert w.irdeto.entitlements[f"box-{login}"] == {PRODUCT}
+        device = await w.device(login)
+        device_id = await w.db.fetchval("SELECT id FROM devices WHERE uid = %s", (f"box-{login}",))
+        if how == "cli":
+            await w.cli("device", "unbind", f"box-{login}")
+        elif how == "billing_api":
+            await w.billing.ok("account/device/delete", {"abonement": login,
+                                                          "device_id": device_id})
+        else:
+            await w.console(actions.unbind_device, w.operator, cid, device_id, "box returned")
+        assert await w.db.fetchval("SELECT count(*) FROM devices WHERE account_id = %s",
+                                   (aid,)) == 0, how
+        # Its TV session ended (migration 0023), its CAS entitlement withdrawn.
+        assert await w.tv_sessions(aid) == 0, how
+        assert (await device("channel/list"))["error"] == -1, how
+        await w.sent()
+        assert w.irdeto.entitlements[f"box-{login}"] == set(), how
+        # On the customer's card in the audit journal, whoever unbound it.
+        assert [a for _, a in await w.audits(cid)] == (
+            [] if how == "billing_api" else ["device.unbind"]), how
+
+
+# -- promised payments ---------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_promise_by_every_entry_point_settles_the_debt(world):
+    w = world
+    for how in ("cli", "console"):
+        login = f"promise-{how}"
+        cid, aid = await w.customer(login)
+        await w.db.run(engine.assign, w.cfg.billing, aid, w.svod, at=datetime.now(timezone.utc))
+        assert await w.account(aid) == (False, ledger.DEBT)
+        notified = w.expect_notify()
+        if how == "cli":
+            await w.cli("customer", "promise", cid, "--amount", "35", "--days", "3")
+        else:
+            await w.console(actions.promise, w.cfg.billing, w.operator, cid, Decimal("35"), 3,
+                            "pays on Monday")
+        assert await w.kinds(cid) == [("promise", Decimal("35.00")),
+                                      ("activation", Decimal("-5.00")),
+                                      ("charge", Decimal("-30.00"))], how
+        assert await w.account(aid) == (True, ledger.ACTIVE), how
+        await w.snapshot(aid, OK, notified)
+        assert [a for _, a in await w.audits(cid)] == ["promise.grant"], how
 
 
 # -- passwords -----------------------------------------------------------------------------------
