@@ -19,6 +19,7 @@ Irdeto enabled on their fakes, receipts on), and asserts the same effects:
   account deleted                x
   device unbind         x        x                               x
   promise               x                                        x
+  film bought (TVOD)    x                             x
   account of a debtor   x        x          x
   money in                       x                               x        x
 
@@ -55,7 +56,6 @@ from fakes.megogo import FakeMegogo
 from smartyd import catalog, ledger, operators
 from smartyd.billing import engine
 from smartyd.console import actions
-from smartyd.fiscal import jobs
 from smartyd.http.auth import password_login
 from smartyd.db.listen import Listener
 from smartyd.streams.entitlements import BLOCKED, CHANNEL, NOT_ENTITLED, OK, Entitlements
@@ -65,11 +65,11 @@ from streams_world import within
 from test_billing_api import KEY1, Billing
 from test_osmp import PASSWORD as OSMP_PASSWORD, USER as OSMP_USER, Terminal
 from test_tvmw import KEY as TVMW_KEY, Device
-from test_vod import MEGOGO, _Hosts
+from test_vod import MEGOGO, _Hosts, feed, tvod_obj
 from testapp import build
 
 PASSWORD = "pw-parity-1"
-SVOD, CAS = 1, 2  # the tariffs' ids in a clean database (created first, in this order)
+SVOD, CAS, BASE = 1, 2, 3  # the tariffs' ids in a clean database (created in this order)
 PRODUCT = 101
 ENTRY = ("cli", "billing_api", "widgets", "tvmw", "console")
 SECTIONS = dict(
@@ -83,7 +83,7 @@ SECTIONS = dict(
     tokens={"secret": "s3cret-long-enough-for-config"},
     osmp={"username": OSMP_USER, "password": OSMP_PASSWORD, "account": "login"},
     dreamkas={"enabled": True, "token": "t"},
-    megogo={**MEGOGO, "tariff_id": SVOD, "catalog_tariff_id": SVOD},
+    megogo={**MEGOGO, "tariff_id": SVOD, "catalog_tariff_id": BASE},
     irdeto={"enabled": True, "host": "http://irdeto.test",
             "products": [{"tariff_id": CAS, "product_ids": [PRODUCT]}]},
 )
@@ -92,8 +92,8 @@ SECTIONS = dict(
 CLI_CONFIG = ('[billing]\nmode = "builtin"\n'
               '[megogo]\nenabled = true\nxml_url = "http://megogo.test/all_mgg.xml"\n'
               f'partner_id = "7"\nsalt = "pepper-salt"\nsvod_service_id = 555\n'
-              f'tariff_id = {SVOD}\ncatalog_tariff_id = {SVOD}\nbilling_url = "http://megogo.test"\n'
-              'user_prefix = "isp-"\n'
+              f'tariff_id = {SVOD}\ncatalog_tariff_id = {BASE}\n'
+              'billing_url = "http://megogo.test"\nuser_prefix = "isp-"\n'
               '[irdeto]\nenabled = true\nhost = "http://irdeto.test"\n'
               f'products = [{{tariff_id = {CAS}, product_ids = [{PRODUCT}]}}]\n')
 
@@ -126,6 +126,7 @@ class World:
         # Free, no channel: every account has a tariff (the device API logs in no account
         # without one).
         self.base = (await self.db.run(catalog.create_tariff, "base", "0.00"))["id"]
+        assert self.base == BASE  # MEGOGO's catalog: every account sees its titles
         self.operator = await self.db.run(operators.create, "support-1", "support", "")
         self.entitlements.startService()
         await within(self.entitlements.when_loaded(), 10)
@@ -487,6 +488,28 @@ async def test_a_promise_by_every_entry_point_settles_the_debt(world):
         assert await w.account(aid) == (True, ledger.ACTIVE), how
         await w.snapshot(aid, OK, notified)
         assert [a for _, a in await w.audits(cid)] == ["promise.grant"], how
+
+
+# -- a film bought -------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_film_bought_by_every_entry_point(world):
+    w = world
+    await w.vod.syncs["megogo"].sync_bytes(feed(tvod_obj(9, "Nine")))
+    vid = await w.db.fetchval("SELECT id FROM vod_titles WHERE external_id = '9'")
+    for how in ("cli", "tvmw"):
+        login = f"film-{how}"
+        cid, aid = await w.customer(login, "100.00")
+        if how == "cli":
+            await w.cli("vod", "buy", "--account", aid, "--provider", "megogo", "--id", "9",
+                        "--purchase-id", "P-1")
+        else:
+            device = await w.device(login)
+            await device.ok("video/action", vid=vid, action="buy")
+        # Debited through the ledger, the grant queued in the same transaction.
+        assert await w.kinds(cid) == [("tvod", Decimal("-30.00"))], how
+        await w.sent()
+        assert [t for t, _ in w.megogo.titles[user_id(w.cfg.megogo, cid)]] == ["9"], how
+        assert [a for _, a in await w.audits(cid)] == (["vod.buy"] if how == "cli" else []), how
 
 
 # -- passwords -----------------------------------------------------------------------------------
