@@ -171,17 +171,14 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
         async def create(tx):
             # Without --customer, the account gets a customer of its own (with
             # the account's id when free: its payment code is the account's).
-            account = await ledger.create_account(
-                tx, args.login, password_hash, account_id=args.id, customer_id=args.customer
-            )
+            # With one, the customer's tariffs cover it now (a DEBT customer's
+            # new account starts in DEBT): the engine's account creation.
+            account = await engine.create_account(
+                tx, cfg.billing, args.login, password_hash, account_id=args.id,
+                customer_id=args.customer, at=billing_admin.moment(None, reactor))
             if args.customer is None:
                 await ledger.update_customer(tx, account.customer_id, name=args.name,
                                              phone=args.phone, email=args.email)
-            else:
-                # The customer's tariffs cover it now: settle (nothing due
-                # usually, but a DEBT customer's new account starts in DEBT).
-                await engine.settle(tx, cfg.billing, [args.customer],
-                                    billing_admin.moment(None, reactor))
             return await ledger.get_account(tx, account.id)
 
         return (await console_admin.audited(db, reactor, "account.create", create)).to_json()

@@ -442,6 +442,23 @@ async def promise(tx: Tx, cfg: BillingConfig, customer_id: int, amount: object, 
             "due": row["due"].isoformat()}
 
 
+async def create_account(tx: Tx, cfg: BillingConfig, login: str, password_hash: str = "", *,
+                         account_id: int | None = None, customer_id: int | None = None,
+                         at: datetime) -> ledger.Account:
+    """
+    A new account (L{ledger.create_account}) of every entry point (the CLI,
+    the Billing API, the widgets' sign-up and cabinet): its customer is
+    settled as of ``at``, so the customer's tariffs cover it at once and a
+    customer in debt gets it in DEBT like its other accounts.
+    """
+    account = await ledger.create_account(tx, login, password_hash, account_id=account_id,
+                                          customer_id=customer_id)
+    if customer_id is not None:
+        await settle(tx, cfg, [customer_id], at)
+        account = await ledger.get_account(tx, account.id)
+    return account
+
+
 async def _holder(tx: Tx, account_id: int | None, customer_id: int | None) -> int:
     if account_id is not None:
         account = await ledger.get_account(tx, account_id)
@@ -501,6 +518,50 @@ async def remove(tx: Tx, cfg: BillingConfig, account_id: int | None, tariff_id: 
     await catalog.remove_tariff(tx, account_id, tariff_id, customer_id=customer_id)
     await settle(tx, cfg, [customer_id], at)
     return {"changed": True, "refund": str(refund)}
+
+
+class TariffsExternal(BillingError):
+    """The subscriber may not change tariffs: they are the external billing's (full/reduced)."""
+
+
+class NotCovered(BillingError):
+    """The balance (down to ``-credit_limit``) does not cover the tariff's first charge."""
+
+
+def self_service(cfg: BillingConfig) -> None:
+    """
+    Refuse a subscriber's own tariff change when the daemon does not charge
+    (``full``/``reduced``: the external billing assigns and bills tariffs,
+    a tariff taken here would be free): L{TariffsExternal}.
+    """
+    if not cfg.charges:
+        raise TariffsExternal(f"tariffs are the external billing's ([billing] mode ="
+                              f" {cfg.mode!r})")
+
+
+async def subscribe(tx: Tx, cfg: BillingConfig, account_id: int, tariff_id: int, *,
+                    at: datetime) -> dict:
+    """
+    A subscriber's own tariff connection (the device API's
+    CustomerTariffSubscribe, the widgets' cabinet): L{assign}, refused in
+    the modes that do not charge (L{self_service}) and when the money does
+    not cover it (L{NotCovered}: raised inside the caller's transaction, so
+    the assignment and any charge roll back).  An operator's or a billing's
+    assignment (L{assign}) leaves an unpaid tariff suspended instead: debt
+    is theirs to decide, not the subscriber's click.
+    """
+    self_service(cfg)
+    done = await assign(tx, cfg, account_id, tariff_id, at=at)
+    if done["subscription"]["state"] != "active":
+        raise NotCovered("the balance does not cover the tariff")
+    return done
+
+
+async def unsubscribe(tx: Tx, cfg: BillingConfig, account_id: int, tariff_id: int, *,
+                      at: datetime) -> dict:
+    """A subscriber's own tariff removal: L{remove}, refused where L{self_service} says so."""
+    self_service(cfg)
+    return await remove(tx, cfg, account_id, tariff_id, at=at)
 
 
 def _sub_json(sub: dict | None) -> dict | None:

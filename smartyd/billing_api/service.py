@@ -456,8 +456,9 @@ class BillingAPIService:
             elif await repo.login_taken(tx, login):
                 raise APIError(2, "validation failed: abonement exists",
                                {"abonement": ["an account with this abonement exists"]})
-            account = await ledger.create_account(tx, login, password_hash, account_id=account_id,
-                                                  customer_id=c["id"])
+            account = await engine.create_account(tx, self.billing, login, password_hash,
+                                                  account_id=account_id, customer_id=c["id"],
+                                                  at=call.at)
             await repo.set_account_fields(tx, account.id, ext_id=account_ext_id, api_fields=api)
             if not active or reason != ledger.ACTIVE:
                 await ledger.set_active(tx, account.id, active, reason)

@@ -14,7 +14,8 @@ Choices where the spec is silent (kept; the tests hold them):
   removed); no tariff is virtual, none has a basic priority (0).  A tariff
   is basic unless created ``--additional`` (``tariffs.additional``).
 - ``CustomerTariffSubscribe``: ``tariff_id`` (several, comma-separated, all
-  or none) through L{smartyd.billing.engine.assign}, which charges the
+  or none) through L{smartyd.billing.engine.subscribe} (the subscriber's own
+  connection, as the widgets' cabinet's: L{engine.assign}), which charges the
   activation price and the first period at once.  Refusals, checked in this
   order, change nothing: no id given (120); an id that is not a number, not
   a tariff, hidden, or a ``virtual_tariff_id`` (there are none) (1); already
@@ -24,7 +25,7 @@ Choices where the spec is silent (kept; the tests hold them):
   (2, the assignment rolled back: the engine would leave it suspended for
   debt); tariffs are the external billing's in the ``full``/``reduced``
   billing modes (4, "internal api not configured": nothing charges here).
-- ``CustomerTariffUnsubscribe`` through L{smartyd.billing.engine.remove}
+- ``CustomerTariffUnsubscribe`` through L{smartyd.billing.engine.unsubscribe}
   (a refund of the unused part with ``[billing] refund_unused``): not
   assigned (1); basic (2); assigned to the customer, not to this account
   (5: the operator's, ``available_to_unsubscribe`` 0); modes as above (4).
@@ -150,9 +151,10 @@ def _tariff_ids(call: Call) -> tuple[int, ...]:
 
 
 def _billing_charges(call: Call) -> None:
-    if not call.cfg.billing.charges:
-        raise TvmwError(4, f"tariffs are the external billing's ([billing] mode ="
-                           f" {call.cfg.billing.mode!r})")
+    try:
+        engine.self_service(call.cfg.billing)
+    except engine.TariffsExternal as e:
+        raise TvmwError(4, str(e))
 
 
 async def subscribe(call: Call) -> dict:
@@ -182,11 +184,10 @@ async def subscribe(call: Call) -> dict:
         if len(basic) > 1:
             raise TvmwError(5, "at most one basic tariff")
         for tid in ids:
-            done = await engine.assign(tx, cfg, s.account_id, tid, at=at)
-            if done["subscription"]["state"] != "active":
-                # The engine leaves an unpaid tariff suspended (debt): here it is refused,
-                # and raising rolls the assignment and any charge back.
-                raise TvmwError(2, "the balance does not cover the tariff")
+            try:  # the subscriber's own connection: refused unpaid (rolled back), as the cabinet's
+                await engine.subscribe(tx, cfg, s.account_id, tid, at=at)
+            except engine.NotCovered as e:
+                raise TvmwError(2, str(e))
 
     await call.db.run(work)
     log.info("tvmw: account {account} subscribed to tariffs {tariffs} (channel {channel})",
@@ -217,7 +218,7 @@ async def unsubscribe(call: Call) -> dict:
             if mine[tid]["account_id"] != s.account_id:
                 raise TvmwError(5, f"tariff {tid} is the customer's, not the account's")
         for tid in ids:
-            await engine.remove(tx, cfg, s.account_id, tid, at=at)
+            await engine.unsubscribe(tx, cfg, s.account_id, tid, at=at)
 
     await call.db.run(work)
     log.info("tvmw: account {account} unsubscribed from tariffs {tariffs}",

@@ -26,14 +26,20 @@ async def account_devices(tx: Tx, account_id: int) -> dict:
 
 
 async def unbind(tx: Tx, uid: str) -> dict:
-    """Unbind a device; its sessions end with it (migration 0023's trigger on ``devices``)."""
+    """
+    Unbind a device; its sessions end with it (migration 0023's trigger on
+    ``devices``).  The result names the account's customer: its audit row
+    (L{smartyd.operators.audited}) is on the customer's card, as the console's.
+    """
     sessions = await tx.fetchval(
         "SELECT count(*) FROM tvmw_sessions s JOIN devices d"
         " ON d.account_id = s.account_id AND d.uid = s.device_uid WHERE d.uid = %s", (uid,))
-    account = await tx.fetchval("DELETE FROM devices WHERE uid = %s RETURNING account_id", (uid,))
-    if account is None:
+    row = await tx.fetchone(
+        "DELETE FROM devices d USING accounts a WHERE d.uid = %s AND a.id = d.account_id"
+        " RETURNING d.account_id, a.customer_id", (uid,))
+    if row is None:
         raise LedgerError(f"no device {uid!r}")
-    return {"uid": uid, "account": account, "sessions_ended": sessions}
+    return {"uid": uid, "account": row[0], "customer_id": row[1], "sessions_ended": sessions}
 
 
 async def set_account_devices(tx: Tx, account_id: int, devices: int) -> dict:

@@ -3,10 +3,13 @@ Widget sessions in a signed cookie -- or, where the browser does not send
 the cookie back, in the page itself -- and CSRF tokens bound to them.
 
 The cookie is ``<payload>.<mac>``: payload = base64url JSON ``{"sid", "acc",
-"exp"}``, mac = HMAC-SHA256 under a key derived from the stream token key
-(no second secret to configure), compared in constant time.  ``sid`` is
+"exp", "creds"}``, mac = HMAC-SHA256 under a key derived from the stream token
+key (no second secret to configure), compared in constant time.  ``sid`` is
 random per browser and rotated at login (no fixation); ``acc`` is the
-cabinet's account once logged in.
+cabinet's account once logged in, ``creds`` a MAC of its login and password
+hash then (L{Sessions.credentials}): a new password or the account's deletion,
+by whatever path, ends the session.  A block does not: a blocked or DEBT
+account still sees its cabinet, where it learns why and pays.
 
 A form's CSRF token is L{smartyd.http.csrf}'s (HMAC(key, "csrf:" + sid), as
 the console's): a page from us carries it, another site cannot compute it,
@@ -23,7 +26,7 @@ framed widget on another site no cookie at all (over plain HTTP Chromium
 never does).  So a page rendered for a request that brought no valid cookie
 carries the session in each of its forms, beside the CSRF token: the hidden
 field ``session`` = ``<payload>.<mac>``, payload = base64url JSON ``{"sid",
-"acc", "exp", "wid"}``, mac = HMAC(key, "page:" + payload).  It is the
+"acc", "exp", "wid", "creds"}``, mac = HMAC(key, "page:" + payload).  It is the
 cookie's session and no more:
 
   - signed under another label than the cookie (neither passes for the
@@ -65,6 +68,8 @@ class Session:
     expires: float = 0.0
     # The widget whose pages carry this session (the cookie did not come back); None: the cookie.
     in_page: int | None = None
+    # The logged-in account's credentials when it logged in (L{Sessions.credentials}).
+    creds: str = ""
 
 
 def derive_key(token_key: str) -> bytes:
@@ -103,8 +108,29 @@ class Sessions:
     clock: Any
     trusted_proxies: tuple = ()
 
-    def new(self, account_id: int | None = None) -> Session:
-        return Session(secrets.token_urlsafe(16), account_id, self.clock.seconds() + LIFETIME)
+    def new(self, account_id: int | None = None, creds: str = "") -> Session:
+        return Session(secrets.token_urlsafe(16), account_id, self.clock.seconds() + LIFETIME,
+                       creds=creds)
+
+    def login(self, account: Any) -> Session:
+        """A new session (a new sid: no fixation) logged in to ``account`` (L{ledger.Account})."""
+        return self.new(account.id, self.credentials(account))
+
+    def credentials(self, account: Any) -> str:
+        """
+        What a logged-in session holds of its account's login and password
+        hash: a MAC of them (neither is in the cookie).  The session ends when
+        either changes, by any path -- a new password (the cabinet, the
+        device API, the console, the Billing API) or the account's deletion
+        (its login freed) -- as the account's TV sessions do (migration 0015).
+        """
+        text = f"{account.login}\0{account.password_hash}".encode()
+        return _b64(hmac.new(self.key, b"account:" + text, hashlib.sha256).digest()[:16])
+
+    def current(self, s: Session | None, account: Any) -> bool:
+        """True when ``s`` was logged in to ``account`` with its present credentials."""
+        return (s is not None and account is not None and s.account_id == account.id
+                and hmac.compare_digest(s.creds.encode(), self.credentials(account).encode()))
 
     def _sign(self, label: bytes, fields: dict) -> str:
         payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
@@ -126,27 +152,31 @@ class Sessions:
             if acc is not None and (not isinstance(acc, int) or isinstance(acc, bool)):
                 return None
             data["sid"] = str(data["sid"])
+            data["creds"] = str(data.get("creds", ""))
         except (ValueError, KeyError, TypeError):
             return None
         return data
 
     def encode(self, s: Session) -> str:
-        return self._sign(b"", {"sid": s.sid, "acc": s.account_id, "exp": int(s.expires)})
+        return self._sign(b"", {"sid": s.sid, "acc": s.account_id, "exp": int(s.expires),
+                                "creds": s.creds})
 
     def decode(self, value: str | None) -> Session | None:
         data = self._verify(b"", value)
-        return None if data is None else Session(data["sid"], data["acc"], float(data["exp"]))
+        return None if data is None else Session(data["sid"], data["acc"], float(data["exp"]),
+                                                 creds=data["creds"])
 
     def page_token(self, s: Session, widget_id: int) -> str:
         """The session as the pages of widget ``widget_id`` carry it (see the module's doc)."""
         return self._sign(b"page:", {"sid": s.sid, "acc": s.account_id, "exp": int(s.expires),
-                                     "wid": widget_id})
+                                     "wid": widget_id, "creds": s.creds})
 
     def from_page(self, value: str | None, widget_id: int) -> Session | None:
         data = self._verify(b"page:", value)
         if data is None or data.get("wid") != widget_id or isinstance(data.get("wid"), bool):
             return None
-        return Session(data["sid"], data["acc"], float(data["exp"]), in_page=widget_id)
+        return Session(data["sid"], data["acc"], float(data["exp"]), in_page=widget_id,
+                       creds=data["creds"])
 
     def read(self, request) -> Session | None:
         return self.decode(pages.cookie(request, COOKIE))

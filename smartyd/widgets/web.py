@@ -380,7 +380,8 @@ class WidgetsWeb:
             login = new_login()
             while await ledger.find_account_by_login(tx, login) is not None:
                 login = new_login()
-            account = await ledger.create_account(tx, login, pw_hash, customer_id=customer_id)
+            account = await engine.create_account(tx, self.cfg.billing, login, pw_hash,
+                                                  customer_id=customer_id, at=now)
             for tariff_id in widget.tariff_ids:
                 await engine.assign(tx, self.cfg.billing, account.id, tariff_id, at=now)
             await repo.record_signup(tx, ip, customer_id, now)
@@ -402,9 +403,7 @@ class WidgetsWeb:
     # -- cabinet -----------------------------------------------------------------------------------
     async def _show_cabinet(self, request, widget, session) -> list:
         t = self.t
-        account = None
-        if session is not None and session.account_id is not None:
-            account = await self.db.run(ledger.get_account, session.account_id)
+        account = await self._logged_in(session)
         if account is None:
             return [tags.form(
                 self._csrf(session),
@@ -507,9 +506,14 @@ class WidgetsWeb:
                 method="post", action=f"/widgets/page/{widget.id}/profile", id="profile")]
 
     async def _logged_in(self, session) -> ledger.Account | None:
+        """
+        The session's account while its login and password are the ones it
+        logged in with (L{Sessions.credentials}); None once either changed.
+        """
         if session is None or session.account_id is None:
             return None
-        return await self.db.run(ledger.get_account, session.account_id)
+        account = await self.db.run(ledger.get_account, session.account_id)
+        return account if self.sessions.current(session, account) else None
 
     async def _cabinet_notice(self, request, widget, session, notice: list) -> bytes:
         """The cabinet with ``notice`` above it (a change done; credentials shown once)."""
@@ -530,8 +534,8 @@ class WidgetsWeb:
             login = new_login()
             while await ledger.find_account_by_login(tx, login) is not None:
                 login = new_login()
-            return await ledger.create_account(tx, login, pw_hash,
-                                               customer_id=account.customer_id)
+            return await engine.create_account(tx, self.cfg.billing, login, pw_hash,
+                                               customer_id=account.customer_id, at=self.now())
 
         added = await self.db.run(add)
         if added is None:
@@ -569,6 +573,12 @@ class WidgetsWeb:
             raise Refusal(400, "bad_input", why=self.t["account"])
         log.info("widget {widget}: password of account {target} changed by account {account}",
                  widget=widget.id, target=int(target), account=account.id)
+        if int(target) == account.id:
+            # Its own password: this session ends with the others; the one who
+            # just gave the current password is logged in anew (a new sid).
+            new = self.sessions.login(await self.db.run(ledger.get_account, account.id))
+            self.sessions.write(request, new)
+            session = evolve(new, in_page=session.in_page)
         return await self._cabinet_notice(request, widget, session, [
             tags.p(self.t["password_changed"], class_="notice", role="status")])
 
@@ -592,7 +602,7 @@ class WidgetsWeb:
             account = await password_login(self.db, login, password)
         if account is None:
             raise Refusal(403, "bad_login")
-        new = self.sessions.new(account.id)  # a new sid: no fixation
+        new = self.sessions.login(account)  # a new sid: no fixation
         self.sessions.write(request, new)
         return await self._after(request, widget, session, new)
 
@@ -602,7 +612,7 @@ class WidgetsWeb:
         return await self._after(request, widget, session, new)
 
     async def _tariff_cabinet(self, request, widget, session) -> bytes:
-        if session.account_id is None:
+        if await self._logged_in(session) is None:
             return await self._after(request, widget, session)
         tariff = self._arg(request, "tariff_id")
         action = self._arg(request, "action")
@@ -610,10 +620,14 @@ class WidgetsWeb:
         if not tariff.isdigit() or int(tariff) not in {o["id"] for o in offered} \
                 or action not in ("connect", "disconnect"):
             raise Refusal(400, "tariff_failed")
-        change = engine.assign if action == "connect" else engine.remove
+        # The subscriber's own change, as on the device API: refused when the daemon
+        # does not charge, and a tariff the money does not cover is not taken.
+        change = engine.subscribe if action == "connect" else engine.unsubscribe
         try:
             await self.db.run(change, self.cfg.billing, session.account_id, int(tariff),
                               at=self.now())
+        except engine.NotCovered:
+            raise Refusal(400, "tariff_no_money")
         except ledger.LedgerError:
             raise Refusal(400, "tariff_failed")
         log.info("widget {widget}: account {account} {action}ed tariff {tariff}",
