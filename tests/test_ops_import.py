@@ -389,3 +389,14 @@ async def test_a_balance_imported_for_a_customer_in_debt_settles_it_as_a_payment
     assert code == 0 and out["unchanged"] == {"balances": 1}, err
     assert out["settled"] == {"charged": 0, "amount": "0.00", "suspended": 0, "reactivated": 0}
     assert await state() == (ledger.ACTIVE, 150, ["active"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_and_backup_onto_a_directory_are_refused_naming_it(db, admin, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    for args in (("export", "customers", str(target)), ("backup", str(target))):
+        code, out, err = await run(admin, *args)
+        assert code == 1 and out is None, (args, out)
+        assert err == f"smartyd-admin: {target}: is a directory, give a file name\n", err
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]

@@ -179,6 +179,8 @@ async def cmd_export(db, args, cfg, reactor, app=None) -> dict:
     target = Path(args.file).resolve()
     if not target.parent.is_dir():
         raise AdminError(f"{target.parent}: no such directory")
+    if target.is_dir():
+        raise AdminError(f"{target}: is a directory, give a file name")
     try:
         header = layouts.header(args.format, args.kind)
     except layouts.LayoutError as e:
