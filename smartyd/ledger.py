@@ -569,7 +569,7 @@ async def statement(tx: Tx, customer_id: int, *, start=None, end=None, limit: in
             or not 0 <= limit <= STATEMENT_MAX_ROWS:
         raise LedgerError(f"limit: 0..{STATEMENT_MAX_ROWS}, not {limit}")
     if before is not None and (isinstance(before, bool) or not isinstance(before, int)
-                               or before <= 0):
+                               or not 0 < before < 2**63):
         raise LedgerError(f"before: a ledger row id (above 0), not {before}")
     for name, value in (("from", start), ("to", end)):
         if value is not None and getattr(value, "tzinfo", None) is None:

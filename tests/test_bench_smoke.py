@@ -205,3 +205,20 @@ def test_tokens_profile_serves_checks():
         proc.wait(30)
         proc.stdout.close()
         proc.stderr.close()
+
+
+# Scripts under bench/ that are not run on their own: what runs them in the suite.
+RUN_BY = {
+    "bench/mutants.py": "bench/mutants.sh",          # the driver mutants.sh calls
+    "bench/mutants_pytest.py": "bench/mutants.sh",   # the test runner of each mutant
+    "bench/tokens_profile.py": "test_tokens_profile_serves_checks",
+}
+
+
+def test_every_script_under_bench_has_a_smoke_run():
+    """A new benchmark without a BENCHES entry (or RUN_BY) fails here, not silently later."""
+    scripts = {f"bench/{p.name}" for p in (ROOT / "bench").iterdir()
+               if p.suffix in (".py", ".sh")}
+    covered = {b.script for b in BENCHES} | set(RUN_BY)
+    assert sorted(scripts - covered) == [], "scripts under bench/ without a smoke run"
+    assert sorted(covered - scripts) == [], "smoke runs of scripts no longer under bench/"

@@ -351,3 +351,52 @@ def test_progress_is_drawn_on_a_terminal_only():
     p.update(50)
     p.finish(200)
     assert pipe.text == ""
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_balance_imported_for_a_customer_in_debt_settles_it_as_a_payment_would(
+        db, admin, tmp_path):
+    from datetime import datetime, timezone
+
+    from smartyd.billing import engine
+    from smartyd.config import Billing
+
+    account = await db.run(ledger.create_account, "debtor", "")
+    cid = account.customer_id
+    tariff = await db.run(catalog.create_tariff, "Basic", "100")
+    await db.run(engine.assign, Billing(), account.id, tariff["id"],
+                 at=datetime.now(timezone.utc))
+    shown = await db.run(ledger.get_account, account.id)
+    assert (shown.active, shown.status_reason) == (False, ledger.DEBT)
+    path = write(tmp_path, "b.csv", f"customer_id;amount\n{cid};250.00\n")
+
+    async def state():
+        shown = await db.run(ledger.get_account, account.id)
+        subs = await db.run(catalog.customer_subscriptions, cid)
+        return shown.status_reason, shown.balance, [s["state"] for s in subs]
+
+    code, out, err = await run(admin, "import", "balances", path, "--dry-run")
+    assert code == 0 and out["settled"]["reactivated"] == 1, (out, err)
+    assert await state() == (ledger.DEBT, 0, ["suspended"])
+    # The money comes in as a payment's would: the period is charged, the DEBT lifted at once
+    # (not at the charging job's next run).
+    code, out, err = await run(admin, "import", "balances", path)
+    assert code == 0, err
+    assert out["settled"] == {"charged": 1, "amount": "100.00", "suspended": 0,
+                              "reactivated": 1}, out
+    assert await state() == (ledger.ACTIVE, 150, ["active"])
+    code, out, err = await run(admin, "import", "balances", path)
+    assert code == 0 and out["unchanged"] == {"balances": 1}, err
+    assert out["settled"] == {"charged": 0, "amount": "0.00", "suspended": 0, "reactivated": 0}
+    assert await state() == (ledger.ACTIVE, 150, ["active"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_export_and_backup_onto_a_directory_are_refused_naming_it(db, admin, tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    for args in (("export", "customers", str(target)), ("backup", str(target))):
+        code, out, err = await run(admin, *args)
+        assert code == 1 and out is None, (args, out)
+        assert err == f"smartyd-admin: {target}: is a directory, give a file name\n", err
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]

@@ -18,6 +18,8 @@ import pytest
 import pytest_twisted
 
 from smartyd import ledger
+from smartyd.admin.billing import parse_moment
+from smartyd.admin.errors import AdminError
 from test_widgets import Env as WidgetsEnv, logged_in
 
 T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
@@ -107,7 +109,8 @@ async def test_bad_arguments_are_refused(db):
     cid = await busy(db, 1)
     for kw, message in [
         ({"limit": -1}, "limit: "), ({"limit": ledger.STATEMENT_MAX_ROWS + 1}, "limit: "),
-        ({"before": 0}, "before: "), ({"start": T0, "end": T0}, "from: must be before to"),
+        ({"before": 0}, "before: "), ({"before": 2**63}, "before: "),
+        ({"start": T0, "end": T0}, "from: must be before to"),
         ({"start": datetime(2025, 1, 1)}, "from: give a moment with its time zone"),
     ]:
         with pytest.raises(ledger.LedgerError, match=message):
@@ -162,6 +165,7 @@ async def test_customer_statement_command(db, admin):
         (("--to", "2025-03-01T00:00:00"), "--to: give the time zone"),
         (("--limit", "-1"), "--limit: 0..10000, not -1"),
         (("--before", "0"), "--before: a ledger row id"),
+        (("--before", "99999999999999999999"), "--before: a ledger row id"),
         (("--from", "2025-03-02T00:00:00+00:00", "--to", "2025-03-01T00:00:00+00:00"),
          "--from: must be before to"),
     ]:
@@ -171,6 +175,14 @@ async def test_customer_statement_command(db, admin):
         assert err.count("\n") == 1 and "Traceback" not in err
     code, _, err = admin("customer", "statement", str(cid + 1000))
     assert code != 0 and f"no customer {cid + 1000}" in err
+
+
+def test_the_time_zone_hint_gives_a_moment_the_command_accepts():
+    for text in ("2025-03-01", "2025-03-01T10:30", "2025-03-01+03:00"):
+        with pytest.raises(AdminError, match="give the time zone") as e:
+            parse_moment(text, "--from")
+        example = re.search(r"\(e\.g\. (\S+)\)", str(e.value)).group(1)
+        assert parse_moment(example, "--from").tzinfo is not None, example
 
 
 @pytest_twisted.ensureDeferred

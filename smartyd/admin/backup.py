@@ -156,6 +156,8 @@ async def cmd_backup(db, args, cfg, reactor, app=None) -> dict:
     target = Path(args.file).resolve()
     if not target.parent.is_dir():
         raise AdminError(f"{target.parent}: no such directory")
+    if target.is_dir():
+        raise AdminError(f"{target}: is a directory, give a file name")
     pg_dump = await tool("pg_dump", cfg)
     conninfo, env = _conninfo(db.dsn)
     tables = await _table_count(db)

@@ -31,7 +31,9 @@ def parse_moment(text: str, option: str) -> datetime:
     except ValueError:
         raise AdminError(f"{option}: not an ISO-8601 moment: {text!r}")
     if at.tzinfo is None:
-        raise AdminError(f"{option}: give the time zone (e.g. {text}+03:00)")
+        # The example is the moment as read, with a zone: one the option accepts
+        # ("2025-03-01+03:00" is read as 03:00 without a zone).
+        raise AdminError(f"{option}: give the time zone (e.g. {at.isoformat()}+03:00)")
     return at
 
 

@@ -16,8 +16,10 @@ import os
 import time
 from pathlib import Path
 
+from smartyd.admin.billing import moment
 from smartyd.admin.errors import AdminError
 from smartyd.admin.progress import Progress
+from smartyd.billing import engine
 from smartyd.db import Database
 from smartyd.transfer import layouts, store
 
@@ -71,7 +73,21 @@ async def cmd_import(db, args, cfg, reactor, app=None) -> dict:
     tally = store.Tally()
     bad: list[tuple[int, str]] = []
     counts = {"lines": 0, "duplicates": 0}
+    settled = engine.RunResult()
     started = time.monotonic()
+
+    async def settle(tx):
+        # Opening balances move money as a payment does: a customer they credit
+        # that the billing suspended for debt is settled at once (its suspended
+        # periods charged, the DEBT lifted), as the daemon's payment hooks
+        # settle a payer -- not at the charging job's next run.  Nothing is
+        # charged in the full/reduced modes.
+        nonlocal settled
+        credited = tally.take_credited()
+        if credited and cfg.billing.charges:
+            debtors = await store.in_debt(tx, credited)
+            if debtors:
+                settled += await engine.settle(tx, cfg.billing, debtors, moment(None, reactor))
 
     async def run(tx):
         seen: dict[str, dict] = {}
@@ -88,10 +104,12 @@ async def cmd_import(db, args, cfg, reactor, app=None) -> dict:
                     batch.append((line, kept))
                 if len(batch) >= BATCH:
                     await _write(tx, batch, tally, bad)
+                    await settle(tx)
                     progress.update(line)
                     batch = []
             if batch:
                 await _write(tx, batch, tally, bad)
+                await settle(tx)
         if args.dry_run or (bad and not args.skip_bad):
             raise _Rollback()
 
@@ -109,6 +127,7 @@ async def cmd_import(db, args, cfg, reactor, app=None) -> dict:
     bad.sort()
     report.update(lines=counts["lines"], duplicates=counts["duplicates"], **tally.to_json(),
                   bad=[{"line": line, "reason": reason} for line, reason in bad],
+                  **({"settled": settled.to_json()} if args.kind == "balances" else {}),
                   written=written, seconds=round(time.monotonic() - started, 3))
     if bad and not args.skip_bad:
         named = "; ".join(f"line {line}: {reason}" for line, reason in bad[:NAMED])
@@ -160,6 +179,8 @@ async def cmd_export(db, args, cfg, reactor, app=None) -> dict:
     target = Path(args.file).resolve()
     if not target.parent.is_dir():
         raise AdminError(f"{target.parent}: no such directory")
+    if target.is_dir():
+        raise AdminError(f"{target}: is a directory, give a file name")
     try:
         header = layouts.header(args.format, args.kind)
     except layouts.LayoutError as e:

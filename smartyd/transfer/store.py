@@ -12,7 +12,9 @@ What a record may not do is reported as a bad line, never forced: move an
 account to another customer, a device to another account, give an external
 id to a customer that has another, post a second opening balance with
 another amount.  Money enters only through the ledger (L{ledger.post_many},
-kind ``opening``, one idempotency key per customer).  Entitlement changes
+kind ``opening``, one idempotency key per customer); the import settles
+the customers it credits that the billing suspended for debt, as a payment
+settles its payer (L{in_debt}).  Entitlement changes
 (accounts, subscriptions) are announced by the same triggers as every other
 write (``NOTIFY smartyd_entitlements``, delivered at commit).
 
@@ -44,6 +46,8 @@ class Tally:
     created: dict = field(factory=dict)
     updated: dict = field(factory=dict)
     unchanged: dict = field(factory=dict)
+    # Customers given an opening balance and not settled yet (L{take_credited}).
+    credited: set = field(factory=set)
 
     def add(self, what: str, kind: str, n: int = 1) -> None:
         if n == 0:
@@ -53,6 +57,11 @@ class Tally:
 
     def to_json(self) -> dict:
         return {"created": self.created, "updated": self.updated, "unchanged": self.unchanged}
+
+    def take_credited(self) -> list[int]:
+        """The customers credited since the last call (see L{in_debt})."""
+        out, self.credited = sorted(self.credited), set()
+        return out
 
 
 Items = list[tuple[int, dict]]  # (line, record)
@@ -432,7 +441,20 @@ async def balances(tx: Tx, items: Items, tally: Tally) -> Bad:
             entries.append((cid, amount, opening_key(cid)))
     n = await ledger.post_many(tx, entries, OPENING, "opening balance (import)")
     tally.add("created", "balances", n)
+    tally.credited.update(cid for cid, _, _ in entries)
     return bad
+
+
+async def in_debt(tx: Tx, customer_ids: list[int]) -> list[int]:
+    """
+    Those of the customers the billing suspended for debt (a subscription
+    ``suspended``): an opening balance settles them at once, as a payment
+    settles its payer.  Other due periods are left to the charging job, as
+    for every imported subscription.
+    """
+    return [r[0] for r in await tx.fetchall(
+        "SELECT DISTINCT customer_id FROM subscriptions WHERE customer_id = ANY(%s::bigint[])"
+        " AND state = 'suspended' ORDER BY customer_id", (array(customer_ids),))]
 
 
 async def precheck(tx: Tx, lines: list[tuple[int, list[tuple[str, dict]]]]) -> Bad:
