@@ -315,10 +315,16 @@ def test_layouts_read_what_they_write():
     assert rows == [(2, [("subscriptions", {
         "customer_id": 7, "customer_ext_id": "E;1", "account_login": "lo.gin", "tariff_id": 3,
         "tariff_ext_id": None, "paid_until": at})])]
-    bad = list(layouts.read(io.StringIO("customer_id;amount\n1;1e20\n0;5\n"), ";", "smartyd",
-                            "balances"))
-    assert [(b.line, b.reason.split(":")[0]) for b in bad] == [(2, "amount out of range"),
-                                                                (3, "customer_id must be positive")]
+    bad = list(layouts.read(io.StringIO(
+        "customer_id;amount\n1;9999999999999.00\n0;5\n1;1e3\n1;10.005\n1;\n1;0x10\n"), ";",
+        "smartyd", "balances"))
+    assert [(b.line, b.reason.split(":")[0]) for b in bad] == [
+        (2, "amount out of range"), (3, "customer_id must be positive"),
+        (4, "amount '1e3'"), (5, "amount '10.005'"), (6, "amount ''"), (7, "amount '0x10'")]
+    rows = list(layouts.read(io.StringIO('customer_id;amount\n1;"10,50"\n2;-3\n3;+7.5\n'), ";",
+                             "smartyd", "balances"))
+    assert [r[1][0][1]["amount"] for r in rows] == [
+        Decimal("10.50"), Decimal("-3.00"), Decimal("7.50")]
     assert layouts.mac("00-1A-79-22-63-8A") == "00:1a:79:22:63:8a"
     assert layouts.cell(Decimal("-5.00")) == "-5.00" and layouts.cell(True) == "1"
 

@@ -83,6 +83,9 @@ async def test_every_metric_the_dashboard_and_alerts_name_is_exported(db):
     assert sorted(named - available) == []
     # The alerts' own needs: each probe of /metrics refreshed the database gauge.
     assert "smartyd_db_up 1.0" in text.splitlines()
+    # Series a panel shows from the first scrape, at 0 before anything happened.
+    for reason in ("address", "credentials"):
+        assert f'smartyd_osmp_refused_requests_total{{reason="{reason}"}} 0.0' in text.splitlines()
 
 
 def test_the_alert_rules_cover_what_the_operator_must_hear():

@@ -25,6 +25,9 @@ from smartyd.http.handlers import endpoint, shielded
 log = Logger(namespace="smartyd.osmp")
 
 
+REFUSALS = ("address", "credentials")  # the reasons of smartyd_osmp_refused_requests
+
+
 class OSMP:
     """
     The OSMP endpoint: ``GET``/``POST /payments/osmp``.
@@ -44,6 +47,10 @@ class OSMP:
         self.metrics = metrics
         self.trusted_proxies = trusted_proxies
         self.auth = BasicAuth(cfg.username, cfg.password)
+        # Both series exist from the start (at 0), so a dashboard and an
+        # increase() see the first refusal rather than a series appearing.
+        for reason in REFUSALS:
+            metrics.osmp_refused.labels(reason)
 
     def resource(self):
         return self.app.resource()

@@ -167,9 +167,19 @@ def _optional(parse):
     return lambda value, column: parse(value, column) if value else None
 
 
+# An amount as a person or a billing writes it: a sign, whole units, and at
+# most two places after a point or a comma (cp1251 exports write "10,50").
+# Never an exponent ("1e3") or a third place: a balance is taken as written,
+# never rounded or reinterpreted.
+_AMOUNT = re.compile(r"^[+-]?\d{1,15}(?:[.,]\d{1,2})?$")
+
+
 def _amount(value: str, column: str):
+    if not _AMOUNT.match(value):
+        raise ValueError(f"{column} {value!r}: not an amount (digits, at most two places after"
+                         " a point or a comma)")
     try:
-        return ledger.money(value)
+        return ledger.money(value.replace(",", "."))
     except ledger.LedgerError as e:
         raise ValueError(str(e))
 
