@@ -115,8 +115,14 @@ class Metrics:
         )
         self.tvmw_login_failures = Counter(
             "smartyd_tvmw_login_failures",
-            "TV Middleware logins refused: bad credentials, or rate-limited before checking",
+            "TV Middleware logins refused: bad credentials, bad client (client_id/api_key),"
+            " or rate-limited (too many waiting from one address) before checking",
             ["reason"], registry=r,
+        )
+        self.tvmw_login_delayed = Counter(
+            "smartyd_tvmw_login_delayed",
+            "TV Middleware logins and password changes held back by the rate limit's delay",
+            registry=r,
         )
         self.osmp_refused = Counter(
             "smartyd_osmp_refused_requests", "OSMP requests refused before the protocol (403/401)",

@@ -8,7 +8,7 @@ Login (the spec's error codes):
 - ``abonement`` + ``password`` (scrypt in a thread; an unknown abonement costs
   the same as a wrong password), or, with ``[tvmw] login_by_device``, a
   ``device_uid`` alone that is bound to an account -- else 1 ("not found"),
-  which is also the answer under the rate limit (L{ratelimit}); a client
+  which a failure gets after the rate limit's growing delay (L{ratelimit}); a client
   without ``shared`` finds only the accounts of its own customers;
 - the account inactive (blocked, deleted, any ``status_reason`` but DEBT) --
   2, with its ``status_reason``.  An account in DEBT (deactivated for lack of
@@ -45,6 +45,7 @@ from smartyd.streams.web import account_by_device
 from smartyd.tvmw import params as P
 from smartyd.tvmw.call import Call
 from smartyd.tvmw.errors import TvmwError
+from smartyd.tvmw.ratelimit import held
 from smartyd.tvmw.sessions import Live, insert_session, key_hash, new_authkey, devices_in_session
 
 #: The billing's one currency (amounts everywhere are roubles).
@@ -128,9 +129,15 @@ async def login(call: Call) -> dict:
     p = call.params
     cfg = call.cfg.tvmw
     metrics = call.metrics
+    limiter = call.deps["limiter"]
     client = find_client(cfg.clients, P.text(p, "client_id", max_len=64),
                          P.text(p, "api_key", max_len=256))
     if client is None:
+        # Counted against the address (api_key guessing is slowed like passwords).
+        keys = limiter.keys(call.ip, None)
+        if await held(call, keys):
+            limiter.failed(keys, call.reactor.seconds())
+            metrics.tvmw_login_failures.labels("bad_client").inc()
         raise TvmwError(BAD_CLIENT, "wrong api_key or client_id")
     abonement = P.text(p, "abonement", max_len=64)
     password = p.get("password", "")
@@ -144,12 +151,10 @@ async def login(call: Call) -> dict:
     if not by_device and not (abonement and password):
         raise TvmwError(NOT_FOUND, "abonement and password are required",
                         error_messages={"abonement": "abonement and password are required"})
-    limiter = call.deps["limiter"]
     keys = limiter.keys(call.ip, abonement or ("uid:" + device_uid))
-    now = call.reactor.seconds()
-    if limiter.locked(keys, now) > 0:
-        metrics.tvmw_login_failures.labels("rate_limited").inc()
+    if not await held(call, keys):
         raise TvmwError(NOT_FOUND, "account not found")
+    now = call.reactor.seconds()
     if by_device:
         account = await call.db.run(account_by_device, device_uid)
     else:

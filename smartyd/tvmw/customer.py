@@ -66,6 +66,7 @@ from smartyd.http.auth import password_login
 from smartyd.tvmw import content_repo as repo
 from smartyd.tvmw.call import Call
 from smartyd.tvmw.errors import TvmwError
+from smartyd.tvmw.ratelimit import held
 from smartyd.tvmw import params as P
 from smartyd.widgets.repo import set_account_password
 
@@ -324,13 +325,13 @@ async def password_change(call: Call) -> dict:
         raise P.bad("old_password", "is required")
     if not PASSWORD_MIN <= len(new) <= PASSWORD_MAX or not new.isprintable():
         raise P.bad("new_password", f"must be {PASSWORD_MIN}-{PASSWORD_MAX} printable characters")
-    # Guessing the password here counts with Login's failures (the same keys): a
-    # locked key is refused without a password check.
+    # Guessing the password here counts with Login's failures (the same keys) and
+    # waits the same growing delay before the check (L{ratelimit}).
     limiter = call.deps.get("limiter")
     keys = limiter.keys(call.ip, s.abonement) if limiter is not None else ()
+    if limiter is not None and not await held(call, keys):
+        raise TvmwError(2, "too many password attempts; try again later")
     now = call.reactor.seconds()
-    if limiter is not None and limiter.locked(keys, now) > 0:
-        raise TvmwError(2, "too many wrong passwords; try again later")
     account = await call.db.run(ledger.get_account, s.account_id)
     checked = None if account is None else await password_login(call.db, account.login, old)
     if checked is None or checked.id != s.account_id:

@@ -256,6 +256,10 @@ class TvmwWeb:
             uid = _cookie(request, b"device_uid")
             if uid is not None and len(uid) <= 128 and uid.isprintable():
                 extra = {"cookie_device_uid": uid}
+            # Whether the client has gone (a login delayed by the rate limit is then not checked).
+            left: list = []
+            request.notifyFinish().addErrback(lambda _: left.append(True))
+            extra["client_left"] = lambda: bool(left)
         deps = dict(self.deps)
         deps.update(extra)
         return Call(params=params, session=session, ip=ip,
