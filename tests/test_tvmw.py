@@ -385,40 +385,20 @@ async def test_login_by_device_uid_alone_when_enabled(db, world):
 
 
 @pytest_twisted.ensureDeferred
-async def test_login_failures_are_rate_limited_per_address_and_abonement(instance, world):
+async def test_login_failures_are_counted_per_address_and_abonement(instance, world):
+    # The delays themselves, on a task.Clock: tests/test_tvmw_ratelimit.py.
     device = Device(instance.http, uid="box-1")
-    for _ in range(5):
+    for _ in range(3):
         assert (await device.login(password="wrong"))["error"] == 1
-    # Locked now: even the right password answers "not found", and no scrypt runs.
-    assert (await device.login())["error"] == 1
+    assert (await device("login", abonement="alice", password=PASSWORD,
+                         api_key="wrong"))["error"] == 4
     value = instance.app.metrics.registry.get_sample_value
-    assert value("smartyd_tvmw_login_failures_total", {"reason": "bad_credentials"}) == 5
-    assert value("smartyd_tvmw_login_failures_total", {"reason": "rate_limited"}) == 1
+    assert value("smartyd_tvmw_login_failures_total", {"reason": "bad_credentials"}) == 3
+    assert value("smartyd_tvmw_login_failures_total", {"reason": "bad_client"}) == 1
     limiter = instance.tvmw.deps["limiter"]
-    keys = limiter.keys("127.0.0.1", "alice")
     now = reactor.seconds()
-    assert 0 < limiter.locked(keys, now) <= 1
-    limiter.failed(keys, now)
-    assert 1 < limiter.locked(keys, now) <= 2  # the lockout grows with each failure
-
-
-def test_the_lockout_grows_and_is_forgotten():
-    from smartyd.tvmw.ratelimit import LoginLimiter
-
-    limiter = LoginLimiter(free=2, max_lock=8, forget=100, max_keys=3)
-    keys = limiter.keys("10.0.0.1", "alice")
-    limiter.failed(keys, 0)
-    assert limiter.locked(keys, 0) == 0
-    waits = []
-    for t in range(1, 6):
-        limiter.failed(keys, t)
-        waits.append(limiter.locked(keys, t))
-    assert waits == [1, 2, 4, 8, 8]
-    assert limiter.locked(keys, 5 + 101) == 0  # forgotten after a quiet while
-    assert limiter.locked(limiter.keys("10.0.0.2", None), 5) == 0
-    for i in range(5):
-        limiter.failed(limiter.keys(f"10.0.1.{i}", None), 200)
-    assert len(limiter._keys) == 3  # bounded
+    assert limiter.delay(limiter.keys("127.0.0.1", "alice"), now) == 1  # the next one waits
+    assert limiter.delay(limiter.keys("127.0.0.1", "bob"), now) == 0  # NAT: the address may
 
 
 # -- bad input ---------------------------------------------------------------------------------
