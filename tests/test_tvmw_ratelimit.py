@@ -24,7 +24,7 @@ from smartyd.tvmw.errors import TvmwError
 from smartyd.tvmw.ratelimit import ADDRESS_FREE, LoginLimiter
 from smartyd.tvmw.sessions import SessionStore
 from streams_world import PASSWORD, within
-from test_tvmw import KEY, config
+from test_tvmw import KEY, Running, config
 
 
 class Logins:
@@ -187,3 +187,19 @@ async def test_one_address_may_keep_only_so_many_logins_waiting(db, world):
     logins.clock.advance(2)
     assert [await within(d, 10) for d in waiting] == [1, 1]
     assert await within(other, 10) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_login_knows_when_its_client_has_left(db, world):
+    """The web layer's ``client_left``, which a delayed login reads before its check."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+    from twisted.web.server import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    web = Running(db, config()).tvmw
+    request = Request(DummyChannel())
+    call = await web._call(request, "login", {})
+    assert call.deps["client_left"]() is False
+    request.connectionLost(Failure(ConnectionDone()))
+    assert call.deps["client_left"]() is True

@@ -46,7 +46,7 @@ Choices where the spec is silent (kept; the tests hold them):
   (1 otherwise, as for a missing old one); a wrong old password is 2 ("error
   changing the password"), checked in constant time
   (L{smartyd.http.auth.password_login}) and counted with Login's failures
-  (L{smartyd.tvmw.ratelimit}: a locked caller is refused, 2, unchecked); the
+  (L{smartyd.tvmw.ratelimit}: checked after the same growing delay); the
   hash is the accounts' scrypt
   (L{smartyd.ledger.hash_password}), made off the reactor.  The sessions of
   the account end in the database when its password changes.
