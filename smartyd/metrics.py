@@ -134,7 +134,8 @@ class Metrics:
         )
         self.token_check_seconds = LatencyHistogram(
             "smartyd_token_check_seconds",
-            "Time to decide a stream token check, in the listener's process", "listener")
+            "Time to decide a stream token check, in the listener's process (one check in 16"
+            " is timed: a sample)", "listener")
         r.register(self.token_check_seconds)
         self.tokens_minted = Counter(
             "smartyd_tokens_minted", "Stream URLs minted", registry=r

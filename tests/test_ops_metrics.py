@@ -126,7 +126,7 @@ def test_a_checker_times_its_checks_into_the_token_check_histogram():
     checker = Checker(TokenCodec(["s3cret-s3cret-s3cret"]), Holder(), Clock(),
                       prometheus_counters(metrics, "http"), when_unavailable="deny",
                       durations=metrics.token_check_seconds.labels("http"),
-                      timer=lambda: next(ticks))
+                      timer=lambda: next(ticks), sample_every=1)
     assert checker.check({"token": "x"}, {}).reason == "not_ready"
     checker.check({"token": "y"}, {})
     value = metrics.registry.get_sample_value
@@ -137,6 +137,26 @@ def test_a_checker_times_its_checks_into_the_token_check_histogram():
     # A worker's report adds to the daemon's "fast" histogram.
     metrics.token_check_seconds.labels("fast").merge([1] + [0] * 12 + [0.00001])
     assert value("smartyd_token_check_seconds_bucket", {"listener": "fast", "le": "+Inf"}) == 1
+
+
+def test_the_checker_times_one_check_in_sample_every():
+    metrics = Metrics()
+    timed = []
+
+    def timer():
+        timed.append(1)
+        return 1.0
+
+    checker = Checker(TokenCodec(["s3cret-s3cret-s3cret"]), Holder(), Clock(),
+                      prometheus_counters(metrics, "http"), when_unavailable="deny",
+                      durations=metrics.token_check_seconds.labels("http"), timer=timer,
+                      sample_every=4)
+    for _ in range(9):
+        assert checker.check({"token": "x"}, {}).reason == "not_ready"
+    value = metrics.registry.get_sample_value
+    # the 1st, 5th and 9th were timed (two timer calls each)
+    assert value("smartyd_token_check_seconds_count", {"listener": "http"}) == 3
+    assert len(timed) == 6
 
 
 @pytest_twisted.ensureDeferred
