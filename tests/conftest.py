@@ -6,9 +6,12 @@ Deferred errors or pending delayed calls behind.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from contextlib import contextmanager
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -198,3 +201,23 @@ def _harmless(call) -> bool:
     text = repr(call)
     return "Cooperator" in text or "_tick" in text or "timeoutConnection" in text \
         or "forceAbortClient" in text
+
+
+@pytest.fixture
+def admin(tmp_path, pg_dsn):
+    """
+    ``smartyd-admin`` as an operator runs it (its own process) on the test
+    database: ``admin(*args)`` -> (exit code, its JSON or None, stderr).  A
+    test module may define its own ``admin`` (another config) instead.
+    """
+    cfg = tmp_path / "smartyd.toml"
+    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
+
+    def run(*args):
+        proc = subprocess.run(
+            [sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
+            capture_output=True, text=True, timeout=60)
+        return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, \
+            proc.stderr
+
+    return run

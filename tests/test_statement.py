@@ -7,10 +7,7 @@ and in the widgets' cabinet.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -117,21 +114,6 @@ async def test_bad_arguments_are_refused(db):
             await db.run(ledger.statement, cid, **kw)
     with pytest.raises(ledger.CustomerNotFound):
         await db.run(ledger.statement, cid + 1000)
-
-
-@pytest.fixture
-def admin(tmp_path, pg_dsn):
-    cfg = tmp_path / "smartyd.toml"
-    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
-
-    def run(*args):
-        proc = subprocess.run(
-            [sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
-            capture_output=True, text=True, timeout=60)
-        return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, \
-            proc.stderr
-
-    return run
 
 
 @pytest_twisted.ensureDeferred

@@ -11,8 +11,6 @@ import base64
 import gzip
 import json
 import re
-import subprocess
-import sys
 from datetime import timedelta
 from decimal import Decimal
 from html import unescape
@@ -742,21 +740,6 @@ async def test_epg_refuses_a_feed_with_an_internal_dtd(db):
 
 
 # -- smartyd-admin -----------------------------------------------------------------------------------
-@pytest.fixture
-def admin(tmp_path, pg_dsn):
-    cfg = tmp_path / "smartyd.toml"
-    cfg.write_text(f'[database]\ndsn = "{pg_dsn}"\n[log]\nfile = "{tmp_path}/smartyd.jsonl"\n')
-
-    def run(*args):
-        proc = subprocess.run(
-            [sys.executable, "-m", "smartyd.admin", "--config", str(cfg), *args],
-            capture_output=True, text=True, timeout=60)
-        return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else None, \
-            proc.stderr
-
-    return run
-
-
 @pytest_twisted.ensureDeferred
 async def test_admin_widget_create_channel_xmltv_id_account_show_by_login(db, admin):
     basic, _, _ = await catalog_world(db)
