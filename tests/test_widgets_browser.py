@@ -187,6 +187,20 @@ class FakeAssistSite(Resource):
                                  back=escape(back, quote=True)).encode("utf-8")
 
 
+def cabinet_connects_sport(page, login: str, password: str, seen: dict) -> None:
+    """In the cabinet framed on the page: log in, note the balance, connect "Sport", note again."""
+    frame = page.frame_locator("#widget-content iframe")
+    frame.get_by_label("Login").fill(login)
+    frame.get_by_label("Password").fill(password)
+    frame.get_by_role("button", name="Log in").click()
+    seen["balance_before"] = frame.locator("#balance").inner_text(timeout=15000)
+    frame.locator("#tariffs tr", has_text="Sport").get_by_role("button", name="Connect").click()
+    frame.locator("#tariffs tr", has_text="Sport").get_by_text("connected").wait_for(
+        timeout=15000)
+    seen["balance_connected"] = frame.locator("#balance").inner_text()
+    seen["statement"] = frame.locator("#statement").inner_text()
+
+
 def browse_account(operator: str, shots: str, profile: str, login: str, password: str,
                    poll) -> dict:
     """In a worker thread: the TV guide, the cabinet, a payment and the cabinet again."""
@@ -206,17 +220,7 @@ def browse_account(operator: str, shots: str, profile: str, login: str, password
             page.screenshot(path=os.path.join(shots, "epg.png"), full_page=True)
 
             page.goto(f"{operator}/cabinet.html")
-            frame = page.frame_locator("#widget-content iframe")
-            frame.get_by_label("Login").fill(login)
-            frame.get_by_label("Password").fill(password)
-            frame.get_by_role("button", name="Log in").click()
-            seen["balance_before"] = frame.locator("#balance").inner_text(timeout=15000)
-            frame.locator("#tariffs tr", has_text="Sport").get_by_role(
-                "button", name="Connect").click()
-            frame.locator("#tariffs tr", has_text="Sport").get_by_text("connected").wait_for(
-                timeout=15000)
-            seen["balance_connected"] = frame.locator("#balance").inner_text()
-            seen["statement"] = frame.locator("#statement").inner_text()
+            cabinet_connects_sport(page, login, password, seen)
             page.screenshot(path=os.path.join(shots, "cabinet.png"), full_page=True)
 
             page.goto(f"{operator}/payment.html")
@@ -359,17 +363,7 @@ def browse_cabinet_without_cookies(operator: str, shots: str, profile: str, logi
         try:
             page = context.new_page()
             page.goto(f"{operator}/cabinet.html")
-            frame = page.frame_locator("#widget-content iframe")
-            frame.get_by_label("Login").fill(login)
-            frame.get_by_label("Password").fill(password)
-            frame.get_by_role("button", name="Log in").click()
-            seen["balance_before"] = frame.locator("#balance").inner_text(timeout=15000)
-            frame.locator("#tariffs tr", has_text="Sport").get_by_role(
-                "button", name="Connect").click()
-            frame.locator("#tariffs tr", has_text="Sport").get_by_text("connected").wait_for(
-                timeout=15000)
-            seen["balance_connected"] = frame.locator("#balance").inner_text()
-            seen["statement"] = frame.locator("#statement").inner_text()
+            cabinet_connects_sport(page, login, password, seen)
             # The viewport: a full-page shot leaves a frame of another site blank.
             page.screenshot(path=os.path.join(shots, "cabinet-no-cookies.png"))
             seen["cookies"] = context.cookies()
