@@ -703,10 +703,9 @@ class ConsoleWeb:
         async def change(op, t):
             password = new_account_password()
             pw_hash = await self.thread(ledger.hash_password, password)
-            await self.db.run(actions.account_password, op, customer_id, account_id, pw_hash,
-                              self._arg(request, "reason"), self.now())
-            account = await self.db.run(ledger.get_account, account_id)
-            return tags.p(t["done_password"].format(login=account.login, password=password),
+            login = await self.db.run(actions.account_password, op, customer_id, account_id,
+                                      pw_hash, self._arg(request, "reason"), self.now())
+            return tags.p(t["done_password"].format(login=login, password=password),
                           class_="notice", id="new-password")
 
         return await self._act(request, customer_id, "support", change)
