@@ -157,17 +157,24 @@ async def tariff(tx: Tx, cfg: BillingConfig, op: operators.Operator, customer_id
 
 
 async def account_password(tx: Tx, op: operators.Operator, customer_id: int, account_id: int,
-                           password_hash: str, reason: str, at: datetime) -> None:
-    """A new password of the customer's account (the widgets' cabinet's setter), audited."""
+                           password_hash: str, reason: str, at: datetime) -> str:
+    """
+    A new password of the customer's account (the widgets' cabinet's setter),
+    audited; the account's login.
+    """
     reason = _reason(reason)
 
     async def change(tx):
-        if not await set_account_password(tx, customer_id, account_id, password_hash):
+        login = await set_account_password(tx, customer_id, account_id, password_hash)
+        if login is None:
             raise ActionError("no_account")
-        return {"account": account_id}  # never the password
+        return login
 
-    await operators.audited(tx, op.login, "account.password", change, at=at,
-                            operator_id=op.id, customer_id=customer_id, reason=reason)
+    return await operators.audited(tx, op.login, "account.password", change, at=at,
+                                   operator_id=op.id, customer_id=customer_id,
+                                   # The row records the account, never the password.
+                                   after=lambda login: {"account": account_id},
+                                   reason=reason)
 
 
 async def unbind_device(tx: Tx, op: operators.Operator, customer_id: int, device_id: int,

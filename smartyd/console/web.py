@@ -528,20 +528,14 @@ class ConsoleWeb:
     @endpoint("console_account")
     async def account_state(self, request: Request, customer_id: int, account_id: int,
                             what: str):
-        op, sid, answer = await self._guard(request, "support", form=True)
-        if op is None:
-            return answer
-        t = self._t(request)
-        try:
+        async def change(op, t):
             await self.db.run(actions.set_account_state, op, customer_id, account_id,
                               what == "unblock", self._arg(request, "reason"), self.now())
-        except actions.ActionError as e:
-            return await self._card(request, op, sid, customer_id, 400,
-                                    [self._message(t[str(e)])])
-        log.info("console: {operator} set account {account} {what}", operator=op.login,
-                 account=account_id, what=what)
-        return await self._card(request, op, sid, customer_id, 200, [self._message(
-            t[f"done_{what}"].format(account=account_id), "notice")])
+            log.info("console: {operator} set account {account} {what}", operator=op.login,
+                     account=account_id, what=what)
+            return self._message(t[f"done_{what}"].format(account=account_id), "notice")
+
+        return await self._act(request, customer_id, "support", change)
 
     @app.route("/customers/<int:customer_id>/money", methods=["POST"])
     @endpoint("console_money")
@@ -550,14 +544,12 @@ class ConsoleWeb:
         if op is None:
             return answer
         t = self._t(request)
-        text = self._arg(request, "amount").replace(",", ".").replace(" ", "")
-        amount = Decimal(text) if AMOUNT_RE.match(text) else Decimal(0)
         direction = self._arg(request, "direction")
-        if not 0 < amount <= MAX_AMOUNT or direction not in ("credit", "debit"):
-            return await self._card(request, op, sid, customer_id, 400,
-                                    [self._message(t["bad_amount"])])
-        signed = amount if direction == "credit" else -amount
         try:
+            if direction not in ("credit", "debit"):
+                raise actions.ActionError("bad_amount")
+            amount = self._amount(request)
+            signed = amount if direction == "credit" else -amount
             entry, created = await self.db.run(
                 actions.adjust, self.cfg.billing, op, customer_id, signed,
                 self._arg(request, "reason"), self._arg(request, "key"), self.now())
@@ -674,12 +666,7 @@ class ConsoleWeb:
             writer.writerow([(e.at or e.created).astimezone(self.tz).isoformat(), e.amount, e.kind,
                              spreadsheet_text(e.cause), e.balance_after, e.id])
         writer.writerow(["", "", "closing_balance", "", st.closing_balance, ""])
-        request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-        request.setHeader(b"content-disposition",
-                          f'attachment; filename="statement-{customer_id}.csv"'.encode())
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        return out.getvalue().encode("utf-8")
+        return _csv(request, f"statement-{customer_id}.csv", out.getvalue().encode("utf-8"))
 
     @app.route("/customers/<int:customer_id>/promise", methods=["POST"])
     @endpoint("console_promise")
@@ -716,10 +703,9 @@ class ConsoleWeb:
         async def change(op, t):
             password = new_account_password()
             pw_hash = await self.thread(ledger.hash_password, password)
-            await self.db.run(actions.account_password, op, customer_id, account_id, pw_hash,
-                              self._arg(request, "reason"), self.now())
-            account = await self.db.run(ledger.get_account, account_id)
-            return tags.p(t["done_password"].format(login=account.login, password=password),
+            login = await self.db.run(actions.account_password, op, customer_id, account_id,
+                                      pw_hash, self._arg(request, "reason"), self.now())
+            return tags.p(t["done_password"].format(login=login, password=password),
                           class_="notice", id="new-password")
 
         return await self._act(request, customer_id, "support", change)
@@ -991,13 +977,8 @@ class ConsoleWeb:
             return await self._reconcile(request, op, sid, 400, [self._message(
                 t["bad_registry"].format(why=str(e)))], provider, day, columns)
         if self._arg(request, "format") == "csv":
-            request.setHeader(b"content-type", b"text/csv; charset=utf-8")
-            request.setHeader(b"content-disposition", (
-                f'attachment; filename="reconcile-{provider}-{day.isoformat()}.csv"'
-            ).encode("ascii"))
-            request.setHeader(b"cache-control", b"no-store")
-            request.setHeader(b"x-content-type-options", b"nosniff")
-            return reconcile.to_csv(result)
+            return _csv(request, f"reconcile-{provider}-{day.isoformat()}.csv",
+                        reconcile.to_csv(result))
         notes = []
         if not remember and tuple(result["layout"]) != await self.db.run(reconcile.get_layout,
                                                                           provider):
@@ -1407,3 +1388,12 @@ def _money(value: Any) -> str:
 def _json(value: Any) -> str:
     return "" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
 
+
+
+def _csv(request: Request, filename: str, body: bytes) -> bytes:
+    """``body`` as a CSV download named ``filename``."""
+    request.setHeader(b"content-type", b"text/csv; charset=utf-8")
+    request.setHeader(b"content-disposition", f'attachment; filename="{filename}"'.encode("ascii"))
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    return body

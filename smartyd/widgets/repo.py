@@ -171,12 +171,14 @@ async def lock_customer_accounts(tx: Tx, customer_id: int) -> int:
 
 
 async def set_account_password(tx: Tx, customer_id: int, account_id: int,
-                               password_hash: str) -> bool:
-    """Set the password of ``account_id`` if it is one of the customer's (False: it is not)."""
-    done = await tx.fetchval(
+                               password_hash: str) -> str | None:
+    """
+    Set the password of ``account_id`` if it is one of the customer's: its
+    login (None: it is not).
+    """
+    return await tx.fetchval(
         "UPDATE accounts SET password_hash = %s WHERE id = %s AND customer_id = %s"
-        " RETURNING id", (password_hash, account_id, customer_id))
-    return done is not None
+        " RETURNING login", (password_hash, account_id, customer_id))
 
 
 async def set_contacts(tx: Tx, customer_id: int, phone: str | None, email: str | None) -> None:
