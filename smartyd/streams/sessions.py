@@ -213,30 +213,34 @@ class SessionLeases:
         self.exchanges += 1
 
 
-class LeaseExchange(Service):
+class RetryingLoop(Service):
     """
-    Runs L{SessionLeases.exchange} every C{interval} seconds in this process
-    (no cluster-wide lock: every process must exchange).  Runs never overlap;
-    a failed one is logged once (and the recovery), and the next tick retries.
+    Runs C{self.once()} every C{interval} seconds on C{clock}.  Runs never
+    overlap and never fail: a failure is logged once (C{failed}, given
+    C{error}), so is the recovery (C{recovered}), and the next tick retries.
+    Subclasses set C{name}, C{recovered}, C{failed} and C{once}; C{log} is
+    the subclass module's logger (its namespace is kept).
     """
 
-    name = "session-leases"
+    recovered: str
+    failed: str
 
-    def __init__(self, sessions: SessionLeases, db: Any, clock: Any,
-                 interval: float = SYNC_INTERVAL):
-        self.sessions = sessions
-        self.db = db
+    def __init__(self, clock: Any, interval: float, log: Logger):
         self.clock = clock
         self.interval = interval
+        self.log = log
         self.failing = False
         self.last: Deferred | None = None  # the latest run
         self._loop = LoopingCall(self.run)
         self._loop.clock = clock
         self._done: Deferred | None = None
 
+    def once(self) -> Any:
+        raise NotImplementedError
+
     def run(self) -> Deferred:
-        """One exchange; never fails (a failure is logged)."""
-        d = Deferred.fromCoroutine(self.sessions.exchange(self.db, self.clock.seconds()))
+        """One run; never fails (a failure is logged)."""
+        d = Deferred.fromCoroutine(self.once())
         d.addCallbacks(self._ok, self._failed)
         self.last = d
         return d
@@ -244,13 +248,12 @@ class LeaseExchange(Service):
     def _ok(self, _) -> None:
         if self.failing:
             self.failing = False
-            log.info("session leases exchanged again")
+            self.log.info(self.recovered)
 
     def _failed(self, failure) -> None:
         if not self.failing:
             self.failing = True
-            log.warn("session lease exchange failed ({error}); deciding from what was last"
-                     " read until it works again", error=one_line(failure.value))
+            self.log.warn(self.failed, error=one_line(failure.value))
 
     def startService(self) -> None:
         super().startService()
@@ -261,3 +264,25 @@ class LeaseExchange(Service):
         if self._loop.running:
             self._loop.stop()
         return self._done
+
+
+class LeaseExchange(RetryingLoop):
+    """
+    Runs L{SessionLeases.exchange} every C{interval} seconds in this process
+    (no cluster-wide lock: every process must exchange).  Runs never overlap;
+    a failed one is logged once (and the recovery), and the next tick retries.
+    """
+
+    name = "session-leases"
+    recovered = "session leases exchanged again"
+    failed = ("session lease exchange failed ({error}); deciding from what was last"
+              " read until it works again")
+
+    def __init__(self, sessions: SessionLeases, db: Any, clock: Any,
+                 interval: float = SYNC_INTERVAL):
+        super().__init__(clock, interval, log)
+        self.sessions = sessions
+        self.db = db
+
+    def once(self) -> Any:
+        return self.sessions.exchange(self.db, self.clock.seconds())

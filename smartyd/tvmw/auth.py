@@ -125,6 +125,13 @@ async def open_session(tx, account_id: int, client, device_uid: str, bind: bool,
     return row
 
 
+def _bad_credentials(limiter, keys, now: float, metrics) -> TvmwError:
+    """Count a failed login (the rate limit's delay grows) and say "not found"."""
+    limiter.failed(keys, now)
+    metrics.tvmw_login_failures.labels("bad_credentials").inc()
+    return TvmwError(NOT_FOUND, "account not found")
+
+
 async def login(call: Call) -> dict:
     p = call.params
     cfg = call.cfg.tvmw
@@ -160,9 +167,7 @@ async def login(call: Call) -> dict:
     else:
         account = await password_login(call.db, abonement, password)
     if account is None:
-        limiter.failed(keys, now)
-        metrics.tvmw_login_failures.labels("bad_credentials").inc()
-        raise TvmwError(NOT_FOUND, "account not found")
+        raise _bad_credentials(limiter, keys, now, metrics)
     bind = bool(device_uid) and not device_uid.startswith(GENERATED)
     cookies = {"authkey": ""}
     if not device_uid:
@@ -174,9 +179,7 @@ async def login(call: Call) -> dict:
                             serial, call.ip, authkey, now, store.ttl)
     refused = out.get("refused")
     if refused == NOT_FOUND:
-        limiter.failed(keys, now)
-        metrics.tvmw_login_failures.labels("bad_credentials").inc()
-        raise TvmwError(NOT_FOUND, "account not found")
+        raise _bad_credentials(limiter, keys, now, metrics)
     limiter.succeeded(keys)
     if refused == INACTIVE:
         raise TvmwError(INACTIVE, "account is inactive", status_reason=out["status_reason"])

@@ -168,16 +168,15 @@ async def subscribe(call: Call) -> dict:
 
     async def work(tx):
         await ledger.get_customer(tx, s.customer_id, lock=True)  # the billing's lock order
-        known = await repo.tariffs_by_id(tx, list(ids))
-        for tid in ids:
-            if tid not in known or known[tid]["hidden"]:
-                raise TvmwError(1, f"no tariff {tid} to subscribe to")
         mine = await repo.subscriptions(tx, s.customer_id, s.account_id)
         have = {r["tariff_id"] for r in mine}
+        kinds = await repo.tariffs_by_id(tx, list(have | set(ids)))  # one read for both checks
+        for tid in ids:
+            if tid not in kinds or kinds[tid]["hidden"]:
+                raise TvmwError(1, f"no tariff {tid} to subscribe to")
         for tid in ids:
             if tid in have:
                 raise TvmwError(3, f"tariff {tid} is subscribed already")
-        kinds = await repo.tariffs_by_id(tx, list(have | set(ids)))
         # Hidden tariffs (a cinema's catalog tariff) are the operator's plumbing, not a
         # device's choice: they count neither way.
         basic = {tid for tid in have | set(ids)

@@ -44,14 +44,14 @@ import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from smartyd.db import Database, Tx
 from smartyd.db.listen import Listener
 from smartyd.streams.entitlements import CHANNEL as ENTITLEMENTS_CHANNEL
+from smartyd.streams.sessions import RetryingLoop
 from smartyd.util.text import one_line
 
 log = Logger()
@@ -324,41 +324,20 @@ async def _quiet(d) -> None:
         log.warn("channel catalog reload failed ({error})", error=one_line(e))
 
 
-class _Flusher(Service):
+class _Flusher(RetryingLoop):
     """Runs L{SessionStore.flush} every ``interval`` seconds; never raises; flushes on stop."""
 
     name = "tvmw-session-flush"
+    recovered = "device sessions written again"
+    failed = "device session write failed ({error}); kept for the next one"
 
     def __init__(self, store: SessionStore, interval: float):
+        super().__init__(store.clock, interval, log)
         self.store = store
-        self.interval = interval
-        self.failing = False
-        self._loop = LoopingCall(self.run)
-        self._loop.clock = store.clock
-        self._done: Deferred | None = None
 
-    def run(self) -> Deferred:
-        d = Deferred.fromCoroutine(self.store.flush())
-        d.addCallbacks(self._ok, self._failed)
-        return d
-
-    def _ok(self, _) -> None:
-        if self.failing:
-            self.failing = False
-            log.info("device sessions written again")
-
-    def _failed(self, failure) -> None:
-        if not self.failing:
-            self.failing = True
-            log.warn("device session write failed ({error}); kept for the next one",
-                     error=one_line(failure.value))
-
-    def startService(self) -> None:
-        super().startService()
-        self._done = self._loop.start(self.interval, now=False)
+    def once(self) -> Any:
+        return self.store.flush()
 
     def stopService(self) -> Deferred | None:
         super().stopService()
-        if self._loop.running:
-            self._loop.stop()
         return self.run()
