@@ -204,7 +204,7 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
             if args.customer is None:
                 await ledger.update_customer(tx, account.customer_id, name=args.name,
                                              phone=args.phone, email=args.email)
-            return await ledger.get_account(tx, account.id)
+            return account
 
         return (await console_admin.audited(db, reactor, "account.create", create)).to_json()
     if args.action == "show":
