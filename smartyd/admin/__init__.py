@@ -164,6 +164,31 @@ def assemble(cfg: configmod.Config, reactor, db: Database, http_client=None) -> 
                      ready=True)
 
 
+class _Assembly:
+    """
+    L{assemble}'s app for a command, built on its first use (``app.billing``,
+    ``app.features``) with the HTTP pool it needs: most commands only read or
+    change rows and never build the daemon's features.
+    """
+
+    def __init__(self, cfg: configmod.Config, reactor, db: Database):
+        self._cfg, self._reactor, self._db = cfg, reactor, db
+        self._app: App | None = None
+        self._pool: HTTPClientService | None = None
+
+    def __getattr__(self, name: str):
+        if self._app is None:
+            if needs_http_client(self._cfg):
+                self._pool = HTTPClientService(self._reactor)
+            self._app = assemble(self._cfg, self._reactor, self._db,
+                                 self._pool.client if self._pool else None)
+        return getattr(self._app, name)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.pool.closeCachedConnections()
+
+
 async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
     if args.action == "create":
         password_hash = ledger.hash_password(args.password) if args.password else ""
@@ -179,7 +204,7 @@ async def cmd_account(db: Database, args, cfg, reactor, app) -> dict:
             if args.customer is None:
                 await ledger.update_customer(tx, account.customer_id, name=args.name,
                                              phone=args.phone, email=args.email)
-            return await ledger.get_account(tx, account.id)
+            return account
 
         return (await console_admin.audited(db, reactor, "account.create", create)).to_json()
     if args.action == "show":
@@ -388,14 +413,12 @@ def run(argv: list[str] | None = None, out=sys.stdout) -> int:
                 if args.command in DB_COMMANDS:
                     result["out"] = await DB_COMMANDS[args.command](db, args)
                 else:
-                    pool = HTTPClientService(reactor) if needs_http_client(cfg) else None
+                    app = _Assembly(cfg, reactor, db)
                     try:
-                        app = assemble(cfg, reactor, db, pool.client if pool else None)
                         result["out"] = await EXTENSION_COMMANDS[args.command](
                             db, args, cfg, reactor, app)
                     finally:
-                        if pool is not None:
-                            await pool.pool.closeCachedConnections()
+                        await app.close()
             finally:
                 db.close()
 

@@ -48,7 +48,15 @@ from smartyd.config import Billing as BillingConfig, Payture as PaytureConfig
 from smartyd.db import Database, Tx
 from smartyd.gateways import cards, events
 from smartyd.gateways.ewallet import DUPLICATE_ORDER_ID
-from smartyd.gateways.payture import CHARGED, DECLINED, PARTNER, REVERSED, PaytureClient, State
+from smartyd.gateways.payture import (
+    CHARGED,
+    DECLINED,
+    ORDER_NOT_FOUND,
+    PARTNER,
+    REVERSED,
+    PaytureClient,
+    State,
+)
 from smartyd.gateways.wallet import Wallet
 from smartyd.ledger import kopecks
 from smartyd.partners import PartnerError
@@ -151,7 +159,7 @@ class Autopay:
                       customer=attempt.customer_id, provider=PARTNER, reason="forged")
             return self._outcome(attempt, "pending", answered_order=state.order_id)
         if not state.success:
-            if (not sent and state.err_code == "ORDER_NOT_FOUND"
+            if (not sent and state.err_code == ORDER_NOT_FOUND
                     and at - attempt.created_at >= RESEND_AFTER):
                 return await self.charge(attempt, at)  # the same OrderId: never twice
             return self._outcome(attempt, "pending", err_code=state.err_code)

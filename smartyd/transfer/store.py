@@ -68,6 +68,15 @@ Items = list[tuple[int, dict]]  # (line, record)
 Bad = list[tuple[int, str]]     # (line, reason)
 
 
+def _note_change(changes: list, tally: Tally, kind: str, key, change: dict) -> None:
+    """An existing row's changed fields: queued for update, else counted unchanged."""
+    if change:
+        changes.append((key, change))
+        tally.add("updated", kind)
+    else:
+        tally.add("unchanged", kind)
+
+
 def _element(value) -> str:
     if value is None:
         return "NULL"
@@ -170,12 +179,8 @@ async def customers(tx: Tx, items: Items, tally: Tally) -> Bad:
             taken.add(cid)
             new.append((cid, fields))
             continue
-        change = {k: v for k, v in fields.items() if match[k] != v}
-        if change:
-            changes.append((match["id"], change))
-            tally.add("updated", "customers")
-        else:
-            tally.add("unchanged", "customers")
+        _note_change(changes, tally, "customers", match["id"],
+                     {k: v for k, v in fields.items() if match[k] != v})
     columns = [("id", "bigint")] + [(c, "text") for c in _CUSTOMER_FIELDS]
     for explicit in (True, False):
         batch = [(cid, *(f.get(c) for c in _CUSTOMER_FIELDS)) for cid, f in new
@@ -259,11 +264,7 @@ async def accounts(tx: Tx, items: Items, tally: Tally) -> Bad:
                 change["status_reason"] = rec["status_reason"]
             if rec.get("password_hash") and rec["password_hash"] != ex["password_hash"]:
                 change["password_hash"] = rec["password_hash"]
-            if change:
-                changes.append((ex["id"], change))
-                tally.add("updated", "accounts")
-            else:
-                tally.add("unchanged", "accounts")
+            _note_change(changes, tally, "accounts", ex["id"], change)
             continue
         if rec.get("id") is not None and rec["id"] in taken:
             bad.append((line, f"account id {rec['id']} exists (another login)"))
@@ -321,12 +322,8 @@ async def devices(tx: Tx, items: Items, tally: Tally) -> Bad:
         if ex["account_id"] != account[0]:
             bad.append((line, f"device {rec['uid']} is a device of account {ex['login']}"))
             continue
-        change = {k: v for k, v in fields.items() if ex[k] != v}
-        if change:
-            changes.append((rec["uid"], change))
-            tally.add("updated", "devices")
-        else:
-            tally.add("unchanged", "devices")
+        _note_change(changes, tally, "devices", rec["uid"],
+                     {k: v for k, v in fields.items() if ex[k] != v})
     if new:
         source, params = _unnest([("uid", "text"), ("account_id", "bigint"), ("serial", "text"),
                                   ("model", "text")], new)

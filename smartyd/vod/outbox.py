@@ -185,12 +185,14 @@ async def depth(tx: Tx) -> dict[tuple[str, str], int]:
     return {(p, s): n for p, s, n in rows}
 
 
+# A stuck call: failed, or open and created before the moment given (one %s).
+_STUCK = "(state = 'failed' OR (state IN ('queued', 'sending', 'unknown') AND created < %s))"
+
+
 async def stuck(tx: Tx, older_than: datetime) -> list[str]:
     """Providers with a failed call, or an open call created before ``older_than``."""
     rows = await tx.fetchall(
-        "SELECT DISTINCT provider FROM partner_calls WHERE state = 'failed'"
-        " OR (state IN ('queued', 'sending', 'unknown') AND created < %s) ORDER BY 1",
-        (older_than,))
+        f"SELECT DISTINCT provider FROM partner_calls WHERE {_STUCK} ORDER BY 1", (older_than,))
     return [r[0] for r in rows]
 
 
@@ -201,8 +203,7 @@ async def stuck_calls(tx: Tx, older_than: datetime, limit: int = 100
     oldest first, each with when it was created.
     """
     rows = await tx.fetchall(
-        f"SELECT {_COLUMNS}, created FROM partner_calls WHERE state = 'failed'"
-        " OR (state IN ('queued', 'sending', 'unknown') AND created < %s) ORDER BY id LIMIT %s",
+        f"SELECT {_COLUMNS}, created FROM partner_calls WHERE {_STUCK} ORDER BY id LIMIT %s",
         (older_than, limit))
     return [(Call(*r[:-1]), r[-1]) for r in rows]
 
